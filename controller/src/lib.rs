@@ -1,0 +1,22 @@
+//! The Darkport controller: root of trust and keeper of policy.
+//!
+//! - [`ca`]: the certificate authority.
+//! - [`store`]: persisted state and the policy snapshot channel.
+//! - [`datadir`]: the data directory and `init`.
+//! - [`server`]: the control API on QUIC: enrollment (no certificate
+//!   needed), admin commands (admin certificate), router sync (router
+//!   certificate; snapshots are pushed on every change) and router listing
+//!   (client certificate).
+//! - [`admin`]: the client side of the admin API, used by the CLI.
+//!
+//! The binary (`main.rs`) only parses arguments and calls into these.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod ca;
+pub mod datadir;
+pub mod server;
+pub mod store;
+
+pub use datadir::{init, DataDir, InitOptions};
+pub use server::run;

@@ -1,0 +1,95 @@
+//! Dial errors.
+
+use darkport_proto::msg::DialStatus;
+
+/// Why a dial failed. Variants say who refused: the router's policy, the
+/// router's view of services, the private service, or the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The router knows no service of that name.
+    #[error("router refused dial to {service:?}: unknown service: {message}")]
+    UnknownService {
+        /// Service asked for.
+        service: String,
+        /// Router's explanation.
+        message: String,
+    },
+    /// Policy does not allow this identity to dial the service.
+    #[error("router refused dial to {service:?}: not authorized by policy: {message}")]
+    NotAuthorized {
+        /// Service asked for.
+        service: String,
+        /// Router's explanation.
+        message: String,
+    },
+    /// The router could not reach the private service.
+    #[error("router could not reach service {service:?}: {message}")]
+    ServiceUnreachable {
+        /// Service asked for.
+        service: String,
+        /// Router's explanation.
+        message: String,
+    },
+    /// The router has no policy yet.
+    #[error("router is not ready: {0}")]
+    NotReady(String),
+    /// The router could not parse the request.
+    #[error("router rejected the dial request: {0}")]
+    BadRequest(String),
+    /// No router is known.
+    #[error("no router is available: the controller lists no online router; start one, or pass --router HOST:PORT")]
+    NoRouters,
+    /// Connecting to or talking with the router failed.
+    #[error("router {router}: {reason}")]
+    Router {
+        /// Router address.
+        router: String,
+        /// What happened.
+        reason: String,
+    },
+    /// Asking the controller for routers failed.
+    #[error("cannot get the router list: {0}")]
+    Controller(#[from] darkport_transport::control::ControlClientError),
+    /// The identity cannot be used.
+    #[error(transparent)]
+    Identity(#[from] darkport_transport::identity::IdentityError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] darkport_transport::tls::TlsError),
+    /// A local socket could not be opened.
+    #[error("local socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DialError {
+    pub(crate) fn from_status(
+        status: DialStatus,
+        service: &str,
+        message: String,
+    ) -> Option<DialError> {
+        let service = service.to_string();
+        Some(match status {
+            DialStatus::Ok => return None,
+            DialStatus::UnknownService => DialError::UnknownService { service, message },
+            DialStatus::NotAuthorized => DialError::NotAuthorized { service, message },
+            DialStatus::ServiceUnreachable => DialError::ServiceUnreachable { service, message },
+            DialStatus::NotReady => DialError::NotReady(message),
+            DialStatus::BadRequest => DialError::BadRequest(message),
+        })
+    }
+}
+
+impl From<DialError> for std::io::Error {
+    fn from(e: DialError) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match &e {
+            DialError::UnknownService { .. } => K::NotFound,
+            DialError::NotAuthorized { .. } => K::PermissionDenied,
+            DialError::ServiceUnreachable { .. } | DialError::NoRouters => K::ConnectionRefused,
+            DialError::Io(io) => io.kind(),
+            _ => K::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

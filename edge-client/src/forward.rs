@@ -1,0 +1,65 @@
+//! Local TCP forwarding: each accepted connection becomes one dial.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use darkport_transport::splice::{reset_tcp, splice_tcp, Ending};
+
+use crate::Client;
+
+/// Accepts connections on `listener` and carries each to `service` until
+/// `shutdown`. A refused dial resets the local connection (the app sees
+/// its connection fail, not a clean empty reply) and logs why.
+pub async fn forward(
+    client: Arc<Client>,
+    listener: TcpListener,
+    service: String,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    info!(%local, %service, "forwarding");
+    tokio::pin!(shutdown);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and similar: keep serving.
+                        warn!(%local, "accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let client = client.clone();
+                let service = service.clone();
+                conns.spawn(async move {
+                    match client.dial(&service).await {
+                        Err(e) => {
+                            warn!(%peer, "dial to {service} refused: {e}; closing the local connection");
+                            reset_tcp(tcp);
+                        }
+                        Ok(stream) => {
+                            let (send, recv) = stream.into_split();
+                            let stats = splice_tcp(tcp, send, recv).await;
+                            match stats.ending {
+                                Ending::Clean => debug!(%peer, %service, sent = stats.sent, received = stats.received, "connection closed"),
+                                Ending::LocalReset => info!(%peer, %service, "app reset the connection; reset carried to the service"),
+                                Ending::RemoteReset => info!(%peer, %service, "service side reset the connection"),
+                            }
+                        }
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+    Ok(())
+}

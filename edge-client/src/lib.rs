@@ -1,0 +1,40 @@
+//! The Darkport edge client and dial SDK.
+//!
+//! Load an identity, dial a service by name, and get a byte stream that
+//! implements `AsyncRead + AsyncWrite`:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::AsyncWriteExt;
+//! let client = edge_client::Client::from_identity_file("app-1.id".as_ref(), Default::default())?;
+//! let mut stream = client.dial("fluentd").await?;
+//! stream.write_all(b"hello").await?;
+//! stream.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Each dial is one QUIC stream on a long-lived, mutually authenticated
+//! connection to a router, so a new dial costs one round trip and no
+//! handshake. The router answers every dial with a typed status before any
+//! payload flows; refusals become [`DialError`] variants that say who
+//! refused (policy, unknown service, or the private service itself).
+//!
+//! - [`client`]: [`Client`], router discovery and the connection it keeps.
+//! - [`stream`]: [`DialStream`], the byte stream.
+//! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
+//!
+//! Not here: the CLI (`main.rs`, behind the default `cli` feature).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod error;
+pub mod forward;
+pub mod stream;
+
+pub use client::{Client, ClientOptions};
+pub use error::DialError;
+pub use stream::DialStream;
+
+pub use darkport_transport::enroll::{enroll, read_token, EnrollError};
+pub use darkport_transport::identity::Identity;

@@ -1,0 +1,176 @@
+//! `darkport-edge-client`: parse arguments, then call the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+
+use darkport_proto::identity::Kind;
+use darkport_transport::splice::{splice_io, Ending};
+use edge_client::{enroll, read_token, Client, ClientOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "darkport-edge-client",
+    version,
+    about = "Darkport edge client: local ports to private services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Redeem an enrollment token; the key pair is made here.
+    Enroll {
+        /// Token text, or a file holding it.
+        #[arg(long)]
+        token: String,
+        /// Where to write the identity file (0600).
+        #[arg(long)]
+        identity: PathBuf,
+    },
+    /// Expose services on local TCP ports.
+    Run {
+        /// Identity file from `enroll`.
+        #[arg(long)]
+        identity: PathBuf,
+        /// LOCAL_ADDR=SERVICE, e.g. 127.0.0.1:24224=fluentd (repeatable).
+        #[arg(long = "forward", required = true)]
+        forwards: Vec<String>,
+        /// Router HOST:PORT to use instead of asking the controller (repeatable).
+        #[arg(long = "router")]
+        routers: Vec<String>,
+    },
+    /// Connect stdin/stdout to a service, like nc (usable as ssh ProxyCommand).
+    Dial {
+        service: String,
+        /// Identity file from `enroll`.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Router HOST:PORT to use instead of asking the controller (repeatable).
+        #[arg(long = "router")]
+        routers: Vec<String>,
+    },
+}
+
+fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
+    let (addr, service) = s.rsplit_once('=').ok_or_else(|| {
+        anyhow!("--forward {s:?} must be LOCAL_ADDR=SERVICE, e.g. 127.0.0.1:24224=fluentd")
+    })?;
+    let addr = addr
+        .parse()
+        .with_context(|| format!("--forward {s:?}: {addr:?} is not an IP:PORT address"))?;
+    Ok((addr, service.to_string()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match real_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Enroll { token, identity } => {
+            let file = enroll(&read_token(&token)?, Kind::Client, &identity).await?;
+            println!(
+                "enrolled client {}; identity written to {}",
+                file.name,
+                identity.display()
+            );
+        }
+        Cmd::Run {
+            identity,
+            forwards,
+            routers,
+        } => {
+            let forwards = forwards
+                .iter()
+                .map(|f| parse_forward(f))
+                .collect::<Result<Vec<_>>>()?;
+            let client = Arc::new(Client::from_identity_file(
+                &identity,
+                ClientOptions { routers },
+            )?);
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut tasks = tokio::task::JoinSet::new();
+            for (addr, service) in forwards {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let mut stop = stop_rx.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                tasks.spawn(edge_client::forward::forward(
+                    client.clone(),
+                    listener,
+                    service,
+                    stopped,
+                ));
+            }
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+            client.close().await;
+        }
+        Cmd::Dial {
+            service,
+            identity,
+            routers,
+        } => {
+            let client = Client::from_identity_file(&identity, ClientOptions { routers })?;
+            let stream = client.dial(&service).await?;
+            let (mut send, mut recv) = stream.into_split();
+            let stats = splice_io(
+                &mut tokio::io::stdin(),
+                &mut tokio::io::stdout(),
+                &mut send,
+                &mut recv,
+            )
+            .await;
+            // Let the router see everything we sent before the process ends.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+            client.close().await;
+            match stats.ending {
+                Ending::Clean => {}
+                Ending::LocalReset => {
+                    return Err(anyhow!("local input/output failed; the stream was reset"))
+                }
+                Ending::RemoteReset => {
+                    return Err(anyhow!("the service side reset the connection"))
+                }
+            }
+        }
+    }
+    Ok(())
+}

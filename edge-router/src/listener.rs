@@ -1,0 +1,234 @@
+//! Accepting clients and handling dial streams.
+
+use std::future::Future;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
+use darkport_proto::identity::Kind;
+use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
+use darkport_proto::policy::{authorize, Denied};
+use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
+use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
+use darkport_transport::identity::Identity;
+use darkport_transport::splice::{splice_tcp, Ending};
+use darkport_transport::tls::{self, ClientAuth};
+
+use crate::{RouterError, SnapshotRx};
+
+/// Time a client has to send its dial request on a new stream.
+pub const DIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed to connect to the private service.
+pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC close code for a peer whose identity may not use the data plane.
+pub const CLOSE_FORBIDDEN: u32 = 3;
+
+/// Accepts clients until `shutdown`.
+pub async fn run(
+    identity: &Identity,
+    socket: UdpSocket,
+    snapshots: SnapshotRx,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let config = tls::server_config(identity, ClientAuth::Required, ALPN_DATA)?;
+    let endpoint = darkport_transport::endpoint::server(socket, config)?;
+    info!(addr = %endpoint.local_addr()?, router = %identity.name, "router listening");
+    tokio::pin!(shutdown);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                conns.spawn(handle_connection(incoming, snapshots.clone()));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    endpoint.close(0u32.into(), b"router shutting down");
+    conns.shutdown().await;
+    Ok(())
+}
+
+async fn handle_connection(incoming: quinn::Incoming, snapshots: SnapshotRx) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            info!(%remote, "client handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            info!(%remote, "client handshake timed out");
+            return;
+        }
+    };
+    let peer = match tls::peer_identity(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            info!(%remote, "refusing client: {e}");
+            conn.close(CLOSE_FORBIDDEN.into(), e.to_string().as_bytes());
+            return;
+        }
+    };
+    if peer.kind != Kind::Client {
+        let reason = format!(
+            "{} identities cannot dial services; use a client identity",
+            peer.kind
+        );
+        info!(%remote, %peer, "refusing connection: {reason}");
+        conn.close(CLOSE_FORBIDDEN.into(), reason.as_bytes());
+        return;
+    }
+    info!(%remote, %peer, "client connected");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    streams.spawn(handle_stream(peer.clone(), snapshots.clone(), send, recv));
+                }
+                Err(e) => {
+                    info!(%remote, %peer, "client disconnected: {}", darkport_transport::describe_connection_error(&e));
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    // Streams of a closed connection end by themselves (their reads fail).
+    while streams.join_next().await.is_some() {}
+}
+
+/// The decision for one dial request, before any network I/O to the
+/// service: pure apart from reading the snapshot.
+fn decide(
+    peer: &PeerIdentity,
+    snapshots: &SnapshotRx,
+    req: &DialRequest,
+) -> Result<String, DialResponse> {
+    let refuse = |status, message: String| DialResponse { status, message };
+    if req.version != PROTOCOL_VERSION {
+        return Err(refuse(
+            DialStatus::BadRequest,
+            format!(
+                "protocol version {} is not supported (router speaks {PROTOCOL_VERSION})",
+                req.version
+            ),
+        ));
+    }
+    let snapshot = snapshots.borrow().clone();
+    let Some(snapshot) = snapshot else {
+        return Err(refuse(
+            DialStatus::NotReady,
+            "the router has not received policy from the controller yet; try again shortly".into(),
+        ));
+    };
+    match authorize(&snapshot, peer, &req.service) {
+        Ok(permit) => Ok(permit.service.address.clone()),
+        Err(d @ Denied::UnknownService(_)) => {
+            Err(refuse(DialStatus::UnknownService, d.to_string()))
+        }
+        Err(d) => Err(refuse(DialStatus::NotAuthorized, d.to_string())),
+    }
+}
+
+async fn respond(send: &mut quinn::SendStream, resp: &DialResponse) -> bool {
+    write_frame(send, resp, MAX_DIAL_FRAME).await.is_ok()
+}
+
+async fn handle_stream(
+    peer: PeerIdentity,
+    snapshots: SnapshotRx,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req: DialRequest =
+        match tokio::time::timeout(DIAL_REQUEST_TIMEOUT, read_frame(&mut recv, MAX_DIAL_FRAME))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                info!(%peer, "refused dial: bad request: {e}");
+                let resp = DialResponse {
+                    status: DialStatus::BadRequest,
+                    message: e.to_string(),
+                };
+                let _ = respond(&mut send, &resp).await;
+                let _ = send.finish();
+                let _ = recv.stop(0u32.into());
+                return;
+            }
+            Err(_) => {
+                info!(%peer, "dial request timed out");
+                let _ = send.reset(0u32.into());
+                return;
+            }
+        };
+    let address = match decide(&peer, &snapshots, &req) {
+        Ok(a) => a,
+        Err(resp) => {
+            info!(%peer, service = %req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            let _ = respond(&mut send, &resp).await;
+            let _ = send.finish();
+            let _ = recv.stop(0u32.into());
+            return;
+        }
+    };
+    let tcp = match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&address))
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return unreachable(&peer, &req, &address, &e.to_string(), send, recv).await,
+        Err(_) => {
+            let why = format!("no answer within {} s", SERVICE_CONNECT_TIMEOUT.as_secs());
+            return unreachable(&peer, &req, &address, &why, send, recv).await;
+        }
+    };
+    let ok = DialResponse {
+        status: DialStatus::Ok,
+        message: String::new(),
+    };
+    if !respond(&mut send, &ok).await {
+        debug!(%peer, service = %req.service, "client went away before the dial completed");
+        return;
+    }
+    debug!(%peer, service = %req.service, %address, "dial accepted");
+    let stats = splice_tcp(tcp, send, recv).await;
+    match stats.ending {
+        Ending::Clean => {
+            debug!(%peer, service = %req.service, sent = stats.sent, received = stats.received, "stream closed")
+        }
+        Ending::LocalReset => {
+            info!(%peer, service = %req.service, "service reset the connection; reset carried to the client")
+        }
+        Ending::RemoteReset => {
+            info!(%peer, service = %req.service, "client reset the stream; reset carried to the service")
+        }
+    }
+}
+
+async fn unreachable(
+    peer: &PeerIdentity,
+    req: &DialRequest,
+    address: &str,
+    why: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let message = format!("cannot reach service {} at {address}: {why}", req.service);
+    warn!(%peer, "refused dial: {message}");
+    let resp = DialResponse {
+        status: DialStatus::ServiceUnreachable,
+        message,
+    };
+    let _ = respond(&mut send, &resp).await;
+    let _ = send.finish();
+    let _ = recv.stop(0u32.into());
+}

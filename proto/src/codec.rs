@@ -1,0 +1,250 @@
+//! Frames: a 4-byte big-endian length, then a bincode-encoded message.
+//!
+//! The serializer is private to this module so it can be swapped without
+//! touching the rest of the code. Every decode takes a byte limit; a frame
+//! whose header announces more than the limit is refused before any of its
+//! body is read, and bytes left over after a message are an error.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Largest first message on a data stream (a dial request).
+pub const MAX_DIAL_FRAME: usize = 4 * 1024;
+
+/// Largest control-plane message (admin requests and responses, snapshots).
+pub const MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
+
+/// What went wrong reading or writing a protocol message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// More bytes are needed to complete the frame; not an error for a
+    /// caller that can read more.
+    #[error("incomplete frame: {needed} more bytes needed")]
+    Incomplete {
+        /// How many more bytes are needed at least.
+        needed: usize,
+    },
+    /// The length prefix announced a message larger than allowed here.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes; the peer is misbehaving or speaks another protocol")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit in force.
+        max: usize,
+    },
+    /// The bytes do not decode as the expected message.
+    #[error("malformed message: {0}; the peer speaks another protocol or version")]
+    Malformed(String),
+    /// A message decoded but bytes were left over.
+    #[error("malformed message: {0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// The message could not be encoded (a bug, or a value over the limit).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The stream ended before a whole frame arrived.
+    #[error("stream ended in the middle of a message")]
+    UnexpectedEof,
+    /// The stream ended cleanly before any frame arrived.
+    #[error("stream closed before a message arrived")]
+    Closed,
+    /// Reading or writing the underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_CONTROL_FRAME>()
+}
+
+/// Encodes a message body (no frame header).
+pub fn to_bytes<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    bincode::serde::encode_to_vec(msg, config()).map_err(|e| ProtoError::Encode(e.to_string()))
+}
+
+/// Decodes a whole message body, rejecting trailing bytes.
+pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtoError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(ProtoError::TrailingBytes(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Encodes a message as a frame: length prefix, then body.
+pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, ProtoError> {
+    let body = to_bytes(msg)?;
+    if body.len() > max {
+        return Err(ProtoError::TooLarge {
+            len: body.len(),
+            max,
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes one frame from the start of `buf`.
+///
+/// Returns the message and how many bytes it used; `Incomplete` when `buf`
+/// holds only part of a frame.
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<(T, usize), ProtoError> {
+    let len = frame_len(buf, max)?;
+    let total = HEADER_LEN + len;
+    if buf.len() < total {
+        return Err(ProtoError::Incomplete {
+            needed: total - buf.len(),
+        });
+    }
+    Ok((from_bytes(&buf[HEADER_LEN..total])?, total))
+}
+
+fn frame_len(buf: &[u8], max: usize) -> Result<usize, ProtoError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Err(ProtoError::Incomplete {
+            needed: HEADER_LEN - buf.len(),
+        });
+    };
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Reads exactly one frame from `r`.
+///
+/// Reads only the bytes of that frame, so the stream can carry payload right
+/// after it. Timeouts are the caller's job.
+pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<T, ProtoError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut header[got..]).await? {
+            0 if got == 0 => return Err(ProtoError::Closed),
+            0 => return Err(ProtoError::UnexpectedEof),
+            n => got += n,
+        }
+    }
+    let len = frame_len(&header, max)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtoError::UnexpectedEof
+        } else {
+            ProtoError::Io(e)
+        }
+    })?;
+    from_bytes(&body)
+}
+
+/// Writes one frame to `w` and flushes it.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T, max: usize) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(msg, max)?;
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{DialRequest, DialResponse};
+
+    #[test]
+    fn roundtrip_and_incomplete_at_every_split() {
+        let req = DialRequest::new("fluentd");
+        let frame = encode_frame(&req, MAX_DIAL_FRAME).expect("encode");
+        for cut in 0..frame.len() {
+            match decode_frame::<DialRequest>(&frame[..cut], MAX_DIAL_FRAME) {
+                Err(ProtoError::Incomplete { needed }) => assert!(needed > 0),
+                other => panic!("cut at {cut}: expected Incomplete, got {other:?}"),
+            }
+        }
+        let (back, used) = decode_frame::<DialRequest>(&frame, MAX_DIAL_FRAME).expect("decode");
+        assert_eq!(back, req);
+        assert_eq!(used, frame.len());
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_body() {
+        let mut frame = ((MAX_DIAL_FRAME + 1) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(b"x");
+        assert!(matches!(
+            decode_frame::<DialRequest>(&frame, MAX_DIAL_FRAME),
+            Err(ProtoError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut body = to_bytes(&DialRequest::new("a")).expect("encode");
+        body.push(0);
+        assert!(matches!(
+            from_bytes::<DialRequest>(&body),
+            Err(ProtoError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_panic() {
+        for garbage in [&b""[..], b"\xff\xff\xff", b"GET / HTTP/1.1\r\n", &[0u8; 64]] {
+            let r = from_bytes::<DialRequest>(garbage);
+            assert!(r.is_err(), "{garbage:?} decoded");
+            // Must not panic; whatever it decodes to is fine.
+            let _ = from_bytes::<DialResponse>(garbage);
+        }
+    }
+
+    #[tokio::test]
+    async fn read_frame_handles_split_reads() {
+        let frame = encode_frame(&DialRequest::new("svc"), MAX_DIAL_FRAME).expect("encode");
+        let (mut a, mut b) = tokio::io::duplex(1);
+        let writer = tokio::spawn(async move {
+            for byte in frame {
+                a.write_all(&[byte]).await.expect("write");
+            }
+            a.write_all(b"payload").await.expect("write");
+        });
+        let got: DialRequest = read_frame(&mut b, MAX_DIAL_FRAME).await.expect("read");
+        assert_eq!(got.service, "svc");
+        let mut rest = [0u8; 7];
+        b.read_exact(&mut rest).await.expect("payload");
+        assert_eq!(&rest, b"payload");
+        writer.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn read_frame_distinguishes_closed_and_truncated() {
+        let (a, mut b) = tokio::io::duplex(64);
+        drop(a);
+        assert!(matches!(
+            read_frame::<_, DialRequest>(&mut b, MAX_DIAL_FRAME).await,
+            Err(ProtoError::Closed)
+        ));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 9, 1]).await.expect("write");
+        drop(a);
+        assert!(matches!(
+            read_frame::<_, DialRequest>(&mut b, MAX_DIAL_FRAME).await,
+            Err(ProtoError::UnexpectedEof)
+        ));
+    }
+}

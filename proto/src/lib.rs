@@ -1,0 +1,41 @@
+//! Darkport's wire protocol and pure decisions.
+//!
+//! This crate holds everything two Darkport processes must agree on, and
+//! nothing that touches a socket:
+//!
+//! - [`codec`]: length-prefixed frames with a hard size limit, one
+//!   encode/decode style, trailing bytes rejected, and a distinct
+//!   "incomplete" case for partial input.
+//! - [`msg`]: every message on the wire (dial, control, admin, enrollment,
+//!   policy snapshot). docs/protocol.md describes them byte by byte.
+//! - [`identity`]: identity kinds and names, and the SPIFFE-style URI that a
+//!   certificate carries.
+//! - [`token`]: one-time enrollment tokens, signed by the controller.
+//! - [`policy`]: selectors (`#role`, `@name`, `#all`) and the pure
+//!   [`policy::authorize`] decision the router makes for every stream.
+//!
+//! It does not do TLS, certificates or I/O beyond generic
+//! `AsyncRead`/`AsyncWrite` frame helpers.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod identity;
+pub mod msg;
+pub mod policy;
+pub mod token;
+
+pub use codec::ProtoError;
+pub use identity::{IdentityName, Kind, PeerIdentity};
+
+/// Version of the wire protocol carried in the first message of every stream.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN for the data plane (client ⇄ router).
+pub const ALPN_DATA: &[u8] = b"darkport/1";
+
+/// ALPN for the control plane (anything ⇄ controller).
+pub const ALPN_CONTROL: &[u8] = b"darkport-ctl/1";
+
+/// Trust domain written into every identity URI.
+pub const TRUST_DOMAIN: &str = "darkport";

@@ -1,0 +1,252 @@
+//! Every message on the wire.
+//!
+//! Data plane (client ⇄ router, ALPN `darkport/1`): each QUIC bidirectional
+//! stream starts with a [`DialRequest`] from the client and a
+//! [`DialResponse`] from the router; after an `Ok` the stream carries the
+//! application's bytes unchanged.
+//!
+//! Control plane (anything ⇄ controller, ALPN `darkport-ctl/1`): each stream
+//! starts with a [`ControlRequest`]. Enrollment, admin and router listing get
+//! one [`ControlResponse`]; a router sync stream gets a response every time
+//! the policy snapshot changes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{IdentityName, Kind};
+use crate::policy::{PolicySnapshot, Selector, ServiceEntry};
+use crate::PROTOCOL_VERSION;
+
+/// First message of a data stream: which service to reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialRequest {
+    /// Protocol version of the client.
+    pub version: u16,
+    /// Name of the service to dial.
+    pub service: String,
+}
+
+impl DialRequest {
+    /// A request for `service` at the current protocol version.
+    pub fn new(service: impl Into<String>) -> Self {
+        DialRequest {
+            version: PROTOCOL_VERSION,
+            service: service.into(),
+        }
+    }
+}
+
+/// The router's verdict on a dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DialStatus {
+    /// Connected; application bytes follow.
+    Ok,
+    /// No service of that name exists.
+    UnknownService,
+    /// The identity may not dial that service (policy), or is not current.
+    NotAuthorized,
+    /// The router could not reach the private service.
+    ServiceUnreachable,
+    /// The dial request was malformed, too large or of another version.
+    BadRequest,
+    /// The router has no policy from the controller yet.
+    NotReady,
+}
+
+/// The router's answer to a [`DialRequest`], sent before any payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialResponse {
+    /// Outcome.
+    pub status: DialStatus,
+    /// Plain-words reason, for logs (empty on success).
+    pub message: String,
+}
+
+/// First message of every control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// Protocol version of the sender.
+    pub version: u16,
+    /// What is asked.
+    pub body: ControlBody,
+}
+
+impl ControlRequest {
+    /// Wraps a body at the current protocol version.
+    pub fn new(body: ControlBody) -> Self {
+        ControlRequest {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+}
+
+/// The kinds of control requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlBody {
+    /// Redeem an enrollment token for a certificate. Needs no certificate.
+    Enroll(EnrollRequest),
+    /// An admin command. Needs an admin certificate.
+    Admin(AdminRequest),
+    /// A router subscribes to policy snapshots and registers its address.
+    /// Needs a router certificate.
+    RouterSync {
+        /// Address clients should use to reach this router (`host:port`).
+        advertise: String,
+    },
+    /// A client asks which routers exist. Needs a client certificate.
+    ListRouters,
+}
+
+/// Token plus certificate signing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The enrollment token, as the one line of text given to the user.
+    pub token: String,
+    /// PKCS#10 CSR (DER) made on the enrolling host.
+    pub csr_der: Vec<u8>,
+}
+
+/// Admin commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Create an identity and return its enrollment token.
+    CreateIdentity {
+        /// Name of the identity.
+        name: IdentityName,
+        /// Client or router.
+        kind: Kind,
+        /// Roles, without the leading `#`.
+        roles: Vec<IdentityName>,
+        /// Token lifetime in seconds.
+        token_ttl_secs: u64,
+    },
+    /// List identities.
+    ListIdentities,
+    /// Delete an identity.
+    DeleteIdentity {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// Create a service.
+    CreateService(ServiceEntry),
+    /// List services.
+    ListServices,
+    /// Delete a service.
+    DeleteService {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// Create a service policy.
+    CreatePolicy {
+        /// Policy name.
+        name: IdentityName,
+        /// Which services it covers.
+        services: Vec<Selector>,
+        /// Which identities may dial them.
+        identities: Vec<Selector>,
+    },
+    /// List policies.
+    ListPolicies,
+    /// Delete a policy.
+    DeletePolicy {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// List routers that registered.
+    ListRouters,
+}
+
+/// Answers to control requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Enrollment succeeded.
+    Enrolled {
+        /// The new certificate (PEM).
+        cert_pem: String,
+        /// The CA certificate (PEM).
+        ca_pem: String,
+    },
+    /// An admin command succeeded.
+    Admin(AdminResponse),
+    /// The current policy snapshot (router sync).
+    Snapshot(PolicySnapshot),
+    /// The routers a client may use.
+    Routers(Vec<RouterInfo>),
+    /// The request failed.
+    Error(ControlError),
+}
+
+/// A refused or failed control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// Category.
+    pub code: ControlErrorCode,
+    /// What went wrong and what to do, in plain words.
+    pub message: String,
+}
+
+/// Categories of control errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlErrorCode {
+    /// Malformed request or unsupported version.
+    BadRequest,
+    /// The request needs a certificate of another kind.
+    Forbidden,
+    /// The named object does not exist.
+    NotFound,
+    /// An object of that name exists already.
+    AlreadyExists,
+    /// The enrollment token was refused (expired, used, altered, unknown).
+    TokenRejected,
+    /// The controller failed; see its log.
+    Internal,
+}
+
+/// Successful admin results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    /// A new enrollment token.
+    Token {
+        /// The token text.
+        token: String,
+        /// Expiry, Unix seconds.
+        expires_at: u64,
+    },
+    /// Identity listing.
+    Identities(Vec<IdentityInfo>),
+    /// Service listing.
+    Services(Vec<ServiceEntry>),
+    /// Policy listing.
+    Policies(Vec<crate::policy::PolicyEntry>),
+    /// Router listing.
+    Routers(Vec<RouterInfo>),
+    /// Done, nothing to return.
+    Done,
+}
+
+/// One identity as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    /// Name.
+    pub name: IdentityName,
+    /// Kind.
+    pub kind: Kind,
+    /// Roles.
+    pub roles: Vec<IdentityName>,
+    /// Fingerprint of the current certificate, once enrolled.
+    pub fingerprint: Option<String>,
+    /// Certificate expiry (Unix seconds), once enrolled.
+    pub cert_expires_at: Option<u64>,
+}
+
+/// A router as clients and admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterInfo {
+    /// Router identity name.
+    pub name: IdentityName,
+    /// Address it advertised (`host:port`).
+    pub advertise: String,
+    /// Whether its control session is up now.
+    pub online: bool,
+}

@@ -1,0 +1,98 @@
+//! QUIC endpoints tuned for carrying many TCP connections.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// UDP socket buffer size asked of the kernel; quinn does not size them and
+/// the default (~208 KiB) drops packets under load.
+pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Most concurrent streams (= tunneled TCP connections) per QUIC connection.
+pub const MAX_STREAMS: u32 = 20_000;
+
+/// Keep-alive below the idle timeout so quiet tunnels survive NATs.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A connection with no traffic (keep-alives included) for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeout for a QUIC handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The transport settings every Darkport endpoint uses.
+pub fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        // 8 MiB per stream lets one stream fill ~1.6 Gbit/s at 40 ms RTT;
+        // windows are credit, not allocations, so idle streams cost nothing.
+        .stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
+        .receive_window(VarInt::from_u32(32 * 1024 * 1024))
+        .send_window(32 * 1024 * 1024);
+    if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// Binds a UDP socket with large buffers.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A server endpoint on an already-bound socket.
+pub fn server(socket: UdpSocket, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client(peer_hint: Option<SocketAddr>) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = match peer_hint {
+        Some(SocketAddr::V6(_)) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+    };
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        bind_udp(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Resolves `host:port` to one address.
+pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    })
+}
+
+/// Splits `host:port` without resolving it; `None` if it is not of that form.
+pub fn parse_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}

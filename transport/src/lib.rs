@@ -1,0 +1,59 @@
+//! Darkport's TLS and QUIC plumbing, shared by controller, router and client.
+//!
+//! - [`identity`]: the identity file (key, certificate, CA, controller
+//!   address), written 0600 and atomically.
+//! - [`tls`]: rustls configurations with one crypto provider (ring), the
+//!   certificate verifier that pins the Darkport CA and checks the peer's
+//!   identity kind, and [`tls::peer_identity`], the one place a certificate
+//!   becomes a [`darkport_proto::PeerIdentity`].
+//! - [`endpoint`]: QUIC endpoints with the transport settings a tunnel needs
+//!   (stream limits, windows, keep-alive, socket buffers).
+//! - [`splice`]: byte-exact copying between a TCP socket and a QUIC stream,
+//!   carrying half-close (FIN) and reset both ways.
+//! - [`control`]: one request/response exchange with the controller.
+//!
+//! What it does not do: decide anything. Policy lives in `darkport-proto`.
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod endpoint;
+pub mod enroll;
+pub mod identity;
+pub mod splice;
+pub mod tls;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Describes why a QUIC connection ended, in words a user can act on.
+pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match e {
+        E::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            format!("closed by the peer: {reason}")
+        }
+        E::ConnectionClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            let code = close.error_code;
+            if reason.is_empty() {
+                format!("the peer refused the connection ({code})")
+            } else {
+                format!("the peer refused the connection ({code}): {reason}")
+            }
+        }
+        E::TransportError(t) => format!("TLS/QUIC error: {t}"),
+        E::TimedOut => "the peer stopped answering (timed out)".into(),
+        E::Reset => "the peer reset the connection (it may have restarted)".into(),
+        E::LocallyClosed => "closed locally".into(),
+        E::VersionMismatch => "QUIC version mismatch".into(),
+        E::CidsExhausted => "connection ids exhausted".into(),
+    }
+}

@@ -1,0 +1,283 @@
+//! TLS configurations and the identity check at the TLS boundary.
+//!
+//! All TLS here is TLS 1.3 with the ring provider and mutual authentication
+//! against the Darkport CA. Servers (router, controller) verify client
+//! certificates with rustls's WebPKI verifier; clients verify servers with
+//! [`PeerVerifier`], which checks the chain to the CA exactly like WebPKI
+//! but, instead of a DNS name, requires the identity URI in the leaf to name
+//! the expected kind (router or controller). This is how SPIFFE-style
+//! identities are verified; it is not a "trust everything" verifier.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+use darkport_proto::identity::{fingerprint, parse_identity_uri, IdentityName, Kind};
+use darkport_proto::PeerIdentity;
+
+use crate::identity::Identity;
+
+/// Why a TLS configuration or peer identity could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("tls client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// QUIC refused the TLS configuration.
+    #[error("quic tls configuration: {0}")]
+    Quic(String),
+    /// A certificate does not carry a usable identity.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The connection has no verified peer certificate.
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+}
+
+/// The one crypto provider Darkport uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    store.add(ca.clone())?;
+    Ok(Arc::new(store))
+}
+
+/// How a client decides to trust the server's CA.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The CA certificate from an identity file.
+    Ca(CertificateDer<'static>),
+    /// Only a CA certificate with this SHA-256 fingerprint (hex), found in
+    /// the chain the server sends: used by enrollment, where the host has
+    /// nothing but the token.
+    Pinned(String),
+}
+
+/// Server certificate verifier for Darkport peers; see the module docs.
+#[derive(Debug)]
+pub struct PeerVerifier {
+    trust: Trust,
+    expected: Kind,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PeerVerifier {
+    /// A verifier requiring a chain to `trust` and a leaf of kind `expected`.
+    pub fn new(trust: Trust, expected: Kind) -> Self {
+        PeerVerifier {
+            trust,
+            expected,
+            provider: provider(),
+        }
+    }
+
+    fn reject(msg: String) -> rustls::Error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(PeerRejected(msg)),
+        )))
+    }
+}
+
+/// A verifier's reason for refusing a server, in plain words.
+#[derive(Debug)]
+struct PeerRejected(String);
+
+impl std::fmt::Display for PeerRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PeerRejected {}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let roots = match &self.trust {
+            Trust::Ca(ca) => roots(ca).map_err(|e| Self::reject(e.to_string()))?,
+            Trust::Pinned(fp) => {
+                let ca = intermediates
+                    .iter()
+                    .find(|c| fingerprint(c) == *fp)
+                    .ok_or_else(|| {
+                        Self::reject(format!(
+                            "the server's CA does not match the CA fingerprint {fp} pinned in the token; \
+                             the token was made for another controller, or someone is intercepting the connection"
+                        ))
+                    })?;
+                roots(&ca.clone().into_owned()).map_err(|e| Self::reject(e.to_string()))?
+            }
+        };
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let (kind, name, _) = cert_identity(end_entity)
+            .map_err(|e| Self::reject(format!("server certificate: {e}")))?;
+        if kind != self.expected {
+            return Err(Self::reject(format!(
+                "the server's certificate names {kind} identity {name:?}, not a {}; refusing to connect",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is enabled; a TLS 1.2 signature is never acceptable.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether a server requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a certificate chaining to the CA (routers).
+    Required,
+    /// Clients may connect without a certificate (the controller, for
+    /// enrollment); one that presents a certificate must chain to the CA.
+    Optional,
+}
+
+/// A QUIC server configuration for `identity`.
+pub fn server_config(
+    identity: &Identity,
+    client_auth: ClientAuth,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots(&identity.ca)?, provider());
+    let verifier = match client_auth {
+        ClientAuth::Required => builder.build()?,
+        ClientAuth::Optional => builder.allow_unauthenticated().build()?,
+    };
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(crate::endpoint::transport_config());
+    Ok(cfg)
+}
+
+/// A QUIC client configuration: trust `trust`, expect a server of kind
+/// `expected`, present `identity` if given.
+pub fn client_config(
+    identity: Option<&Identity>,
+    trust: Trust,
+    expected: Kind,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, expected)));
+    let mut tls = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(crate::endpoint::transport_config());
+    Ok(cfg)
+}
+
+/// Reads the identity URI and expiry (Unix seconds) from a certificate.
+///
+/// Exactly one URI SAN must be present, naming a Darkport identity.
+pub fn cert_identity(der: &CertificateDer<'_>) -> Result<(Kind, IdentityName, u64), TlsError> {
+    let bad = |m: String| TlsError::Certificate(m);
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("cannot parse: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("bad subject alternative names: {e}")))?
+        .ok_or_else(|| bad("no subject alternative names; not a Darkport identity".into()))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris.as_slice() else {
+        return Err(bad(format!(
+            "expected exactly one identity URI, found {}",
+            uris.len()
+        )));
+    };
+    let (kind, name) = parse_identity_uri(uri).map_err(|e| bad(e.to_string()))?;
+    let not_after = cert.validity().not_after.timestamp().max(0) as u64;
+    Ok((kind, name, not_after))
+}
+
+/// The verified identity of a QUIC peer, from its leaf certificate.
+///
+/// Call only on connections whose handshake verified the certificate
+/// (every Darkport server and client configuration does).
+pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, TlsError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(TlsError::NoPeerCertificate)?;
+    let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
+    let (kind, name, _) = cert_identity(leaf)?;
+    Ok(PeerIdentity {
+        kind,
+        name,
+        fingerprint: fingerprint(leaf),
+    })
+}
