@@ -62,7 +62,11 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Darkport CA");
+        // A unique name per CA: certificates from another Darkport CA then
+        // fail as "unknown issuer" rather than as a bad signature.
+        let id = random_serial().to_bytes();
+        let suffix: String = id.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        dn.push(DnType::CommonName, format!("Darkport CA {suffix}"));
         dn.push(DnType::OrganizationName, "Darkport");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

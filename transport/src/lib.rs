@@ -43,13 +43,28 @@ pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
         E::ConnectionClosed(close) => {
             let reason = String::from_utf8_lossy(&close.reason);
             let code = close.error_code;
-            if reason.is_empty() {
-                format!("the peer refused the connection ({code})")
+            let hint = if code.to_string().contains("error 48")
+                || code.to_string().contains("error 51")
+            {
+                "; our certificate was not issued by the peer's Darkport CA (enrolled with another controller?)"
             } else {
-                format!("the peer refused the connection ({code}): {reason}")
+                ""
+            };
+            if reason.is_empty() {
+                format!("the peer refused the connection ({code}){hint}")
+            } else {
+                format!("the peer refused the connection ({code}): {reason}{hint}")
             }
         }
-        E::TransportError(t) => format!("TLS/QUIC error: {t}"),
+        E::TransportError(t) => {
+            let text = t.to_string();
+            let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+                "; the peer's certificate was not issued by this Darkport CA (enrolled with another controller?)"
+            } else {
+                ""
+            };
+            format!("TLS/QUIC error: {text}{hint}")
+        }
         E::TimedOut => "the peer stopped answering (timed out)".into(),
         E::Reset => "the peer reset the connection (it may have restarted)".into(),
         E::LocallyClosed => "closed locally".into(),
