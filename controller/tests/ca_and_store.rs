@@ -1,0 +1,113 @@
+//! The CA and the state store, without sockets.
+
+use std::time::Duration;
+
+use darkport_controller::ca::Ca;
+use darkport_controller::store::{Store, TokenRecord};
+use darkport_proto::identity::{IdentityName, Kind};
+use darkport_transport::tls::cert_identity;
+use rustls::pki_types::CertificateDer;
+
+fn n(s: &str) -> IdentityName {
+    IdentityName::new(s).expect("name")
+}
+
+#[test]
+fn csr_requests_cannot_choose_their_identity() {
+    let (ca, key_pem) = Ca::generate().expect("ca");
+    let ca = Ca::load(&ca.cert_pem, &key_pem).expect("reload");
+    // The requester asks for a router URI and a DNS name; it gets neither.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://darkport/router/evil".try_into().expect("uri"),
+    ));
+    let csr = params.serialize_request(&key).expect("csr");
+    let (_, der) = ca
+        .sign_csr(
+            csr.der(),
+            Kind::Client,
+            &n("app-1"),
+            Duration::from_secs(60),
+        )
+        .expect("sign");
+    let (kind, name, not_after) = cert_identity(&CertificateDer::from(der)).expect("identity");
+    assert_eq!((kind, name), (Kind::Client, n("app-1")));
+    assert!(not_after <= darkport_transport::unix_now() + 61);
+
+    // A CSR whose signature does not verify is refused.
+    let mut bad = csr.der().to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert!(ca
+        .sign_csr(&bad, Kind::Client, &n("app-1"), Duration::from_secs(60))
+        .is_err());
+    assert!(ca
+        .sign_csr(
+            b"garbage",
+            Kind::Client,
+            &n("app-1"),
+            Duration::from_secs(60)
+        )
+        .is_err());
+}
+
+#[test]
+fn state_survives_reopen_and_failed_updates_change_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("state.json");
+    let store = Store::open(&path).expect("open");
+    let mut rx = store.subscribe();
+    store
+        .update(true, |s| {
+            s.tokens.insert(
+                "t1".into(),
+                TokenRecord {
+                    identity: n("app-1"),
+                    expires_at: 10,
+                    consumed_at: Some(5),
+                },
+            );
+            Ok::<_, darkport_controller::store::StoreError>(())
+        })
+        .expect("update");
+    assert!(rx.has_changed().expect("channel"));
+    assert_eq!(rx.borrow_and_update().version, 1);
+
+    // A failing change leaves state and file untouched.
+    let before = std::fs::read(&path).expect("read");
+    let r: Result<(), StoreErr> = store.update(true, |s| {
+        s.tokens.clear();
+        Err(StoreErr("nope"))
+    });
+    assert!(matches!(r, Err(StoreErr("nope"))));
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+    assert!(!rx.has_changed().expect("channel"));
+
+    // Consumed tokens stay consumed across a restart.
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    let state = store.read();
+    assert_eq!(state.version, 1);
+    assert_eq!(state.tokens["t1"].consumed_at, Some(5));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // A corrupt file is an error, not a panic and not an empty state.
+    std::fs::write(&path, b"{not json").expect("write");
+    let err = Store::open(&path).expect_err("corrupt");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[derive(Debug)]
+struct StoreErr(&'static str);
+impl From<darkport_controller::store::StoreError> for StoreErr {
+    fn from(_: darkport_controller::store::StoreError) -> Self {
+        StoreErr("store")
+    }
+}
