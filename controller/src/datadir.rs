@@ -130,10 +130,18 @@ impl DataDir {
     /// Reads `config.json`.
     pub fn load_config(&self) -> Result<Config, DataDirError> {
         let bytes = self.read(&self.config())?;
-        serde_json::from_slice(&bytes).map_err(|e| DataDirError::File {
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| DataDirError::File {
             path: self.config(),
             reason: e.to_string(),
-        })
+        })?;
+        let allowed = MIN_CERT_TTL.as_secs()..=MAX_CERT_TTL.as_secs();
+        if !allowed.contains(&config.cert_ttl_secs) {
+            return Err(DataDirError::File {
+                path: self.config(),
+                reason: format!("cert_ttl_secs must be within {allowed:?}"),
+            });
+        }
+        Ok(config)
     }
 
     /// Loads the CA.
@@ -163,6 +171,12 @@ fn file_err(path: &Path) -> impl Fn(String) -> DataDirError + '_ {
     }
 }
 
+/// Shortest identity certificate lifetime.
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(60);
+
+/// Longest identity certificate lifetime.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+
 /// Controller and admin certificates live as long as the CA.
 const LOCAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -171,6 +185,13 @@ const LOCAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
     if dir.ca_key().exists() || dir.state().exists() {
         return Err(DataDirError::AlreadyInitialized(dir.root.clone()));
+    }
+    if opts.cert_ttl < MIN_CERT_TTL || opts.cert_ttl > MAX_CERT_TTL {
+        return Err(DataDirError::Invalid(format!(
+            "--cert-ttl must be between {} s and {} days",
+            MIN_CERT_TTL.as_secs(),
+            MAX_CERT_TTL.as_secs() / 86400
+        )));
     }
     if darkport_transport::endpoint::parse_host_port(&opts.advertise).is_none() {
         return Err(DataDirError::Invalid(format!(
@@ -230,7 +251,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
 
     let config = Config {
         advertise: opts.advertise.clone(),
-        cert_ttl_secs: opts.cert_ttl.as_secs().max(60),
+        cert_ttl_secs: opts.cert_ttl.as_secs(),
     };
     let text =
         serde_json::to_vec_pretty(&config).map_err(|e| file_err(&dir.config())(e.to_string()))?;

@@ -106,7 +106,10 @@ pub async fn run(
         config,
         online: DashMap::new(),
     });
-    let server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
+    let mut server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
+    server_config.transport_config(darkport_transport::endpoint::transport_config_with_streams(
+        darkport_transport::endpoint::MAX_CONTROL_STREAMS,
+    ));
     let endpoint = darkport_transport::endpoint::server(socket, server_config)?;
     info!(
         addr = %endpoint.local_addr()?,
@@ -428,6 +431,8 @@ fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
             }
             s.identities.remove(&name);
             s.routers.remove(&name);
+            // Unused tokens must not enroll a later identity of the same name.
+            s.tokens.retain(|_, t| t.identity != name);
             Ok(AdminResponse::Done)
         }),
         AdminRequest::CreateService(svc) => {
@@ -545,6 +550,11 @@ async fn router_sync(
     let mut rx = ctx.store.subscribe();
     loop {
         let snapshot = rx.borrow_and_update().clone();
+        // A router deleted (or re-enrolled) meanwhile loses its session.
+        if let Err(reason) = check_current(ctx, peer) {
+            info!(router = %peer.name, "ending router session: {reason}");
+            break;
+        }
         let frame = ControlResponse::Snapshot((*snapshot).clone());
         if let Err(e) = write_frame(send, &frame, MAX_CONTROL_FRAME).await {
             debug!(router = %peer.name, "snapshot not delivered: {e}");

@@ -123,6 +123,13 @@ fn decide(
             ),
         ));
     }
+    if darkport_proto::IdentityName::new(req.service.as_str()).is_err() {
+        return Err(refuse(
+            DialStatus::BadRequest,
+            "the service name is not valid (1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-')"
+                .into(),
+        ));
+    }
     let snapshot = snapshots.borrow().clone();
     let Some(snapshot) = snapshot else {
         return Err(refuse(
@@ -174,7 +181,7 @@ async fn handle_stream(
     let address = match decide(&peer, &snapshots, &req) {
         Ok(a) => a,
         Err(resp) => {
-            info!(%peer, service = %req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            info!(%peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
             let _ = respond(&mut send, &resp).await;
             let _ = send.finish();
             let _ = recv.stop(0u32.into());
@@ -196,20 +203,21 @@ async fn handle_stream(
         message: String::new(),
     };
     if !respond(&mut send, &ok).await {
-        debug!(%peer, service = %req.service, "client went away before the dial completed");
+        debug!(%peer, service = ?req.service, "client went away before the dial completed");
+        darkport_transport::splice::reset_tcp(tcp);
         return;
     }
-    debug!(%peer, service = %req.service, %address, "dial accepted");
+    debug!(%peer, service = ?req.service, %address, "dial accepted");
     let stats = splice_tcp(tcp, send, recv).await;
     match stats.ending {
         Ending::Clean => {
-            debug!(%peer, service = %req.service, sent = stats.sent, received = stats.received, "stream closed")
+            debug!(%peer, service = ?req.service, sent = stats.sent, received = stats.received, "stream closed")
         }
         Ending::LocalReset => {
-            info!(%peer, service = %req.service, "service reset the connection; reset carried to the client")
+            info!(%peer, service = ?req.service, "service reset the connection; reset carried to the client")
         }
         Ending::RemoteReset => {
-            info!(%peer, service = %req.service, "client reset the stream; reset carried to the service")
+            info!(%peer, service = ?req.service, "client reset the stream; reset carried to the service")
         }
     }
 }

@@ -18,6 +18,9 @@ use darkport_transport::tls::{client_config, Trust};
 /// First retry delay after the control session fails.
 const BACKOFF_START: Duration = Duration::from_millis(250);
 
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -29,12 +32,16 @@ pub async fn run(
 ) {
     let mut backoff = BACKOFF_START;
     loop {
-        match session(&identity, &advertise, &tx).await {
-            Ok(()) => backoff = BACKOFF_START,
-            Err(e) => warn!(
+        let started = tokio::time::Instant::now();
+        if let Err(e) = session(&identity, &advertise, &tx).await {
+            // A session that lived a while was healthy: start over quickly.
+            if started.elapsed() > HEALTHY_SESSION {
+                backoff = BACKOFF_START;
+            }
+            warn!(
                 "control session with the controller at {} failed: {e}; retrying in {:?}",
                 identity.controller, backoff
-            ),
+            );
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -17,6 +17,9 @@ pub const MAX_DIAL_FRAME: usize = 4 * 1024;
 /// Largest control-plane message (admin requests and responses, snapshots).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
 
+/// Capacity reserved up front when reading a frame body.
+const INITIAL_READ_CAPACITY: usize = 8 * 1024;
+
 /// What went wrong reading or writing a protocol message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -140,14 +143,14 @@ where
         }
     }
     let len = frame_len(&header, max)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtoError::UnexpectedEof
-        } else {
-            ProtoError::Io(e)
-        }
-    })?;
+    // Grow with the bytes that actually arrive, not with what the header
+    // claims: a peer announcing a large frame and sending nothing costs
+    // almost nothing.
+    let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(ProtoError::UnexpectedEof);
+    }
     from_bytes(&body)
 }
 

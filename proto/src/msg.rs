@@ -93,7 +93,7 @@ pub enum ControlBody {
         /// Address clients should use to reach this router (`host:port`).
         advertise: String,
     },
-    /// A client asks which routers exist. Needs a client certificate.
+    /// Which routers exist. Needs any current certificate (clients use it).
     ListRouters,
 }
 

@@ -22,10 +22,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Timeout for a QUIC handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Concurrent streams a controller accepts per connection: control
+/// requests are few, and peers without certificates may connect.
+pub const MAX_CONTROL_STREAMS: u32 = 16;
+
 /// The transport settings every Darkport endpoint uses.
 pub fn transport_config() -> Arc<TransportConfig> {
+    transport_config_with_streams(MAX_STREAMS)
+}
+
+/// [`transport_config`] with another limit on concurrent streams.
+pub fn transport_config_with_streams(max_streams: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Some(KEEP_ALIVE))
         // 8 MiB per stream lets one stream fill ~1.6 Gbit/s at 40 ms RTT;

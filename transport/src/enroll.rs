@@ -11,11 +11,13 @@ use rustls::pki_types::CertificateDer;
 
 use darkport_proto::identity::{fingerprint, Kind};
 use darkport_proto::msg::{ControlBody, ControlResponse, EnrollRequest};
-use darkport_proto::token::{SignedToken, TokenError};
+use darkport_proto::token::{SignedToken, TokenClaims, TokenError};
 use darkport_proto::ALPN_CONTROL;
 
 use crate::control::{one_shot, ControlClientError};
-use crate::identity::{Identity, IdentityError, IdentityFile, IDENTITY_FILE_VERSION};
+use crate::identity::{
+    write_private_file, Identity, IdentityError, IdentityFile, IDENTITY_FILE_VERSION,
+};
 use crate::tls::{client_config, TlsError, Trust};
 
 /// Why enrollment failed.
@@ -93,7 +95,21 @@ pub async fn enroll(token: &str, expected: Kind, out: &Path) -> Result<IdentityF
     if out.exists() {
         return Err(IdentityError::Exists(out.to_path_buf()).into());
     }
+    // The token is spent once the controller answers: find out now, not
+    // then, whether the identity file can be written.
+    write_private_file(out, b"", false)?;
+    let result = redeem(token, &claims, out).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
 
+async fn redeem(
+    token: &str,
+    claims: &TokenClaims,
+    out: &Path,
+) -> Result<IdentityFile, EnrollError> {
     let key = rcgen::KeyPair::generate()?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
 
@@ -127,7 +143,7 @@ pub async fn enroll(token: &str, expected: Kind, out: &Path) -> Result<IdentityF
         cert_pem,
         ca_pem,
     };
-    // Parse it back before saving: the certificate must name this identity.
+    // Parse it back before saving: the certificate must name this identity
     // and carry our public key.
     let parsed = Identity::from_file(file.clone()).map_err(EnrollError::BadAnswer)?;
     let signing_key = crate::tls::provider()
@@ -137,6 +153,6 @@ pub async fn enroll(token: &str, expected: Kind, out: &Path) -> Result<IdentityF
     rustls::sign::CertifiedKey::new(parsed.chain.clone(), signing_key)
         .keys_match()
         .map_err(|e| EnrollError::BadAnswer(format!("certificate does not match our key: {e}")))?;
-    file.save(out, false)?;
+    file.save(out, true)?;
     Ok(file)
 }
