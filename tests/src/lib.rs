@@ -1,1 +1,304 @@
+//! Whole-system test harness for Darkport.
+//!
+//! [`Fixture::start`] brings up a real controller (fresh CA in a temporary
+//! data dir) and a real edge router, both through their library `run`
+//! entry points on 127.0.0.1 with ports chosen by the OS, and enrolls the
+//! router with a real token. Tests then create identities, services and
+//! policies through the real admin API, enroll clients, and dial through
+//! real QUIC.
+//!
+//! [`fluent`] is a small Fluentd forward-protocol receiver (Message,
+//! Forward, PackedForward; acks on `chunk`) used as the private service in
+//! interop tests and in the quickstart.
+#![forbid(unsafe_code)]
 
+pub mod fluent;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use darkport_controller::admin::Admin;
+use darkport_controller::{DataDir, InitOptions};
+use darkport_edge_router::RouterConfig;
+use darkport_proto::identity::{IdentityName, Kind};
+use darkport_proto::msg::{AdminRequest, AdminResponse};
+use darkport_proto::policy::{Selector, ServiceEntry};
+use darkport_transport::identity::Identity;
+use edge_client::{Client, ClientOptions};
+
+/// Polls `$cond` (an async expression yielding bool) every 20 ms until it
+/// holds or `$timeout` passes, then fails with `$msg`.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = tokio::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// Installs a test log subscriber once (`RUST_LOG` to see more).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Parses a name; panics on a bad literal (test code only).
+pub fn n(s: &str) -> IdentityName {
+    IdentityName::new(s).expect("valid test name")
+}
+
+/// A running controller and router with a fresh CA.
+pub struct Fixture {
+    /// Holds every file of the test (data dir, identity files, tokens).
+    pub dir: tempfile::TempDir,
+    /// Controller data dir.
+    pub data_dir: DataDir,
+    /// Controller's UDP address.
+    pub controller_addr: SocketAddr,
+    /// Router's UDP address.
+    pub router_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Fixture {
+    /// Controller plus one enrolled, registered router.
+    pub async fn start() -> Result<Fixture> {
+        init_logging();
+        let dir = tempfile::tempdir()?;
+        let data_dir = DataDir::new(dir.path().join("ctl"));
+        let ctl_socket = darkport_controller::server::bind("127.0.0.1:0".parse()?)?;
+        let controller_addr = ctl_socket.local_addr()?;
+        darkport_controller::init(
+            &data_dir,
+            &InitOptions {
+                advertise: controller_addr.to_string(),
+                cert_ttl: Duration::from_secs(3600),
+            },
+        )?;
+        let mut fx = Fixture {
+            dir,
+            data_dir: data_dir.clone(),
+            controller_addr,
+            router_addr: "127.0.0.1:1".parse()?,
+            tasks: vec![],
+        };
+        let dd = data_dir.clone();
+        fx.tasks.push(tokio::spawn(async move {
+            if let Err(e) = darkport_controller::run(dd, ctl_socket, std::future::pending()).await {
+                panic!("controller failed: {e}");
+            }
+        }));
+        let router_id = fx.enroll("router-1", Kind::Router, &[]).await?;
+        fx.router_addr = fx.start_router(&router_id).await?;
+        Ok(fx)
+    }
+
+    /// Starts a router with this identity file; returns its address once the
+    /// controller lists it online.
+    pub async fn start_router(&mut self, identity: &std::path::Path) -> Result<SocketAddr> {
+        let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
+        let addr = socket.local_addr()?;
+        let config = RouterConfig {
+            identity: Identity::load(identity)?,
+            advertise: addr.to_string(),
+        };
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = darkport_edge_router::run(config, socket, std::future::pending()).await
+            {
+                panic!("router failed: {e}");
+            }
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let AdminResponse::Routers(rs) = self.admin(AdminRequest::ListRouters).await? {
+                if rs
+                    .iter()
+                    .any(|r| r.online && r.advertise == addr.to_string())
+                {
+                    return Ok(addr);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("router at {addr} did not register with the controller within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends an admin request with the admin identity from `init`.
+    pub async fn admin(&self, req: AdminRequest) -> Result<AdminResponse> {
+        Ok(Admin::from_data_dir(&self.data_dir, None)?
+            .call(req)
+            .await?)
+    }
+
+    /// Creates an identity and returns its token.
+    pub async fn token(
+        &self,
+        name: &str,
+        kind: Kind,
+        roles: &[&str],
+        ttl_secs: u64,
+    ) -> Result<String> {
+        let req = AdminRequest::CreateIdentity {
+            name: n(name),
+            kind,
+            roles: roles.iter().map(|r| n(r)).collect(),
+            token_ttl_secs: ttl_secs,
+        };
+        match self.admin(req).await? {
+            AdminResponse::Token { token, .. } => Ok(token),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Creates and enrolls an identity; returns the identity file path.
+    pub async fn enroll(&self, name: &str, kind: Kind, roles: &[&str]) -> Result<PathBuf> {
+        let token = self.token(name, kind, roles, 3600).await?;
+        let path = self.dir.path().join(format!("{name}.id"));
+        edge_client::enroll(&token, kind, &path)
+            .await
+            .with_context(|| format!("enrolling {name}"))?;
+        Ok(path)
+    }
+
+    /// Creates a service.
+    pub async fn service(&self, name: &str, address: SocketAddr) -> Result<()> {
+        self.admin(AdminRequest::CreateService(ServiceEntry {
+            name: n(name),
+            address: address.to_string(),
+            roles: vec![],
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a policy from selector strings.
+    pub async fn policy(&self, name: &str, services: &[&str], identities: &[&str]) -> Result<()> {
+        let sel = |v: &[&str]| {
+            v.iter()
+                .map(|s| Selector::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        self.admin(AdminRequest::CreatePolicy {
+            name: n(name),
+            services: sel(services)?,
+            identities: sel(identities)?,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// An SDK client for an identity file, pointed at this fixture's router.
+    pub fn client(&self, identity: &std::path::Path) -> Result<Arc<Client>> {
+        Ok(Arc::new(Client::from_identity_file(
+            identity,
+            ClientOptions {
+                routers: vec![self.router_addr.to_string()],
+            },
+        )?))
+    }
+
+    /// Starts a local forwarder (127.0.0.1, OS-chosen port) to `service`.
+    pub async fn forward(&mut self, client: Arc<Client>, service: &str) -> Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let service = service.to_string();
+        self.tasks.push(tokio::spawn(async move {
+            let _ =
+                edge_client::forward::forward(client, listener, service, std::future::pending())
+                    .await;
+        }));
+        Ok(addr)
+    }
+
+    /// The common setup: an echo service `echo`, a client `app-1` with role
+    /// `writers` allowed to dial it, and a forwarder. Returns the forward
+    /// address.
+    pub async fn echo_setup(&mut self) -> Result<SocketAddr> {
+        let echo = echo_server().await?;
+        self.service("echo", echo).await?;
+        self.policy("echo-writers", &["echo"], &["#writers"])
+            .await?;
+        let id = self.enroll("app-1", Kind::Client, &["writers"]).await?;
+        let client = self.client(&id)?;
+        self.forward(client, "echo").await
+    }
+}
+
+/// A TCP echo server on 127.0.0.1: echoes until EOF, then half-closes.
+pub async fn echo_server() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// SHA-256, hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Writes `data` and half-closes while reading everything back; returns
+/// what came back.
+pub async fn roundtrip(mut tcp: TcpStream, data: &[u8]) -> Result<Vec<u8>> {
+    let (mut r, mut w) = tcp.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let read = async {
+        let mut back = Vec::with_capacity(data.len());
+        r.read_to_end(&mut back).await?;
+        Ok::<_, std::io::Error>(back)
+    };
+    let (w, back) = tokio::join!(write, read);
+    w?;
+    Ok(back?)
+}

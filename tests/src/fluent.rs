@@ -1,0 +1,1204 @@
+//! A small Fluentd forward-protocol receiver.
+//!
+//! Implements the receiving side of
+//! [Forward Protocol v1](https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1)
+//! over TCP, enough to stand in for Fluentd behind Darkport in tests and in
+//! the quickstart:
+//!
+//! - Message mode: `[tag, time, record, option?]`
+//! - Forward mode: `[tag, [[time, record], ...], option?]`
+//! - PackedForward mode: `[tag, bin|str of concatenated [time, record], option?]`
+//! - CompressedPackedForward mode: PackedForward with option
+//!   `compressed: "gzip"` (one or more concatenated gzip members)
+//!
+//! `time` is an integer (seconds) or the `EventTime` ext type (type 0,
+//! 8 bytes: big-endian seconds then nanoseconds); nanoseconds are dropped.
+//! Like Fluentd, a nil time means "now", and a float is accepted and
+//! truncated. When the option map carries `chunk`, the receiver answers
+//! `{"ack": chunk}` once the message's records have been handed over.
+//!
+//! Not supported: the handshake phase (shared key / user auth), heartbeats
+//! and TLS. A connection that sends anything the decoder cannot make sense
+//! of is closed; nothing on the wire can make the receiver panic or buffer
+//! more than [`MAX_MESSAGE`] bytes (plus one read) per connection.
+//!
+//! [`Decoder`] is the socket-free, incremental part; [`serve`] runs it on
+//! every accepted connection; [`FluentReceiver`] is a ready-made receiver
+//! on 127.0.0.1 that keeps every record for inspection.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rmpv::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, warn};
+
+/// Largest message accepted, on the wire and after gzip decompression.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Most msgpack values (scalars and containers) one message may hold,
+/// counting the entries inside packed and compressed payloads. Bounds the
+/// memory a small but dense message can expand to once decoded.
+pub const MAX_VALUES: usize = 2_000_000;
+
+/// Deepest container nesting accepted.
+pub const MAX_DEPTH: usize = 64;
+
+/// Most connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long the peer gets to take an ack before the connection is dropped.
+const ACK_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The event's tag.
+    pub tag: String,
+    /// Unix time in seconds.
+    pub time: u64,
+    /// The record (a msgpack map).
+    pub record: Value,
+}
+
+/// One decoded forward-protocol message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Its events, in order.
+    pub records: Vec<Record>,
+    /// The `chunk` option, if the sender asked for an ack.
+    pub chunk: Option<Value>,
+}
+
+impl Message {
+    /// The encoded `{"ack": chunk}` answer, if one is due.
+    pub fn ack(&self) -> Result<Option<Vec<u8>>> {
+        let Some(chunk) = &self.chunk else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(64);
+        let ack = Value::Map(vec![(Value::from("ack"), chunk.clone())]);
+        rmpv::encode::write_value(&mut out, &ack).context("encoding the ack")?;
+        Ok(Some(out))
+    }
+}
+
+/// Incremental decoder for a forward-protocol byte stream.
+///
+/// [`feed`](Decoder::feed) bytes as they arrive, then call
+/// [`next_message`](Decoder::next_message) until it returns `Ok(None)`.
+/// Messages may be split anywhere across feeds. After an error the stream
+/// is unusable and the connection should be closed.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Start of the first message not yet returned.
+    start: usize,
+    scan: Scan,
+    limit: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder with the [`MAX_MESSAGE`] limit.
+    pub fn new() -> Decoder {
+        Decoder::with_limit(MAX_MESSAGE)
+    }
+
+    /// A decoder accepting messages (and decompressed payloads) of at most
+    /// `limit` bytes.
+    pub fn with_limit(limit: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            scan: Scan::new(MAX_VALUES),
+            limit,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.start > 0 {
+            // Drop the messages already returned; the scan position is
+            // relative to `start`, so it stays valid.
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as part of a message.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or
+    /// an error if the stream is not the forward protocol or breaks a limit.
+    pub fn next_message(&mut self) -> Result<Option<Message>> {
+        let pending = &self.buf[self.start..];
+        let Some(len) = self.scan.advance(pending)? else {
+            if pending.len() > self.limit {
+                bail!(
+                    "message larger than the {} byte limit (already {} bytes buffered)",
+                    self.limit,
+                    pending.len()
+                );
+            }
+            return Ok(None);
+        };
+        if len > self.limit {
+            bail!(
+                "message of {len} bytes is over the {} byte limit",
+                self.limit
+            );
+        }
+        let mut budget = self.scan.budget_left();
+        self.scan = Scan::new(MAX_VALUES);
+        let bytes = &pending[..len];
+        self.start += len;
+        let value = read_one(bytes)?;
+        parse_message(value, self.limit, &mut budget).map(Some)
+    }
+}
+
+/// Decodes exactly one value that [`Scan`] found complete.
+fn read_one(mut bytes: &[u8]) -> Result<Value> {
+    // `Scan` caps nesting at MAX_DEPTH containers; rmpv counts a level for
+    // the value and one for its container body, plus one for a leaf.
+    rmpv::decode::read_value_with_max_depth(&mut bytes, 2 * MAX_DEPTH + 2)
+        .map_err(|e| anyhow!("invalid msgpack: {e}"))
+}
+
+/// Finds where one msgpack value ends without decoding it, resumably: it
+/// remembers how far it got, so feeding a large message in small pieces
+/// costs time linear in its size. Enforces the depth and value limits
+/// before anything is allocated for the value.
+#[derive(Debug)]
+struct Scan {
+    /// Bytes of the current value already walked.
+    pos: usize,
+    /// For each open container, how many items it still expects.
+    open: Vec<u64>,
+    /// Values this message may still hold.
+    budget: usize,
+}
+
+impl Scan {
+    fn new(budget: usize) -> Scan {
+        Scan {
+            pos: 0,
+            open: Vec::new(),
+            budget,
+        }
+    }
+
+    fn budget_left(&self) -> usize {
+        self.budget
+    }
+
+    /// Walks `buf` (which starts where the value starts) as far as it is
+    /// complete. `Ok(Some(len))` when the value is `buf[..len]`.
+    fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        loop {
+            let rest = &buf[self.pos.min(buf.len())..];
+            let Some(&marker) = rest.first() else {
+                return Ok(None);
+            };
+            // Bytes of the header, of the payload after it, and how many
+            // items follow as children (maps count keys and values).
+            let (header, payload, children): (usize, u64, u64) = match marker {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
+                0x80..=0x8f => (1, 0, 2 * u64::from(marker & 0x0f)),
+                0x90..=0x9f => (1, 0, u64::from(marker & 0x0f)),
+                0xa0..=0xbf => (1, u64::from(marker & 0x1f), 0),
+                0xc1 => bail!("invalid msgpack: reserved marker 0xc1"),
+                // bin 8/16/32
+                0xc4 => sized(rest, 1, 0),
+                0xc5 => sized(rest, 2, 0),
+                0xc6 => sized(rest, 4, 0),
+                // ext 8/16/32: length, then a type byte
+                0xc7 => sized(rest, 1, 1),
+                0xc8 => sized(rest, 2, 1),
+                0xc9 => sized(rest, 4, 1),
+                // float 32/64
+                0xca => (5, 0, 0),
+                0xcb => (9, 0, 0),
+                // uint and int 8/16/32/64
+                0xcc | 0xd0 => (2, 0, 0),
+                0xcd | 0xd1 => (3, 0, 0),
+                0xce | 0xd2 => (5, 0, 0),
+                0xcf | 0xd3 => (9, 0, 0),
+                // fixext 1/2/4/8/16: type byte, then data
+                0xd4 => (2, 1, 0),
+                0xd5 => (2, 2, 0),
+                0xd6 => (2, 4, 0),
+                0xd7 => (2, 8, 0),
+                0xd8 => (2, 16, 0),
+                // str 8/16/32
+                0xd9 => sized(rest, 1, 0),
+                0xda => sized(rest, 2, 0),
+                0xdb => sized(rest, 4, 0),
+                // array 16/32, map 16/32
+                0xdc => counted(rest, 2, 1),
+                0xdd => counted(rest, 4, 1),
+                0xde => counted(rest, 2, 2),
+                0xdf => counted(rest, 4, 2),
+            };
+            if header == 0 {
+                // The length field itself is not all here yet.
+                return Ok(None);
+            }
+            let total = header as u64 + payload;
+            if (rest.len() as u64) < total {
+                return Ok(None);
+            }
+            self.budget = self
+                .budget
+                .checked_sub(1)
+                .ok_or_else(|| anyhow!("message holds more than {MAX_VALUES} values"))?;
+            // `total` fits: it is at most `rest.len()`.
+            self.pos += total as usize;
+            if children > 0 {
+                if self.open.len() >= MAX_DEPTH {
+                    bail!("msgpack nested deeper than {MAX_DEPTH} levels");
+                }
+                self.open.push(children);
+                continue;
+            }
+            // An item is complete: close every container it completes.
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(self.pos)),
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Big-endian length of `width` bytes after the marker, or `None` if they
+/// have not arrived.
+fn length_field(rest: &[u8], width: usize) -> Option<u64> {
+    let field = rest.get(1..1 + width)?;
+    Some(field.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)))
+}
+
+/// Header and payload size of a str, bin or ext (`extra` = type byte);
+/// header 0 means "not enough bytes yet".
+fn sized(rest: &[u8], width: usize, extra: usize) -> (usize, u64, u64) {
+    match length_field(rest, width) {
+        Some(len) => (1 + width + extra, len, 0),
+        None => (0, 0, 0),
+    }
+}
+
+/// Header size and child count of an array (`per_entry` 1) or map (2).
+fn counted(rest: &[u8], width: usize, per_entry: u64) -> (usize, u64, u64) {
+    match length_field(rest, width) {
+        Some(n) => (1 + width, 0, n * per_entry),
+        None => (0, 0, 0),
+    }
+}
+
+/// Short name of a value's type, for error messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "bool",
+        Value::Integer(_) => "integer",
+        Value::F32(_) | Value::F64(_) => "float",
+        Value::String(_) => "str",
+        Value::Binary(_) => "bin",
+        Value::Array(_) => "array",
+        Value::Map(_) => "map",
+        Value::Ext(..) => "ext",
+    }
+}
+
+/// Interprets one top-level value as a forward-protocol message.
+fn parse_message(value: Value, limit: usize, budget: &mut usize) -> Result<Message> {
+    let Value::Array(items) = value else {
+        bail!(
+            "not the forward protocol: expected an array [tag, ...], got {}",
+            kind(&value)
+        );
+    };
+    if !(2..=4).contains(&items.len()) {
+        bail!(
+            "forward message must have 2 to 4 elements, got {}",
+            items.len()
+        );
+    }
+    let mut items = items.into_iter();
+    let tag = match items.next() {
+        Some(Value::String(s)) => s
+            .into_str()
+            .ok_or_else(|| anyhow!("tag is not valid UTF-8"))?,
+        Some(other) => bail!("tag must be a str, got {}", kind(&other)),
+        None => bail!("empty message"),
+    };
+    let second = items
+        .next()
+        .ok_or_else(|| anyhow!("message has only a tag"))?;
+    let rest: Vec<Value> = items.collect();
+    let entries: Vec<(Value, Value)>;
+    let option;
+    match second {
+        // Forward mode.
+        Value::Array(list) => {
+            option = options(one_option(rest)?)?;
+            entries = list
+                .into_iter()
+                .map(|e| entry(e).context("in a Forward mode entry"))
+                .collect::<Result<_>>()?;
+        }
+        // (Compressed)PackedForward mode; old clients send a str.
+        Value::Binary(packed) => {
+            option = options(one_option(rest)?)?;
+            entries = packed_entries(&packed, option.compressed.as_deref(), limit, budget)?;
+        }
+        Value::String(packed) => {
+            option = options(one_option(rest)?)?;
+            let packed = packed.as_bytes();
+            entries = packed_entries(packed, option.compressed.as_deref(), limit, budget)?;
+        }
+        // Message mode.
+        time => {
+            let mut rest = rest.into_iter();
+            let record = rest
+                .next()
+                .ok_or_else(|| anyhow!("Message mode needs [tag, time, record]"))?;
+            option = options(rest.next())?;
+            entries = vec![(time, record)];
+        }
+    }
+    let records = entries
+        .into_iter()
+        .map(|(time, record)| {
+            if !record.is_map() {
+                bail!("record must be a map, got {}", kind(&record));
+            }
+            Ok(Record {
+                tag: tag.clone(),
+                time: event_time(&time)?,
+                record,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Message {
+        records,
+        chunk: option.chunk,
+    })
+}
+
+/// The option of Forward and PackedForward mode: at most one more element.
+fn one_option(rest: Vec<Value>) -> Result<Option<Value>> {
+    let mut rest = rest.into_iter();
+    let option = rest.next();
+    if rest.next().is_some() {
+        bail!("Forward and PackedForward messages have at most [tag, entries, option]");
+    }
+    Ok(option)
+}
+
+/// What the receiver uses from the option map.
+#[derive(Debug, Default)]
+struct Options {
+    chunk: Option<Value>,
+    compressed: Option<String>,
+}
+
+fn options(option: Option<Value>) -> Result<Options> {
+    let map = match option {
+        None | Some(Value::Nil) => return Ok(Options::default()),
+        Some(Value::Map(map)) => map,
+        Some(other) => bail!("option must be a map, got {}", kind(&other)),
+    };
+    let mut out = Options::default();
+    for (k, v) in map {
+        match k.as_str() {
+            Some("chunk") => out.chunk = Some(v),
+            Some("compressed") => match v {
+                Value::String(s) => {
+                    out.compressed = Some(
+                        s.into_str()
+                            .ok_or_else(|| anyhow!("compressed is not valid UTF-8"))?,
+                    )
+                }
+                other => bail!("option compressed must be a str, got {}", kind(&other)),
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The `[time, record]` entries of a (Compressed)PackedForward payload.
+fn packed_entries(
+    packed: &[u8],
+    compressed: Option<&str>,
+    limit: usize,
+    budget: &mut usize,
+) -> Result<Vec<(Value, Value)>> {
+    let plain;
+    let stream = match compressed {
+        None | Some("text") => packed,
+        Some("gzip") => {
+            plain = gunzip(packed, limit)?;
+            plain.as_slice()
+        }
+        Some(other) => bail!("unsupported compression {other:?}"),
+    };
+    unpack_entries(stream, budget)?
+        .into_iter()
+        .map(|e| entry(e).context("in a PackedForward entry"))
+        .collect()
+}
+
+/// Decompresses one or more concatenated gzip members, up to `limit` bytes.
+fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .context("invalid gzip in CompressedPackedForward")?;
+    if out.len() > limit {
+        bail!("compressed entries expand to more than {limit} bytes");
+    }
+    Ok(out)
+}
+
+/// Splits a PackedForward payload into its values.
+fn unpack_entries(mut stream: &[u8], budget: &mut usize) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    while !stream.is_empty() {
+        let mut scan = Scan::new(*budget);
+        let len = scan
+            .advance(stream)
+            .context("in PackedForward entries")?
+            .ok_or_else(|| anyhow!("PackedForward entries end in the middle of a value"))?;
+        *budget = scan.budget_left();
+        out.push(read_one(&stream[..len])?);
+        stream = &stream[len..];
+    }
+    Ok(out)
+}
+
+/// `[time, record]`.
+fn entry(e: Value) -> Result<(Value, Value)> {
+    match e {
+        Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
+            Ok([time, record]) => Ok((time, record)),
+            Err(other) => bail!("entry must be [time, record], got {} elements", other.len()),
+        },
+        other => bail!("entry must be [time, record], got {}", kind(&other)),
+    }
+}
+
+/// Seconds of an integer, `EventTime`, float or nil (now) time.
+fn event_time(v: &Value) -> Result<u64> {
+    match v {
+        Value::Integer(i) => i.as_u64().ok_or_else(|| anyhow!("negative event time {i}")),
+        Value::Ext(0, data) => {
+            let secs: [u8; 4] = match data.as_slice() {
+                [a, b, c, d, _, _, _, _] => [*a, *b, *c, *d],
+                _ => bail!("EventTime must be 8 bytes, got {}", data.len()),
+            };
+            Ok(u64::from(u32::from_be_bytes(secs)))
+        }
+        Value::F64(f) if f.is_finite() && *f >= 0.0 => Ok(*f as u64),
+        Value::F32(f) if f.is_finite() && *f >= 0.0 => Ok(*f as u64),
+        Value::Nil => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)),
+        Value::Ext(ty, _) => bail!("event time has ext type {ty}, expected EventTime (0)"),
+        other => bail!(
+            "event time must be an integer or EventTime, got {}",
+            kind(other)
+        ),
+    }
+}
+
+/// A record sink shared by connection tasks.
+type OnRecord = Arc<dyn Fn(Record) + Send + Sync>;
+
+/// Accepts connections forever and calls `on_record` for every event, in
+/// order per connection. An ack is sent only after `on_record` returned
+/// for every event of the message.
+pub async fn serve(listener: TcpListener, on_record: impl Fn(Record) + Send + Sync + 'static) {
+    serve_counting(listener, Arc::new(on_record), Arc::new(AtomicUsize::new(0))).await
+}
+
+async fn serve_counting(listener: TcpListener, on_record: OnRecord, acks: Arc<AtomicUsize>) {
+    // Dropping this future (e.g. aborting its task) drops the set, which
+    // aborts every connection task.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!("fluent receiver: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if conns.len() >= MAX_CONNECTIONS {
+                    warn!(%peer, "fluent receiver: {MAX_CONNECTIONS} connections open; closing the new one");
+                    continue;
+                }
+                let on_record = on_record.clone();
+                let acks = acks.clone();
+                conns.spawn(async move {
+                    match connection(tcp, &*on_record, &acks).await {
+                        Ok(()) => debug!(%peer, "fluent connection closed"),
+                        Err(e) => warn!(%peer, "fluent connection closed: {e:#}"),
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it or breaks the protocol.
+async fn connection(
+    mut tcp: TcpStream,
+    on_record: &(dyn Fn(Record) + Send + Sync),
+    acks: &AtomicUsize,
+) -> Result<()> {
+    let mut decoder = Decoder::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = tcp.read(&mut chunk).await.context("reading")?;
+        if n == 0 {
+            if decoder.buffered() > 0 {
+                bail!(
+                    "peer closed the connection in the middle of a message ({} bytes unused)",
+                    decoder.buffered()
+                );
+            }
+            // Answer the half-close so the peer sees a clean end.
+            let _ = tcp.shutdown().await;
+            return Ok(());
+        }
+        decoder.feed(&chunk[..n]);
+        let mut answer = Vec::new();
+        let mut count = 0;
+        while let Some(msg) = decoder.next_message()? {
+            let ack = msg.ack()?;
+            for record in msg.records {
+                on_record(record);
+            }
+            if let Some(ack) = ack {
+                answer.extend_from_slice(&ack);
+                count += 1;
+            }
+        }
+        if !answer.is_empty() {
+            tokio::time::timeout(ACK_WRITE_TIMEOUT, tcp.write_all(&answer))
+                .await
+                .map_err(|_| anyhow!("peer did not take its ack within {ACK_WRITE_TIMEOUT:?}"))?
+                .context("sending the ack")?;
+            acks.fetch_add(count, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A receiver on 127.0.0.1 that keeps every record; stops when dropped.
+#[derive(Debug)]
+pub struct FluentReceiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    records: Arc<Mutex<Vec<Record>>>,
+    acks: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FluentReceiver {
+    /// Binds 127.0.0.1 on a port chosen by the OS and starts accepting.
+    pub async fn start() -> Result<FluentReceiver> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the fluent receiver")?;
+        let addr = listener.local_addr()?;
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let sink = records.clone();
+        let on_record: OnRecord = Arc::new(move |r: Record| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        });
+        let task = tokio::spawn(serve_counting(listener, on_record, acks.clone()));
+        Ok(FluentReceiver {
+            addr,
+            records,
+            acks,
+            task,
+        })
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn records(&self) -> Vec<Record> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many acks have been written to senders.
+    pub fn acks_sent(&self) -> usize {
+        self.acks.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FluentReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Renders a msgpack value as JSON: str and bin become strings (bin as
+/// lossy UTF-8, as old clients send text as raw bytes), non-string map keys
+/// their JSON text, non-finite floats null, ext `{"ext": type, "data": base64}`.
+pub fn to_json(v: &Value) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Integer(i) => match (i.as_u64(), i.as_i64()) {
+            (Some(u), _) => J::from(u),
+            (None, Some(s)) => J::from(s),
+            (None, None) => J::Null,
+        },
+        Value::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
+        Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Value::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
+        Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Ext(ty, data) => serde_json::json!({
+            "ext": ty,
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+        }),
+    }
+}
+
+/// A record as one JSON object: `{"tag": ..., "time": ..., "record": ...}`.
+pub fn record_json(r: &Record) -> serde_json::Value {
+    serde_json::json!({ "tag": r.tag, "time": r.time, "record": to_json(&r.record) })
+}
+
+/// [`record_json`] as one line of text, keys in the order tag, time, record.
+pub fn record_line(r: &Record) -> String {
+    format!(
+        "{{\"tag\":{},\"time\":{},\"record\":{}}}",
+        serde_json::Value::from(r.tag.as_str()),
+        r.time,
+        to_json(&r.record)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn enc(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, v).expect("encode");
+        out
+    }
+
+    fn s(x: &str) -> Value {
+        Value::from(x)
+    }
+
+    fn map(pairs: &[(&str, Value)]) -> Value {
+        Value::Map(pairs.iter().map(|(k, v)| (s(k), v.clone())).collect())
+    }
+
+    fn rec(seq: u64) -> Value {
+        map(&[("seq", Value::from(seq)), ("msg", s("hi"))])
+    }
+
+    fn event_time(secs: u32, nanos: u32) -> Value {
+        let mut data = secs.to_be_bytes().to_vec();
+        data.extend_from_slice(&nanos.to_be_bytes());
+        Value::Ext(0, data)
+    }
+
+    /// Feeds `bytes` in one go and collects every message.
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Message>> {
+        let mut d = Decoder::new();
+        d.feed(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = d.next_message()? {
+            out.push(m);
+        }
+        assert_eq!(d.buffered(), 0, "leftover bytes");
+        Ok(out)
+    }
+
+    fn one(bytes: &[u8]) -> Message {
+        let mut msgs = decode_all(bytes).expect("decodes");
+        assert_eq!(msgs.len(), 1);
+        msgs.remove(0)
+    }
+
+    #[test]
+    fn message_mode_with_integer_time_and_ack() {
+        let chunk = s("cGluZw==");
+        let wire = enc(&Value::Array(vec![
+            s("app.log"),
+            Value::from(1_700_000_000u64),
+            rec(7),
+            map(&[("chunk", chunk.clone()), ("size", Value::from(1))]),
+        ]));
+        let m = one(&wire);
+        assert_eq!(
+            m.records,
+            vec![Record {
+                tag: "app.log".into(),
+                time: 1_700_000_000,
+                record: rec(7)
+            }]
+        );
+        assert_eq!(m.chunk, Some(chunk.clone()));
+        let ack = m.ack().expect("encodes").expect("ack due");
+        let back = read_one(&ack).expect("ack decodes");
+        assert_eq!(back, map(&[("ack", chunk)]));
+    }
+
+    #[test]
+    fn message_mode_with_event_time_and_no_option() {
+        let wire = enc(&Value::Array(vec![
+            s("t"),
+            event_time(1_700_000_001, 999),
+            rec(1),
+        ]));
+        let m = one(&wire);
+        assert_eq!(m.records[0].time, 1_700_000_001);
+        assert_eq!(m.chunk, None);
+        assert_eq!(m.ack().expect("ok"), None);
+    }
+
+    #[test]
+    fn forward_mode() {
+        let entries = (0..3)
+            .map(|i| Value::Array(vec![Value::from(100 + i), rec(i)]))
+            .collect();
+        let wire = enc(&Value::Array(vec![
+            s("fw"),
+            Value::Array(entries),
+            map(&[("chunk", s("c1"))]),
+        ]));
+        let m = one(&wire);
+        assert_eq!(m.records.len(), 3);
+        for (i, r) in m.records.iter().enumerate() {
+            assert_eq!(r.tag, "fw");
+            assert_eq!(r.time, 100 + i as u64);
+            assert_eq!(r.record, rec(i as u64));
+        }
+        assert_eq!(m.chunk, Some(s("c1")));
+    }
+
+    fn packed_stream(n: u64) -> Vec<u8> {
+        let mut packed = Vec::new();
+        for i in 0..n {
+            let time = if i % 2 == 0 {
+                Value::from(i)
+            } else {
+                event_time(i as u32, 5)
+            };
+            packed.extend(enc(&Value::Array(vec![time, rec(i)])));
+        }
+        packed
+    }
+
+    fn check_packed(m: &Message, n: u64) {
+        assert_eq!(m.records.len() as u64, n);
+        for (i, r) in m.records.iter().enumerate() {
+            assert_eq!((r.time, &r.record), (i as u64, &rec(i as u64)));
+        }
+    }
+
+    #[test]
+    fn packed_forward_as_bin_and_as_str() {
+        let packed = packed_stream(4);
+        let bin = enc(&Value::Array(vec![s("pf"), Value::Binary(packed.clone())]));
+        check_packed(&one(&bin), 4);
+        // Old clients send the entries as a (not necessarily UTF-8) str.
+        let mut as_str = vec![0x92, 0xa2, b'p', b'f', 0xdb];
+        as_str.extend((packed.len() as u32).to_be_bytes());
+        as_str.extend(&packed);
+        check_packed(&one(&as_str), 4);
+        // `compressed: "text"` means not compressed.
+        let text = enc(&Value::Array(vec![
+            s("pf"),
+            Value::Binary(packed),
+            map(&[("compressed", s("text")), ("chunk", s("x"))]),
+        ]));
+        let m = one(&text);
+        check_packed(&m, 4);
+        assert_eq!(m.chunk, Some(s("x")));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).expect("gzip");
+        gz.finish().expect("gzip")
+    }
+
+    #[test]
+    fn compressed_packed_forward() {
+        let packed = packed_stream(6);
+        // Two concatenated gzip members, as Fluentd may send.
+        let mut body = gzip(&packed[..packed.len() / 2]);
+        body.extend(gzip(&packed[packed.len() / 2..]));
+        let wire = enc(&Value::Array(vec![
+            s("cpf"),
+            Value::Binary(body),
+            map(&[("compressed", s("gzip")), ("chunk", s("z"))]),
+        ]));
+        let m = one(&wire);
+        check_packed(&m, 6);
+        assert_eq!(m.chunk, Some(s("z")));
+    }
+
+    #[test]
+    fn compressed_payload_over_the_limit_is_refused() {
+        let packed = packed_stream(200);
+        assert!(packed.len() > 1024);
+        let wire = enc(&Value::Array(vec![
+            s("cpf"),
+            Value::Binary(gzip(&packed)),
+            map(&[("compressed", s("gzip"))]),
+        ]));
+        assert!(wire.len() < 1024, "the compressed message itself fits");
+        let mut d = Decoder::with_limit(1024);
+        d.feed(&wire);
+        let e = d.next_message().expect_err("expands past the limit");
+        assert!(format!("{e:#}").contains("expand"), "{e:#}");
+    }
+
+    fn sample_stream() -> (Vec<u8>, Vec<Record>) {
+        let mut wire = enc(&Value::Array(vec![
+            s("a"),
+            Value::from(1),
+            rec(0),
+            map(&[("chunk", s("k"))]),
+        ]));
+        wire.extend(enc(&Value::Array(vec![
+            s("b"),
+            Value::Array(vec![Value::Array(vec![event_time(2, 0), rec(1)])]),
+        ])));
+        wire.extend(enc(&Value::Array(vec![
+            s("c"),
+            Value::Binary(packed_stream(2)),
+        ])));
+        let expected = vec![
+            Record {
+                tag: "a".into(),
+                time: 1,
+                record: rec(0),
+            },
+            Record {
+                tag: "b".into(),
+                time: 2,
+                record: rec(1),
+            },
+            Record {
+                tag: "c".into(),
+                time: 0,
+                record: rec(0),
+            },
+            Record {
+                tag: "c".into(),
+                time: 1,
+                record: rec(1),
+            },
+        ];
+        (wire, expected)
+    }
+
+    #[test]
+    fn several_messages_split_at_every_byte_boundary() {
+        let (wire, expected) = sample_stream();
+        for cut in 0..=wire.len() {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                d.feed(part);
+                while let Some(m) = d.next_message().expect("valid stream") {
+                    got.extend(m.records);
+                }
+            }
+            assert_eq!(got, expected, "split at {cut}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let (wire, expected) = sample_stream();
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        let mut acks = 0;
+        for b in &wire {
+            d.feed(std::slice::from_ref(b));
+            while let Some(m) = d.next_message().expect("valid stream") {
+                acks += usize::from(m.chunk.is_some());
+                got.extend(m.records);
+            }
+        }
+        assert_eq!(got, expected);
+        assert_eq!(acks, 1);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("http", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+            ("reserved marker", vec![0xc1]),
+            ("not an array", enc(&s("hello"))),
+            ("empty array", vec![0x90]),
+            ("tag only", enc(&Value::Array(vec![s("t")]))),
+            (
+                "tag not a str",
+                enc(&Value::Array(vec![Value::from(1), Value::from(1), rec(0)])),
+            ),
+            (
+                "record not a map",
+                enc(&Value::Array(vec![s("t"), Value::from(1), Value::from(2)])),
+            ),
+            (
+                "no record",
+                enc(&Value::Array(vec![s("t"), Value::from(1)])),
+            ),
+            (
+                "negative time",
+                enc(&Value::Array(vec![s("t"), Value::from(-1), rec(0)])),
+            ),
+            (
+                "short EventTime",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Ext(0, vec![0; 4]),
+                    rec(0),
+                ])),
+            ),
+            (
+                "other ext time",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Ext(5, vec![0; 8]),
+                    rec(0),
+                ])),
+            ),
+            (
+                "option not a map",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::from(1),
+                    rec(0),
+                    Value::from(3),
+                ])),
+            ),
+            (
+                "too many elements",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::from(1),
+                    rec(0),
+                    map(&[]),
+                    map(&[]),
+                ])),
+            ),
+            (
+                "bad forward entry",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Array(vec![Value::from(1)]),
+                ])),
+            ),
+            (
+                "truncated packed",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Binary(packed_stream(2)[..5].to_vec()),
+                ])),
+            ),
+            (
+                "bad gzip",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Binary(vec![1, 2, 3]),
+                    map(&[("compressed", s("gzip"))]),
+                ])),
+            ),
+            (
+                "zstd",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Binary(vec![]),
+                    map(&[("compressed", s("zstd"))]),
+                ])),
+            ),
+            ("deep nesting", vec![0x91; 100]),
+        ];
+        for (name, wire) in cases {
+            match decode_all(&wire) {
+                Err(e) => eprintln!("{name}: {e:#}"),
+                Ok(m) => panic!("{name}: accepted {m:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_they_are_buffered() {
+        // An array header promising 4 billion items, then filler.
+        let mut d = Decoder::with_limit(1000);
+        d.feed(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(d.next_message().expect("waiting").is_none());
+        d.feed(&[0; 1000]);
+        assert!(d.next_message().is_err());
+        // A str whose length alone is over the limit.
+        let mut d = Decoder::with_limit(1000);
+        let mut big = vec![0x92, 0xdb, 0, 0, 0x10, 0];
+        big.extend([b'x'; 2000]);
+        d.feed(&big);
+        assert!(d.next_message().is_err());
+    }
+
+    #[test]
+    fn value_budget_is_enforced() {
+        // A record map with more entries than MAX_VALUES allows.
+        let mut wire = vec![0x93, 0xa1, b't', 0x01, 0xdf];
+        let pairs = (MAX_VALUES / 2 + 1) as u32;
+        wire.extend(pairs.to_be_bytes());
+        wire.extend(vec![0u8; 2 * pairs as usize]);
+        let e = decode_all(&wire).expect_err("too many values");
+        assert!(format!("{e:#}").contains("values"), "{e:#}");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        for seed in 0..300u64 {
+            let len = (seed as usize * 7) % 300;
+            let mut bytes = crate::payload(len, seed);
+            // Half the time, start like a real message so the fuzz gets deeper.
+            if seed % 2 == 0 {
+                bytes.splice(0..0, [0x93, 0xa1, b't']);
+            }
+            let mut d = Decoder::with_limit(4096);
+            for part in bytes.chunks(1 + seed as usize % 5) {
+                d.feed(part);
+                match d.next_message() {
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_rendering() {
+        let r = Record {
+            tag: "t".into(),
+            time: 5,
+            record: Value::Map(vec![
+                (s("msg"), s("hi")),
+                (s("n"), Value::from(-3)),
+                (s("bin"), Value::Binary(b"raw".to_vec())),
+                (Value::from(1), Value::F64(f64::NAN)),
+            ]),
+        };
+        assert_eq!(
+            record_json(&r),
+            serde_json::json!({"tag": "t", "time": 5, "record": {"msg": "hi", "n": -3, "bin": "raw", "1": null}})
+        );
+        let line = record_line(&r);
+        assert!(
+            line.starts_with(r#"{"tag":"t","time":5,"record":{"#),
+            "{line}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(back, record_json(&r));
+    }
+
+    #[tokio::test]
+    async fn receiver_acks_and_keeps_records_over_tcp() {
+        let rx = FluentReceiver::start().await.expect("start");
+        let mut tcp = TcpStream::connect(rx.addr).await.expect("connect");
+        let (wire, expected) = sample_stream();
+        // Write in small pieces to cross read boundaries.
+        for part in wire.chunks(3) {
+            tcp.write_all(part).await.expect("write");
+            tcp.flush().await.expect("flush");
+        }
+        let mut ack = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut ack))
+            .await
+            .expect("ack in time")
+            .expect("read");
+        assert_eq!(read_one(&ack[..n]).expect("ack"), map(&[("ack", s("k"))]));
+        tcp.shutdown().await.expect("half-close");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+            .await
+            .expect("receiver closes after our half-close")
+            .expect("clean close");
+        assert!(rest.is_empty());
+        assert_eq!(rx.records(), expected);
+        assert_eq!(rx.acks_sent(), 1);
+    }
+
+    #[tokio::test]
+    async fn receiver_closes_on_garbage() {
+        let rx = FluentReceiver::start().await.expect("start");
+        let mut tcp = TcpStream::connect(rx.addr).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        // Closed (cleanly or by reset) without an answer.
+        let r = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf))
+            .await
+            .expect("receiver closes");
+        assert!(r.is_err() || buf.is_empty(), "{r:?} {buf:?}");
+        assert!(rx.records().is_empty());
+    }
+}
