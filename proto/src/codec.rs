@@ -18,7 +18,7 @@ pub const MAX_DIAL_FRAME: usize = 4 * 1024;
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
 
 /// Capacity reserved up front when reading a frame body.
-const INITIAL_READ_CAPACITY: usize = 8 * 1024;
+const INITIAL_READ_CAPACITY: usize = 256;
 
 /// What went wrong reading or writing a protocol message.
 #[derive(Debug, thiserror::Error)]
