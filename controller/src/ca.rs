@@ -32,7 +32,7 @@ pub enum CaError {
 const CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Tolerated clock skew: certificates are valid from this long ago.
-const BACKDATE: Duration = Duration::from_secs(300);
+const BACKDATE: Duration = Duration::from_secs(darkport_proto::CERT_BACKDATE_SECS);
 
 /// A loaded CA: certificate and signing key.
 pub struct Ca {

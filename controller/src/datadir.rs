@@ -8,7 +8,8 @@
 //!   controller.id        the controller's own identity (0600)
 //!   admin.id             the admin identity used by admin commands (0600)
 //!   token.key            secret for enrollment token MACs (0600)
-//!   state.json           identities, services, policies, tokens (0600)
+//!   state.db             SQLite: identities, certificates, services, policies,
+//!                        tokens, routers, audit log (0600)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use darkport_proto::identity::{IdentityName, Kind};
 use darkport_transport::identity::{write_private_file, IdentityFile, IDENTITY_FILE_VERSION};
 
 use crate::ca::Ca;
-use crate::store::{IdentityRecord, Store};
+use crate::store::{CertRecord, IdentityRecord, Store};
 
 /// Why the data dir could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +110,9 @@ impl DataDir {
     pub fn token_key(&self) -> PathBuf {
         self.root.join("token.key")
     }
-    /// `state.json`.
+    /// `state.db`.
     pub fn state(&self) -> PathBuf {
-        self.root.join("state.json")
+        self.root.join("state.db")
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, DataDirError> {
@@ -171,8 +172,12 @@ fn file_err(path: &Path) -> impl Fn(String) -> DataDirError + '_ {
     }
 }
 
-/// Shortest identity certificate lifetime.
-pub const MIN_CERT_TTL: Duration = Duration::from_secs(60);
+/// Name of the router policy `init` creates: all routers serve all services.
+pub const DEFAULT_ROUTER_POLICY: &str = "all-routers";
+
+/// Shortest identity certificate lifetime (short lifetimes are for tests of
+/// renewal; production uses days).
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(5);
 
 /// Longest identity certificate lifetime.
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
@@ -242,9 +247,14 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
                 name,
                 kind,
                 roles: vec![],
-                fingerprint: Some(darkport_proto::identity::fingerprint(&der)),
-                cert_expires_at: Some(now + LOCAL_TTL.as_secs()),
+                certificates: vec![CertRecord {
+                    fingerprint: darkport_proto::identity::fingerprint(&der),
+                    issued_at: now,
+                    expires_at: now + LOCAL_TTL.as_secs(),
+                }],
                 created_at: now,
+                revoked_at: None,
+                last_seen: None,
             });
         }
     }
@@ -259,12 +269,28 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
         .map_err(|e| file_err(&dir.config())(e.to_string()))?;
 
     let store = Store::open(&dir.state())?;
-    store.update(false, |s| {
-        if let Some(admin) = admin_record {
-            s.identities.insert(admin.name.clone(), admin);
-        }
-        Ok::<_, DataDirError>(())
-    })?;
+    let all_routers = IdentityName::new(DEFAULT_ROUTER_POLICY)
+        .map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    store.update(
+        true,
+        crate::store::audit("init", format!("initialized, advertise {}", opts.advertise)),
+        |s| {
+            if let Some(admin) = admin_record {
+                s.identities.insert(admin.name.clone(), admin);
+            }
+            // Every router may serve every service until the admin narrows it:
+            // a visible, deletable default rather than an implicit rule.
+            s.router_policies.insert(
+                all_routers.clone(),
+                darkport_proto::policy::RouterPolicyEntry {
+                    name: all_routers,
+                    routers: vec![darkport_proto::policy::Selector::All],
+                    services: vec![darkport_proto::policy::Selector::All],
+                },
+            );
+            Ok::<_, DataDirError>(())
+        },
+    )?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod ca;
 pub mod datadir;
 pub mod server;
+pub mod sqlite;
 pub mod store;
 
 pub use datadir::{init, DataDir, InitOptions};

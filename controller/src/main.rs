@@ -11,7 +11,7 @@ use darkport_controller::admin::Admin;
 use darkport_controller::{DataDir, InitOptions};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_proto::policy::{Selector, ServiceEntry};
+use darkport_proto::policy::{RouterPolicyEntry, Selector, ServiceEntry};
 use darkport_proto::token::fmt_time;
 
 const ENV_DATA_DIR: &str = "DARKPORT_DATA_DIR";
@@ -73,6 +73,19 @@ enum Cmd {
     /// Manage service policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Manage router policies: which routers may serve which services.
+    #[command(subcommand, name = "router-policy")]
+    RouterPolicy(RouterPolicyCmd),
+    /// Show the audit log of admin actions and enrollments.
+    Audit {
+        /// Show at most this many entries (newest).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show routers.
     #[command(subcommand)]
     Router(RouterCmd),
@@ -105,7 +118,34 @@ enum IdentityCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Delete an identity; routers refuse it from then on.
+    /// Show one identity.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add or remove roles.
+    Update {
+        name: String,
+        /// Role to add (repeatable).
+        #[arg(long = "add-role")]
+        add: Vec<String>,
+        /// Role to remove (repeatable).
+        #[arg(long = "remove-role")]
+        remove: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an identity: routers refuse it and close its connections
+    /// within a second; the record stays for the audit trail.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete an identity; routers refuse it and close its connections.
     Delete {
         name: String,
         #[command(flatten)]
@@ -163,7 +203,49 @@ enum PolicyCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Say whether an identity may dial a service, and which policies decide it.
+    Explain {
+        /// Client identity name.
+        #[arg(long)]
+        identity: String,
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Delete a policy.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouterPolicyCmd {
+    /// Allow routers to serve services.
+    Create {
+        name: String,
+        /// Routers: #ROLE, @NAME, NAME or #all (repeatable).
+        #[arg(long = "router", required = true)]
+        routers: Vec<String>,
+        /// Services: #ROLE, @NAME, NAME or #all (repeatable).
+        #[arg(long = "service", required = true)]
+        services: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List router policies.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete a router policy.
     Delete {
         name: String,
         #[command(flatten)]
@@ -218,6 +300,10 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
             AdminResponse::Services(v) => serde_json::to_string_pretty(&v)?,
             AdminResponse::Policies(v) => serde_json::to_string_pretty(&v)?,
             AdminResponse::Routers(v) => serde_json::to_string_pretty(&v)?,
+            AdminResponse::Identity(v) => serde_json::to_string_pretty(&v)?,
+            AdminResponse::RouterPolicies(v) => serde_json::to_string_pretty(&v)?,
+            AdminResponse::Explanation(v) => serde_json::to_string_pretty(&v)?,
+            AdminResponse::Audit(v) => serde_json::to_string_pretty(&v)?,
             _ => "null".into(),
         };
         println!("{v}");
@@ -226,8 +312,8 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
     match resp {
         AdminResponse::Identities(v) => {
             println!(
-                "{:<24} {:<7} {:<24} {:<18} CERT EXPIRES",
-                "NAME", "KIND", "ROLES", "FINGERPRINT"
+                "{:<20} {:<7} {:<20} {:<17} {:<21} {:<8} {:<21} CONNECTED TO",
+                "NAME", "KIND", "ROLES", "FINGERPRINT", "CERT EXPIRES", "STATE", "LAST SEEN"
             );
             for i in v {
                 let fp = i
@@ -239,14 +325,48 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
                     .cert_expires_at
                     .map(fmt_time)
                     .unwrap_or_else(|| "-".into());
+                let state = if i.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                let seen = i.last_seen.map(fmt_time).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<24} {:<7} {:<24} {:<18} {exp}",
+                    "{:<20} {:<7} {:<20} {:<17} {:<21} {:<8} {:<21} {}",
                     i.name,
                     i.kind,
                     join(&i.roles, "#"),
-                    fp
+                    fp,
+                    exp,
+                    state,
+                    seen,
+                    join(&i.connected_to, "")
                 );
             }
+        }
+        AdminResponse::Identity(i) => {
+            println!("name:          {}", i.name);
+            println!("kind:          {}", i.kind);
+            println!("roles:         {}", join(&i.roles, "#"));
+            println!(
+                "fingerprint:   {}",
+                i.fingerprint.as_deref().unwrap_or("(not enrolled)")
+            );
+            println!(
+                "cert expires:  {}",
+                i.cert_expires_at
+                    .map(fmt_time)
+                    .unwrap_or_else(|| "-".into())
+            );
+            println!(
+                "revoked:       {}",
+                i.revoked_at.map(fmt_time).unwrap_or_else(|| "no".into())
+            );
+            println!(
+                "last seen:     {}",
+                i.last_seen.map(fmt_time).unwrap_or_else(|| "never".into())
+            );
+            println!("connected to:  {}", join(&i.connected_to, ""));
         }
         AdminResponse::Services(v) => {
             println!("{:<24} {:<32} ROLES", "NAME", "ADDRESS");
@@ -265,15 +385,56 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
                 );
             }
         }
-        AdminResponse::Routers(v) => {
-            println!("{:<24} {:<32} STATE", "NAME", "ADVERTISE");
-            for r in v {
+        AdminResponse::RouterPolicies(v) => {
+            println!("{:<24} {:<32} SERVICES", "NAME", "ROUTERS");
+            for p in v {
                 println!(
                     "{:<24} {:<32} {}",
+                    p.name,
+                    join(&p.routers, ""),
+                    join(&p.services, "")
+                );
+            }
+        }
+        AdminResponse::Routers(v) => {
+            println!(
+                "{:<24} {:<24} {:<8} {:<9} SERVES",
+                "NAME", "ADVERTISE", "STATE", "SNAPSHOT"
+            );
+            for r in v {
+                let version = r
+                    .snapshot_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let state = if r.online { "online" } else { "offline" };
+                println!(
+                    "{:<24} {:<24} {:<8} {:<9} {}",
                     r.name,
                     r.advertise,
-                    if r.online { "online" } else { "offline" }
+                    state,
+                    version,
+                    join(&r.services, "")
                 );
+            }
+        }
+        AdminResponse::Explanation(e) => {
+            println!("{}", if e.allowed { "ALLOWED" } else { "DENIED" });
+            for r in &e.reasons {
+                println!("  - {r}");
+            }
+            if !e.dial_policies.is_empty() {
+                println!("service policies: {}", join(&e.dial_policies, ""));
+            }
+            for (router, policies) in &e.routers {
+                println!(
+                    "router {router} may serve it (router policies: {})",
+                    join(policies, "")
+                );
+            }
+        }
+        AdminResponse::Audit(v) => {
+            for a in v {
+                println!("{}  {:<12} {}", fmt_time(a.at), a.actor, a.action);
             }
         }
         AdminResponse::Token { .. } | AdminResponse::Done => {}
@@ -443,6 +604,72 @@ async fn real_main() -> Result<()> {
         }
         Cmd::Router(RouterCmd::List { json, admin }) => {
             print(call(&admin, AdminRequest::ListRouters).await?, json)?
+        }
+        Cmd::Identity(IdentityCmd::Show {
+            name: n,
+            json,
+            admin,
+        }) => print(
+            call(&admin, AdminRequest::ShowIdentity { name: name(&n)? }).await?,
+            json,
+        )?,
+        Cmd::Identity(IdentityCmd::Update {
+            name: n,
+            add,
+            remove,
+            admin,
+        }) => {
+            let req = AdminRequest::UpdateIdentity {
+                name: name(&n)?,
+                add_roles: names(&add)?,
+                remove_roles: names(&remove)?,
+            };
+            call(&admin, req).await?;
+            eprintln!("updated identity {n}");
+        }
+        Cmd::Identity(IdentityCmd::Revoke { name: n, admin }) => {
+            call(&admin, AdminRequest::RevokeIdentity { name: name(&n)? }).await?;
+            eprintln!("revoked identity {n}; routers refuse it and close its connections");
+        }
+        Cmd::Policy(PolicyCmd::Explain {
+            identity,
+            service,
+            json,
+            admin,
+        }) => {
+            let resp = call(
+                &admin,
+                AdminRequest::Explain {
+                    identity: name(&identity)?,
+                    service,
+                },
+            )
+            .await?;
+            print(resp, json)?
+        }
+        Cmd::RouterPolicy(RouterPolicyCmd::Create {
+            name: n,
+            routers,
+            services,
+            admin,
+        }) => {
+            let p = RouterPolicyEntry {
+                name: name(&n)?,
+                routers: selectors(&routers)?,
+                services: selectors(&services)?,
+            };
+            call(&admin, AdminRequest::CreateRouterPolicy(p)).await?;
+            eprintln!("created router policy {n}");
+        }
+        Cmd::RouterPolicy(RouterPolicyCmd::List { json, admin }) => {
+            print(call(&admin, AdminRequest::ListRouterPolicies).await?, json)?
+        }
+        Cmd::RouterPolicy(RouterPolicyCmd::Delete { name: n, admin }) => {
+            call(&admin, AdminRequest::DeleteRouterPolicy { name: name(&n)? }).await?;
+            eprintln!("deleted router policy {n}");
+        }
+        Cmd::Audit { limit, json, admin } => {
+            print(call(&admin, AdminRequest::Audit { limit }).await?, json)?
         }
     }
     Ok(())

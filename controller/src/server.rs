@@ -19,8 +19,9 @@ use darkport_proto::codec::{read_frame, write_frame, MAX_CONTROL_FRAME};
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
 use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
-    ControlResponse, EnrollRequest, IdentityInfo, RouterInfo,
+    ControlResponse, EnrollRequest, IdentityInfo, RouterInfo, RouterReport,
 };
+use darkport_proto::policy::PolicySnapshot;
 use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
@@ -29,7 +30,9 @@ use darkport_transport::unix_now;
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
-use crate::store::{IdentityRecord, RouterRecord, Store, StoreError, TokenRecord};
+use crate::store::{
+    audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError, TokenRecord,
+};
 
 /// Largest request from a peer without a certificate (enrollment).
 const MAX_UNAUTHENTICATED_FRAME: usize = 64 * 1024;
@@ -64,9 +67,20 @@ struct Ctx {
     ca_fingerprint: String,
     token_key: TokenKey,
     config: Config,
-    /// Routers with a live sync session, by name, with a session id so an
-    /// old session ending does not mark a newer one offline.
-    online: DashMap<IdentityName, u64>,
+    /// Routers with a live sync session, by name.
+    online: DashMap<IdentityName, Presence>,
+}
+
+/// What the controller knows of a connected router.
+#[derive(Debug, Clone)]
+struct Presence {
+    /// Distinguishes sessions, so an old session ending does not mark a
+    /// newer one offline.
+    session: u64,
+    /// Snapshot version the router last reported.
+    snapshot_version: Option<u64>,
+    /// Clients connected to it, as last reported.
+    clients: Vec<IdentityName>,
 }
 
 fn err(code: ControlErrorCode, message: impl Into<String>) -> ControlError {
@@ -191,9 +205,13 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
 fn check_current(ctx: &Ctx, peer: &PeerIdentity) -> Result<(), String> {
     let state = ctx.store.read();
     match state.identities.get(&peer.name) {
-        Some(rec) if rec.kind == peer.kind && rec.fingerprint.as_deref() == Some(&peer.fingerprint) => Ok(()),
+        Some(rec) if rec.kind == peer.kind && rec.holds(&peer.fingerprint, unix_now()) => Ok(()),
+        Some(rec) if rec.kind == peer.kind && rec.revoked_at.is_some() => Err(format!(
+            "{} {} was revoked; ask the controller admin for a new identity",
+            peer.kind, peer.name
+        )),
         Some(rec) if rec.kind == peer.kind => Err(format!(
-            "the certificate of {} {} is not its current one (re-enrolled?); use the newest identity file",
+            "the certificate of {} {} is expired or replaced; use the newest identity file, or re-enroll",
             peer.kind, peer.name
         )),
         _ => Err(format!(
@@ -236,13 +254,19 @@ async fn handle_stream(
             (ControlBody::Enroll(e), _) => respond(enroll(&ctx, e), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem }),
             (ControlBody::Admin(a), Some(p)) if p.kind == Kind::Admin => {
                 info!(admin = %p.name, request = ?a, "admin request");
-                respond(admin(&ctx, a), ControlResponse::Admin)
+                respond(admin(&ctx, &p.name, a), ControlResponse::Admin)
             }
             (ControlBody::RouterSync { advertise }, Some(p)) if p.kind == Kind::Router => {
                 router_sync(&ctx, p, advertise, &mut send).await;
                 return;
             }
-            (ControlBody::ListRouters, Some(_)) => ControlResponse::Routers(list_routers(&ctx)),
+            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(list_routers(&ctx, Some(p))),
+            (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
+                respond(renew(&ctx, p, &csr_der), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
+            }
+            (ControlBody::RouterReport(r), Some(p)) if p.kind == Kind::Router => {
+                respond(router_report(&ctx, p, r), |()| ControlResponse::Ack)
+            }
             (body, _) => ControlResponse::Error(err(
                 ControlErrorCode::Forbidden,
                 format!(
@@ -276,6 +300,8 @@ fn body_name(b: &ControlBody) -> &'static str {
         ControlBody::Admin(_) => "admin",
         ControlBody::RouterSync { .. } => "router sync",
         ControlBody::ListRouters => "list routers",
+        ControlBody::Renew { .. } => "renew",
+        ControlBody::RouterReport(_) => "router report",
     }
 }
 
@@ -300,7 +326,14 @@ fn enroll(ctx: &Ctx, req: EnrollRequest) -> Result<(String, String), ControlErro
     let now = unix_now();
     // Check and consume the token in the same state update that records
     // the certificate: a second use can never succeed, even concurrently.
-    ctx.store.update(true, |s| {
+    let what = audit(
+        "enroll",
+        format!(
+            "enrolled {} {} ({fingerprint})",
+            claims.kind, claims.identity
+        ),
+    );
+    ctx.store.update(true, what, |s| {
         let rec = s.tokens.get_mut(&claims.token_id).ok_or_else(|| {
             rejected(format!(
                 "enrollment token for {} is unknown to this controller; create a new one with darkport-controller identity create",
@@ -318,10 +351,10 @@ fn enroll(ctx: &Ctx, req: EnrollRequest) -> Result<(String, String), ControlErro
         let ident = s
             .identities
             .get_mut(&claims.identity)
-            .filter(|i| i.kind == claims.kind)
-            .ok_or_else(|| rejected(format!("identity {} was deleted after the token was made", claims.identity)))?;
-        ident.fingerprint = Some(fingerprint.clone());
-        ident.cert_expires_at = Some(now + ttl.as_secs());
+            .filter(|i| i.kind == claims.kind && i.revoked_at.is_none())
+            .ok_or_else(|| rejected(format!("identity {} was deleted or revoked after the token was made", claims.identity)))?;
+        ident.certificates.push(CertRecord { fingerprint: fingerprint.clone(), issued_at: now, expires_at: now + ttl.as_secs() });
+        prune_certificates(ident, now);
         Ok(())
     })?;
     info!(identity = %claims.identity, kind = %claims.kind, %fingerprint, "enrolled");
@@ -342,8 +375,46 @@ fn exists(what: &str, name: &IdentityName) -> ControlError {
     )
 }
 
-fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
+/// Keeps the newest certificate and older ones not yet expired.
+fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
+    let newest = ident.certificates.len().saturating_sub(1);
+    let mut i = 0;
+    ident.certificates.retain(|c| {
+        let keep = i == newest || c.expires_at > now;
+        i += 1;
+        keep
+    });
+}
+
+fn identity_info(ctx: &Ctx, i: &IdentityRecord) -> IdentityInfo {
+    IdentityInfo {
+        name: i.name.clone(),
+        kind: i.kind,
+        roles: i.roles.clone(),
+        fingerprint: i.current().map(|c| c.fingerprint.clone()),
+        cert_expires_at: i.current().map(|c| c.expires_at),
+        revoked_at: i.revoked_at,
+        last_seen: if ctx.online.contains_key(&i.name) {
+            Some(unix_now())
+        } else {
+            i.last_seen
+        },
+        connected_to: ctx
+            .online
+            .iter()
+            .filter(|p| p.clients.contains(&i.name))
+            .map(|p| p.key().clone())
+            .collect(),
+    }
+}
+
+fn admin(
+    ctx: &Ctx,
+    actor: &IdentityName,
+    req: AdminRequest,
+) -> Result<AdminResponse, ControlError> {
     let bad = |m: String| err(ControlErrorCode::BadRequest, m);
+    let actor = actor.as_str();
     match req {
         AdminRequest::CreateIdentity {
             name,
@@ -377,64 +448,117 @@ fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
             let token = SignedToken::sign(claims.clone(), &ctx.token_key)
                 .and_then(|t| t.encode())
                 .map_err(|e| err(ControlErrorCode::Internal, e.to_string()))?;
-            ctx.store.update(true, |s| {
-                if s.identities.contains_key(&name) {
-                    return Err(exists("identity", &name));
-                }
-                s.identities.insert(
-                    name.clone(),
-                    IdentityRecord {
-                        name: name.clone(),
-                        kind,
-                        roles,
-                        fingerprint: None,
-                        cert_expires_at: None,
-                        created_at: now,
-                    },
-                );
-                s.tokens.insert(
-                    claims.token_id.clone(),
-                    TokenRecord {
-                        identity: name.clone(),
-                        expires_at: claims.expires_at,
-                        consumed_at: None,
-                    },
-                );
-                Ok(())
-            })?;
+            ctx.store.update(
+                true,
+                audit(actor, format!("created {kind} identity {name}")),
+                |s| {
+                    if s.identities.contains_key(&name) {
+                        return Err(exists("identity", &name));
+                    }
+                    s.identities.insert(
+                        name.clone(),
+                        IdentityRecord {
+                            name: name.clone(),
+                            kind,
+                            roles,
+                            certificates: vec![],
+                            created_at: now,
+                            revoked_at: None,
+                            last_seen: None,
+                        },
+                    );
+                    s.tokens.insert(
+                        claims.token_id.clone(),
+                        TokenRecord {
+                            identity: name.clone(),
+                            expires_at: claims.expires_at,
+                            consumed_at: None,
+                        },
+                    );
+                    Ok(())
+                },
+            )?;
             Ok(AdminResponse::Token {
                 token,
                 expires_at: claims.expires_at,
             })
         }
-        AdminRequest::ListIdentities => Ok(AdminResponse::Identities(
-            ctx.store
-                .read()
+        AdminRequest::ListIdentities => {
+            let state = ctx.store.read();
+            Ok(AdminResponse::Identities(
+                state
+                    .identities
+                    .values()
+                    .map(|i| identity_info(ctx, i))
+                    .collect(),
+            ))
+        }
+        AdminRequest::ShowIdentity { name } => {
+            let state = ctx.store.read();
+            let i = state
                 .identities
-                .values()
-                .map(|i| IdentityInfo {
-                    name: i.name.clone(),
-                    kind: i.kind,
-                    roles: i.roles.clone(),
-                    fingerprint: i.fingerprint.clone(),
-                    cert_expires_at: i.cert_expires_at,
-                })
-                .collect(),
-        )),
-        AdminRequest::DeleteIdentity { name } => ctx.store.update(true, |s| {
-            match s.identities.get(&name) {
-                None => return Err(not_found("identity", &name)),
-                Some(i) if i.kind == Kind::Admin => {
-                    return Err(bad("the admin identity cannot be deleted".into()))
+                .get(&name)
+                .ok_or_else(|| not_found("identity", &name))?;
+            Ok(AdminResponse::Identity(identity_info(ctx, i)))
+        }
+        AdminRequest::UpdateIdentity {
+            name,
+            add_roles,
+            remove_roles,
+        } => {
+            let what = format!("updated roles of {name}: +{add_roles:?} -{remove_roles:?}");
+            ctx.store.update(true, audit(actor, what), |s| {
+                let i = s
+                    .identities
+                    .get_mut(&name)
+                    .ok_or_else(|| not_found("identity", &name))?;
+                i.roles.retain(|r| !remove_roles.contains(r));
+                for r in add_roles {
+                    if !i.roles.contains(&r) {
+                        i.roles.push(r);
+                    }
                 }
-                Some(_) => {}
-            }
-            s.identities.remove(&name);
-            s.routers.remove(&name);
-            // Unused tokens must not enroll a later identity of the same name.
-            s.tokens.retain(|_, t| t.identity != name);
-            Ok(AdminResponse::Done)
-        }),
+                Ok(AdminResponse::Done)
+            })
+        }
+        AdminRequest::RevokeIdentity { name } => ctx.store.update(
+            true,
+            audit(actor, format!("revoked identity {name}")),
+            |s| {
+                let i = s
+                    .identities
+                    .get_mut(&name)
+                    .ok_or_else(|| not_found("identity", &name))?;
+                if i.kind == Kind::Admin {
+                    return Err(bad("the admin identity cannot be revoked".into()));
+                }
+                if i.revoked_at.is_none() {
+                    i.revoked_at = Some(unix_now());
+                }
+                s.tokens.retain(|_, t| t.identity != name);
+                Ok(AdminResponse::Done)
+            },
+        ),
+        AdminRequest::DeleteIdentity { name } => {
+            ctx.store.update(
+                true,
+                audit(actor, format!("deleted identity {name}")),
+                |s| {
+                    match s.identities.get(&name) {
+                        None => return Err(not_found("identity", &name)),
+                        Some(i) if i.kind == Kind::Admin => {
+                            return Err(bad("the admin identity cannot be deleted".into()))
+                        }
+                        Some(_) => {}
+                    }
+                    s.identities.remove(&name);
+                    s.routers.remove(&name);
+                    // Unused tokens must not enroll a later identity of the same name.
+                    s.tokens.retain(|_, t| t.identity != name);
+                    Ok(AdminResponse::Done)
+                },
+            )
+        }
         AdminRequest::CreateService(svc) => {
             if darkport_transport::endpoint::parse_host_port(&svc.address).is_none() {
                 return Err(bad(format!(
@@ -442,7 +566,8 @@ fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
                     svc.address
                 )));
             }
-            ctx.store.update(true, |s| {
+            let what = format!("created service {} at {}", svc.name, svc.address);
+            ctx.store.update(true, audit(actor, what), |s| {
                 if s.services.contains_key(&svc.name) {
                     return Err(exists("service", &svc.name));
                 }
@@ -453,12 +578,15 @@ fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
         AdminRequest::ListServices => Ok(AdminResponse::Services(
             ctx.store.read().services.values().cloned().collect(),
         )),
-        AdminRequest::DeleteService { name } => ctx.store.update(true, |s| {
-            s.services
-                .remove(&name)
-                .ok_or_else(|| not_found("service", &name))?;
-            Ok(AdminResponse::Done)
-        }),
+        AdminRequest::DeleteService { name } => {
+            ctx.store
+                .update(true, audit(actor, format!("deleted service {name}")), |s| {
+                    s.services
+                        .remove(&name)
+                        .ok_or_else(|| not_found("service", &name))?;
+                    Ok(AdminResponse::Done)
+                })
+        }
         AdminRequest::CreatePolicy {
             name,
             services,
@@ -469,51 +597,176 @@ fn admin(ctx: &Ctx, req: AdminRequest) -> Result<AdminResponse, ControlError> {
                     "a policy needs at least one --service and one --identity selector".into(),
                 ));
             }
-            ctx.store.update(true, |s| {
-                if s.policies.contains_key(&name) {
-                    return Err(exists("policy", &name));
-                }
-                s.policies.insert(
-                    name.clone(),
-                    darkport_proto::policy::PolicyEntry {
-                        name: name.clone(),
-                        services,
-                        identities,
-                    },
-                );
-                Ok(AdminResponse::Done)
-            })
+            ctx.store.update(
+                true,
+                audit(actor, format!("created service policy {name}")),
+                |s| {
+                    if s.policies.contains_key(&name) {
+                        return Err(exists("policy", &name));
+                    }
+                    s.policies.insert(
+                        name.clone(),
+                        darkport_proto::policy::PolicyEntry {
+                            name: name.clone(),
+                            services,
+                            identities,
+                        },
+                    );
+                    Ok(AdminResponse::Done)
+                },
+            )
         }
         AdminRequest::ListPolicies => Ok(AdminResponse::Policies(
             ctx.store.read().policies.values().cloned().collect(),
         )),
-        AdminRequest::DeletePolicy { name } => ctx.store.update(true, |s| {
-            s.policies
-                .remove(&name)
-                .ok_or_else(|| not_found("policy", &name))?;
-            Ok(AdminResponse::Done)
-        }),
-        AdminRequest::ListRouters => Ok(AdminResponse::Routers(list_routers(ctx))),
+        AdminRequest::DeletePolicy { name } => ctx.store.update(
+            true,
+            audit(actor, format!("deleted service policy {name}")),
+            |s| {
+                s.policies
+                    .remove(&name)
+                    .ok_or_else(|| not_found("policy", &name))?;
+                Ok(AdminResponse::Done)
+            },
+        ),
+        AdminRequest::CreateRouterPolicy(p) => {
+            if p.routers.is_empty() || p.services.is_empty() {
+                return Err(bad(
+                    "a router policy needs at least one --router and one --service selector".into(),
+                ));
+            }
+            ctx.store.update(
+                true,
+                audit(actor, format!("created router policy {}", p.name)),
+                |s| {
+                    if s.router_policies.contains_key(&p.name) {
+                        return Err(exists("router policy", &p.name));
+                    }
+                    s.router_policies.insert(p.name.clone(), p);
+                    Ok(AdminResponse::Done)
+                },
+            )
+        }
+        AdminRequest::ListRouterPolicies => Ok(AdminResponse::RouterPolicies(
+            ctx.store.read().router_policies.values().cloned().collect(),
+        )),
+        AdminRequest::DeleteRouterPolicy { name } => ctx.store.update(
+            true,
+            audit(actor, format!("deleted router policy {name}")),
+            |s| {
+                s.router_policies
+                    .remove(&name)
+                    .ok_or_else(|| not_found("router policy", &name))?;
+                Ok(AdminResponse::Done)
+            },
+        ),
+        AdminRequest::Explain { identity, service } => {
+            Ok(AdminResponse::Explanation(darkport_proto::policy::explain(
+                &ctx.store.read().snapshot(unix_now()),
+                &identity,
+                &service,
+            )))
+        }
+        AdminRequest::ListRouters => Ok(AdminResponse::Routers(list_routers(ctx, None))),
+        AdminRequest::Audit { limit } => {
+            Ok(AdminResponse::Audit(ctx.store.audit(limit.min(10_000))?))
+        }
     }
 }
 
-fn list_routers(ctx: &Ctx) -> Vec<RouterInfo> {
+/// Routers with what they may serve. For a client, only the services it
+/// may dial are listed (a router serving none of them is still listed, so
+/// the client gets the router's precise refusal rather than no router).
+fn list_routers(ctx: &Ctx, asker: Option<&PeerIdentity>) -> Vec<RouterInfo> {
     let state = ctx.store.read();
+    let snapshot = state.snapshot(unix_now());
+    let client = asker
+        .filter(|p| p.kind == Kind::Client)
+        .and_then(|p| snapshot.identity(Kind::Client, &p.name));
     state
         .routers
         .iter()
-        .filter(|(name, _)| {
-            state
-                .identities
-                .get(*name)
-                .is_some_and(|i| i.kind == Kind::Router)
-        })
-        .map(|(name, r)| RouterInfo {
-            name: name.clone(),
-            advertise: r.advertise.clone(),
-            online: ctx.online.contains_key(name),
+        .filter_map(|(name, r)| {
+            let router = snapshot.identity(Kind::Router, name)?;
+            let services = served(&snapshot, router, client);
+            let presence = ctx.online.get(name);
+            Some(RouterInfo {
+                name: name.clone(),
+                advertise: r.advertise.clone(),
+                online: presence.is_some(),
+                snapshot_version: presence.and_then(|p| p.snapshot_version),
+                services,
+            })
         })
         .collect()
+}
+
+fn served(
+    snapshot: &PolicySnapshot,
+    router: &darkport_proto::policy::IdentityEntry,
+    client: Option<&darkport_proto::policy::IdentityEntry>,
+) -> Vec<IdentityName> {
+    snapshot
+        .services
+        .iter()
+        .filter(|svc| snapshot.serve_policies(router, svc).next().is_some())
+        .filter(|svc| client.is_none_or(|c| snapshot.dial_policies(c, svc).next().is_some()))
+        .map(|svc| svc.name.clone())
+        .collect()
+}
+
+fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, String), ControlError> {
+    let ttl = Duration::from_secs(ctx.config.cert_ttl_secs);
+    let (cert_pem, der) = ctx
+        .ca
+        .sign_csr(csr_der, peer.kind, &peer.name, ttl)
+        .map_err(|e| err(ControlErrorCode::BadRequest, e.to_string()))?;
+    let fingerprint = darkport_proto::identity::fingerprint(&der);
+    let now = unix_now();
+    let what = audit(
+        peer.name.as_str(),
+        format!("renewed certificate of {peer} ({fingerprint})"),
+    );
+    ctx.store.update(true, what, |s: &mut State| {
+        let ident = s
+            .identities
+            .get_mut(&peer.name)
+            .filter(|i| i.kind == peer.kind && i.holds(&peer.fingerprint, now))
+            .ok_or_else(|| {
+                err(
+                    ControlErrorCode::Forbidden,
+                    format!("{peer} is no longer current; re-enroll"),
+                )
+            })?;
+        ident.certificates.push(CertRecord {
+            fingerprint: fingerprint.clone(),
+            issued_at: now,
+            expires_at: now + ttl.as_secs(),
+        });
+        prune_certificates(ident, now);
+        Ok::<_, ControlError>(())
+    })?;
+    info!(identity = %peer, %fingerprint, "renewed certificate");
+    Ok((cert_pem, ctx.ca.cert_pem.clone()))
+}
+
+fn router_report(ctx: &Ctx, peer: &PeerIdentity, report: RouterReport) -> Result<(), ControlError> {
+    if let Some(mut p) = ctx.online.get_mut(&peer.name) {
+        p.snapshot_version = Some(report.snapshot_version);
+        p.clients = report.clients.clone();
+    }
+    let now = unix_now();
+    ctx.store.update(false, None, |s| {
+        if let Some(r) = s.routers.get_mut(&peer.name) {
+            r.last_seen = now;
+        }
+        for name in report.clients.iter().chain(std::iter::once(&peer.name)) {
+            if let Some(i) = s.identities.get_mut(name) {
+                i.last_seen = Some(now);
+            }
+        }
+        Ok::<_, ControlError>(())
+    })
 }
 
 async fn router_sync(
@@ -531,7 +784,7 @@ async fn router_sync(
         let _ = send.finish();
         return;
     }
-    let recorded = ctx.store.update(false, |s| {
+    let recorded = ctx.store.update(false, None, |s| {
         s.routers.insert(
             peer.name.clone(),
             RouterRecord {
@@ -545,12 +798,19 @@ async fn router_sync(
         return;
     }
     let session = rand_session();
-    ctx.online.insert(peer.name.clone(), session);
+    ctx.online.insert(
+        peer.name.clone(),
+        Presence {
+            session,
+            snapshot_version: None,
+            clients: vec![],
+        },
+    );
     info!(router = %peer.name, %advertise, "router connected");
     let mut rx = ctx.store.subscribe();
     loop {
         let snapshot = rx.borrow_and_update().clone();
-        // A router deleted (or re-enrolled) meanwhile loses its session.
+        // A router deleted, revoked or re-enrolled meanwhile loses its session.
         if let Err(reason) = check_current(ctx, peer) {
             info!(router = %peer.name, "ending router session: {reason}");
             break;
@@ -566,7 +826,8 @@ async fn router_sync(
             _ = send.stopped() => break,
         }
     }
-    ctx.online.remove_if(&peer.name, |_, s| *s == session);
+    ctx.online
+        .remove_if(&peer.name, |_, p| p.session == session);
     info!(router = %peer.name, "router disconnected");
 }
 

@@ -1,44 +1,58 @@
 //! The controller's state and its persistence.
 //!
-//! State is one JSON document (`state.json`, mode 0600) rewritten
-//! atomically (temporary file, fsync, rename) on every change, under one
-//! lock, so concurrent admin commands serialise and a crash leaves either
-//! the old or the new state. Only the running controller writes it; admin
-//! commands go through its API. Every change that affects routers bumps the
-//! snapshot version and is pushed through a `watch` channel.
+//! The whole state is small (identities, services, policies, tokens) and is
+//! kept in memory; every change is applied to a copy, written through a
+//! [`Backend`] in one transaction, and only then swapped in, under one lock:
+//! concurrent admin commands serialise, and a crash leaves either the old
+//! or the new state. Every change that affects routers bumps the snapshot
+//! version and is pushed through a `watch` channel.
+//!
+//! The backend is a trait so a highly available deployment can later put
+//! the state in PostgreSQL; today it is SQLite ([`crate::sqlite`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use darkport_proto::identity::{IdentityName, Kind};
-use darkport_proto::policy::{IdentityEntry, PolicyEntry, PolicySnapshot, ServiceEntry};
-
-/// Current state file format.
-pub const STATE_VERSION: u32 = 1;
+use darkport_proto::msg::AuditEntry;
+use darkport_proto::policy::{
+    CertEntry, IdentityEntry, PolicyEntry, PolicySnapshot, RouterPolicyEntry, ServiceEntry,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Reading or writing the state file failed.
-    #[error("state file {path}: {reason}")]
-    Io {
+    /// The database failed.
+    #[error("state database {path}: {reason}")]
+    Db {
         /// File.
         path: PathBuf,
         /// Cause.
         reason: String,
     },
-    /// The state file is not valid.
-    #[error("state file {path} is corrupt: {reason}; restore it from a backup")]
+    /// The database holds something this version cannot read.
+    #[error("state database {path} is not usable: {reason}")]
     Corrupt {
         /// File.
         path: PathBuf,
         /// Cause.
         reason: String,
     },
+}
+
+/// One certificate issued to an identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Issue time, Unix seconds.
+    pub issued_at: u64,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
 }
 
 /// An identity as the controller keeps it.
@@ -50,12 +64,31 @@ pub struct IdentityRecord {
     pub kind: Kind,
     /// Roles.
     pub roles: Vec<IdentityName>,
-    /// Fingerprint of the current certificate, once enrolled.
-    pub fingerprint: Option<String>,
-    /// Expiry of the current certificate, Unix seconds.
-    pub cert_expires_at: Option<u64>,
+    /// Certificates issued, oldest first.
+    pub certificates: Vec<CertRecord>,
     /// Creation time, Unix seconds.
     pub created_at: u64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<u64>,
+    /// Last time it was seen by a router or the controller.
+    pub last_seen: Option<u64>,
+}
+
+impl IdentityRecord {
+    /// The newest certificate.
+    pub fn current(&self) -> Option<&CertRecord> {
+        self.certificates.last()
+    }
+
+    /// Whether `fingerprint` is an unexpired certificate of this unrevoked
+    /// identity at `now`.
+    pub fn holds(&self, fingerprint: &str, now: u64) -> bool {
+        self.revoked_at.is_none()
+            && self
+                .certificates
+                .iter()
+                .any(|c| c.fingerprint == fingerprint && now < c.expires_at)
+    }
 }
 
 /// An issued enrollment token.
@@ -79,11 +112,8 @@ pub struct RouterRecord {
 }
 
 /// Everything the controller persists.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
-    /// Format version.
-    pub format: u32,
     /// Snapshot version; bumped on every change routers care about.
     pub version: u64,
     /// Identities by name.
@@ -92,6 +122,8 @@ pub struct State {
     pub services: BTreeMap<IdentityName, ServiceEntry>,
     /// Service policies by name.
     pub policies: BTreeMap<IdentityName, PolicyEntry>,
+    /// Router policies by name.
+    pub router_policies: BTreeMap<IdentityName, RouterPolicyEntry>,
     /// Issued tokens by id.
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Registered routers by name.
@@ -99,123 +131,147 @@ pub struct State {
 }
 
 impl State {
-    /// The policy snapshot routers receive.
-    pub fn snapshot(&self) -> PolicySnapshot {
+    /// The policy snapshot routers receive at `now`: unrevoked clients and
+    /// routers with their unexpired certificates, services and policies.
+    pub fn snapshot(&self, now: u64) -> PolicySnapshot {
         PolicySnapshot {
             version: self.version,
             identities: self
                 .identities
                 .values()
-                .filter(|i| matches!(i.kind, Kind::Client | Kind::Router))
+                .filter(|i| matches!(i.kind, Kind::Client | Kind::Router) && i.revoked_at.is_none())
                 .map(|i| IdentityEntry {
                     name: i.name.clone(),
                     kind: i.kind,
                     roles: i.roles.clone(),
-                    fingerprints: i.fingerprint.iter().cloned().collect(),
+                    certificates: i
+                        .certificates
+                        .iter()
+                        .filter(|c| c.expires_at > now)
+                        .map(|c| CertEntry {
+                            fingerprint: c.fingerprint.clone(),
+                            expires_at: c.expires_at,
+                        })
+                        .collect(),
                 })
                 .collect(),
             services: self.services.values().cloned().collect(),
             policies: self.policies.values().cloned().collect(),
+            router_policies: self.router_policies.values().cloned().collect(),
         }
     }
 }
 
-/// The state plus its file and the snapshot channel.
-#[derive(Debug)]
+/// Where state is persisted.
+pub trait Backend: Send {
+    /// Reads the whole state.
+    fn load(&mut self) -> Result<State, StoreError>;
+    /// Persists the change from `old` to `new`, plus audit entries, in one
+    /// transaction.
+    fn commit(&mut self, old: &State, new: &State, audit: &[AuditEntry]) -> Result<(), StoreError>;
+    /// The newest `limit` audit entries, oldest first.
+    fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    state: State,
+}
+
+/// The state, its backend and the snapshot channel.
 pub struct Store {
-    path: PathBuf,
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
     snapshots: watch::Sender<Arc<PolicySnapshot>>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store(..)")
+    }
+}
+
 impl Store {
-    /// Opens the state file, creating an empty state if it is absent.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let state = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let state: State =
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                if state.format != STATE_VERSION {
-                    return Err(StoreError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: format!("format {} is not supported", state.format),
-                    });
-                }
-                state
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                format: STATE_VERSION,
-                ..State::default()
-            },
-            Err(e) => {
-                return Err(StoreError::Io {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let (snapshots, _) = watch::channel(Arc::new(state.snapshot()));
+    /// Loads the state from `backend`.
+    pub fn new(mut backend: Box<dyn Backend>) -> Result<Store, StoreError> {
+        let state = backend.load()?;
+        let (snapshots, _) =
+            watch::channel(Arc::new(state.snapshot(darkport_transport::unix_now())));
         Ok(Store {
-            path: path.to_path_buf(),
-            state: Mutex::new(state),
+            inner: Mutex::new(Inner { backend, state }),
             snapshots,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a half-applied change:
-        // changes are applied to a copy and swapped in after they persist.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Opens the SQLite state database at `path` (created 0600 if absent).
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        Store::new(Box::new(crate::sqlite::SqliteBackend::open(path)?))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Changes are applied to a copy and swapped in after they persist,
+        // so a panic elsewhere cannot leave a half-applied state.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the current state.
     pub fn read(&self) -> State {
-        self.lock().clone()
+        self.lock().state.clone()
     }
 
     /// Applies `change` to a copy of the state; if it returns `Ok`, the copy
-    /// is persisted and becomes the state (and, with `bump`, a new snapshot
-    /// is published). The lock is held throughout, so changes serialise.
+    /// is persisted with `audit` and becomes the state (and, with `bump`, a
+    /// new snapshot is published). The lock is held throughout, so changes
+    /// serialise. The lock is a std mutex held for a short synchronous
+    /// database write, never across an await.
     pub fn update<T, E>(
         &self,
         bump: bool,
+        audit: Option<AuditEntry>,
         change: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let mut guard = self.lock();
-        let mut next = guard.clone();
+        let mut next = guard.state.clone();
         let out = change(&mut next)?;
         if bump {
             next.version += 1;
         }
-        self.persist(&next)?;
-        *guard = next;
+        let inner = &mut *guard;
+        inner
+            .backend
+            .commit(&inner.state, &next, audit.as_slice())?;
+        inner.state = next;
         if bump {
-            self.snapshots.send_replace(Arc::new(guard.snapshot()));
+            self.snapshots.send_replace(Arc::new(
+                inner.state.snapshot(darkport_transport::unix_now()),
+            ));
         }
         Ok(out)
     }
 
-    fn persist(&self, state: &State) -> Result<(), StoreError> {
-        let text = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Io {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        darkport_transport::identity::write_private_file(&self.path, &text, true).map_err(|e| {
-            StoreError::Io {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            }
-        })
+    /// The newest audit entries.
+    pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.lock().backend.audit(limit)
     }
 
     /// Subscribes to policy snapshots.
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
         self.snapshots.subscribe()
     }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+/// An audit entry for now.
+pub fn audit(actor: impl Into<String>, action: impl Into<String>) -> Option<AuditEntry> {
+    Some(AuditEntry {
+        at: darkport_transport::unix_now(),
+        actor: actor.into(),
+        action: action.into(),
+    })
 }

@@ -56,11 +56,11 @@ fn csr_requests_cannot_choose_their_identity() {
 #[test]
 fn state_survives_reopen_and_failed_updates_change_nothing() {
     let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("state.json");
+    let path = dir.path().join("state.db");
     let store = Store::open(&path).expect("open");
     let mut rx = store.subscribe();
     store
-        .update(true, |s| {
+        .update(true, None, |s| {
             s.tokens.insert(
                 "t1".into(),
                 TokenRecord {
@@ -77,12 +77,13 @@ fn state_survives_reopen_and_failed_updates_change_nothing() {
 
     // A failing change leaves state and file untouched.
     let before = std::fs::read(&path).expect("read");
-    let r: Result<(), StoreErr> = store.update(true, |s| {
+    let r: Result<(), StoreErr> = store.update(true, None, |s| {
         s.tokens.clear();
         Err(StoreErr("nope"))
     });
     assert!(matches!(r, Err(StoreErr("nope"))));
     assert_eq!(std::fs::read(&path).expect("read"), before);
+    assert_eq!(store.read().tokens.len(), 1);
     assert!(!rx.has_changed().expect("channel"));
 
     // Consumed tokens stay consumed across a restart.
@@ -99,9 +100,13 @@ fn state_survives_reopen_and_failed_updates_change_nothing() {
     }
 
     // A corrupt file is an error, not a panic and not an empty state.
-    std::fs::write(&path, b"{not json").expect("write");
+    drop(store);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("state.db{suffix}")));
+    }
+    std::fs::write(&path, vec![b'x'; 8192]).expect("write");
     let err = Store::open(&path).expect_err("corrupt");
-    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert!(err.to_string().contains("state.db"), "{err}");
 }
 
 #[derive(Debug)]

@@ -77,6 +77,7 @@ async fn main() -> Result<()> {
         args.identity.as_ref(),
         ClientOptions {
             routers: args.routers.clone(),
+            ..Default::default()
         },
     )
     .with_context(|| format!("loading identity {}", args.identity))?;

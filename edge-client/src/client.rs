@@ -1,52 +1,133 @@
-//! The client: router discovery and the connection it keeps.
+//! The client: router discovery, a small pool of router connections, and
+//! failover.
+//!
+//! A client keeps connections to up to [`ClientOptions::pool_size`] routers
+//! that may serve its services and sends each new dial to the one with the
+//! lowest round-trip time. A dial watches the router's liveness: if nothing
+//! at all comes back from the router within a short window (a router that
+//! was killed sends nothing), the connection is dropped and the dial moves
+//! to the next router, so one dead router costs a new connection well under
+//! two seconds. A router that is alive but slow (its service is slow to
+//! connect) gets the full dial timeout.
+//!
+//! The router list comes from the controller and is cached next to the
+//! identity file, so clients keep working while the controller is down.
+//! With an identity file, the certificate is renewed automatically and new
+//! connections use the renewed certificate.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::identity::Kind;
-use darkport_proto::msg::{ControlBody, ControlResponse, DialRequest, DialResponse};
+use darkport_proto::msg::{ControlBody, ControlResponse, DialRequest, DialResponse, RouterInfo};
+use darkport_proto::token::fmt_time;
 use darkport_proto::{ProtoError, ALPN_CONTROL, ALPN_DATA};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{client_config, Trust};
-use darkport_transport::{control, describe_connection_error};
+use darkport_transport::{control, describe_connection_error, unix_now};
 
 use crate::{DialError, DialStream};
 
 /// Time the router has to answer a dial.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// If nothing arrives from a router this long after a dial request was
+/// sent (plus a few round trips), it is taken for dead.
+pub const LIVENESS_WINDOW: Duration = Duration::from_millis(400);
+
+/// How long a router list from the controller is used before asking again.
+pub const ROUTER_LIST_TTL: Duration = Duration::from_secs(30);
+
+/// How long to wait for the controller when a router list is at hand.
+const CONTROLLER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// After a failed refresh, ask the controller again this soon.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
 /// Options for [`Client`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Routers to use (`host:port`), in order of preference. Empty: ask the
     /// controller.
     pub routers: Vec<String>,
+    /// The identity file. When set, the certificate is renewed in it
+    /// automatically and the router list is cached beside it
+    /// (`<file>.routers`).
+    pub identity_path: Option<PathBuf>,
+    /// How many routers to keep connections to (when that many exist).
+    pub pool_size: usize,
 }
 
-/// A router connection and the address it went to.
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            routers: vec![],
+            identity_path: None,
+            pool_size: 2,
+        }
+    }
+}
+
+/// A router connection.
 #[derive(Debug, Clone)]
 struct Live {
     router: String,
     conn: quinn::Connection,
 }
 
+/// A router the client may use, and which of its services it serves
+/// (`None`: unknown, try it for anything).
+#[derive(Debug, Clone)]
+struct Candidate {
+    addr: String,
+    services: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    /// Identity the connections below were made with.
+    identity: Arc<Identity>,
+    /// Data-plane TLS configuration for `identity`.
+    config: quinn::ClientConfig,
+    /// Known routers.
+    routers: Vec<Candidate>,
+    /// When `routers` came from the controller.
+    fetched: Option<Instant>,
+    /// Live connections.
+    conns: Vec<Live>,
+}
+
 /// Dials services through routers; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Client {
-    identity: Identity,
+    identity: watch::Receiver<Arc<Identity>>,
     options: ClientOptions,
     endpoint: quinn::Endpoint,
-    data_config: quinn::ClientConfig,
-    /// The current router connection, if any. Held only to clone or swap.
-    live: Mutex<Option<Live>>,
-    /// Single-flight gate so a burst of dials opens one connection, not
-    /// one each. Held across the connect on purpose; never on the data path.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held only to read or swap, never across an await.
+    pool: Arc<Mutex<Pool>>,
+    /// Whether a background connect is under way.
+    filling: Arc<AtomicBool>,
+    /// Single-flight gate for (re)connecting, so a burst of dials opens one
+    /// set of connections. Held across connects on purpose; never on the
+    /// data path.
+    refill: tokio::sync::Mutex<()>,
+    /// Background work (renewal), stopped when the client is dropped.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.abort_all();
+        }
+    }
 }
 
 impl Client {
@@ -55,51 +136,187 @@ impl Client {
         if identity.kind != Kind::Client {
             warn!(identity = %identity.name, kind = %identity.kind, "dialing with a non-client identity; routers will refuse it");
         }
-        let data_config = client_config(
+        let identity = Arc::new(identity);
+        let config = client_config(
             Some(&identity),
             Trust::Ca(identity.ca.clone()),
             Kind::Router,
             ALPN_DATA,
         )?;
         let endpoint = darkport_transport::endpoint::client(None)?;
+        let (id_tx, id_rx) = watch::channel(identity.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(path) = options.identity_path.clone() {
+            tasks.spawn(darkport_transport::renew::run(path, id_tx));
+        }
+        let routers = options
+            .routers
+            .iter()
+            .map(|a| Candidate {
+                addr: a.clone(),
+                services: None,
+            })
+            .collect();
         Ok(Client {
-            identity,
+            identity: id_rx,
             options,
             endpoint,
-            data_config,
-            live: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            pool: Arc::new(Mutex::new(Pool {
+                identity,
+                config,
+                routers,
+                fetched: None,
+                conns: vec![],
+            })),
+            filling: Arc::new(AtomicBool::new(false)),
+            refill: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(tasks),
         })
     }
 
-    /// Loads an identity file and makes a client.
-    pub fn from_identity_file(path: &Path, options: ClientOptions) -> Result<Client, DialError> {
+    /// Loads an identity file and makes a client that renews it.
+    pub fn from_identity_file(
+        path: &std::path::Path,
+        mut options: ClientOptions,
+    ) -> Result<Client, DialError> {
+        options
+            .identity_path
+            .get_or_insert_with(|| path.to_path_buf());
         Client::new(Identity::load(path)?, options)
     }
 
-    /// The identity in use.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// The identity in use (the renewed one, after a renewal).
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.borrow().clone()
     }
 
-    /// Dials `service`. Retries once on a fresh connection if the current
-    /// router connection turns out to be dead.
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Dials `service` through the best live router, failing over to the
+    /// next when one is dead.
     pub async fn dial(&self, service: &str) -> Result<DialStream, DialError> {
-        let live = self.connection().await?;
-        match self.dial_on(&live, service).await {
-            Err(DialError::Router { .. }) if live.conn.close_reason().is_some() => {
-                self.forget(&live);
-                let live = self.connection().await?;
-                self.dial_on(&live, service).await
+        self.check_certificate()?;
+        let mut last = None;
+        for _round in 0..3 {
+            let candidates = self.candidates(service);
+            if candidates.len() < self.options.pool_size {
+                // Wait only if there is nothing to use now.
+                if candidates.is_empty() {
+                    if let Err(e) = self.fill().await {
+                        last = Some(e);
+                    }
+                    if self.candidates(service).is_empty() {
+                        continue;
+                    }
+                    return self
+                        .dial_any(service, self.candidates(service), &mut last)
+                        .await;
+                }
+                self.fill_soon();
             }
-            other => other,
+            match self.dial_any(service, candidates, &mut last).await {
+                Err(DialError::Router { .. }) | Err(DialError::NotReady(_)) => continue,
+                other => return other,
+            }
         }
+        Err(last.unwrap_or(DialError::NoRouters))
+    }
+
+    async fn dial_any(
+        &self,
+        service: &str,
+        candidates: Vec<Live>,
+        last: &mut Option<DialError>,
+    ) -> Result<DialStream, DialError> {
+        for live in candidates {
+            match self.dial_on(&live, service).await {
+                Ok(s) => return Ok(s),
+                Err(e @ (DialError::Router { .. } | DialError::NotReady(_))) => {
+                    warn!("{e}; trying another router");
+                    if matches!(e, DialError::Router { .. }) {
+                        self.forget(&live);
+                    }
+                    *last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.take().unwrap_or(DialError::NoRouters))
+    }
+
+    /// An expired certificate gets a clear error before any connection.
+    fn check_certificate(&self) -> Result<(), DialError> {
+        let identity = self.identity();
+        if let Some((_, expires)) = darkport_transport::renew::schedule(&identity) {
+            if unix_now() >= expires {
+                return Err(DialError::CertificateExpired {
+                    identity: identity.name.to_string(),
+                    at: fmt_time(expires),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Live connections that may serve `service`, lowest RTT first.
+    fn candidates(&self, service: &str) -> Vec<Live> {
+        let current = self.identity();
+        let mut pool = self.pool();
+        if !Arc::ptr_eq(&pool.identity, &current) {
+            // A renewed certificate: new connections present it. Existing
+            // streams keep their connections until they end.
+            match client_config(
+                Some(&current),
+                Trust::Ca(current.ca.clone()),
+                Kind::Router,
+                ALPN_DATA,
+            ) {
+                Ok(c) => {
+                    pool.config = c;
+                    pool.identity = current;
+                    pool.conns.clear();
+                }
+                Err(e) => warn!("cannot use the renewed certificate: {e}"),
+            }
+        }
+        pool.conns.retain(|l| l.conn.close_reason().is_none());
+        let serves = |addr: &str| {
+            pool.routers
+                .iter()
+                .find(|r| r.addr == addr)
+                .and_then(|r| r.services.as_ref())
+                .is_none_or(|s| s.iter().any(|x| x == service))
+        };
+        let mut v: Vec<Live> = pool
+            .conns
+            .iter()
+            .filter(|l| serves(&l.router))
+            .cloned()
+            .collect();
+        if v.is_empty() {
+            // No router is known to serve it: ask any, to get the router's
+            // precise answer (unknown service, not authorized, ...).
+            v = pool.conns.clone();
+        }
+        v.sort_by_key(|l| l.conn.rtt());
+        v
+    }
+
+    fn forget(&self, dead: &Live) {
+        dead.conn.close(0u32.into(), b"router not answering");
+        self.pool()
+            .conns
+            .retain(|l| l.conn.stable_id() != dead.conn.stable_id());
     }
 
     async fn dial_on(&self, live: &Live, service: &str) -> Result<DialStream, DialError> {
-        let lost = |reason: String| DialError::Router {
-            router: live.router.clone(),
-            reason,
+        let lost = |reason: String| {
+            refused(&live.router, &live.conn).unwrap_or(DialError::Router {
+                router: live.router.clone(),
+                reason,
+            })
         };
         let why_closed = |fallback: String| {
             live.conn
@@ -107,6 +324,7 @@ impl Client {
                 .map(|e| describe_connection_error(&e))
                 .unwrap_or(fallback)
         };
+        let rx_before = live.conn.stats().udp_rx.datagrams;
         let (mut send, mut recv) = live
             .conn
             .open_bi()
@@ -115,21 +333,34 @@ impl Client {
         write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
             .await
             .map_err(|e| lost(why_closed(e.to_string())))?;
-        let resp: DialResponse =
-            match tokio::time::timeout(DIAL_TIMEOUT, read_frame(&mut recv, MAX_DIAL_FRAME)).await {
-                Err(_) => {
-                    return Err(lost(format!(
-                        "no answer to the dial within {} s",
-                        DIAL_TIMEOUT.as_secs()
-                    )))
+        let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
+        let started = Instant::now();
+        let resp = {
+            let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
+            tokio::pin!(response);
+            loop {
+                tokio::select! {
+                    r = &mut response => break r,
+                    _ = tokio::time::sleep(window) => {
+                        if live.conn.stats().udp_rx.datagrams == rx_before {
+                            let _ = send.reset(0u32.into());
+                            return Err(lost(format!("no answer at all within {window:?}; taking it for dead")));
+                        }
+                        if started.elapsed() >= DIAL_TIMEOUT {
+                            return Err(lost(format!("no answer to the dial within {} s", DIAL_TIMEOUT.as_secs())));
+                        }
+                    }
                 }
-                Ok(Err(ProtoError::Io(e))) => return Err(lost(why_closed(e.to_string()))),
-                Ok(Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof))) => {
-                    return Err(lost(why_closed(e.to_string())))
-                }
-                Ok(Err(e)) => return Err(lost(format!("bad answer: {e}"))),
-                Ok(Ok(r)) => r,
-            };
+            }
+        };
+        let resp = match resp {
+            Err(ProtoError::Io(e)) => return Err(lost(why_closed(e.to_string()))),
+            Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof)) => {
+                return Err(lost(why_closed(e.to_string())))
+            }
+            Err(e) => return Err(lost(format!("bad answer: {e}"))),
+            Ok(r) => r,
+        };
         if let Some(e) = DialError::from_status(resp.status, service, resp.message) {
             return Err(e);
         }
@@ -137,101 +368,253 @@ impl Client {
         Ok(DialStream::new(send, recv))
     }
 
-    fn current(&self) -> Option<Live> {
-        let guard = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .filter(|l| l.conn.close_reason().is_none())
-            .cloned()
+    /// Connects to missing routers in the background (one filler at a time).
+    fn fill_soon(&self) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (config, targets) = {
+            let pool = self.pool();
+            let have: Vec<&str> = pool.conns.iter().map(|l| l.router.as_str()).collect();
+            let want = self.options.pool_size.saturating_sub(pool.conns.len());
+            let targets: Vec<String> = pool
+                .routers
+                .iter()
+                .map(|r| r.addr.clone())
+                .filter(|a| !have.contains(&a.as_str()))
+                .take(want)
+                .collect();
+            (pool.config.clone(), targets)
+        };
+        let (endpoint, pool, filling) = (
+            self.endpoint.clone(),
+            self.pool.clone(),
+            self.filling.clone(),
+        );
+        tokio::spawn(async move {
+            for addr in targets {
+                match connect(&endpoint, &config, &addr).await {
+                    Ok(conn) => {
+                        info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
+                        pool.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .conns
+                            .push(Live { router: addr, conn });
+                    }
+                    Err(e) => debug!("background connect: {e}"),
+                }
+            }
+            filling.store(false, Ordering::Release);
+        });
     }
 
-    fn forget(&self, dead: &Live) {
-        let mut guard = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if guard
-            .as_ref()
-            .is_some_and(|l| l.conn.stable_id() == dead.conn.stable_id())
-        {
-            *guard = None;
-        }
-    }
-
-    async fn connection(&self) -> Result<Live, DialError> {
-        if let Some(l) = self.current() {
-            return Ok(l);
-        }
-        let _gate = self.connecting.lock().await;
-        if let Some(l) = self.current() {
-            return Ok(l);
-        }
-        let routers = self.routers().await?;
-        let mut last = DialError::NoRouters;
-        for router in routers {
-            match self.connect(&router).await {
+    /// Makes sure there are up to `pool_size` router connections; returns
+    /// an error only if there are none.
+    async fn fill(&self) -> Result<(), DialError> {
+        let _gate = self.refill.lock().await;
+        self.refresh_routers().await;
+        let (config, targets) = {
+            let pool = self.pool();
+            let have: Vec<String> = pool
+                .conns
+                .iter()
+                .filter(|l| l.conn.close_reason().is_none())
+                .map(|l| l.router.clone())
+                .collect();
+            let want = self.options.pool_size.saturating_sub(have.len());
+            let targets: Vec<String> = pool
+                .routers
+                .iter()
+                .map(|r| r.addr.clone())
+                .filter(|a| !have.contains(a))
+                .collect();
+            (pool.config.clone(), (targets, want))
+        };
+        let (targets, mut want) = targets;
+        let mut last = None;
+        for addr in targets {
+            if want == 0 {
+                break;
+            }
+            match connect(&self.endpoint, &config, &addr).await {
                 Ok(conn) => {
-                    info!(%router, "connected to router");
-                    let live = Live { router, conn };
-                    *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(live.clone());
-                    return Ok(live);
+                    info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
+                    self.pool().conns.push(Live { router: addr, conn });
+                    want -= 1;
                 }
                 Err(e) => {
                     warn!("{e}");
-                    last = e;
+                    last = Some(e);
                 }
             }
         }
-        Err(last)
-    }
-
-    async fn connect(&self, router: &str) -> Result<quinn::Connection, DialError> {
-        let fail = |reason: String| DialError::Router {
-            router: router.to_string(),
-            reason,
-        };
-        let addr = darkport_transport::endpoint::resolve(router)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let connecting = self
-            .endpoint
-            .connect_with(self.data_config.clone(), addr, "darkport-router")
-            .map_err(|e| fail(e.to_string()))?;
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Err(_) => Err(fail(format!(
-                "no answer within {} s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ))),
-            Ok(Err(e)) => Err(fail(describe_connection_error(&e))),
-            Ok(Ok(c)) => Ok(c),
+        if self.pool().conns.is_empty() {
+            return Err(last.unwrap_or(DialError::NoRouters));
         }
+        Ok(())
     }
 
-    /// Router addresses: the configured ones, or the controller's list with
-    /// online routers first.
-    pub async fn routers(&self) -> Result<Vec<String>, DialError> {
+    /// Refreshes the router list from the controller when it is stale;
+    /// keeps the last list (in memory, else on disk) if the controller is
+    /// unreachable.
+    async fn refresh_routers(&self) {
         if !self.options.routers.is_empty() {
-            return Ok(self.options.routers.clone());
+            return;
         }
+        let fresh = self
+            .pool()
+            .fetched
+            .is_some_and(|t| t.elapsed() < ROUTER_LIST_TTL);
+        if fresh {
+            return;
+        }
+        // With a cached list to fall back on, do not wait long for a
+        // controller that may be down.
+        let cached = self.cached_routers();
+        if self.pool().routers.is_empty() {
+            if let Some(list) = &cached {
+                self.pool().routers = candidates_from(list);
+            }
+        }
+        let patience = if self.pool().routers.is_empty() {
+            HANDSHAKE_TIMEOUT + Duration::from_secs(1)
+        } else {
+            CONTROLLER_PATIENCE
+        };
+        let fetched = tokio::time::timeout(patience, self.fetch_routers())
+            .await
+            .unwrap_or_else(|_| {
+                Err(DialError::Router {
+                    router: self.identity().controller.clone(),
+                    reason: format!("the controller did not answer within {patience:?}"),
+                })
+            });
+        match fetched {
+            Ok(list) => {
+                if let Some(path) = self.cache_path() {
+                    if let Ok(text) = serde_json::to_vec_pretty(&list) {
+                        let _ =
+                            darkport_transport::identity::write_private_file(&path, &text, true);
+                    }
+                }
+                let mut pool = self.pool();
+                pool.routers = candidates_from(&list);
+                pool.fetched = Some(Instant::now());
+            }
+            Err(e) => {
+                let mut pool = self.pool();
+                // Try again soon, not on every dial.
+                pool.fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
+                if pool.routers.is_empty() {
+                    warn!("cannot get routers from the controller: {e}");
+                } else {
+                    warn!("cannot refresh routers from the controller ({e}); using the known ones");
+                }
+            }
+        }
+    }
+
+    fn cached_routers(&self) -> Option<Vec<RouterInfo>> {
+        let bytes = std::fs::read(self.cache_path()?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn cache_path(&self) -> Option<PathBuf> {
+        let mut p = self.options.identity_path.clone()?.into_os_string();
+        p.push(".routers");
+        Some(PathBuf::from(p))
+    }
+
+    async fn fetch_routers(&self) -> Result<Vec<RouterInfo>, DialError> {
+        let identity = self.identity();
         let config = client_config(
-            Some(&self.identity),
-            Trust::Ca(self.identity.ca.clone()),
+            Some(&identity),
+            Trust::Ca(identity.ca.clone()),
             Kind::Controller,
             ALPN_CONTROL,
         )?;
         let resp =
-            control::one_shot(&self.identity.controller, config, ControlBody::ListRouters).await?;
-        let ControlResponse::Routers(mut list) = resp else {
+            control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
+        let ControlResponse::Routers(list) = resp else {
             return Err(DialError::NoRouters);
         };
-        list.retain(|r| r.online);
-        if list.is_empty() {
-            return Err(DialError::NoRouters);
+        Ok(list)
+    }
+
+    /// Router addresses: the configured ones, or the controller's list
+    /// (online routers first).
+    pub async fn routers(&self) -> Result<Vec<String>, DialError> {
+        if !self.options.routers.is_empty() {
+            return Ok(self.options.routers.clone());
         }
-        Ok(list.into_iter().map(|r| r.advertise).collect())
+        Ok(candidates_from(&self.fetch_routers().await?)
+            .into_iter()
+            .map(|c| c.addr)
+            .collect())
     }
 
     /// Closes router connections and waits briefly for the close to be sent.
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Router close codes that mean "this identity may not use the data
+/// plane" (see the router's listener): no point trying elsewhere.
+const CLOSE_FORBIDDEN: u32 = 3;
+const CLOSE_REVOKED: u32 = 4;
+
+fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_FORBIDDEN)
+                || c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED) =>
+        {
+            Some(DialError::IdentityRefused {
+                router: router.to_string(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn candidates_from(list: &[RouterInfo]) -> Vec<Candidate> {
+    let mut list: Vec<&RouterInfo> = list.iter().collect();
+    // Online routers first; offline ones stay as a last resort (the
+    // controller may be the one that is down).
+    list.sort_by_key(|r| (!r.online, std::cmp::Reverse(r.services.len())));
+    list.into_iter()
+        .map(|r| Candidate {
+            addr: r.advertise.clone(),
+            services: Some(r.services.iter().map(|s| s.to_string()).collect()),
+        })
+        .collect()
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    router: &str,
+) -> Result<quinn::Connection, DialError> {
+    let fail = |reason: String| DialError::Router {
+        router: router.to_string(),
+        reason,
+    };
+    let addr = darkport_transport::endpoint::resolve(router)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(config.clone(), addr, "darkport-router")
+        .map_err(|e| fail(e.to_string()))?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Err(_) => Err(fail(format!(
+            "no answer within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(fail(describe_connection_error(&e))),
+        Ok(Ok(c)) => Ok(c),
     }
 }
 

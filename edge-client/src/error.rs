@@ -37,6 +37,23 @@ pub enum DialError {
     /// The router could not parse the request.
     #[error("router rejected the dial request: {0}")]
     BadRequest(String),
+    /// The router closed the connection because this identity may not use
+    /// it (revoked, deleted, replaced certificate, or not a client).
+    #[error("router {router} refused this identity: {reason}")]
+    IdentityRefused {
+        /// Router address.
+        router: String,
+        /// The router's reason.
+        reason: String,
+    },
+    /// This identity's certificate has expired.
+    #[error("the certificate of identity {identity} expired at {at}; renewal did not succeed in time; re-enroll with a new token (darkport-controller identity create)")]
+    CertificateExpired {
+        /// Identity name.
+        identity: String,
+        /// Expiry, RFC 3339.
+        at: String,
+    },
     /// No router is known.
     #[error("no router is available: the controller lists no online router; start one, or pass --router HOST:PORT")]
     NoRouters,
@@ -85,7 +102,9 @@ impl From<DialError> for std::io::Error {
         use std::io::ErrorKind as K;
         let kind = match &e {
             DialError::UnknownService { .. } => K::NotFound,
-            DialError::NotAuthorized { .. } => K::PermissionDenied,
+            DialError::NotAuthorized { .. } | DialError::IdentityRefused { .. } => {
+                K::PermissionDenied
+            }
             DialError::ServiceUnreachable { .. } | DialError::NoRouters => K::ConnectionRefused,
             DialError::Io(io) => io.kind(),
             _ => K::Other,

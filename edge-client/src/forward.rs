@@ -51,7 +51,7 @@ pub async fn forward(
                             match stats.ending {
                                 Ending::Clean => debug!(%peer, %service, sent = stats.sent, received = stats.received, "connection closed"),
                                 Ending::LocalReset => info!(%peer, %service, "app reset the connection; reset carried to the service"),
-                                Ending::RemoteReset => info!(%peer, %service, "service side reset the connection"),
+                                Ending::RemoteReset | Ending::Cancelled => info!(%peer, %service, "service side reset the connection"),
                             }
                         }
                     }

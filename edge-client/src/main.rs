@@ -119,7 +119,10 @@ async fn real_main() -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let client = Arc::new(Client::from_identity_file(
                 &identity,
-                ClientOptions { routers },
+                ClientOptions {
+                    routers,
+                    ..Default::default()
+                },
             )?);
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut tasks = tokio::task::JoinSet::new();
@@ -148,7 +151,13 @@ async fn real_main() -> Result<()> {
             identity,
             routers,
         } => {
-            let client = Client::from_identity_file(&identity, ClientOptions { routers })?;
+            let client = Client::from_identity_file(
+                &identity,
+                ClientOptions {
+                    routers,
+                    ..Default::default()
+                },
+            )?;
             let stream = client.dial(&service).await?;
             let (mut send, mut recv) = stream.into_split();
             let stats = splice_io(
@@ -156,6 +165,7 @@ async fn real_main() -> Result<()> {
                 &mut tokio::io::stdout(),
                 &mut send,
                 &mut recv,
+                std::future::pending(),
             )
             .await;
             // Let the router see everything we sent before the process ends.
@@ -166,7 +176,7 @@ async fn real_main() -> Result<()> {
                 Ending::LocalReset => {
                     return Err(anyhow!("local input/output failed; the stream was reset"))
                 }
-                Ending::RemoteReset => {
+                Ending::RemoteReset | Ending::Cancelled => {
                     return Err(anyhow!("the service side reset the connection"))
                 }
             }

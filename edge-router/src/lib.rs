@@ -8,21 +8,32 @@
 //! answers with a typed status, dials the private service and splices bytes
 //! both ways.
 //!
-//! - [`sync`]: keeps a control session to the controller, registers the
-//!   advertise address and receives policy snapshots as they change.
-//! - [`listener`]: accepts client connections and handles dial streams.
+//! Every connection and every stream re-checks its permission whenever a
+//! new snapshot arrives, so revoking an identity or narrowing a policy cuts
+//! live traffic within the time it takes the snapshot to arrive.
+//!
+//! The last snapshot is kept on disk (0600): a router keeps serving existing
+//! and new connections while the controller is down, including across its
+//! own restart.
+//!
+//! - [`sync`]: the control session: registration, snapshots, reports.
+//! - [`listener`]: accepting clients and handling dial streams.
+//! - [`cache`]: the on-disk snapshot.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod listener;
 pub mod sync;
 
 use std::future::Future;
 use std::net::UdpSocket;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use darkport_proto::identity::Kind;
+use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::policy::PolicySnapshot;
 use darkport_transport::identity::Identity;
+use dashmap::DashMap;
 use tokio::sync::watch;
 
 /// Why the router could not start.
@@ -50,12 +61,74 @@ pub enum RouterError {
 pub struct RouterConfig {
     /// The router's identity.
     pub identity: Identity,
+    /// The identity file, rewritten when the certificate is renewed;
+    /// `None` turns automatic renewal off.
+    pub identity_path: Option<PathBuf>,
+    /// Where the last policy snapshot is kept; `None` keeps none.
+    pub snapshot_path: Option<PathBuf>,
     /// `host:port` clients should use to reach this router.
     pub advertise: String,
 }
 
-/// The latest policy snapshot, `None` until the controller sent one.
+impl RouterConfig {
+    /// The usual layout: the snapshot next to the identity file
+    /// (`router-1.id` → `router-1.id.snapshot`), renewal on.
+    pub fn from_identity_file(
+        path: PathBuf,
+        advertise: String,
+    ) -> Result<RouterConfig, darkport_transport::identity::IdentityError> {
+        let identity = Identity::load(&path)?;
+        let mut snapshot = path.clone().into_os_string();
+        snapshot.push(".snapshot");
+        Ok(RouterConfig {
+            identity,
+            identity_path: Some(path),
+            snapshot_path: Some(PathBuf::from(snapshot)),
+            advertise,
+        })
+    }
+}
+
+/// The latest policy snapshot, `None` until one arrived or was loaded.
 pub type SnapshotRx = watch::Receiver<Option<Arc<PolicySnapshot>>>;
+
+/// Clients connected now, by QUIC connection id; changes wake the control
+/// session so the controller learns of them at once.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    map: DashMap<usize, IdentityName>,
+    changed: tokio::sync::Notify,
+}
+
+impl ClientRegistry {
+    /// Records a connected client.
+    pub fn insert(&self, conn: usize, name: IdentityName) {
+        self.map.insert(conn, name);
+        self.changed.notify_one();
+    }
+
+    /// Forgets a client connection.
+    pub fn remove(&self, conn: usize) {
+        self.map.remove(&conn);
+        self.changed.notify_one();
+    }
+
+    /// Names of connected clients, sorted, without repeats.
+    pub fn names(&self) -> Vec<IdentityName> {
+        let mut v: Vec<_> = self.map.iter().map(|c| c.value().clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Completes at the next change.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// The shared registry.
+pub type Clients = Arc<ClientRegistry>;
 
 /// Runs the router on an already-bound UDP socket until `shutdown`.
 pub async fn run(
@@ -69,13 +142,28 @@ pub async fn run(
             kind: config.identity.kind,
         });
     }
-    let (tx, rx) = watch::channel(None);
-    let sync = tokio::spawn(sync::run(
-        config.identity.clone(),
+    let cached = config.snapshot_path.as_deref().and_then(cache::load);
+    if let Some(s) = &cached {
+        tracing::info!(
+            version = s.version,
+            "serving with the cached policy snapshot until the controller answers"
+        );
+    }
+    let (snap_tx, snap_rx) = watch::channel(cached);
+    let (id_tx, id_rx) = watch::channel(Arc::new(config.identity.clone()));
+    let clients: Clients = Arc::new(ClientRegistry::default());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(sync::run(
+        id_rx.clone(),
         config.advertise.clone(),
-        tx,
+        snap_tx,
+        config.snapshot_path.clone(),
+        clients.clone(),
     ));
-    let result = listener::run(&config.identity, socket, rx, shutdown).await;
-    sync.abort();
+    if let Some(path) = config.identity_path.clone() {
+        background.spawn(darkport_transport::renew::run(path, id_tx));
+    }
+    let result = listener::run(id_rx, socket, snap_rx, clients, shutdown).await;
+    background.shutdown().await;
     result
 }

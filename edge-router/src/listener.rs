@@ -2,23 +2,26 @@
 
 use std::future::Future;
 use std::net::UdpSocket;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
-use darkport_proto::identity::Kind;
+use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
-use darkport_proto::policy::{authorize, Denied};
+use darkport_proto::policy::{authorize, check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
-use darkport_transport::splice::{splice_tcp, Ending};
+use darkport_transport::splice::{splice_tcp_until, Ending};
 use darkport_transport::tls::{self, ClientAuth};
+use darkport_transport::unix_now;
 
-use crate::{RouterError, SnapshotRx};
+use crate::{Clients, RouterError, SnapshotRx};
 
 /// Time a client has to send its dial request on a new stream.
 pub const DIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,16 +32,23 @@ pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC close code for a peer whose identity may not use the data plane.
 pub const CLOSE_FORBIDDEN: u32 = 3;
 
+/// QUIC close code for a connection cut because its identity was revoked,
+/// deleted or its certificate replaced.
+pub const CLOSE_REVOKED: u32 = 4;
+
 /// Accepts clients until `shutdown`.
 pub async fn run(
-    identity: &Identity,
+    mut identity: watch::Receiver<Arc<Identity>>,
     socket: UdpSocket,
     snapshots: SnapshotRx,
+    clients: Clients,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
-    let config = tls::server_config(identity, ClientAuth::Required, ALPN_DATA)?;
+    let id = identity.borrow_and_update().clone();
+    let router = id.name.clone();
+    let config = tls::server_config(&id, ClientAuth::Required, ALPN_DATA)?;
     let endpoint = darkport_transport::endpoint::server(socket, config)?;
-    info!(addr = %endpoint.local_addr()?, router = %identity.name, "router listening");
+    info!(addr = %endpoint.local_addr()?, router = %router, "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
     loop {
@@ -46,7 +56,18 @@ pub async fn run(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                conns.spawn(handle_connection(incoming, snapshots.clone()));
+                conns.spawn(handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone()));
+            }
+            Ok(()) = identity.changed() => {
+                // A renewed certificate: new handshakes present it.
+                let id = identity.borrow_and_update().clone();
+                match tls::server_config(&id, ClientAuth::Required, ALPN_DATA) {
+                    Ok(c) => {
+                        endpoint.set_server_config(Some(c));
+                        info!("serving with the renewed certificate");
+                    }
+                    Err(e) => warn!("cannot use the renewed certificate: {e}"),
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -56,7 +77,43 @@ pub async fn run(
     Ok(())
 }
 
-async fn handle_connection(incoming: quinn::Incoming, snapshots: SnapshotRx) {
+/// Whether `peer` may still use this router under the current snapshot;
+/// with no snapshot yet, connections are let in and dials answer NotReady.
+fn peer_allowed(snapshots: &SnapshotRx, peer: &PeerIdentity) -> Result<(), Denied> {
+    match snapshots.borrow().as_ref() {
+        Some(s) => check_peer(s, peer, unix_now()).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// How long a connecting peer that the current snapshot does not know may
+/// wait for a newer snapshot: a client that just enrolled or renewed its
+/// certificate can be a few milliseconds ahead of the router's policy.
+pub const ADMISSION_GRACE: Duration = Duration::from_secs(2);
+
+async fn admit(snapshots: &mut SnapshotRx, peer: &PeerIdentity) -> Result<(), Denied> {
+    let deadline = tokio::time::Instant::now() + ADMISSION_GRACE;
+    snapshots.borrow_and_update();
+    loop {
+        let denied = match peer_allowed(snapshots, peer) {
+            Ok(()) => return Ok(()),
+            Err(d) => d,
+        };
+        match tokio::time::timeout_at(deadline, snapshots.changed()).await {
+            Ok(Ok(())) => {
+                snapshots.borrow_and_update();
+            }
+            _ => return Err(denied),
+        }
+    }
+}
+
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    router: IdentityName,
+    mut snapshots: SnapshotRx,
+    clients: Clients,
+) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(c)) => c,
@@ -86,22 +143,38 @@ async fn handle_connection(incoming: quinn::Incoming, snapshots: SnapshotRx) {
         conn.close(CLOSE_FORBIDDEN.into(), reason.as_bytes());
         return;
     }
+    if let Err(d) = admit(&mut snapshots, &peer).await {
+        info!(%remote, %peer, "refusing connection: {d}");
+        conn.close(CLOSE_REVOKED.into(), d.to_string().as_bytes());
+        return;
+    }
     info!(%remote, %peer, "client connected");
+    clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
+    snapshots.borrow_and_update();
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
-                    streams.spawn(handle_stream(peer.clone(), snapshots.clone(), send, recv));
+                    streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), send, recv));
                 }
                 Err(e) => {
                     info!(%remote, %peer, "client disconnected: {}", darkport_transport::describe_connection_error(&e));
                     break;
                 }
             },
+            Ok(()) = snapshots.changed() => {
+                snapshots.borrow_and_update();
+                if let Err(d) = peer_allowed(&snapshots, &peer) {
+                    info!(%remote, %peer, "closing connection: {d}");
+                    conn.close(CLOSE_REVOKED.into(), d.to_string().as_bytes());
+                    break;
+                }
+            }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
+    clients.remove(conn.stable_id());
     // Streams of a closed connection end by themselves (their reads fail).
     while streams.join_next().await.is_some() {}
 }
@@ -109,6 +182,7 @@ async fn handle_connection(incoming: quinn::Incoming, snapshots: SnapshotRx) {
 /// The decision for one dial request, before any network I/O to the
 /// service: pure apart from reading the snapshot.
 fn decide(
+    router: &IdentityName,
     peer: &PeerIdentity,
     snapshots: &SnapshotRx,
     req: &DialRequest,
@@ -137,7 +211,7 @@ fn decide(
             "the router has not received policy from the controller yet; try again shortly".into(),
         ));
     };
-    match authorize(&snapshot, peer, &req.service) {
+    match authorize(&snapshot, router, peer, &req.service, unix_now()) {
         Ok(permit) => Ok(permit.service.address.clone()),
         Err(d @ Denied::UnknownService(_)) => {
             Err(refuse(DialStatus::UnknownService, d.to_string()))
@@ -150,8 +224,30 @@ async fn respond(send: &mut quinn::SendStream, resp: &DialResponse) -> bool {
     write_frame(send, resp, MAX_DIAL_FRAME).await.is_ok()
 }
 
+/// Completes when a new snapshot no longer allows this dial; says why.
+async fn revoked(
+    router: IdentityName,
+    peer: PeerIdentity,
+    service: String,
+    mut snapshots: SnapshotRx,
+) -> String {
+    snapshots.borrow_and_update();
+    loop {
+        if snapshots.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(s) = snapshot {
+            if let Err(d) = authorize(&s, &router, &peer, &service, unix_now()) {
+                return d.to_string();
+            }
+        }
+    }
+}
+
 async fn handle_stream(
     peer: PeerIdentity,
+    router: IdentityName,
     snapshots: SnapshotRx,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -178,7 +274,7 @@ async fn handle_stream(
                 return;
             }
         };
-    let address = match decide(&peer, &snapshots, &req) {
+    let address = match decide(&router, &peer, &snapshots, &req) {
         Ok(a) => a,
         Err(resp) => {
             info!(%peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
@@ -208,7 +304,15 @@ async fn handle_stream(
         return;
     }
     debug!(%peer, service = ?req.service, %address, "dial accepted");
-    let stats = splice_tcp(tcp, send, recv).await;
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+    let watch_policy = {
+        let (router, peer, service) = (router.clone(), peer.clone(), req.service.clone());
+        async move {
+            let reason = revoked(router, peer, service, snapshots).await;
+            let _ = cut_tx.send(reason);
+        }
+    };
+    let stats = splice_tcp_until(tcp, send, recv, watch_policy).await;
     match stats.ending {
         Ending::Clean => {
             debug!(%peer, service = ?req.service, sent = stats.sent, received = stats.received, "stream closed")
@@ -218,6 +322,10 @@ async fn handle_stream(
         }
         Ending::RemoteReset => {
             info!(%peer, service = ?req.service, "client reset the stream; reset carried to the service")
+        }
+        Ending::Cancelled => {
+            let reason = cut_rx.await.unwrap_or_default();
+            info!(%peer, service = ?req.service, "cut a live stream: {reason}");
         }
     }
 }

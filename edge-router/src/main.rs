@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use darkport_edge_router::{run, RouterConfig};
 use darkport_proto::identity::Kind;
 use darkport_transport::enroll::{enroll, read_token};
-use darkport_transport::identity::Identity;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +41,8 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
         /// HOST:PORT clients use to reach this router (default: --listen).
+        /// The last policy snapshot is kept in IDENTITY.snapshot, and the
+        /// certificate is renewed in IDENTITY automatically.
         #[arg(long)]
         advertise: Option<String>,
     },
@@ -92,7 +93,6 @@ async fn real_main() -> Result<()> {
             listen,
             advertise,
         } => {
-            let id = Identity::load(&identity)?;
             let advertise = match advertise {
                 Some(a) => a,
                 None if listen.ip().is_unspecified() => {
@@ -102,15 +102,8 @@ async fn real_main() -> Result<()> {
             };
             let socket = darkport_transport::endpoint::bind_udp(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            run(
-                RouterConfig {
-                    identity: id,
-                    advertise,
-                },
-                socket,
-                shutdown_signal(),
-            )
-            .await?;
+            let config = RouterConfig::from_identity_file(identity, advertise)?;
+            run(config, socket, shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -34,7 +34,8 @@ impl Kind {
         }
     }
 
-    fn parse(s: &str) -> Option<Kind> {
+    /// Parses the path segment form (`client`, `router`, ...).
+    pub fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "client" => Kind::Client,
             "router" => Kind::Router,

@@ -37,5 +37,9 @@ pub const ALPN_DATA: &[u8] = b"darkport/1";
 /// ALPN for the control plane (anything ⇄ controller).
 pub const ALPN_CONTROL: &[u8] = b"darkport-ctl/1";
 
+/// Certificates are valid from this many seconds before they are issued,
+/// to tolerate clock skew. Renewal schedules count from the issue time.
+pub const CERT_BACKDATE_SECS: u64 = 60;
+
 /// Trust domain written into every identity URI.
 pub const TRUST_DOMAIN: &str = "darkport";

@@ -95,6 +95,23 @@ pub enum ControlBody {
     },
     /// Which routers exist. Needs any current certificate (clients use it).
     ListRouters,
+    /// Renew the caller's certificate for a new key pair. Needs the
+    /// caller's current certificate (client or router).
+    Renew {
+        /// PKCS#10 CSR (DER) for the new key pair.
+        csr_der: Vec<u8>,
+    },
+    /// A router reports its state: answered with [`ControlResponse::Ack`].
+    RouterReport(RouterReport),
+}
+
+/// What a router tells the controller about itself, every few seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterReport {
+    /// Version of the snapshot the router enforces.
+    pub snapshot_version: u64,
+    /// Client identities connected right now.
+    pub clients: Vec<IdentityName>,
 }
 
 /// Token plus certificate signing request.
@@ -154,6 +171,46 @@ pub enum AdminRequest {
     },
     /// List routers that registered.
     ListRouters,
+    /// Add and remove roles of an identity.
+    UpdateIdentity {
+        /// Its name.
+        name: IdentityName,
+        /// Roles to add.
+        add_roles: Vec<IdentityName>,
+        /// Roles to remove.
+        remove_roles: Vec<IdentityName>,
+    },
+    /// Revoke an identity: routers refuse it and cut its connections.
+    RevokeIdentity {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// One identity in detail.
+    ShowIdentity {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// Create a router policy.
+    CreateRouterPolicy(crate::policy::RouterPolicyEntry),
+    /// List router policies.
+    ListRouterPolicies,
+    /// Delete a router policy.
+    DeleteRouterPolicy {
+        /// Its name.
+        name: IdentityName,
+    },
+    /// Explain whether an identity may dial a service.
+    Explain {
+        /// Client identity.
+        identity: IdentityName,
+        /// Service name.
+        service: String,
+    },
+    /// The audit log, newest last.
+    Audit {
+        /// At most this many entries.
+        limit: u32,
+    },
 }
 
 /// Answers to control requests.
@@ -172,6 +229,8 @@ pub enum ControlResponse {
     Snapshot(PolicySnapshot),
     /// The routers a client may use.
     Routers(Vec<RouterInfo>),
+    /// Acknowledges a request that returns nothing.
+    Ack,
     /// The request failed.
     Error(ControlError),
 }
@@ -221,8 +280,27 @@ pub enum AdminResponse {
     Policies(Vec<crate::policy::PolicyEntry>),
     /// Router listing.
     Routers(Vec<RouterInfo>),
+    /// One identity.
+    Identity(IdentityInfo),
+    /// Router policy listing.
+    RouterPolicies(Vec<crate::policy::RouterPolicyEntry>),
+    /// A policy explanation.
+    Explanation(crate::policy::Explanation),
+    /// Audit log entries.
+    Audit(Vec<AuditEntry>),
     /// Done, nothing to return.
     Done,
+}
+
+/// One entry of the controller's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When, Unix seconds.
+    pub at: u64,
+    /// Who (identity name, or `enroll`).
+    pub actor: String,
+    /// What, in words.
+    pub action: String,
 }
 
 /// One identity as the admin sees it.
@@ -238,6 +316,12 @@ pub struct IdentityInfo {
     pub fingerprint: Option<String>,
     /// Certificate expiry (Unix seconds), once enrolled.
     pub cert_expires_at: Option<u64>,
+    /// When it was revoked (Unix seconds), if it was.
+    pub revoked_at: Option<u64>,
+    /// Last time a router or the controller saw it (Unix seconds).
+    pub last_seen: Option<u64>,
+    /// Routers it is connected to now (clients), as last reported.
+    pub connected_to: Vec<IdentityName>,
 }
 
 /// A router as clients and admins see it.
@@ -249,4 +333,8 @@ pub struct RouterInfo {
     pub advertise: String,
     /// Whether its control session is up now.
     pub online: bool,
+    /// Snapshot version it last reported enforcing.
+    pub snapshot_version: Option<u64>,
+    /// Services it may serve (for clients: of those they may dial).
+    pub services: Vec<IdentityName>,
 }

@@ -63,10 +63,28 @@ pub struct IdentityEntry {
     pub kind: Kind,
     /// Roles.
     pub roles: Vec<IdentityName>,
-    /// Fingerprints of the certificates currently valid for it. A
-    /// certificate whose fingerprint is not here is refused even if it
-    /// chains to the CA.
-    pub fingerprints: Vec<String>,
+    /// The certificates currently valid for it (the newest, and older ones
+    /// not yet expired, so connections survive a renewal). A certificate
+    /// not listed here is refused even if it chains to the CA.
+    pub certificates: Vec<CertEntry>,
+}
+
+/// One issued, unrevoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertEntry {
+    /// Lowercase hex SHA-256 of the certificate (DER).
+    pub fingerprint: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl IdentityEntry {
+    /// Whether `fingerprint` is one of its certificates and unexpired at `now`.
+    pub fn holds(&self, fingerprint: &str, now: u64) -> bool {
+        self.certificates
+            .iter()
+            .any(|c| c.fingerprint == fingerprint && now < c.expires_at)
+    }
 }
 
 /// A private service reachable through routers.
@@ -78,6 +96,17 @@ pub struct ServiceEntry {
     pub address: String,
     /// Roles, for policy selectors.
     pub roles: Vec<IdentityName>,
+}
+
+/// A router policy: these routers may serve (dial) these services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPolicyEntry {
+    /// Name.
+    pub name: IdentityName,
+    /// Routers covered.
+    pub routers: Vec<Selector>,
+    /// Services they may serve.
+    pub services: Vec<Selector>,
 }
 
 /// A service policy: these identities may dial these services.
@@ -102,6 +131,71 @@ pub struct PolicySnapshot {
     pub services: Vec<ServiceEntry>,
     /// Service policies.
     pub policies: Vec<PolicyEntry>,
+    /// Router policies.
+    pub router_policies: Vec<RouterPolicyEntry>,
+}
+
+impl PolicySnapshot {
+    /// An identity by kind and name.
+    pub fn identity(&self, kind: Kind, name: &IdentityName) -> Option<&IdentityEntry> {
+        self.identities
+            .iter()
+            .find(|i| i.kind == kind && i.name == *name)
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
+        self.services.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// Names of the service policies that let `identity` dial `service`.
+    pub fn dial_policies<'a>(
+        &'a self,
+        identity: &'a IdentityEntry,
+        service: &'a ServiceEntry,
+    ) -> impl Iterator<Item = &'a IdentityName> + 'a {
+        self.policies
+            .iter()
+            .filter(move |p| {
+                p.services
+                    .iter()
+                    .any(|s| s.matches(&service.name, &service.roles))
+                    && p.identities
+                        .iter()
+                        .any(|s| s.matches(&identity.name, &identity.roles))
+            })
+            .map(|p| &p.name)
+    }
+
+    /// Names of the router policies that let `router` serve `service`.
+    pub fn serve_policies<'a>(
+        &'a self,
+        router: &'a IdentityEntry,
+        service: &'a ServiceEntry,
+    ) -> impl Iterator<Item = &'a IdentityName> + 'a {
+        self.router_policies
+            .iter()
+            .filter(move |p| {
+                p.services
+                    .iter()
+                    .any(|s| s.matches(&service.name, &service.roles))
+                    && p.routers
+                        .iter()
+                        .any(|s| s.matches(&router.name, &router.roles))
+            })
+            .map(|p| &p.name)
+    }
+
+    /// Routers that may serve `service`.
+    pub fn routers_serving<'a>(
+        &'a self,
+        service: &'a ServiceEntry,
+    ) -> impl Iterator<Item = &'a IdentityEntry> + 'a {
+        self.identities
+            .iter()
+            .filter(|i| i.kind == Kind::Router)
+            .filter(move |r| self.serve_policies(r, service).next().is_some())
+    }
 }
 
 /// An allowed dial: where to connect, and which policy allowed it.
@@ -109,11 +203,11 @@ pub struct PolicySnapshot {
 pub struct Permit<'a> {
     /// The service to connect to.
     pub service: &'a ServiceEntry,
-    /// The first policy that allowed the dial.
+    /// The first service policy that allowed the dial.
     pub policy: &'a IdentityName,
 }
 
-/// Why a dial was refused.
+/// Why a peer or a dial was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denied {
@@ -121,17 +215,15 @@ pub enum Denied {
     #[error("{0} identities cannot dial services; use a client identity")]
     WrongKind(Kind),
     /// The identity is not (or no longer) known to the controller.
-    #[error("identity {0} is not known to the controller; it may have been deleted; enroll a new identity")]
+    #[error("identity {0} is not known to the controller (deleted or revoked); ask the admin for a new identity")]
     UnknownIdentity(IdentityName),
-    /// The certificate is not the identity's current one.
-    #[error(
-        "the certificate presented for {0} is not its current certificate; re-enroll the identity"
-    )]
+    /// The certificate is not one of the identity's current ones.
+    #[error("the certificate presented for {0} is expired, replaced or revoked; renew or re-enroll the identity")]
     StaleCertificate(IdentityName),
     /// No such service.
     #[error("no service named {0:?}; list services with darkport-controller service list")]
     UnknownService(String),
-    /// No policy allows it.
+    /// No service policy allows it.
     #[error("identity {identity} may not dial service {service}: no service policy allows it; add one with darkport-controller policy create")]
     NotAuthorized {
         /// Who asked.
@@ -139,47 +231,156 @@ pub enum Denied {
         /// For what.
         service: IdentityName,
     },
+    /// This router may not serve the service.
+    #[error("router {router} may not serve service {service}: no router policy allows it; use another router or add one with darkport-controller router-policy create")]
+    RouterNotAllowed {
+        /// This router.
+        router: IdentityName,
+        /// The service.
+        service: IdentityName,
+    },
 }
 
-/// Decides whether `peer` may dial `service` under `snapshot`.
-pub fn authorize<'a>(
+/// Whether `peer` may use the data plane at all under `snapshot` at `now`:
+/// a client identity known to the controller, presenting one of its
+/// current certificates. Routers check this at connection time and again
+/// on every snapshot change, closing connections that fail it.
+pub fn check_peer<'a>(
     snapshot: &'a PolicySnapshot,
     peer: &PeerIdentity,
-    service: &str,
-) -> Result<Permit<'a>, Denied> {
+    now: u64,
+) -> Result<&'a IdentityEntry, Denied> {
     if peer.kind != Kind::Client {
         return Err(Denied::WrongKind(peer.kind));
     }
     let identity = snapshot
-        .identities
-        .iter()
-        .find(|i| i.name == peer.name && i.kind == Kind::Client)
+        .identity(Kind::Client, &peer.name)
         .ok_or_else(|| Denied::UnknownIdentity(peer.name.clone()))?;
-    if !identity.fingerprints.contains(&peer.fingerprint) {
+    if !identity.holds(&peer.fingerprint, now) {
         return Err(Denied::StaleCertificate(peer.name.clone()));
     }
+    Ok(identity)
+}
+
+/// Decides whether `peer` may dial `service` through `router` under
+/// `snapshot` at `now`.
+pub fn authorize<'a>(
+    snapshot: &'a PolicySnapshot,
+    router: &IdentityName,
+    peer: &PeerIdentity,
+    service: &str,
+    now: u64,
+) -> Result<Permit<'a>, Denied> {
+    let identity = check_peer(snapshot, peer, now)?;
     let svc = snapshot
-        .services
-        .iter()
-        .find(|s| s.name.as_str() == service)
+        .service(service)
         .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
-    snapshot
-        .policies
-        .iter()
-        .find(|p| {
-            p.services.iter().any(|s| s.matches(&svc.name, &svc.roles))
-                && p.identities
-                    .iter()
-                    .any(|s| s.matches(&identity.name, &identity.roles))
-        })
-        .map(|p| Permit {
-            service: svc,
-            policy: &p.name,
-        })
+    let policy = snapshot
+        .dial_policies(identity, svc)
+        .next()
         .ok_or_else(|| Denied::NotAuthorized {
             identity: identity.name.clone(),
             service: svc.name.clone(),
+        })?;
+    let serves = snapshot
+        .identity(Kind::Router, router)
+        .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
+    if !serves {
+        return Err(Denied::RouterNotAllowed {
+            router: router.clone(),
+            service: svc.name.clone(),
+        });
+    }
+    Ok(Permit {
+        service: svc,
+        policy,
+    })
+}
+
+/// What `policy explain` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Whether a dial would be allowed (through at least one router).
+    pub allowed: bool,
+    /// Service policies that allow the dial.
+    pub dial_policies: Vec<IdentityName>,
+    /// Routers that may serve the service, each with the router policies
+    /// that allow it.
+    pub routers: Vec<(IdentityName, Vec<IdentityName>)>,
+    /// Plain-words reasons, one per finding.
+    pub reasons: Vec<String>,
+}
+
+/// Explains whether `identity` may dial `service`, and which policies
+/// decide it. Pure; the controller runs it on its current snapshot.
+pub fn explain(snapshot: &PolicySnapshot, identity: &IdentityName, service: &str) -> Explanation {
+    let mut out = Explanation {
+        allowed: false,
+        dial_policies: vec![],
+        routers: vec![],
+        reasons: vec![],
+    };
+    let Some(id) = snapshot.identity(Kind::Client, identity) else {
+        out.reasons.push(format!(
+            "no client identity named {identity} (unknown, revoked, or not a client)"
+        ));
+        return out;
+    };
+    let Some(svc) = snapshot.service(service) else {
+        out.reasons.push(format!("no service named {service:?}"));
+        return out;
+    };
+    if id.certificates.is_empty() {
+        out.reasons
+            .push(format!("{identity} is not enrolled yet (no certificate)"));
+    }
+    out.dial_policies = snapshot.dial_policies(id, svc).cloned().collect();
+    if out.dial_policies.is_empty() {
+        out.reasons.push(format!(
+            "no service policy selects both identity {identity} (roles: {}) and service {} (roles: {})",
+            roles(&id.roles),
+            svc.name,
+            roles(&svc.roles)
+        ));
+    }
+    out.routers = snapshot
+        .identities
+        .iter()
+        .filter(|r| r.kind == Kind::Router)
+        .filter_map(|r| {
+            let ps: Vec<_> = snapshot.serve_policies(r, svc).cloned().collect();
+            (!ps.is_empty()).then(|| (r.name.clone(), ps))
         })
+        .collect();
+    if out.routers.is_empty() {
+        out.reasons.push(format!(
+            "no router policy lets any router serve service {}",
+            svc.name
+        ));
+    }
+    out.allowed = !out.dial_policies.is_empty() && !out.routers.is_empty();
+    if out.allowed {
+        out.reasons.push(format!(
+            "allowed by service policy {} through {} router(s)",
+            out.dial_policies
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            out.routers.len()
+        ));
+    }
+    out
+}
+
+fn roles(r: &[IdentityName]) -> String {
+    if r.is_empty() {
+        return "none".into();
+    }
+    r.iter()
+        .map(|r| format!("#{r}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -190,6 +391,15 @@ mod tests {
         IdentityName::new(s).expect("name")
     }
 
+    fn cert(fp: &str) -> CertEntry {
+        CertEntry {
+            fingerprint: fp.into(),
+            expires_at: 1_000,
+        }
+    }
+
+    const NOW: u64 = 100;
+
     fn snapshot() -> PolicySnapshot {
         PolicySnapshot {
             version: 7,
@@ -198,19 +408,19 @@ mod tests {
                     name: n("app-1"),
                     kind: Kind::Client,
                     roles: vec![n("log-writers")],
-                    fingerprints: vec!["aa".into()],
+                    certificates: vec![cert("aa")],
                 },
                 IdentityEntry {
                     name: n("app-2"),
                     kind: Kind::Client,
                     roles: vec![],
-                    fingerprints: vec!["bb".into()],
+                    certificates: vec![cert("bb")],
                 },
                 IdentityEntry {
                     name: n("router-1"),
                     kind: Kind::Router,
                     roles: vec![],
-                    fingerprints: vec!["cc".into()],
+                    certificates: vec![cert("cc")],
                 },
             ],
             services: vec![
@@ -237,6 +447,11 @@ mod tests {
                     identities: vec![Selector::Name(n("app-2"))],
                 },
             ],
+            router_policies: vec![RouterPolicyEntry {
+                name: n("edge-logs"),
+                routers: vec![Selector::Name(n("router-1"))],
+                services: vec![Selector::Role(n("logs")), Selector::Name(n("db"))],
+            }],
         }
     }
 
@@ -298,7 +513,8 @@ mod tests {
             ),
         ];
         for (p, svc, want) in cases {
-            let got = authorize(&s, &p, svc).map(|permit| permit.policy.as_str());
+            let got =
+                authorize(&s, &n("router-1"), &p, svc, NOW).map(|permit| permit.policy.as_str());
             assert_eq!(got, want, "{p} -> {svc}");
         }
     }
@@ -311,9 +527,53 @@ mod tests {
             services: vec![Selector::All],
             identities: vec![Selector::All],
         }];
-        assert!(authorize(&s, &peer(Kind::Client, "app-2", "bb"), "fluentd").is_ok());
+        let r = n("router-1");
+        assert!(authorize(&s, &r, &peer(Kind::Client, "app-2", "bb"), "fluentd", NOW).is_ok());
         let empty = PolicySnapshot::default();
-        assert!(authorize(&empty, &peer(Kind::Client, "app-1", "aa"), "fluentd").is_err());
+        assert!(authorize(
+            &empty,
+            &r,
+            &peer(Kind::Client, "app-1", "aa"),
+            "fluentd",
+            NOW
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn expiry_router_policies_and_explain() {
+        let mut s = snapshot();
+        let app1 = peer(Kind::Client, "app-1", "aa");
+        let r = n("router-1");
+        // An expired certificate is stale.
+        assert_eq!(
+            authorize(&s, &r, &app1, "fluentd", 1_000).map(|p| p.policy.clone()),
+            Err(Denied::StaleCertificate(n("app-1")))
+        );
+        // Another router that no router policy covers may not serve.
+        assert_eq!(
+            authorize(&s, &n("router-2"), &app1, "fluentd", NOW).map(|p| p.policy.clone()),
+            Err(Denied::RouterNotAllowed {
+                router: n("router-2"),
+                service: n("fluentd")
+            })
+        );
+        let e = explain(&s, &n("app-1"), "fluentd");
+        assert!(e.allowed, "{e:?}");
+        assert_eq!(e.dial_policies, vec![n("writers")]);
+        assert_eq!(e.routers, vec![(n("router-1"), vec![n("edge-logs")])]);
+        let e = explain(&s, &n("app-2"), "fluentd");
+        assert!(!e.allowed);
+        assert!(e.reasons[0].contains("no service policy"), "{e:?}");
+        let e = explain(&s, &n("nobody"), "fluentd");
+        assert!(!e.allowed && e.reasons[0].contains("no client identity"));
+        s.router_policies.clear();
+        let e = explain(&s, &n("app-1"), "fluentd");
+        assert!(!e.allowed && e.reasons.iter().any(|r| r.contains("no router policy")));
+        assert!(matches!(
+            authorize(&s, &r, &app1, "fluentd", NOW),
+            Err(Denied::RouterNotAllowed { .. })
+        ));
     }
 
     #[test]

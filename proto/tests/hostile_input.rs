@@ -37,6 +37,7 @@ fn samples() -> Vec<Vec<u8>> {
             services: vec![Selector::All],
             identities: vec![Selector::Role(n("w"))],
         }],
+        router_policies: vec![],
     };
     vec![
         encode_frame(&DialRequest::new("fluentd"), MAX_DIAL_FRAME).expect("enc"),

@@ -30,7 +30,6 @@ use darkport_edge_router::RouterConfig;
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{Selector, ServiceEntry};
-use darkport_transport::identity::Identity;
 use edge_client::{Client, ClientOptions};
 
 /// Polls `$cond` (an async expression yielding bool) every 20 ms until it
@@ -90,6 +89,11 @@ impl Drop for Fixture {
 impl Fixture {
     /// Controller plus one enrolled, registered router.
     pub async fn start() -> Result<Fixture> {
+        Fixture::start_with_cert_ttl(Duration::from_secs(3600)).await
+    }
+
+    /// [`Fixture::start`] with another certificate lifetime.
+    pub async fn start_with_cert_ttl(cert_ttl: Duration) -> Result<Fixture> {
         init_logging();
         let dir = tempfile::tempdir()?;
         let data_dir = DataDir::new(dir.path().join("ctl"));
@@ -99,7 +103,7 @@ impl Fixture {
             &data_dir,
             &InitOptions {
                 advertise: controller_addr.to_string(),
-                cert_ttl: Duration::from_secs(3600),
+                cert_ttl,
             },
         )?;
         let mut fx = Fixture {
@@ -125,10 +129,9 @@ impl Fixture {
     pub async fn start_router(&mut self, identity: &std::path::Path) -> Result<SocketAddr> {
         let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
         let addr = socket.local_addr()?;
-        let config = RouterConfig {
-            identity: Identity::load(identity)?,
-            advertise: addr.to_string(),
-        };
+        let mut config =
+            RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
+        config.snapshot_path = None;
         self.tasks.push(tokio::spawn(async move {
             if let Err(e) = darkport_edge_router::run(config, socket, std::future::pending()).await
             {
@@ -222,6 +225,7 @@ impl Fixture {
             identity,
             ClientOptions {
                 routers: vec![self.router_addr.to_string()],
+                ..Default::default()
             },
         )?))
     }
@@ -301,4 +305,113 @@ pub async fn roundtrip(mut tcp: TcpStream, data: &[u8]) -> Result<Vec<u8>> {
     let (w, back) = tokio::join!(write, read);
     w?;
     Ok(back?)
+}
+
+/// A controller or router running as its own process (see the
+/// `darkport-test-node` binary); killed with SIGKILL when dropped.
+pub struct Node {
+    child: std::process::Child,
+    /// Its UDP address.
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts `darkport-test-node ROLE PATH ADDR` from the binary at `bin`.
+    pub fn spawn(bin: &str, role: &str, path: &std::path::Path, addr: SocketAddr) -> Result<Node> {
+        let child = std::process::Command::new(bin)
+            .arg(role)
+            .arg(path)
+            .arg(addr.to_string())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        Ok(Node { child, addr })
+    }
+
+    /// `kill -9`: no goodbye to anyone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A free UDP port on 127.0.0.1, chosen by the OS (bound, then released).
+pub fn free_udp_addr() -> Result<SocketAddr> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?)
+}
+
+/// A controller data dir initialised for `addr`, in `dir`.
+pub fn init_controller(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    cert_ttl: Duration,
+) -> Result<DataDir> {
+    init_logging();
+    let data_dir = DataDir::new(dir.join("ctl"));
+    darkport_controller::init(
+        &data_dir,
+        &InitOptions {
+            advertise: addr.to_string(),
+            cert_ttl,
+        },
+    )?;
+    Ok(data_dir)
+}
+
+/// Sends an admin request to the controller of `data_dir`.
+pub async fn admin(data_dir: &DataDir, req: AdminRequest) -> Result<AdminResponse> {
+    Ok(Admin::from_data_dir(data_dir, None)?.call(req).await?)
+}
+
+/// Creates and enrolls an identity through the controller of `data_dir`;
+/// returns the identity file in `dir`.
+pub async fn enroll_at(
+    data_dir: &DataDir,
+    dir: &std::path::Path,
+    name: &str,
+    kind: Kind,
+    roles: &[&str],
+) -> Result<PathBuf> {
+    let req = AdminRequest::CreateIdentity {
+        name: n(name),
+        kind,
+        roles: roles.iter().map(|r| n(r)).collect(),
+        token_ttl_secs: 3600,
+    };
+    let AdminResponse::Token { token, .. } = admin(data_dir, req).await? else {
+        bail!("no token");
+    };
+    let path = dir.join(format!("{name}.id"));
+    edge_client::enroll(&token, kind, &path).await?;
+    Ok(path)
+}
+
+/// Waits until the controller lists a router at `addr` as online.
+pub async fn wait_router_online(
+    data_dir: &DataDir,
+    addr: SocketAddr,
+    within: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(AdminResponse::Routers(rs)) = admin(data_dir, AdminRequest::ListRouters).await {
+            if rs
+                .iter()
+                .any(|r| r.online && r.advertise == addr.to_string())
+            {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("router at {addr} not online within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -179,6 +179,7 @@ async fn other_ca_is_refused_everywhere() {
         b_identity,
         ClientOptions {
             routers: vec![a.router_addr.to_string()],
+            ..Default::default()
         },
     )
     .expect("client");
@@ -192,6 +193,7 @@ async fn other_ca_is_refused_everywhere() {
         Identity::load(&b_id).expect("load"),
         ClientOptions {
             routers: vec![a.router_addr.to_string()],
+            ..Default::default()
         },
     )
     .expect("client");
@@ -214,6 +216,7 @@ async fn identities_must_be_of_the_right_kind() {
         &router_id,
         ClientOptions {
             routers: vec![fx.router_addr.to_string()],
+            ..Default::default()
         },
     )
     .expect("client");
@@ -227,6 +230,7 @@ async fn identities_must_be_of_the_right_kind() {
         Identity::load(&app).expect("load"),
         ClientOptions {
             routers: vec![fake.to_string()],
+            ..Default::default()
         },
     )
     .expect("client");
@@ -244,6 +248,7 @@ async fn identities_must_be_of_the_right_kind() {
         Identity::load(&app).expect("load"),
         ClientOptions {
             routers: vec![fake.to_string()],
+            ..Default::default()
         },
     )
     .expect("client");
@@ -321,9 +326,15 @@ async fn dials_are_refused_with_typed_reasons() {
         .await
         .expect("delete");
     darkport_tests::assert_eventually!(
-        matches!(c.dial("echo").await, Err(DialError::NotAuthorized { .. })),
+        matches!(c.dial("echo").await, Err(DialError::IdentityRefused { .. })),
         Duration::from_secs(1),
         "deleted identity still allowed after 1 s"
+    );
+    let err = c.dial("echo").await.expect_err("deleted");
+    contains(&err, "not known to the controller");
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::PermissionDenied
     );
     // And the controller refuses its certificate too.
     let c2 = Client::from_identity_file(&writer, Default::default()).expect("client");

@@ -14,10 +14,10 @@ pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
 pub const MAX_STREAMS: u32 = 20_000;
 
 /// Keep-alive below the idle timeout so quiet tunnels survive NATs.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// A connection with no traffic (keep-alives included) for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Timeout for a QUIC handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,6 +19,7 @@ pub mod control;
 pub mod endpoint;
 pub mod enroll;
 pub mod identity;
+pub mod renew;
 pub mod splice;
 pub mod tls;
 
@@ -43,10 +44,11 @@ pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
         E::ConnectionClosed(close) => {
             let reason = String::from_utf8_lossy(&close.reason);
             let code = close.error_code;
-            let hint = if code.to_string().contains("error 48")
-                || code.to_string().contains("error 51")
-            {
+            let code_text = code.to_string();
+            let hint = if code_text.contains("error 48") || code_text.contains("error 51") {
                 "; our certificate was not issued by the peer's Darkport CA (enrolled with another controller?)"
+            } else if code_text.contains("error 45") {
+                "; our certificate has expired; renew it or re-enroll with a new token"
             } else {
                 ""
             };

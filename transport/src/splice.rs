@@ -32,6 +32,8 @@ pub enum Ending {
     LocalReset,
     /// The QUIC stream was reset or its connection was lost.
     RemoteReset,
+    /// Cut on purpose (revocation, policy change): both sides were reset.
+    Cancelled,
 }
 
 /// Bytes moved and how it ended.
@@ -94,13 +96,15 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Splices any local reader/writer pair with a QUIC stream. On a reset the
-/// QUIC side is reset here; resetting the local side is the caller's job.
+/// Splices any local reader/writer pair with a QUIC stream until both
+/// directions end or `cancel` completes. On a reset or cancel the QUIC side
+/// is reset here; resetting the local side is the caller's job.
 pub async fn splice_io<R, W>(
     r: &mut R,
     w: &mut W,
     send: &mut SendStream,
     recv: &mut RecvStream,
+    cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats
 where
     R: AsyncRead + Unpin,
@@ -110,12 +114,13 @@ where
     let ending = {
         let up = local_to_quic(r, send, &mut sent);
         let down = quic_to_local(recv, w, &mut received);
-        tokio::pin!(up, down);
+        tokio::pin!(up, down, cancel);
         let (mut up_done, mut down_done) = (false, false);
         loop {
             let e = tokio::select! {
                 e = &mut up, if !up_done => { up_done = true; e }
                 e = &mut down, if !down_done => { down_done = true; e }
+                _ = &mut cancel => Ending::Cancelled,
             };
             if e != Ending::Clean {
                 break e;
@@ -137,15 +142,21 @@ where
 }
 
 /// Splices a TCP connection with a QUIC stream; see the module docs.
-pub async fn splice_tcp(
+pub async fn splice_tcp(tcp: TcpStream, send: SendStream, recv: RecvStream) -> SpliceStats {
+    splice_tcp_until(tcp, send, recv, std::future::pending()).await
+}
+
+/// [`splice_tcp`], cut with resets on both sides when `cancel` completes.
+pub async fn splice_tcp_until(
     mut tcp: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
+    cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
     let stats = {
         let (mut r, mut w) = tcp.split();
-        splice_io(&mut r, &mut w, &mut send, &mut recv).await
+        splice_io(&mut r, &mut w, &mut send, &mut recv, cancel).await
     };
     if stats.ending != Ending::Clean {
         reset_tcp(tcp);

@@ -264,6 +264,17 @@ pub fn cert_identity(der: &CertificateDer<'_>) -> Result<(Kind, IdentityName, u6
     Ok((kind, name, not_after))
 }
 
+/// A certificate's validity period, Unix seconds (not before, not after).
+pub fn cert_validity(der: &CertificateDer<'_>) -> Result<(u64, u64), TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsError::Certificate(format!("cannot parse: {e}")))?;
+    let v = cert.validity();
+    Ok((
+        v.not_before.timestamp().max(0) as u64,
+        v.not_after.timestamp().max(0) as u64,
+    ))
+}
+
 /// The verified identity of a QUIC peer, from its leaf certificate.
 ///
 /// Call only on connections whose handshake verified the certificate

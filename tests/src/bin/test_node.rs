@@ -1,0 +1,47 @@
+//! Runs a controller or a router as its own process, through the same
+//! library entry points the production binaries call, so whole-system tests
+//! can kill it with SIGKILL and restart it.
+//!
+//! ```text
+//! darkport-test-node controller DATA_DIR LISTEN_ADDR
+//! darkport-test-node router IDENTITY_FILE LISTEN_ADDR
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [role, path, listen] = args.as_slice() else {
+        bail!("usage: darkport-test-node controller|router PATH LISTEN_ADDR");
+    };
+    let listen: SocketAddr = listen.parse().context("LISTEN_ADDR")?;
+    let socket =
+        darkport_transport::endpoint::bind_udp(listen).with_context(|| format!("bind {listen}"))?;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match role.as_str() {
+        "controller" => {
+            darkport_controller::run(darkport_controller::DataDir::new(path), socket, stop).await?;
+        }
+        "router" => {
+            let config = darkport_edge_router::RouterConfig::from_identity_file(
+                PathBuf::from(path),
+                listen.to_string(),
+            )?;
+            darkport_edge_router::run(config, socket, stop).await?;
+        }
+        other => bail!("unknown role {other:?}"),
+    }
+    Ok(())
+}
