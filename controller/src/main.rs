@@ -52,8 +52,9 @@ enum Cmd {
         /// HOST:PORT that routers and clients use to reach the controller.
         #[arg(long)]
         advertise: String,
-        /// Lifetime of identity certificates (e.g. 90d, 12h).
-        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        /// Lifetime of identity certificates (e.g. 7d, 12h); routers and
+        /// clients renew theirs automatically at two thirds of it.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         cert_ttl: Duration,
     },
     /// Serve enrollment, admin and router sync.

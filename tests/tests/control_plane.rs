@@ -691,3 +691,43 @@ async fn router_policies_roles_explain_and_visibility() {
     assert!(r1_info.services.is_empty());
     let _: SocketAddr = r2_addr;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admin_commands_and_enrollments_are_safe() {
+    let fx = std::sync::Arc::new(Fixture::start().await.expect("fixture"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let fx = fx.clone();
+        tasks.spawn(async move {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 10_000 + i).parse().expect("addr");
+            fx.service(&format!("svc-{i}"), addr).await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task").expect("create service");
+    }
+    let AdminResponse::Services(list) = fx.admin(AdminRequest::ListServices).await.expect("list")
+    else {
+        panic!()
+    };
+    assert_eq!(list.len(), 20);
+
+    // One token, five hosts racing to redeem it: exactly one wins.
+    let token = fx
+        .token("app-race", Kind::Client, &[], 3600)
+        .await
+        .expect("token");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let (token, path) = (token.clone(), fx.dir.path().join(format!("race-{i}.id")));
+        tasks.spawn(async move { edge_client::enroll(&token, Kind::Client, &path).await });
+    }
+    let mut wins = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(_) => wins += 1,
+            Err(e) => assert!(e.to_string().contains("already used"), "{e}"),
+        }
+    }
+    assert_eq!(wins, 1, "a token must be redeemed exactly once");
+}
