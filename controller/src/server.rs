@@ -40,6 +40,10 @@ const MAX_UNAUTHENTICATED_FRAME: usize = 64 * 1024;
 /// Time allowed for a request to arrive once a stream is open.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most certificates kept valid per identity (the newest and the ones it
+/// replaced that have not expired yet).
+pub const MAX_LIVE_CERTIFICATES: usize = 3;
+
 /// Longest enrollment token lifetime an admin may ask for.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -111,6 +115,16 @@ pub async fn run(
     let ca = dir.load_ca()?;
     let ca_fingerprint = crate::datadir::pem_fingerprint(&ca.cert_pem)?;
     let identity = Identity::load(&dir.controller_identity())?;
+    if !dir.state().exists() && dir.root().join("state.json").exists() {
+        return Err(DataDirError::Invalid(format!(
+            "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
+            dir.root().display()
+        ))
+        .into());
+    }
+    if !dir.state().exists() {
+        return Err(DataDirError::NotInitialized(dir.root().to_path_buf()).into());
+    }
     let store = Store::open(&dir.state()).map_err(DataDirError::from)?;
     let ctx = Arc::new(Ctx {
         store,
@@ -375,8 +389,14 @@ fn exists(what: &str, name: &IdentityName) -> ControlError {
     )
 }
 
-/// Keeps the newest certificate and older ones not yet expired.
+/// Keeps the newest certificate and older ones not yet expired, at most
+/// [`MAX_LIVE_CERTIFICATES`] in all (renewal spam cannot grow snapshots).
 fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
+    let excess = ident
+        .certificates
+        .len()
+        .saturating_sub(MAX_LIVE_CERTIFICATES);
+    ident.certificates.drain(..excess);
     let newest = ident.certificates.len().saturating_sub(1);
     let mut i = 0;
     ident.certificates.retain(|c| {

@@ -16,7 +16,6 @@
 //! connections use the renewed certificate.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,8 +44,8 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_millis(400);
 /// How long a router list from the controller is used before asking again.
 pub const ROUTER_LIST_TTL: Duration = Duration::from_secs(30);
 
-/// How long to wait for the controller when a router list is at hand.
-const CONTROLLER_PATIENCE: Duration = Duration::from_secs(2);
+/// Time a background connect to a router may take.
+const BACKGROUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// After a failed refresh, ask the controller again this soon.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -112,8 +111,6 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     /// Held only to read or swap, never across an await.
     pool: Arc<Mutex<Pool>>,
-    /// Whether a background connect is under way.
-    filling: Arc<AtomicBool>,
     /// Single-flight gate for (re)connecting, so a burst of dials opens one
     /// set of connections. Held across connects on purpose; never on the
     /// data path.
@@ -157,18 +154,24 @@ impl Client {
                 services: None,
             })
             .collect();
+        let pool = Arc::new(Mutex::new(Pool {
+            identity,
+            config,
+            routers,
+            fetched: None,
+            conns: vec![],
+        }));
+        tasks.spawn(maintain(
+            pool.clone(),
+            endpoint.clone(),
+            options.clone(),
+            id_rx.clone(),
+        ));
         Ok(Client {
             identity: id_rx,
             options,
             endpoint,
-            pool: Arc::new(Mutex::new(Pool {
-                identity,
-                config,
-                routers,
-                fetched: None,
-                conns: vec![],
-            })),
-            filling: Arc::new(AtomicBool::new(false)),
+            pool,
             refill: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(tasks),
         })
@@ -200,24 +203,29 @@ impl Client {
         self.check_certificate()?;
         let mut last = None;
         for _round in 0..3 {
-            let candidates = self.candidates(service);
-            if candidates.len() < self.options.pool_size {
-                // Wait only if there is nothing to use now.
-                if candidates.is_empty() {
-                    if let Err(e) = self.fill().await {
-                        last = Some(e);
-                    }
-                    if self.candidates(service).is_empty() {
-                        continue;
-                    }
-                    return self
-                        .dial_any(service, self.candidates(service), &mut last)
-                        .await;
+            let mut candidates = self.candidates(service);
+            if candidates.is_empty() {
+                // Nothing to use now: connect, and wait for it.
+                if let Err(e) = self.fill().await {
+                    last = Some(e);
                 }
-                self.fill_soon();
+                candidates = self.candidates(service);
+                if candidates.is_empty() {
+                    continue;
+                }
             }
             match self.dial_any(service, candidates, &mut last).await {
-                Err(DialError::Router { .. }) | Err(DialError::NotReady(_)) => continue,
+                Err(e @ (DialError::Router { .. } | DialError::NotReady(_))) => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e @ DialError::WrongRouter { .. }) => {
+                    // Our router list is out of date: ask the controller
+                    // now and connect to the routers that may serve it.
+                    last = Some(e);
+                    self.refresh_routers_now().await;
+                    let _ = self.fill().await;
+                }
                 other => return other,
             }
         }
@@ -233,9 +241,19 @@ impl Client {
         for live in candidates {
             match self.dial_on(&live, service).await {
                 Ok(s) => return Ok(s),
-                Err(e @ (DialError::Router { .. } | DialError::NotReady(_))) => {
+                Err(
+                    e @ (DialError::Router { .. }
+                    | DialError::NotReady(_)
+                    | DialError::WrongRouter { .. }
+                    | DialError::IdentityRefused { .. }),
+                ) => {
+                    // Another router's view may differ (one cut off from
+                    // the controller may not know a renewed certificate).
                     warn!("{e}; trying another router");
-                    if matches!(e, DialError::Router { .. }) {
+                    if matches!(
+                        e,
+                        DialError::Router { .. } | DialError::IdentityRefused { .. }
+                    ) {
                         self.forget(&live);
                     }
                     *last = Some(e);
@@ -368,46 +386,6 @@ impl Client {
         Ok(DialStream::new(send, recv))
     }
 
-    /// Connects to missing routers in the background (one filler at a time).
-    fn fill_soon(&self) {
-        if self.filling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (config, targets) = {
-            let pool = self.pool();
-            let have: Vec<&str> = pool.conns.iter().map(|l| l.router.as_str()).collect();
-            let want = self.options.pool_size.saturating_sub(pool.conns.len());
-            let targets: Vec<String> = pool
-                .routers
-                .iter()
-                .map(|r| r.addr.clone())
-                .filter(|a| !have.contains(&a.as_str()))
-                .take(want)
-                .collect();
-            (pool.config.clone(), targets)
-        };
-        let (endpoint, pool, filling) = (
-            self.endpoint.clone(),
-            self.pool.clone(),
-            self.filling.clone(),
-        );
-        tokio::spawn(async move {
-            for addr in targets {
-                match connect(&endpoint, &config, &addr).await {
-                    Ok(conn) => {
-                        info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
-                        pool.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .conns
-                            .push(Live { router: addr, conn });
-                    }
-                    Err(e) => debug!("background connect: {e}"),
-                }
-            }
-            filling.store(false, Ordering::Release);
-        });
-    }
-
     /// Makes sure there are up to `pool_size` router connections; returns
     /// an error only if there are none.
     async fn fill(&self) -> Result<(), DialError> {
@@ -430,18 +408,44 @@ impl Client {
                 .collect();
             (pool.config.clone(), (targets, want))
         };
-        let (targets, mut want) = targets;
-        let mut last = None;
+        let (targets, want) = targets;
+        if want == 0 {
+            return Ok(());
+        }
+        // Connect to every candidate at once and return as soon as one is
+        // up: a dead router in the list costs nothing while a live one
+        // answers. Later successes join the pool in the background.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
         for addr in targets {
-            if want == 0 {
-                break;
-            }
-            match connect(&self.endpoint, &config, &addr).await {
-                Ok(conn) => {
+            let (endpoint, config, tx, pool) = (
+                self.endpoint.clone(),
+                config.clone(),
+                tx.clone(),
+                self.pool.clone(),
+            );
+            let size = self.options.pool_size;
+            tokio::spawn(async move {
+                let result = connect(&endpoint, &config, &addr).await;
+                if let Ok(conn) = &result {
                     info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
-                    self.pool().conns.push(Live { router: addr, conn });
-                    want -= 1;
+                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    if pool.conns.len() < size {
+                        pool.conns.push(Live {
+                            router: addr,
+                            conn: conn.clone(),
+                        });
+                    } else {
+                        conn.close(0u32.into(), b"enough routers");
+                    }
                 }
+                let _ = tx.send(result.map(|_| ())).await;
+            });
+        }
+        drop(tx);
+        let mut last = None;
+        while let Some(result) = rx.recv().await {
+            match result {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     warn!("{e}");
                     last = Some(e);
@@ -468,50 +472,44 @@ impl Client {
         if fresh {
             return;
         }
-        // With a cached list to fall back on, do not wait long for a
-        // controller that may be down.
-        let cached = self.cached_routers();
+        // A cached list is used at once and refreshed in the background: a
+        // controller that is down costs a new client nothing.
         if self.pool().routers.is_empty() {
-            if let Some(list) = &cached {
-                self.pool().routers = candidates_from(list);
+            if let Some(list) = self.cached_routers() {
+                self.pool().routers = candidates_from(&list);
             }
         }
-        let patience = if self.pool().routers.is_empty() {
-            HANDSHAKE_TIMEOUT + Duration::from_secs(1)
-        } else {
-            CONTROLLER_PATIENCE
-        };
-        let fetched = tokio::time::timeout(patience, self.fetch_routers())
+        let (identity, pool, cache) = (self.identity(), self.pool.clone(), self.cache_path());
+        let refresh = async move {
+            let result = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+                fetch_routers(&identity),
+            )
             .await
-            .unwrap_or_else(|_| {
-                Err(DialError::Router {
-                    router: self.identity().controller.clone(),
-                    reason: format!("the controller did not answer within {patience:?}"),
-                })
-            });
-        match fetched {
-            Ok(list) => {
-                if let Some(path) = self.cache_path() {
-                    if let Ok(text) = serde_json::to_vec_pretty(&list) {
-                        let _ =
-                            darkport_transport::identity::write_private_file(&path, &text, true);
-                    }
-                }
-                let mut pool = self.pool();
-                pool.routers = candidates_from(&list);
-                pool.fetched = Some(Instant::now());
-            }
-            Err(e) => {
-                let mut pool = self.pool();
-                // Try again soon, not on every dial.
-                pool.fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
-                if pool.routers.is_empty() {
-                    warn!("cannot get routers from the controller: {e}");
-                } else {
-                    warn!("cannot refresh routers from the controller ({e}); using the known ones");
-                }
-            }
+            .unwrap_or_else(|_| Err(DialError::NoRouters));
+            apply_router_list(&pool, cache.as_deref(), result);
+        };
+        if self.pool().routers.is_empty() {
+            refresh.await;
+        } else {
+            // Not again until this one is done or has failed.
+            self.pool().fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
+            tokio::spawn(refresh);
         }
+    }
+
+    /// Asks the controller for the router list now, waiting for the answer.
+    async fn refresh_routers_now(&self) {
+        if !self.options.routers.is_empty() {
+            return;
+        }
+        let result = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+            fetch_routers(&self.identity()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(DialError::NoRouters));
+        apply_router_list(&self.pool, self.cache_path().as_deref(), result);
     }
 
     fn cached_routers(&self) -> Option<Vec<RouterInfo>> {
@@ -525,29 +523,13 @@ impl Client {
         Some(PathBuf::from(p))
     }
 
-    async fn fetch_routers(&self) -> Result<Vec<RouterInfo>, DialError> {
-        let identity = self.identity();
-        let config = client_config(
-            Some(&identity),
-            Trust::Ca(identity.ca.clone()),
-            Kind::Controller,
-            ALPN_CONTROL,
-        )?;
-        let resp =
-            control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
-        let ControlResponse::Routers(list) = resp else {
-            return Err(DialError::NoRouters);
-        };
-        Ok(list)
-    }
-
     /// Router addresses: the configured ones, or the controller's list
     /// (online routers first).
     pub async fn routers(&self) -> Result<Vec<String>, DialError> {
         if !self.options.routers.is_empty() {
             return Ok(self.options.routers.clone());
         }
-        Ok(candidates_from(&self.fetch_routers().await?)
+        Ok(candidates_from(&fetch_routers(&self.identity()).await?)
             .into_iter()
             .map(|c| c.addr)
             .collect())
@@ -577,6 +559,60 @@ fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
             })
         }
         _ => None,
+    }
+}
+
+async fn fetch_routers(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
+    let config = client_config(
+        Some(identity),
+        Trust::Ca(identity.ca.clone()),
+        Kind::Controller,
+        ALPN_CONTROL,
+    )?;
+    let resp = control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
+    let ControlResponse::Routers(list) = resp else {
+        return Err(DialError::NoRouters);
+    };
+    Ok(list)
+}
+
+/// Takes a fresh router list (and caches it), or notes the failure.
+fn apply_router_list(
+    pool: &Mutex<Pool>,
+    cache: Option<&std::path::Path>,
+    result: Result<Vec<RouterInfo>, DialError>,
+) {
+    match result {
+        Ok(list) => {
+            if let Some(path) = cache {
+                if let Ok(text) = serde_json::to_vec_pretty(&list) {
+                    let _ = darkport_transport::identity::write_private_file(path, &text, true);
+                }
+            }
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.routers = candidates_from(&list);
+            pool.fetched = Some(Instant::now());
+            // A router the controller no longer lists (deleted, revoked) is
+            // not used for new connections.
+            let listed: Vec<String> = pool.routers.iter().map(|r| r.addr.clone()).collect();
+            pool.conns.retain(|l| {
+                let keep = listed.contains(&l.router);
+                if !keep {
+                    l.conn.close(0u32.into(), b"router no longer listed");
+                }
+                keep
+            });
+        }
+        Err(e) => {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            // Try again soon, not on every dial.
+            pool.fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
+            if pool.routers.is_empty() {
+                warn!("cannot get routers from the controller: {e}");
+            } else {
+                warn!("cannot refresh routers from the controller ({e}); using the known ones");
+            }
+        }
     }
 }
 
@@ -616,6 +652,121 @@ async fn connect(
         Ok(Err(e)) => Err(fail(describe_connection_error(&e))),
         Ok(Ok(c)) => Ok(c),
     }
+}
+
+/// A connection that receives nothing for this long (two and a half
+/// keep-alive intervals) is taken for dead.
+const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// How often the pool is checked: dead connections dropped, missing ones
+/// made, a stale router list refreshed.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the pool at `pool_size` live connections and the router list
+/// fresh, for as long as the client lives. Does nothing until the first
+/// dial has loaded a router list.
+async fn maintain(
+    pool: Arc<Mutex<Pool>>,
+    endpoint: quinn::Endpoint,
+    options: ClientOptions,
+    identity: watch::Receiver<Arc<Identity>>,
+) {
+    let lock = |p: &Mutex<Pool>| -> Vec<Live> {
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        p.conns.retain(|l| l.conn.close_reason().is_none());
+        p.conns.clone()
+    };
+    // Datagrams received per connection, and when that count last moved:
+    // a live router sends keep-alives, so a connection that has heard
+    // nothing for DEAD_AFTER is a router that died without a word.
+    let mut heard: std::collections::HashMap<usize, (u64, Instant)> = Default::default();
+    loop {
+        tokio::time::sleep(MAINTAIN_EVERY).await;
+        for l in lock(&pool) {
+            let rx = l.conn.stats().udp_rx.datagrams;
+            let entry = heard
+                .entry(l.conn.stable_id())
+                .or_insert((rx, Instant::now()));
+            if entry.0 != rx {
+                *entry = (rx, Instant::now());
+            } else if entry.1.elapsed() >= DEAD_AFTER {
+                warn!(router = %l.router, "router silent for {DEAD_AFTER:?}; dropping the connection");
+                l.conn.close(0u32.into(), b"router silent");
+            }
+        }
+        let live = lock(&pool);
+        heard.retain(|id, _| live.iter().any(|l| l.conn.stable_id() == *id));
+        let (config, routers, stale) = {
+            let p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = p.fetched.is_none_or(|t| t.elapsed() >= ROUTER_LIST_TTL);
+            (p.config.clone(), p.routers.clone(), stale)
+        };
+        if routers.is_empty() {
+            continue;
+        }
+        if stale && options.routers.is_empty() {
+            let id = identity.borrow().clone();
+            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, fetch_routers(&id))
+                .await
+                .unwrap_or_else(|_| Err(DialError::NoRouters));
+            let mut cache = options.identity_path.clone().map(|p| p.into_os_string());
+            if let Some(c) = cache.as_mut() {
+                c.push(".routers");
+            }
+            apply_router_list(&pool, cache.map(PathBuf::from).as_deref(), result);
+        }
+        let want = options.pool_size.saturating_sub(live.len());
+        if want == 0 {
+            continue;
+        }
+        let missing: Vec<String> = routers
+            .iter()
+            .map(|r| r.addr.clone())
+            .filter(|a| !live.iter().any(|l| &l.router == a))
+            .collect();
+        let attempts = missing.into_iter().map(|addr| {
+            let (endpoint, config) = (endpoint.clone(), config.clone());
+            async move {
+                let r = tokio::time::timeout(
+                    BACKGROUND_CONNECT_TIMEOUT,
+                    connect(&endpoint, &config, &addr),
+                )
+                .await;
+                (addr, r)
+            }
+        });
+        for (addr, result) in futures_join_all(attempts).await {
+            if let Ok(Ok(conn)) = result {
+                let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+                if p.conns.len() < options.pool_size && !p.conns.iter().any(|l| l.router == addr) {
+                    info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
+                    p.conns.push(Live { router: addr, conn });
+                } else {
+                    conn.close(0u32.into(), b"enough routers");
+                }
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently and collects their outputs.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    let mut out = vec![];
+    while let Some(r) = set.join_next().await {
+        if let Ok(v) = r {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// Shares a client between tasks.

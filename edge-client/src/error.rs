@@ -31,6 +31,15 @@ pub enum DialError {
         /// Router's explanation.
         message: String,
     },
+    /// The router may not serve the service; no other router that may was
+    /// reachable.
+    #[error("no reachable router may serve {service:?}: {message}")]
+    WrongRouter {
+        /// Service asked for.
+        service: String,
+        /// Router's explanation.
+        message: String,
+    },
     /// The router has no policy yet.
     #[error("router is not ready: {0}")]
     NotReady(String),
@@ -92,6 +101,7 @@ impl DialError {
             DialStatus::NotAuthorized => DialError::NotAuthorized { service, message },
             DialStatus::ServiceUnreachable => DialError::ServiceUnreachable { service, message },
             DialStatus::NotReady => DialError::NotReady(message),
+            DialStatus::WrongRouter => DialError::WrongRouter { service, message },
             DialStatus::BadRequest => DialError::BadRequest(message),
         })
     }

@@ -66,6 +66,10 @@ pub struct RouterConfig {
     pub identity_path: Option<PathBuf>,
     /// Where the last policy snapshot is kept; `None` keeps none.
     pub snapshot_path: Option<PathBuf>,
+    /// Where the QUIC stateless-reset key is kept across restarts; `None`
+    /// uses a new key per run (clients then notice a restart only at the
+    /// idle timeout).
+    pub reset_key_path: Option<PathBuf>,
     /// `host:port` clients should use to reach this router.
     pub advertise: String,
 }
@@ -78,12 +82,16 @@ impl RouterConfig {
         advertise: String,
     ) -> Result<RouterConfig, darkport_transport::identity::IdentityError> {
         let identity = Identity::load(&path)?;
-        let mut snapshot = path.clone().into_os_string();
-        snapshot.push(".snapshot");
+        let beside = |suffix: &str| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
         Ok(RouterConfig {
             identity,
+            snapshot_path: Some(beside(".snapshot")),
+            reset_key_path: Some(beside(".reset-key")),
             identity_path: Some(path),
-            snapshot_path: Some(PathBuf::from(snapshot)),
             advertise,
         })
     }
@@ -163,7 +171,11 @@ pub async fn run(
     if let Some(path) = config.identity_path.clone() {
         background.spawn(darkport_transport::renew::run(path, id_tx));
     }
-    let result = listener::run(id_rx, socket, snap_rx, clients, shutdown).await;
+    let reset_key = match &config.reset_key_path {
+        Some(p) => Some(darkport_transport::endpoint::load_or_create_reset_key(p)?),
+        None => None,
+    };
+    let result = listener::run(id_rx, socket, reset_key, snap_rx, clients, shutdown).await;
     background.shutdown().await;
     result
 }

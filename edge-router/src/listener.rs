@@ -40,6 +40,7 @@ pub const CLOSE_REVOKED: u32 = 4;
 pub async fn run(
     mut identity: watch::Receiver<Arc<Identity>>,
     socket: UdpSocket,
+    reset_key: Option<Vec<u8>>,
     snapshots: SnapshotRx,
     clients: Clients,
     shutdown: impl Future<Output = ()>,
@@ -47,7 +48,8 @@ pub async fn run(
     let id = identity.borrow_and_update().clone();
     let router = id.name.clone();
     let config = tls::server_config(&id, ClientAuth::Required, ALPN_DATA)?;
-    let endpoint = darkport_transport::endpoint::server(socket, config)?;
+    let endpoint =
+        darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key.as_deref())?;
     info!(addr = %endpoint.local_addr()?, router = %router, "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
@@ -151,7 +153,8 @@ async fn handle_connection(
     info!(%remote, %peer, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
-    snapshots.borrow_and_update();
+    // `admit` checked the snapshot it last marked seen; a newer one wakes
+    // the loop below.
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
@@ -216,6 +219,9 @@ fn decide(
         Err(d @ Denied::UnknownService(_)) => {
             Err(refuse(DialStatus::UnknownService, d.to_string()))
         }
+        Err(d @ Denied::RouterNotAllowed { .. }) => {
+            Err(refuse(DialStatus::WrongRouter, d.to_string()))
+        }
         Err(d) => Err(refuse(DialStatus::NotAuthorized, d.to_string())),
     }
 }
@@ -231,16 +237,17 @@ async fn revoked(
     service: String,
     mut snapshots: SnapshotRx,
 ) -> String {
-    snapshots.borrow_and_update();
     loop {
-        if snapshots.changed().await.is_err() {
-            return std::future::pending().await;
-        }
+        // Check the snapshot in force now first: one may have arrived
+        // while the service was being dialed.
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(s) = snapshot {
             if let Err(d) = authorize(&s, &router, &peer, &service, unix_now()) {
                 return d.to_string();
             }
+        }
+        if snapshots.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -29,7 +29,7 @@ pub use codec::ProtoError;
 pub use identity::{IdentityName, Kind, PeerIdentity};
 
 /// Version of the wire protocol carried in the first message of every stream.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN for the data plane (client ⇄ router).
 pub const ALPN_DATA: &[u8] = b"darkport/1";

@@ -50,6 +50,9 @@ pub enum DialStatus {
     BadRequest,
     /// The router has no policy from the controller yet.
     NotReady,
+    /// This router may not serve the service (router policy); another
+    /// router may.
+    WrongRouter,
 }
 
 /// The router's answer to a [`DialRequest`], sent before any payload.

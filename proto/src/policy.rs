@@ -330,9 +330,11 @@ pub fn explain(snapshot: &PolicySnapshot, identity: &IdentityName, service: &str
         out.reasons.push(format!("no service named {service:?}"));
         return out;
     };
-    if id.certificates.is_empty() {
-        out.reasons
-            .push(format!("{identity} is not enrolled yet (no certificate)"));
+    let has_certificate = !id.certificates.is_empty();
+    if !has_certificate {
+        out.reasons.push(format!(
+            "{identity} has no valid certificate (not enrolled yet, or it expired without renewal)"
+        ));
     }
     out.dial_policies = snapshot.dial_policies(id, svc).cloned().collect();
     if out.dial_policies.is_empty() {
@@ -358,7 +360,7 @@ pub fn explain(snapshot: &PolicySnapshot, identity: &IdentityName, service: &str
             svc.name
         ));
     }
-    out.allowed = !out.dial_policies.is_empty() && !out.routers.is_empty();
+    out.allowed = has_certificate && !out.dial_policies.is_empty() && !out.routers.is_empty();
     if out.allowed {
         out.reasons.push(format!(
             "allowed by service policy {} through {} router(s)",

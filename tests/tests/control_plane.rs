@@ -631,7 +631,7 @@ async fn router_policies_roles_explain_and_visibility() {
     // Router 1 refuses now, naming the router policy.
     let via_r1 = fx.client(&app).expect("client");
     assert_eventually!(
-        matches!(via_r1.dial("echo").await, Err(DialError::NotAuthorized { ref message, .. }) if message.contains("router policy")),
+        matches!(via_r1.dial("echo").await, Err(DialError::WrongRouter { ref message, .. }) if message.contains("router policy")),
         Duration::from_secs(1),
         "router-1 still serves"
     );

@@ -61,12 +61,47 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// A server endpoint on an already-bound socket.
 pub fn server(socket: UdpSocket, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    server_with_reset_key(socket, config, None)
+}
+
+/// A server endpoint whose QUIC stateless-reset key is `reset_key`.
+///
+/// Keeping the key across restarts lets a restarted server answer packets
+/// of its previous life with a valid stateless reset, so peers drop dead
+/// connections at once instead of at the idle timeout.
+pub fn server_with_reset_key(
+    socket: UdpSocket,
+    config: quinn::ServerConfig,
+    reset_key: Option<&[u8]>,
+) -> std::io::Result<quinn::Endpoint> {
+    let endpoint_config = match reset_key {
+        Some(k) => {
+            quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k)))
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// Reads the stateless-reset key at `path`, creating a random one (0600)
+/// if there is none.
+pub fn load_or_create_reset_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(k) if k.len() == 32 => return Ok(k),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut key = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+    crate::identity::write_private_file(path, &key, true).map_err(std::io::Error::other)?;
+    Ok(key)
 }
 
 /// A client endpoint on an ephemeral port of the right address family.

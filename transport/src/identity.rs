@@ -187,7 +187,13 @@ pub fn write_private_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "identity".into());
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let mut nonce = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp{}-{}",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -195,8 +201,6 @@ pub fn write_private_file(
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    // A stale temporary file from a crash would make create_new fail.
-    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = opts.open(&tmp)?;
         f.write_all(contents)?;
