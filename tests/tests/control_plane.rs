@@ -342,6 +342,29 @@ async fn controller_down_router_restarted_new_connections_still_work() {
         "controller down: a new client's first dial took {:?}",
         start.elapsed()
     );
+
+    // The controller returns: the router resynchronises (well within the
+    // 30 s backoff cap) and changes made now reach it.
+    let start = Instant::now();
+    let _ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller restart");
+    wait_router_online(&dd, r_addr, Duration::from_secs(30))
+        .await
+        .expect("router back online");
+    eprintln!(
+        "controller back: router resynchronised after {:?}",
+        start.elapsed()
+    );
+    admin(&dd, AdminRequest::DeletePolicy { name: n("p") })
+        .await
+        .expect("delete policy");
+    assert_eventually!(
+        matches!(
+            fresh.dial("echo").await,
+            Err(DialError::NotAuthorized { .. })
+        ),
+        Duration::from_secs(1),
+        "a change after the controller returned did not reach the router"
+    );
 }
 
 async fn try_echo(client: &Client) -> bool {
@@ -421,6 +444,35 @@ async fn kill_9_one_of_two_routers_fails_over_within_two_seconds() {
     );
 
     for victim in 0..2 {
+        // A client that uses only the victim: its existing streams must end
+        // with a reset once the router is gone, not hang and not look clean.
+        let solo = std::sync::Arc::new(
+            Client::new(
+                Identity::load(&app_id).expect("load"),
+                ClientOptions {
+                    routers: vec![routers[victim].2.to_string()],
+                    ..Default::default()
+                },
+            )
+            .expect("client"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let fwd = listener.local_addr().expect("addr");
+        tokio::spawn(edge_client::forward::forward(
+            solo.clone(),
+            listener,
+            "echo".into(),
+            std::future::pending(),
+        ));
+        let mut app = TcpStream::connect(fwd).await.expect("connect");
+        app.write_all(b"ping").await.expect("write");
+        let mut pong = [0u8; 4];
+        app.read_exact(&mut pong)
+            .await
+            .expect("echo before the kill");
+
         let (node, id, addr) = &mut routers[victim];
         node.kill9();
         let start = Instant::now();
@@ -436,6 +488,17 @@ async fn kill_9_one_of_two_routers_fails_over_within_two_seconds() {
         for _ in 0..20 {
             echo_once(&client).await;
         }
+        // The stream on the dead router ends with a reset.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut rest))
+            .await
+            .expect("stream on the dead router still hangs after 10 s");
+        let err = ended.expect_err("stream on the dead router ended cleanly");
+        eprintln!(
+            "stream on the dead router ended after {:?}: {err}",
+            start.elapsed()
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
         // Restart it; the next round kills the other one.
         *node = Node::spawn(NODE, "router", id, *addr).expect("restart");
         wait_router_online(&dd, *addr, Duration::from_secs(10))
