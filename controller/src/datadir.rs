@@ -8,6 +8,7 @@
 //!   controller.id        the controller's own identity (0600)
 //!   admin.id             the admin identity used by admin commands (0600)
 //!   token.key            secret for enrollment token MACs (0600)
+//!   reset.key            QUIC stateless-reset key, kept across restarts (0600)
 //!   state.db             SQLite: identities, certificates, services, policies,
 //!                        tokens, routers, audit log (0600)
 //! ```

@@ -138,7 +138,13 @@ pub async fn run(
     server_config.transport_config(darkport_transport::endpoint::transport_config_with_streams(
         darkport_transport::endpoint::MAX_CONTROL_STREAMS,
     ));
-    let endpoint = darkport_transport::endpoint::server(socket, server_config)?;
+    let reset_key =
+        darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
+    let endpoint = darkport_transport::endpoint::server_with_reset_key(
+        socket,
+        server_config,
+        Some(&reset_key),
+    )?;
     info!(
         addr = %endpoint.local_addr()?,
         advertise = %ctx.config.advertise,

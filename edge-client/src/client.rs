@@ -250,12 +250,10 @@ impl Client {
                     // Another router's view may differ (one cut off from
                     // the controller may not know a renewed certificate).
                     warn!("{e}; trying another router");
-                    if matches!(
-                        e,
-                        DialError::Router { .. } | DialError::IdentityRefused { .. }
-                    ) {
-                        self.forget(&live);
-                    }
+                    // Out of the pool for new dials; streams already on it
+                    // carry on (a router that is merely slow, or may not
+                    // serve this service, is still fine for them).
+                    self.set_aside(&live);
                     *last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -322,11 +320,10 @@ impl Client {
         v
     }
 
-    fn forget(&self, dead: &Live) {
-        dead.conn.close(0u32.into(), b"router not answering");
+    fn set_aside(&self, live: &Live) {
         self.pool()
             .conns
-            .retain(|l| l.conn.stable_id() != dead.conn.stable_id());
+            .retain(|l| l.conn.stable_id() != live.conn.stable_id());
     }
 
     async fn dial_on(&self, live: &Live, service: &str) -> Result<DialStream, DialError> {
@@ -362,6 +359,7 @@ impl Client {
                     _ = tokio::time::sleep(window) => {
                         if live.conn.stats().udp_rx.datagrams == rx_before {
                             let _ = send.reset(0u32.into());
+                            live.conn.close(0u32.into(), b"router not answering");
                             return Err(lost(format!("no answer at all within {window:?}; taking it for dead")));
                         }
                         if started.elapsed() >= DIAL_TIMEOUT {
@@ -658,6 +656,13 @@ async fn connect(
 /// keep-alive intervals) is taken for dead.
 const DEAD_AFTER: Duration = Duration::from_secs(5);
 
+/// A router that refused this identity is not tried again for this long
+/// by the background maintenance (a dial may still try it).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// A router that could not be reached is retried after this long.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
+
 /// How often the pool is checked: dead connections dropped, missing ones
 /// made, a stale router list refreshed.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
@@ -671,9 +676,22 @@ async fn maintain(
     options: ClientOptions,
     identity: watch::Receiver<Arc<Identity>>,
 ) {
-    let lock = |p: &Mutex<Pool>| -> Vec<Live> {
+    // Routers not to try again before the given time: one that refused
+    // this identity, or could not be reached.
+    let mut retry_after: std::collections::HashMap<String, Instant> = Default::default();
+    let lock = |p: &Mutex<Pool>,
+                    retry_after: &mut std::collections::HashMap<String, Instant>|
+     -> Vec<Live> {
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        p.conns.retain(|l| l.conn.close_reason().is_none());
+        p.conns.retain(|l| {
+            if l.conn.close_reason().is_none() {
+                return true;
+            }
+            if refused(&l.router, &l.conn).is_some() {
+                retry_after.insert(l.router.clone(), Instant::now() + REFUSED_RETRY);
+            }
+            false
+        });
         p.conns.clone()
     };
     // Datagrams received per connection, and when that count last moved:
@@ -682,7 +700,7 @@ async fn maintain(
     let mut heard: std::collections::HashMap<usize, (u64, Instant)> = Default::default();
     loop {
         tokio::time::sleep(MAINTAIN_EVERY).await;
-        for l in lock(&pool) {
+        for l in lock(&pool, &mut retry_after) {
             let rx = l.conn.stats().udp_rx.datagrams;
             let entry = heard
                 .entry(l.conn.stable_id())
@@ -694,7 +712,7 @@ async fn maintain(
                 l.conn.close(0u32.into(), b"router silent");
             }
         }
-        let live = lock(&pool);
+        let live = lock(&pool, &mut retry_after);
         heard.retain(|id, _| live.iter().any(|l| l.conn.stable_id() == *id));
         let (config, routers, stale) = {
             let p = pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -723,6 +741,7 @@ async fn maintain(
             .iter()
             .map(|r| r.addr.clone())
             .filter(|a| !live.iter().any(|l| &l.router == a))
+            .filter(|a| retry_after.get(a).is_none_or(|t| *t <= Instant::now()))
             .collect();
         let attempts = missing.into_iter().map(|addr| {
             let (endpoint, config) = (endpoint.clone(), config.clone());
@@ -736,6 +755,9 @@ async fn maintain(
             }
         });
         for (addr, result) in futures_join_all(attempts).await {
+            if !matches!(result, Ok(Ok(_))) {
+                retry_after.insert(addr.clone(), Instant::now() + UNREACHABLE_RETRY);
+            }
             if let Ok(Ok(conn)) = result {
                 let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
                 if p.conns.len() < options.pool_size && !p.conns.iter().any(|l| l.router == addr) {
