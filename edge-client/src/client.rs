@@ -680,7 +680,7 @@ async fn maintain(
     // this identity, or could not be reached.
     let mut retry_after: std::collections::HashMap<String, Instant> = Default::default();
     let lock = |p: &Mutex<Pool>,
-                    retry_after: &mut std::collections::HashMap<String, Instant>|
+                retry_after: &mut std::collections::HashMap<String, Instant>|
      -> Vec<Live> {
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
         p.conns.retain(|l| {
