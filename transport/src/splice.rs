@@ -1,7 +1,10 @@
 //! Byte-exact copying between a TCP connection and a QUIC stream.
 //!
-//! Each direction reads into one bounded buffer and writes it out, so there
-//! is no per-byte work and at most two buffers per tunneled connection.
+//! Local → QUIC reads into a buffer that is handed to quinn as is (no copy)
+//! and sized to the traffic (at most [`BUF_SIZE`], [`MIN_BUF`] while idle);
+//! QUIC → local writes quinn's received chunks straight out, several per
+//! system call. There is no per-byte work, and an idle connection holds one
+//! small buffer.
 //!
 //! Half-close: end of stream on TCP (FIN) finishes the QUIC send stream;
 //! end of the QUIC receive stream shuts down the TCP write side. The other
@@ -16,8 +19,14 @@ use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Copy buffer per direction.
+/// Largest local read, handed to quinn in one piece.
 pub const BUF_SIZE: usize = 64 * 1024;
+
+/// Smallest local read buffer: what an idle connection waits on.
+pub const MIN_BUF: usize = 4 * 1024;
+
+/// Most received QUIC chunks (about one packet each) per local write.
+const CHUNKS: usize = 32;
 
 /// Application error code sent in QUIC RESET_STREAM / STOP_SENDING when the
 /// TCP side was reset.
@@ -52,15 +61,25 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
     send: &mut SendStream,
     count: &mut u64,
 ) -> Ending {
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Each read gets a fresh buffer that quinn keeps until acknowledged, so
+    // nothing is copied into its send buffer. The size follows the traffic:
+    // it doubles while reads fill it, else drops to what the last read
+    // needed, so a connection that went quiet waits on a small buffer.
+    let mut cap = MIN_BUF;
     loop {
-        match r.read(&mut buf).await {
+        let mut buf = Vec::with_capacity(cap);
+        match r.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = send.finish();
                 return Ending::Clean;
             }
             Ok(n) => {
-                if send.write_all(&buf[..n]).await.is_err() {
+                cap = if n >= cap {
+                    (cap * 2).min(BUF_SIZE)
+                } else {
+                    n.next_power_of_two().clamp(MIN_BUF, BUF_SIZE)
+                };
+                if send.write_chunk(buf.into()).await.is_err() {
                     return Ending::RemoteReset;
                 }
                 *count += n as u64;
@@ -70,16 +89,72 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
     }
 }
 
+/// Writes all of `chunks`: several per system call when `w` takes vectors
+/// (TCP does), else gathered into one buffer per call.
+async fn write_all_chunks<W, B>(w: &mut W, chunks: &[B]) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    B: std::ops::Deref<Target = [u8]>,
+{
+    if !w.is_write_vectored() {
+        let mut all = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
+        for c in chunks {
+            all.extend_from_slice(c);
+        }
+        return w.write_all(&all).await;
+    }
+    // Position: chunk `i`, byte `skip` within it.
+    let (mut i, mut skip) = (0, 0);
+    loop {
+        // Past written and empty chunks: all-empty vectors would write 0.
+        while i < chunks.len() && chunks[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
+        if i == chunks.len() {
+            return Ok(());
+        }
+        let mut iov = [std::io::IoSlice::new(&[]); CHUNKS];
+        let mut m = 0;
+        for (slot, c) in iov.iter_mut().zip(&chunks[i..]) {
+            *slot = std::io::IoSlice::new(if m == 0 { &c[skip..] } else { c });
+            m += 1;
+        }
+        let mut n = w.write_vectored(&iov[..m]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = chunks[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+}
+
 async fn quic_to_local<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     w: &mut W,
     count: &mut u64,
 ) -> Ending {
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Chunks go out straight from quinn's receive buffers, up to CHUNKS per
+    // write: nothing is copied in user space and an idle stream holds no
+    // buffer.
+    let mut chunks: [_; CHUNKS] = Default::default();
     loop {
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
-                if w.write_all(&buf[..n]).await.is_err() {
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(k)) => {
+                let n: usize = chunks[..k].iter().map(|c| c.len()).sum();
+                let written = write_all_chunks(w, &chunks[..k]).await;
+                // Release the chunks now rather than at the next read.
+                chunks[..k].fill_with(Default::default);
+                if written.is_err() {
                     return Ending::LocalReset;
                 }
                 *count += n as u64;
@@ -168,4 +243,115 @@ pub async fn splice_tcp_until(
 pub fn reset_tcp(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
     drop(tcp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A vectored writer that takes at most `max` bytes per call.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.max {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_survive_partial_vectored_writes() {
+        let chunks: Vec<Vec<u8>> = vec![
+            b"hello ".to_vec(),
+            Vec::new(),
+            b"quic".to_vec(),
+            b" ".to_vec(),
+            (0..100u8).collect(),
+            Vec::new(),
+        ];
+        let want: Vec<u8> = chunks.concat();
+        for max in [1, 3, 7, 64, 1000] {
+            let mut w = Trickle {
+                out: Vec::new(),
+                max,
+                calls: 0,
+            };
+            write_all_chunks(&mut w, &chunks).await.unwrap();
+            assert_eq!(w.out, want, "max {max}");
+            assert!(
+                w.calls <= want.len().div_ceil(max),
+                "max {max}: {} calls",
+                w.calls
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn only_empty_chunks_write_nothing() {
+        let mut w = Trickle {
+            out: Vec::new(),
+            max: 4,
+            calls: 0,
+        };
+        write_all_chunks(&mut w, &[Vec::<u8>::new(), Vec::new()])
+            .await
+            .unwrap();
+        assert!(w.out.is_empty());
+        assert_eq!(w.calls, 0);
+    }
+
+    #[tokio::test]
+    async fn gathers_for_a_plain_writer() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_all_chunks(&mut a, &[b"ab".to_vec(), b"cd".to_vec()])
+            .await
+            .unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"abcd");
+    }
 }
