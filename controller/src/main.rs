@@ -443,21 +443,6 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match real_main().await {
@@ -516,7 +501,8 @@ async fn real_main() -> Result<()> {
             };
             let socket = darkport_controller::server::bind(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            darkport_controller::run(dd, socket, shutdown_signal()).await?;
+            darkport_controller::run(dd, socket, darkport_transport::endpoint::shutdown_signal())
+                .await?;
         }
         Cmd::Identity(IdentityCmd::Create {
             name: n,

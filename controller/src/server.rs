@@ -174,18 +174,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(darkport_transport::endpoint::HANDSHAKE_TIMEOUT, incoming)
-        .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            info!(%remote, "control handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            info!(%remote, "control handshake timed out");
-            return;
-        }
+    let Some(conn) = darkport_transport::endpoint::accept(incoming, "control").await else {
+        return;
     };
     let peer = if conn.peer_identity().is_some() {
         match tls::peer_identity(&conn) {

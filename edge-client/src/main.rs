@@ -68,19 +68,6 @@ fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
     Ok((addr, service.to_string()))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match real_main().await {
@@ -141,7 +128,7 @@ async fn real_main() -> Result<()> {
                     stopped,
                 ));
             }
-            shutdown_signal().await;
+            darkport_transport::endpoint::shutdown_signal().await;
             let _ = stop_tx.send(true);
             while tasks.join_next().await.is_some() {}
             client.close().await;

@@ -15,7 +15,6 @@ use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
 use darkport_proto::policy::{authorize, check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
-use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
 use darkport_transport::splice::{splice_tcp_until, Ending};
 use darkport_transport::tls::{self, ClientAuth};
@@ -117,16 +116,8 @@ async fn handle_connection(
     clients: Clients,
 ) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            info!(%remote, "client handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            info!(%remote, "client handshake timed out");
-            return;
-        }
+    let Some(conn) = darkport_transport::endpoint::accept(incoming, "client").await else {
+        return;
     };
     let peer = match tls::peer_identity(&conn) {
         Ok(p) => p,

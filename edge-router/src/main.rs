@@ -48,19 +48,6 @@ enum Cmd {
     },
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match real_main().await {
@@ -103,7 +90,12 @@ async fn real_main() -> Result<()> {
             let socket = darkport_transport::endpoint::bind_udp(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let config = RouterConfig::from_identity_file(identity, advertise)?;
-            run(config, socket, shutdown_signal()).await?;
+            run(
+                config,
+                socket,
+                darkport_transport::endpoint::shutdown_signal(),
+            )
+            .await?;
         }
     }
     Ok(())

@@ -140,3 +140,37 @@ pub fn parse_host_port(addr: &str) -> Option<(&str, u16)> {
     }
     Some((host, port.parse().ok()?))
 }
+
+/// Completes an incoming QUIC handshake within [`HANDSHAKE_TIMEOUT`];
+/// logs and returns `None` if it fails or times out. `what` names the
+/// kind of peer for the log ("client", "control").
+pub async fn accept(incoming: quinn::Incoming, what: &str) -> Option<quinn::Connection> {
+    let remote = incoming.remote_address();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::info!(%remote, "{what} handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%remote, "{what} handshake timed out");
+            None
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM: the shutdown signal of every binary.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
