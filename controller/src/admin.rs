@@ -1,11 +1,9 @@
 //! The admin side of the control API, used by the CLI.
 
-use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse, ControlBody, ControlResponse};
-use darkport_proto::ALPN_CONTROL;
 use darkport_transport::control::{one_shot, ControlClientError};
 use darkport_transport::identity::Identity;
-use darkport_transport::tls::{self, Trust};
+use darkport_transport::tls::{self};
 
 use crate::datadir::DataDir;
 
@@ -45,12 +43,7 @@ impl Admin {
 
     /// Sends one admin request.
     pub async fn call(&self, req: AdminRequest) -> Result<AdminResponse, AdminError> {
-        let config = tls::client_config(
-            Some(&self.identity),
-            Trust::Ca(self.identity.ca.clone()),
-            Kind::Controller,
-            ALPN_CONTROL,
-        )?;
+        let config = darkport_transport::tls::controller_client_config(&self.identity)?;
         match one_shot(&self.address, config, ControlBody::Admin(req)).await? {
             ControlResponse::Admin(r) => Ok(r),
             _ => Err(AdminError::Unexpected),

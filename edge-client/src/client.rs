@@ -26,7 +26,7 @@ use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{ControlBody, ControlResponse, DialRequest, DialResponse, RouterInfo};
 use darkport_proto::token::fmt_time;
-use darkport_proto::{ProtoError, ALPN_CONTROL, ALPN_DATA};
+use darkport_proto::{ProtoError, ALPN_DATA};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{client_config, Trust};
@@ -561,12 +561,7 @@ fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
 }
 
 async fn fetch_routers(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
-    let config = client_config(
-        Some(identity),
-        Trust::Ca(identity.ca.clone()),
-        Kind::Controller,
-        ALPN_CONTROL,
-    )?;
+    let config = darkport_transport::tls::controller_client_config(identity)?;
     let resp = control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
     let ControlResponse::Routers(list) = resp else {
         return Err(DialError::NoRouters);

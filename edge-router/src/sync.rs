@@ -8,13 +8,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, MAX_CONTROL_FRAME};
-use darkport_proto::identity::Kind;
 use darkport_proto::msg::{ControlBody, ControlResponse, RouterReport};
 use darkport_proto::policy::PolicySnapshot;
-use darkport_proto::ALPN_CONTROL;
 use darkport_transport::control;
 use darkport_transport::identity::Identity;
-use darkport_transport::tls::{client_config, Trust};
 
 use crate::Clients;
 
@@ -71,13 +68,8 @@ async fn session(
     cache: Option<&std::path::Path>,
     clients: &Clients,
 ) -> Result<(), String> {
-    let config = client_config(
-        Some(identity),
-        Trust::Ca(identity.ca.clone()),
-        Kind::Controller,
-        ALPN_CONTROL,
-    )
-    .map_err(|e| e.to_string())?;
+    let config =
+        darkport_transport::tls::controller_client_config(identity).map_err(|e| e.to_string())?;
     let endpoint = darkport_transport::endpoint::client(None).map_err(|e| e.to_string())?;
     let conn = control::connect(&endpoint, &identity.controller, config)
         .await

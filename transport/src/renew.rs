@@ -14,14 +14,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use darkport_proto::identity::Kind;
 use darkport_proto::msg::{ControlBody, ControlResponse};
 use darkport_proto::token::fmt_time;
-use darkport_proto::ALPN_CONTROL;
 
 use crate::control::one_shot;
 use crate::identity::{Identity, IdentityFile, IDENTITY_FILE_VERSION};
-use crate::tls::{cert_validity, client_config, Trust};
+use crate::tls::cert_validity;
 
 /// Why a renewal failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +58,7 @@ pub fn schedule(identity: &Identity) -> Option<(u64, u64)> {
 pub async fn renew(identity: &Identity, path: &Path) -> Result<Identity, RenewError> {
     let key = rcgen::KeyPair::generate()?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
-    let config = client_config(
-        Some(identity),
-        Trust::Ca(identity.ca.clone()),
-        Kind::Controller,
-        ALPN_CONTROL,
-    )?;
+    let config = crate::tls::controller_client_config(identity)?;
     let body = ControlBody::Renew {
         csr_der: csr.der().to_vec(),
     };

@@ -233,6 +233,17 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// The configuration every enrolled identity uses to talk to its
+/// controller: present the identity, trust its CA, expect a controller.
+pub fn controller_client_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsError> {
+    client_config(
+        Some(identity),
+        Trust::Ca(identity.ca.clone()),
+        Kind::Controller,
+        darkport_proto::ALPN_CONTROL,
+    )
+}
+
 /// Reads the identity URI and expiry (Unix seconds) from a certificate.
 ///
 /// Exactly one URI SAN must be present, naming a Darkport identity.
