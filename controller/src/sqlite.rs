@@ -136,6 +136,20 @@ fn to_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<String, StoreError
     serde_json::to_string(v).map_err(|e| corrupt(path, e.to_string()))
 }
 
+/// Rows of a query returning three text columns.
+fn text_rows3(
+    c: &Connection,
+    path: &Path,
+    sql: &str,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let err = db_err(path);
+    let mut q = c.prepare(sql).map_err(&err)?;
+    let rows = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(&err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -250,20 +264,7 @@ impl Backend for SqliteBackend {
                 expires_at: u(expires),
             });
         }
-        let mut q = c
-            .prepare("SELECT name, address, roles FROM services")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (n, address, roles) = row.map_err(&err)?;
+        for (n, address, roles) in text_rows3(c, p, "SELECT name, address, roles FROM services")? {
             let n = name(p, n)?;
             state.services.insert(
                 n.clone(),
@@ -274,20 +275,11 @@ impl Backend for SqliteBackend {
                 },
             );
         }
-        let mut q = c
-            .prepare("SELECT name, services, identities FROM service_policies")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (n, services, identities) = row.map_err(&err)?;
+        for (n, services, identities) in text_rows3(
+            c,
+            p,
+            "SELECT name, services, identities FROM service_policies",
+        )? {
             let n = name(p, n)?;
             state.policies.insert(
                 n.clone(),
@@ -298,20 +290,9 @@ impl Backend for SqliteBackend {
                 },
             );
         }
-        let mut q = c
-            .prepare("SELECT name, routers, services FROM router_policies")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (n, routers, services) = row.map_err(&err)?;
+        for (n, routers, services) in
+            text_rows3(c, p, "SELECT name, routers, services FROM router_policies")?
+        {
             let n = name(p, n)?;
             state.router_policies.insert(
                 n.clone(),

@@ -170,6 +170,37 @@ async fn policy_delete_and_role_removal_cut_live_streams() {
     );
 }
 
+/// A controller in its own process with a fresh CA, an `echo` service and
+/// a policy letting every identity dial every service.
+async fn controller_process_with_echo() -> (
+    tempfile::TempDir,
+    darkport_controller::DataDir,
+    SocketAddr,
+    Node,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let ctl_addr = free_udp_addr().expect("addr");
+    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
+    let ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
+    wait_admin(&dd).await;
+    let echo = echo_server().await.expect("echo");
+    let service = ServiceEntry {
+        name: n("echo"),
+        address: echo.to_string(),
+        roles: vec![],
+    };
+    admin(&dd, AdminRequest::CreateService(service))
+        .await
+        .expect("service");
+    let policy = AdminRequest::CreatePolicy {
+        name: n("p"),
+        services: vec![Selector::All],
+        identities: vec![Selector::All],
+    };
+    admin(&dd, policy).await.expect("policy");
+    (dir, dd, ctl_addr, ctl)
+}
+
 async fn wait_admin(data_dir: &darkport_controller::DataDir) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while admin(data_dir, AdminRequest::ListIdentities).await.is_err() {
@@ -277,32 +308,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_down_router_restarted_new_connections_still_work() {
-    let dir = tempfile::tempdir().expect("dir");
-    let ctl_addr = free_udp_addr().expect("addr");
-    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
-    let mut ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
-    wait_admin(&dd).await;
-    let echo = echo_server().await.expect("echo");
-    admin(
-        &dd,
-        AdminRequest::CreateService(ServiceEntry {
-            name: n("echo"),
-            address: echo.to_string(),
-            roles: vec![],
-        }),
-    )
-    .await
-    .expect("service");
-    admin(
-        &dd,
-        AdminRequest::CreatePolicy {
-            name: n("p"),
-            services: vec![Selector::All],
-            identities: vec![Selector::All],
-        },
-    )
-    .await
-    .expect("policy");
+    let (dir, dd, ctl_addr, mut ctl) = controller_process_with_echo().await;
     let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
         .await
         .expect("router");
@@ -391,32 +397,7 @@ async fn echo_once(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_one_of_two_routers_fails_over_within_two_seconds() {
-    let dir = tempfile::tempdir().expect("dir");
-    let ctl_addr = free_udp_addr().expect("addr");
-    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
-    let _ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
-    wait_admin(&dd).await;
-    let echo = echo_server().await.expect("echo");
-    admin(
-        &dd,
-        AdminRequest::CreateService(ServiceEntry {
-            name: n("echo"),
-            address: echo.to_string(),
-            roles: vec![],
-        }),
-    )
-    .await
-    .expect("service");
-    admin(
-        &dd,
-        AdminRequest::CreatePolicy {
-            name: n("p"),
-            services: vec![Selector::All],
-            identities: vec![Selector::All],
-        },
-    )
-    .await
-    .expect("policy");
+    let (dir, dd, _, _ctl) = controller_process_with_echo().await;
     let mut routers = vec![];
     for name in ["router-1", "router-2"] {
         let id = enroll_at(&dd, dir.path(), name, Kind::Router, &[])
