@@ -223,7 +223,9 @@ async fn udp_send(
                 None => continue,
             },
         };
-        let max = d.stride * state.max_gso_segments().max(1);
+        // As many segments as the kernel takes in one GSO send (64 KiB).
+        let segments = (65_000 / d.stride).clamp(1, state.max_gso_segments().max(1));
+        let max = d.stride * segments;
         for part in d.data.chunks(max) {
             let t = quinn_udp::Transmit {
                 destination: to,

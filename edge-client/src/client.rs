@@ -74,6 +74,19 @@ impl Default for ClientOptions {
     }
 }
 
+/// What [`Client::connections`] tells about one router connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConnection {
+    /// The router's address as the client knows it (`host:port`).
+    pub router: String,
+    /// Current round-trip time estimate.
+    pub rtt: Duration,
+    /// Largest UDP payload the path is known to carry (path MTU discovery
+    /// starts at 1,200 bytes and probes up to
+    /// [`darkport_transport::endpoint::MAX_UDP_PAYLOAD`]).
+    pub path_mtu: u16,
+}
+
 /// A router connection.
 #[derive(Debug, Clone)]
 struct Live {
@@ -531,6 +544,23 @@ impl Client {
             .into_iter()
             .map(|c| c.addr)
             .collect())
+    }
+
+    /// The router connections in the pool now, best (lowest RTT) first.
+    pub fn connections(&self) -> Vec<RouterConnection> {
+        let mut v: Vec<RouterConnection> = self
+            .pool()
+            .conns
+            .iter()
+            .filter(|l| l.conn.close_reason().is_none())
+            .map(|l| RouterConnection {
+                router: l.router.clone(),
+                rtt: l.conn.rtt(),
+                path_mtu: l.conn.stats().path.current_mtu,
+            })
+            .collect();
+        v.sort_by_key(|c| c.rtt);
+        v
     }
 
     /// Closes router connections and waits briefly for the close to be sent.

@@ -32,7 +32,7 @@ pub mod error;
 pub mod forward;
 pub mod stream;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, RouterConnection};
 pub use error::DialError;
 pub use stream::DialStream;
 

@@ -221,3 +221,36 @@ async fn client_finds_routers_through_the_controller() {
     assert_eq!(back, b"ping");
     let _ = &mut fx;
 }
+
+/// Path MTU discovery finds loopback's large MTU: bulk data then moves in
+/// packets of up to MAX_UDP_PAYLOAD bytes rather than 1,452 (quinn's
+/// default bound), which is what makes bulk transfer cheap. The content
+/// still crosses byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_grows_to_the_bound_on_loopback() {
+    use darkport_transport::endpoint::MAX_UDP_PAYLOAD;
+    let mut fx = Fixture::start().await.expect("fixture");
+    let echo_addr = darkport_tests::echo_server().await.expect("echo");
+    fx.service("echo", echo_addr).await.expect("service");
+    fx.policy("p", &["echo"], &["#all"]).await.expect("policy");
+    let id = fx
+        .enroll("app-mtu", Kind::Client, &[])
+        .await
+        .expect("enroll");
+    let client = fx.client(&id).expect("client");
+    let fwd = fx.forward(client.clone(), "echo").await.expect("forward");
+    let data = payload(4 * 1024 * 1024, 77);
+    let back = roundtrip(TcpStream::connect(fwd).await.expect("connect"), &data)
+        .await
+        .expect("roundtrip");
+    assert_eq!(sha256(&back), sha256(&data));
+    assert_eventually!(
+        client
+            .connections()
+            .first()
+            .is_some_and(|c| c.path_mtu == MAX_UDP_PAYLOAD),
+        Duration::from_secs(5),
+        "path MTU did not reach {MAX_UDP_PAYLOAD}: {:?}",
+        client.connections()
+    );
+}
