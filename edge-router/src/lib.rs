@@ -72,6 +72,14 @@ pub struct RouterConfig {
     pub reset_key_path: Option<PathBuf>,
     /// `host:port` clients should use to reach this router.
     pub advertise: String,
+    /// Threads that carry client connections (each connection and its
+    /// streams stay on one of them); default: one per core.
+    pub threads: usize,
+}
+
+/// One connection thread per core (1 if that cannot be told).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl RouterConfig {
@@ -93,6 +101,7 @@ impl RouterConfig {
             reset_key_path: Some(beside(".reset-key")),
             identity_path: Some(path),
             advertise,
+            threads: default_threads(),
         })
     }
 }
@@ -175,7 +184,11 @@ pub async fn run(
         Some(p) => Some(darkport_transport::endpoint::load_or_create_reset_key(p)?),
         None => None,
     };
-    let result = listener::run(id_rx, socket, reset_key, snap_rx, clients, shutdown).await;
+    let shards = darkport_transport::shards::Shards::new(config.threads, "router-conn")?;
+    let result = listener::run(
+        id_rx, socket, reset_key, snap_rx, clients, &shards, shutdown,
+    )
+    .await;
     background.shutdown().await;
     result
 }

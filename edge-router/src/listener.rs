@@ -16,6 +16,7 @@ use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
 use darkport_proto::policy::{authorize, check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
+use darkport_transport::shards::Shards;
 use darkport_transport::splice::{splice_tcp_until, Ending};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::unix_now;
@@ -42,14 +43,18 @@ pub async fn run(
     reset_key: Option<Vec<u8>>,
     snapshots: SnapshotRx,
     clients: Clients,
+    shards: &Shards,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let id = identity.borrow_and_update().clone();
     let router = id.name.clone();
     let config = tls::server_config(&id, ClientAuth::Required, ALPN_DATA)?;
-    let endpoint =
-        darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key.as_deref())?;
-    info!(addr = %endpoint.local_addr()?, router = %router, "router listening");
+    let endpoint = {
+        // The endpoint's driver runs on the first connection thread.
+        let _shard = shards.first().enter();
+        darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key.as_deref())?
+    };
+    info!(addr = %endpoint.local_addr()?, router = %router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
     loop {
@@ -57,7 +62,9 @@ pub async fn run(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                conns.spawn(handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone()));
+                // The handshake completes on the shard, so quinn's driver
+                // for this connection runs there too, beside its streams.
+                shards.spawn(&mut conns, handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone()));
             }
             Ok(()) = identity.changed() => {
                 // A renewed certificate: new handshakes present it.

@@ -45,10 +45,16 @@ enum Cmd {
         /// certificate is renewed in IDENTITY automatically.
         #[arg(long)]
         advertise: Option<String>,
+        /// Threads carrying client connections; each connection and its
+        /// streams stay on one thread (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
     },
 }
 
-#[tokio::main]
+/// The main thread accepts connections and talks to the controller;
+/// client connections run on the router's connection threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     match real_main().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -79,6 +85,7 @@ async fn real_main() -> Result<()> {
             identity,
             listen,
             advertise,
+            threads,
         } => {
             let advertise = match advertise {
                 Some(a) => a,
@@ -89,7 +96,10 @@ async fn real_main() -> Result<()> {
             };
             let socket = darkport_transport::endpoint::bind_udp(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            let config = RouterConfig::from_identity_file(identity, advertise)?;
+            let mut config = RouterConfig::from_identity_file(identity, advertise)?;
+            if let Some(n) = threads {
+                config.threads = n.into();
+            }
             run(
                 config,
                 socket,

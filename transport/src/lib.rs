@@ -11,6 +11,7 @@
 //! - [`splice`]: byte-exact copying between a TCP socket and a QUIC stream,
 //!   carrying half-close (FIN) and reset both ways.
 //! - [`control`]: one request/response exchange with the controller.
+//! - [`shards`]: single-threaded runtimes that each own whole connections.
 //!
 //! What it does not do: decide anything. Policy lives in `darkport-proto`.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod endpoint;
 pub mod enroll;
 pub mod identity;
 pub mod renew;
+pub mod shards;
 pub mod splice;
 pub mod tls;
 
