@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -33,6 +35,10 @@ use darkport_transport::tls::{client_config, Trust};
 use darkport_transport::{control, describe_connection_error, unix_now};
 
 use crate::{DialError, DialStream};
+
+/// Most application bytes [`Client::dial_from`] sends behind a dial
+/// request before the router has answered.
+pub const MAX_EARLY_DATA: usize = 64 * 1024;
 
 /// Time the router has to answer a dial.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -213,6 +219,38 @@ impl Client {
     /// Dials `service` through the best live router, failing over to the
     /// next when one is dead.
     pub async fn dial(&self, service: &str) -> Result<DialStream, DialError> {
+        self.dial_with(service, None).await
+    }
+
+    /// Dials `service` like [`Client::dial`] and, while the router decides,
+    /// already sends what `local` has to say (up to [`MAX_EARLY_DATA`]
+    /// bytes) behind the dial request. A short request then reaches the
+    /// service without waiting a round trip for the router's answer.
+    ///
+    /// Nothing is lost or sent to a service without authorization: the
+    /// router forwards those bytes only once it has authorized the dial and
+    /// connected to the service, and discards them if it refuses. If the
+    /// dial moves to another router, they are sent again there. If `local`
+    /// ended (EOF) meanwhile, its next read returns EOF again; if it
+    /// failed, the dial fails with [`DialError::Io`].
+    pub async fn dial_from<R>(&self, service: &str, local: &mut R) -> Result<DialStream, DialError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let mut early = Early {
+            reader: local,
+            chunks: Vec::new(),
+            len: 0,
+            ended: false,
+        };
+        self.dial_with(service, Some(&mut early)).await
+    }
+
+    async fn dial_with(
+        &self,
+        service: &str,
+        mut early: Option<&mut Early<'_>>,
+    ) -> Result<DialStream, DialError> {
         self.check_certificate()?;
         let mut last = None;
         for _round in 0..3 {
@@ -227,7 +265,10 @@ impl Client {
                     continue;
                 }
             }
-            match self.dial_any(service, candidates, &mut last).await {
+            match self
+                .dial_any(service, candidates, &mut last, early.as_deref_mut())
+                .await
+            {
                 Err(e @ (DialError::Router { .. } | DialError::NotReady(_))) => {
                     last = Some(e);
                     continue;
@@ -250,9 +291,10 @@ impl Client {
         service: &str,
         candidates: Vec<Live>,
         last: &mut Option<DialError>,
+        mut early: Option<&mut Early<'_>>,
     ) -> Result<DialStream, DialError> {
         for live in candidates {
-            match self.dial_on(&live, service).await {
+            match self.dial_on(&live, service, early.as_deref_mut()).await {
                 Ok(s) => return Ok(s),
                 Err(
                     e @ (DialError::Router { .. }
@@ -339,7 +381,12 @@ impl Client {
             .retain(|l| l.conn.stable_id() != live.conn.stable_id());
     }
 
-    async fn dial_on(&self, live: &Live, service: &str) -> Result<DialStream, DialError> {
+    async fn dial_on(
+        &self,
+        live: &Live,
+        service: &str,
+        mut early: Option<&mut Early<'_>>,
+    ) -> Result<DialStream, DialError> {
         let lost = |reason: String| {
             refused(&live.router, &live.conn).unwrap_or(DialError::Router {
                 router: live.router.clone(),
@@ -361,15 +408,37 @@ impl Client {
         write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
             .await
             .map_err(|e| lost(why_closed(e.to_string())))?;
+        // Bytes read from the app before a previous router failed.
+        if let Some(e) = early.as_deref() {
+            for c in &e.chunks {
+                send.write_chunk(c.clone())
+                    .await
+                    .map_err(|e| lost(why_closed(e.to_string())))?;
+            }
+        }
         let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
         let started = Instant::now();
+        let mut check_at = tokio::time::Instant::now() + window;
         let resp = {
             let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
             tokio::pin!(response);
             loop {
+                let reading = early.as_ref().is_some_and(|e| e.wants_more());
                 tokio::select! {
                     r = &mut response => break r,
-                    _ = tokio::time::sleep(window) => {
+                    got = read_early(&mut early), if reading => match got {
+                        Ok(Some(chunk)) => {
+                            send.write_chunk(chunk)
+                                .await
+                                .map_err(|e| lost(why_closed(e.to_string())))?;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let _ = send.reset(0u32.into());
+                            return Err(DialError::Io(e));
+                        }
+                    },
+                    _ = tokio::time::sleep_until(check_at) => {
                         if live.conn.stats().udp_rx.datagrams == rx_before {
                             let _ = send.reset(0u32.into());
                             live.conn.close(0u32.into(), b"router not answering");
@@ -378,6 +447,7 @@ impl Client {
                         if started.elapsed() >= DIAL_TIMEOUT {
                             return Err(lost(format!("no answer to the dial within {} s", DIAL_TIMEOUT.as_secs())));
                         }
+                        check_at += window;
                     }
                 }
             }
@@ -568,6 +638,38 @@ impl Client {
         self.endpoint.close(0u32.into(), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
+}
+
+/// Application bytes read while a dial is pending, kept until the dial
+/// succeeds so that they can be sent again to another router.
+struct Early<'a> {
+    reader: &'a mut (dyn AsyncRead + Unpin + Send),
+    chunks: Vec<Bytes>,
+    len: usize,
+    ended: bool,
+}
+
+impl Early<'_> {
+    fn wants_more(&self) -> bool {
+        !self.ended && self.len < MAX_EARLY_DATA
+    }
+}
+
+/// Reads the next early chunk: `Some` bytes (also kept in `early`), `None`
+/// at EOF (or with nothing to read from).
+async fn read_early(early: &mut Option<&mut Early<'_>>) -> std::io::Result<Option<Bytes>> {
+    let Some(e) = early.as_deref_mut() else {
+        return Ok(None);
+    };
+    let mut buf = Vec::with_capacity((MAX_EARLY_DATA - e.len).min(16 * 1024));
+    if e.reader.read_buf(&mut buf).await? == 0 {
+        e.ended = true;
+        return Ok(None);
+    }
+    let chunk = Bytes::from(buf);
+    e.len += chunk.len();
+    e.chunks.push(chunk.clone());
+    Ok(Some(chunk))
 }
 
 /// Router close codes that mean "this identity may not use the data

@@ -1,4 +1,6 @@
-//! Local TCP forwarding: each accepted connection becomes one dial.
+//! Local TCP forwarding: each accepted connection becomes one dial, and
+//! what the app sends first travels with the dial request
+//! ([`Client::dial_from`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +42,9 @@ pub async fn forward(
                 let client = client.clone();
                 let service = service.clone();
                 conns.spawn(async move {
-                    match client.dial(&service).await {
+                    let mut tcp = tcp;
+                    // The app's first bytes travel behind the dial request.
+                    match client.dial_from(&service, &mut tcp).await {
                         Err(e) => {
                             warn!(%peer, "dial to {service} refused: {e}; closing the local connection");
                             reset_tcp(tcp);

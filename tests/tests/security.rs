@@ -462,3 +462,51 @@ async fn admin_api_requires_the_admin_identity() {
     .expect_err("anonymous admin");
     contains(&err, "without a certificate");
 }
+
+/// Bytes an app sends before the router has answered (they travel behind
+/// the dial request) never reach a service the identity may not dial: the
+/// router refuses before it connects, and drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_of_a_refused_dial_never_reach_the_service() {
+    let mut fx = Fixture::start().await.expect("fixture");
+    let tripwire = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    fx.service("guarded", tripwire.local_addr().expect("addr"))
+        .await
+        .expect("service");
+    fx.policy("p", &["guarded"], &["#admins"])
+        .await
+        .expect("policy");
+    let outsider = fx.enroll("app-2", Kind::Client, &[]).await.expect("enroll");
+    let client = fx.client(&outsider).expect("client");
+
+    // Through the SDK.
+    let mut early = &b"DROP TABLE logs;"[..];
+    let err = client
+        .dial_from("guarded", &mut early)
+        .await
+        .expect_err("not authorized");
+    assert!(matches!(err, DialError::NotAuthorized { .. }), "{err}");
+
+    // Through the forwarder: the app writes at once, then sees a reset.
+    let fwd = fx.forward(client, "guarded").await.expect("forward");
+    let mut app = tokio::net::TcpStream::connect(fwd).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    app.write_all(b"DROP TABLE logs;").await.expect("write");
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut buf))
+        .await
+        .expect("refused connection ends within 5 s");
+    assert!(
+        ended.is_err() && buf.is_empty(),
+        "a refused connection must end with a reset and no data: {ended:?} {buf:?}"
+    );
+
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), tripwire.accept())
+            .await
+            .is_err(),
+        "the guarded service was connected to"
+    );
+}

@@ -254,3 +254,105 @@ async fn path_mtu_grows_to_the_bound_on_loopback() {
         client.connections()
     );
 }
+
+/// A service that reads to EOF and answers with the length and SHA-256.
+async fn digest_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if tcp.read_to_end(&mut got).await.is_ok() {
+                    let reply = format!("{} {}", got.len(), sha256(&got));
+                    let _ = tcp.write_all(reply.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Bytes sent behind the dial request (dial_from) reach the service exactly
+/// once and in order, also when the first router refuses the dial and the
+/// client moves to another: the refused router drops them, the next one
+/// gets them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_cross_once_also_after_a_refusing_router() {
+    use darkport_proto::msg::AdminRequest;
+    use darkport_proto::policy::{RouterPolicyEntry, Selector};
+    use darkport_tests::n;
+    let mut fx = Fixture::start().await.expect("fixture");
+    fx.service("digest", digest_server().await)
+        .await
+        .expect("service");
+    fx.policy("p", &["digest"], &["#all"])
+        .await
+        .expect("policy");
+    let app = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
+    // Only router 2 may serve: router 1 refuses with WrongRouter.
+    let r2 = fx
+        .enroll("router-2", Kind::Router, &["edge-b"])
+        .await
+        .expect("router-2");
+    let r2_addr = fx.start_router(&r2).await.expect("start");
+    fx.admin(AdminRequest::DeleteRouterPolicy {
+        name: n("all-routers"),
+    })
+    .await
+    .expect("delete default");
+    fx.admin(AdminRequest::CreateRouterPolicy(RouterPolicyEntry {
+        name: n("b-only"),
+        routers: vec![Selector::Role(n("edge-b"))],
+        services: vec![Selector::All],
+    }))
+    .await
+    .expect("router policy");
+    let r1_only = fx.client(&app).expect("client");
+    assert_eventually!(
+        matches!(
+            r1_only.dial("digest").await,
+            Err(DialError::WrongRouter { .. })
+        ),
+        Duration::from_secs(2),
+        "router-1 still serves"
+    );
+    // A refused dial with early bytes fails with the router's reason.
+    let mut early = &b"sent before the answer"[..];
+    let err = r1_only
+        .dial_from("digest", &mut early)
+        .await
+        .expect_err("router-1 refuses");
+    assert!(matches!(err, DialError::WrongRouter { .. }), "{err}");
+
+    let client = std::sync::Arc::new(
+        edge_client::Client::from_identity_file(
+            &app,
+            edge_client::ClientOptions {
+                routers: vec![fx.router_addr.to_string(), r2_addr.to_string()],
+                ..Default::default()
+            },
+        )
+        .expect("client"),
+    );
+    // Whichever router the client tries first, every dial's bytes arrive
+    // once: 20 dials, each with early data larger than one packet.
+    for i in 0..20u64 {
+        let data = payload(20_000 + i as usize, 100 + i);
+        let mut reader = &data[..];
+        let mut s = client.dial_from("digest", &mut reader).await.expect("dial");
+        assert!(reader.is_empty(), "all early bytes were taken");
+        s.shutdown().await.expect("fin");
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+            .await
+            .expect("reply within 10 s")
+            .expect("read");
+        assert_eq!(
+            reply,
+            format!("{} {}", data.len(), sha256(&data)),
+            "dial {i}"
+        );
+    }
+}
