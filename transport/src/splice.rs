@@ -1,10 +1,13 @@
 //! Byte-exact copying between a TCP connection and a QUIC stream.
 //!
-//! Local → QUIC reads into a buffer that is handed to quinn as is (no copy)
-//! and sized to the traffic (at most [`BUF_SIZE`], [`MIN_BUF`] while idle);
+//! TCP → QUIC waits for data without a buffer, then reads into a
+//! [`BUF_SIZE`] buffer that is handed to quinn as is when it holds at least
+//! half a buffer (no copy), or copied out exactly when it holds less. Other
+//! local readers (stdin) read into a buffer sized to the traffic (at most
+//! [`BUF_SIZE`], [`MIN_BUF`] while idle), handed to quinn as is.
 //! QUIC → local writes quinn's received chunks straight out, several per
-//! system call. There is no per-byte work, and an idle connection holds one
-//! small buffer.
+//! system call. There is no per-byte work on bulk data, and an idle TCP
+//! connection holds no buffer.
 //!
 //! Half-close: end of stream on TCP (FIN) finishes the QUIC send stream;
 //! end of the QUIC receive stream shuts down the TCP write side. The other
@@ -15,8 +18,10 @@
 //! with `SO_LINGER` 0, which sends RST. Neither side ever mistakes a reset
 //! for a clean end of data.
 
+use bytes::Bytes;
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 /// Largest local read, handed to quinn in one piece.
@@ -85,6 +90,48 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
                 *count += n as u64;
             }
             Err(_) => return Ending::LocalReset,
+        }
+    }
+}
+
+/// Local TCP → QUIC, for a socket: waits for data holding no buffer, then
+/// reads into one [`BUF_SIZE`] buffer until the socket is drained. A read
+/// of at least half a buffer is handed to quinn as is (no copy); a smaller
+/// one is copied into a chunk of its own size and the buffer is used again.
+/// A burst of any size costs one read per [`BUF_SIZE`], and an idle
+/// connection holds no buffer at all.
+async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) -> Ending {
+    loop {
+        if r.readable().await.is_err() {
+            return Ending::LocalReset;
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if buf.capacity() == 0 {
+                buf.reserve_exact(BUF_SIZE);
+            }
+            match r.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    let _ = send.finish();
+                    return Ending::Clean;
+                }
+                Ok(n) => {
+                    let chunk = if n >= BUF_SIZE / 2 {
+                        Bytes::from(std::mem::take(&mut buf))
+                    } else {
+                        let c = Bytes::copy_from_slice(&buf);
+                        buf.clear();
+                        c
+                    };
+                    if send.write_chunk(chunk).await.is_err() {
+                        return Ending::RemoteReset;
+                    }
+                    *count += n as u64;
+                }
+                // Drained: wait for more without a buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return Ending::LocalReset,
+            }
         }
     }
 }
@@ -171,6 +218,37 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Runs both directions until both end cleanly, one fails, or `cancel`.
+async fn both(
+    up: impl std::future::Future<Output = Ending>,
+    down: impl std::future::Future<Output = Ending>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Ending {
+    tokio::pin!(up, down, cancel);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        let e = tokio::select! {
+            e = &mut up, if !up_done => { up_done = true; e }
+            e = &mut down, if !down_done => { down_done = true; e }
+            _ = &mut cancel => Ending::Cancelled,
+        };
+        if e != Ending::Clean {
+            return e;
+        }
+        if up_done && down_done {
+            return Ending::Clean;
+        }
+    }
+}
+
+/// Resets both QUIC directions unless the splice ended cleanly.
+fn reset_quic(ending: Ending, send: &mut SendStream, recv: &mut RecvStream) {
+    if ending != Ending::Clean {
+        let _ = send.reset(RESET_CODE);
+        let _ = recv.stop(RESET_CODE);
+    }
+}
+
 /// Splices any local reader/writer pair with a QUIC stream until both
 /// directions end or `cancel` completes. On a reset or cancel the QUIC side
 /// is reset here; resetting the local side is the caller's job.
@@ -186,29 +264,13 @@ where
     W: AsyncWrite + Unpin,
 {
     let (mut sent, mut received) = (0u64, 0u64);
-    let ending = {
-        let up = local_to_quic(r, send, &mut sent);
-        let down = quic_to_local(recv, w, &mut received);
-        tokio::pin!(up, down, cancel);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            let e = tokio::select! {
-                e = &mut up, if !up_done => { up_done = true; e }
-                e = &mut down, if !down_done => { down_done = true; e }
-                _ = &mut cancel => Ending::Cancelled,
-            };
-            if e != Ending::Clean {
-                break e;
-            }
-            if up_done && down_done {
-                break Ending::Clean;
-            }
-        }
-    };
-    if ending != Ending::Clean {
-        let _ = send.reset(RESET_CODE);
-        let _ = recv.stop(RESET_CODE);
-    }
+    let ending = both(
+        local_to_quic(r, send, &mut sent),
+        quic_to_local(recv, w, &mut received),
+        cancel,
+    )
+    .await;
+    reset_quic(ending, send, recv);
     SpliceStats {
         sent,
         received,
@@ -223,20 +285,33 @@ pub async fn splice_tcp(tcp: TcpStream, send: SendStream, recv: RecvStream) -> S
 
 /// [`splice_tcp`], cut with resets on both sides when `cancel` completes.
 pub async fn splice_tcp_until(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
     cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
-    let stats = {
-        let (mut r, mut w) = tcp.split();
-        splice_io(&mut r, &mut w, &mut send, &mut recv, cancel).await
-    };
-    if stats.ending != Ending::Clean {
-        reset_tcp(tcp);
+    let (r, mut w) = tcp.into_split();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let ending = both(
+        tcp_to_quic(&r, &mut send, &mut sent),
+        quic_to_local(&mut recv, &mut w, &mut received),
+        cancel,
+    )
+    .await;
+    reset_quic(ending, &mut send, &mut recv);
+    match r.reunite(w) {
+        Ok(tcp) if ending != Ending::Clean => reset_tcp(tcp),
+        Ok(_) => {}
+        // Cannot happen (both halves are this stream's); the halves are
+        // dropped, which closes the socket.
+        Err(_) => {}
     }
-    stats
+    SpliceStats {
+        sent,
+        received,
+        ending,
+    }
 }
 
 /// Closes a TCP connection with RST instead of FIN.
