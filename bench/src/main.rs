@@ -756,6 +756,18 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
             vec![Target::VsStunnelAtLeast(1.0)],
         );
     }
+    report.row(
+        "fluent100_cpu",
+        "CPU per million records (batches of 100), both tunnel sides",
+        "s",
+        Better::Lower,
+        vec![],
+    );
+    report.missing(
+        "fluent100_cpu",
+        PathKind::Direct,
+        "no tunnel process on the direct path",
+    );
     eprintln!(
         "Fluentd forward: PackedForward, {} B records, {} records per measurement",
         load::record_size(),
@@ -771,6 +783,11 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
                 } else {
                     "fluent1000"
                 };
+                let pids = paths.pids(p);
+                let before = pids
+                    .iter()
+                    .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
+                    .collect::<Result<Vec<_>>>()?;
                 let (f, during) = measured(load::fluent(
                     t.fluent,
                     batch,
@@ -779,6 +796,14 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
                 ))
                 .await?;
                 report.push(key, p, f.records_per_sec, during);
+                if batch == 100 && !pids.is_empty() {
+                    let mut cpu = 0.0;
+                    for ((_, pid), before) in pids.iter().zip(before) {
+                        cpu += sysinfo::cpu_seconds_since(*pid, before)?;
+                    }
+                    let per_million = cpu / (params.fluent_records as f64 / 1e6);
+                    report.push("fluent100_cpu", p, per_million, during);
+                }
                 progress(
                     &format!("Fluentd, batches of {batch}"),
                     p,
