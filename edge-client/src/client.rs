@@ -233,6 +233,10 @@ impl Client {
     /// dial moves to another router, they are sent again there. If `local`
     /// ended (EOF) meanwhile, its next read returns EOF again; if it
     /// failed, the dial fails with [`DialError::Io`].
+    ///
+    /// A read of `local` that is still pending when the answer arrives is
+    /// dropped, so `local` must not lose data when a read is cancelled
+    /// (true of tokio's sockets, pipes and in-memory readers).
     pub async fn dial_from<R>(&self, service: &str, local: &mut R) -> Result<DialStream, DialError>
     where
         R: AsyncRead + Unpin + Send,
