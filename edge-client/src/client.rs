@@ -412,12 +412,16 @@ impl Client {
         write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
             .await
             .map_err(|e| lost(why_closed(e.to_string())))?;
-        // Bytes read from the app before a previous router failed.
+        // Bytes read from the app before a previous router failed. A
+        // router that refuses stops our sending (STOP_SENDING) right after
+        // its answer: then stop sending early data and read the answer.
+        let mut sending = true;
         if let Some(e) = early.as_deref() {
             for c in &e.chunks {
-                send.write_chunk(c.clone())
-                    .await
-                    .map_err(|e| lost(why_closed(e.to_string())))?;
+                if send.write_chunk(c.clone()).await.is_err() {
+                    sending = false;
+                    break;
+                }
             }
         }
         let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
@@ -427,14 +431,15 @@ impl Client {
             let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
             tokio::pin!(response);
             loop {
-                let reading = early.as_ref().is_some_and(|e| e.wants_more());
+                let reading = sending && early.as_ref().is_some_and(|e| e.wants_more());
                 tokio::select! {
                     r = &mut response => break r,
                     got = read_early(&mut early), if reading => match got {
                         Ok(Some(chunk)) => {
-                            send.write_chunk(chunk)
-                                .await
-                                .map_err(|e| lost(why_closed(e.to_string())))?;
+                            // Kept in `early` even if this fails (see above).
+                            if send.write_chunk(chunk).await.is_err() {
+                                sending = false;
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => {

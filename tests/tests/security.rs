@@ -493,7 +493,8 @@ async fn early_bytes_of_a_refused_dial_never_reach_the_service() {
     let fwd = fx.forward(client, "guarded").await.expect("forward");
     let mut app = tokio::net::TcpStream::connect(fwd).await.expect("connect");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    app.write_all(b"DROP TABLE logs;").await.expect("write");
+    // The write may already meet the reset if the router was quick.
+    let _ = app.write_all(b"DROP TABLE logs;").await;
     let mut buf = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut buf))
         .await
