@@ -227,10 +227,12 @@ impl Client {
     /// bytes) behind the dial request. A short request then reaches the
     /// service without waiting a round trip for the router's answer.
     ///
-    /// Nothing is lost or sent to a service without authorization: the
-    /// router forwards those bytes only once it has authorized the dial and
+    /// Nothing reaches a service without authorization: the router
+    /// forwards those bytes only once it has authorized the dial and
     /// connected to the service, and discards them if it refuses. If the
-    /// dial moves to another router, they are sent again there. If `local`
+    /// dial moves to another router, they are sent again there; if it fails
+    /// in the end, what was read from `local` is gone with it (the
+    /// forwarder then resets the app's connection). If `local`
     /// ended (EOF) meanwhile, its next read returns EOF again; if it
     /// failed, the dial fails with [`DialError::Io`].
     ///
