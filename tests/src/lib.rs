@@ -29,7 +29,7 @@ use darkport_controller::{DataDir, InitOptions};
 use darkport_edge_router::RouterConfig;
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_proto::policy::{Selector, ServiceEntry};
+use darkport_proto::policy::{RouterPolicyEntry, Selector, ServiceEntry};
 use edge_client::{Client, ClientOptions};
 
 /// Polls `$cond` (an async expression yielding bool) every 20 ms until it
@@ -243,6 +243,26 @@ impl Fixture {
         Ok(addr)
     }
 
+    /// Starts a second router, `router-2` with role `edge-b`, and makes it
+    /// the only one that may serve any service (deletes the default
+    /// `all-routers` router policy, adds `b-only`). Returns its address;
+    /// the fixture's first router then answers dials with WrongRouter.
+    pub async fn only_second_router_serves(&mut self) -> Result<SocketAddr> {
+        let r2 = self.enroll("router-2", Kind::Router, &["edge-b"]).await?;
+        let r2_addr = self.start_router(&r2).await?;
+        self.admin(AdminRequest::DeleteRouterPolicy {
+            name: n("all-routers"),
+        })
+        .await?;
+        self.admin(AdminRequest::CreateRouterPolicy(RouterPolicyEntry {
+            name: n("b-only"),
+            routers: vec![Selector::Role(n("edge-b"))],
+            services: vec![Selector::All],
+        }))
+        .await?;
+        Ok(r2_addr)
+    }
+
     /// The common setup: an echo service `echo`, a client `app-1` with role
     /// `writers` allowed to dial it, and a forwarder. Returns the forward
     /// address.
@@ -267,6 +287,27 @@ pub async fn echo_server() -> Result<SocketAddr> {
                 let (mut r, mut w) = tcp.split();
                 if tokio::io::copy(&mut r, &mut w).await.is_ok() {
                     let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A service on 127.0.0.1 that reads to EOF and only then answers with
+/// `"<length> <sha256 hex>"` and closes: proof that the FIN crossed while
+/// the other direction stayed open, and that the content is exact.
+pub async fn digest_server() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if tcp.read_to_end(&mut got).await.is_ok() {
+                    let reply = format!("{} {}", got.len(), sha256(&got));
+                    let _ = tcp.write_all(reply.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
                 }
             });
         }

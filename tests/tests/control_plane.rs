@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_proto::policy::{RouterPolicyEntry, Selector, ServiceEntry};
+use darkport_proto::policy::{Selector, ServiceEntry};
 use darkport_tests::{
     admin, assert_eventually, echo_server, enroll_at, free_udp_addr, init_controller, n, payload,
     roundtrip, sha256, wait_router_online, Fixture, Node,
@@ -655,23 +655,7 @@ async fn router_policies_roles_explain_and_visibility() {
     assert_eq!(e.dial_policies, vec![n("p")]);
 
     // A second router; then only it may serve the service.
-    let r2 = fx
-        .enroll("router-2", Kind::Router, &["edge-b"])
-        .await
-        .expect("router-2");
-    let r2_addr = fx.start_router(&r2).await.expect("start");
-    fx.admin(AdminRequest::DeleteRouterPolicy {
-        name: n("all-routers"),
-    })
-    .await
-    .expect("delete default");
-    fx.admin(AdminRequest::CreateRouterPolicy(RouterPolicyEntry {
-        name: n("b-only"),
-        routers: vec![Selector::Role(n("edge-b"))],
-        services: vec![Selector::All],
-    }))
-    .await
-    .expect("router policy");
+    let r2_addr = fx.only_second_router_serves().await.expect("router-2");
     // Router 1 refuses now, naming the router policy.
     let via_r1 = fx.client(&app).expect("client");
     assert_eventually!(

@@ -34,20 +34,7 @@ async fn payloads_cross_byte_exact_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_is_carried() {
     let mut fx = Fixture::start().await.expect("fixture");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let svc = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if tcp.read_to_end(&mut got).await.is_ok() {
-                    let reply = format!("{} {}", got.len(), sha256(&got));
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                    let _ = tcp.shutdown().await;
-                }
-            });
-        }
-    });
+    let svc = darkport_tests::digest_server().await.expect("service");
     fx.service("sink", svc).await.expect("service");
     fx.policy("p", &["sink"], &["#all"]).await.expect("policy");
     let id = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
@@ -255,60 +242,25 @@ async fn path_mtu_grows_to_the_bound_on_loopback() {
     );
 }
 
-/// A service that reads to EOF and answers with the length and SHA-256.
-async fn digest_server() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if tcp.read_to_end(&mut got).await.is_ok() {
-                    let reply = format!("{} {}", got.len(), sha256(&got));
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                    let _ = tcp.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Bytes sent behind the dial request (dial_from) reach the service exactly
 /// once and in order, also when the first router refuses the dial and the
 /// client moves to another: the refused router drops them, the next one
 /// gets them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_bytes_cross_once_also_after_a_refusing_router() {
-    use darkport_proto::msg::AdminRequest;
-    use darkport_proto::policy::{RouterPolicyEntry, Selector};
-    use darkport_tests::n;
     let mut fx = Fixture::start().await.expect("fixture");
-    fx.service("digest", digest_server().await)
-        .await
-        .expect("service");
+    fx.service(
+        "digest",
+        darkport_tests::digest_server().await.expect("digest"),
+    )
+    .await
+    .expect("service");
     fx.policy("p", &["digest"], &["#all"])
         .await
         .expect("policy");
     let app = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
     // Only router 2 may serve: router 1 refuses with WrongRouter.
-    let r2 = fx
-        .enroll("router-2", Kind::Router, &["edge-b"])
-        .await
-        .expect("router-2");
-    let r2_addr = fx.start_router(&r2).await.expect("start");
-    fx.admin(AdminRequest::DeleteRouterPolicy {
-        name: n("all-routers"),
-    })
-    .await
-    .expect("delete default");
-    fx.admin(AdminRequest::CreateRouterPolicy(RouterPolicyEntry {
-        name: n("b-only"),
-        routers: vec![Selector::Role(n("edge-b"))],
-        services: vec![Selector::All],
-    }))
-    .await
-    .expect("router policy");
+    let r2_addr = fx.only_second_router_serves().await.expect("router-2");
     let r1_only = fx.client(&app).expect("client");
     assert_eventually!(
         matches!(
