@@ -31,6 +31,7 @@ use darkport_proto::token::fmt_time;
 use darkport_proto::{ProtoError, ALPN_DATA};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
+use darkport_transport::splice::RESET_CODE;
 use darkport_transport::tls::{client_config, Trust};
 use darkport_transport::{control, describe_connection_error, unix_now};
 
@@ -260,13 +261,16 @@ impl Client {
         self.check_certificate()?;
         let mut last = None;
         for _round in 0..3 {
-            let mut candidates = self.candidates(service);
+            let mut candidates = self.candidates(service, &mut last);
             if candidates.is_empty() {
                 // Nothing to use now: connect, and wait for it.
                 if let Err(e) = self.fill().await {
-                    last = Some(e);
+                    // A router's refusal says more than "no router".
+                    if !matches!(last, Some(DialError::IdentityRefused { .. })) {
+                        last = Some(e);
+                    }
                 }
-                candidates = self.candidates(service);
+                candidates = self.candidates(service, &mut last);
                 if candidates.is_empty() {
                     continue;
                 }
@@ -338,7 +342,10 @@ impl Client {
     }
 
     /// Live connections that may serve `service`, lowest RTT first.
-    fn candidates(&self, service: &str) -> Vec<Live> {
+    /// Connections a router closed because it refuses this identity are
+    /// dropped, and the refusal is put in `refusal`: a router may close
+    /// such a connection before any dial was tried on it.
+    fn candidates(&self, service: &str, refusal: &mut Option<DialError>) -> Vec<Live> {
         let current = self.identity();
         let mut pool = self.pool();
         if !Arc::ptr_eq(&pool.identity, &current) {
@@ -358,7 +365,15 @@ impl Client {
                 Err(e) => warn!("cannot use the renewed certificate: {e}"),
             }
         }
-        pool.conns.retain(|l| l.conn.close_reason().is_none());
+        pool.conns.retain(|l| {
+            if l.conn.close_reason().is_none() {
+                return true;
+            }
+            if let Some(e) = refused(&l.router, &l.conn) {
+                *refusal = Some(e);
+            }
+            false
+        });
         let serves = |addr: &str| {
             pool.routers
                 .iter()
@@ -464,6 +479,16 @@ impl Client {
             }
         };
         let resp = match resp {
+            // Reset with the splice's code: the router had connected (its
+            // answer was Ok) and the service reset the connection before
+            // that answer got out. With early data the service may have
+            // seen bytes: this is the end of the connection, not a reason
+            // to try another router.
+            Err(ProtoError::Io(e)) if is_splice_reset(&e) => {
+                return Err(DialError::ServiceReset {
+                    service: service.to_string(),
+                })
+            }
             Err(ProtoError::Io(e)) => return Err(lost(why_closed(e.to_string()))),
             Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof)) => {
                 return Err(lost(why_closed(e.to_string())))
@@ -681,6 +706,15 @@ async fn read_early(early: &mut Option<&mut Early<'_>>) -> std::io::Result<Optio
     e.len += chunk.len();
     e.chunks.push(chunk.clone());
     Ok(Some(chunk))
+}
+
+/// Whether a read failed because the peer reset the stream with
+/// [`RESET_CODE`], which only a splice sends (a TCP reset carried across).
+fn is_splice_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<quinn::ReadError>()),
+        Some(quinn::ReadError::Reset(code)) if *code == RESET_CODE
+    )
 }
 
 /// Router close codes that mean "this identity may not use the data

@@ -83,6 +83,14 @@ pub enum DialError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] darkport_transport::tls::TlsError),
+    /// The service took the connection, and the early bytes sent with the
+    /// dial, and reset it before the router's answer arrived. Not retried
+    /// elsewhere: the service has seen those bytes.
+    #[error("service {service:?} accepted the connection and then reset it")]
+    ServiceReset {
+        /// Service asked for.
+        service: String,
+    },
     /// A local socket could not be opened.
     #[error("local socket: {0}")]
     Io(#[from] std::io::Error),
@@ -116,6 +124,7 @@ impl From<DialError> for std::io::Error {
                 K::PermissionDenied
             }
             DialError::ServiceUnreachable { .. } | DialError::NoRouters => K::ConnectionRefused,
+            DialError::ServiceReset { .. } => K::ConnectionReset,
             DialError::Io(io) => io.kind(),
             _ => K::Other,
         };
