@@ -146,16 +146,29 @@ impl DataDir {
         Ok(config)
     }
 
+    /// Reads a secret, refusing it if group or others may access it.
+    fn read_secret(&self, path: &Path) -> Result<Vec<u8>, DataDirError> {
+        if !path.exists() && !self.ca_key().exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        darkport_transport::identity::read_private_file(path, MAX_SECRET_FILE).map_err(|e| {
+            DataDirError::File {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// Loads the CA.
     pub fn load_ca(&self) -> Result<Ca, DataDirError> {
         let cert = String::from_utf8_lossy(&self.read(&self.ca_cert())?).into_owned();
-        let key = String::from_utf8_lossy(&self.read(&self.ca_key())?).into_owned();
+        let key = String::from_utf8_lossy(&self.read_secret(&self.ca_key())?).into_owned();
         Ok(Ca::load(&cert, &key)?)
     }
 
     /// Loads the token secret.
     pub fn load_token_key(&self) -> Result<darkport_proto::token::TokenKey, DataDirError> {
-        let bytes = self.read(&self.token_key())?;
+        let bytes = self.read_secret(&self.token_key())?;
         if bytes.len() != 32 {
             return Err(DataDirError::File {
                 path: self.token_key(),
@@ -184,6 +197,9 @@ pub const MIN_CERT_TTL: Duration = Duration::from_secs(5);
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
 /// Controller and admin certificates live as long as the CA.
+/// Largest CA key or token secret read (they are a few hundred bytes).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 const LOCAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Creates a data dir: CA, controller and admin identities, token secret,

@@ -112,11 +112,13 @@ fn accept_large_datagrams(config: &mut quinn::EndpointConfig) {
 /// Reads the stateless-reset key at `path`, creating a random one (0600)
 /// if there is none.
 pub fn load_or_create_reset_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read(path) {
+    use crate::identity::PrivateFileError;
+    match crate::identity::read_private_file(path, 64) {
         Ok(k) if k.len() == 32 => return Ok(k),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Ok(_) | Err(PrivateFileError::TooLarge { .. }) => {}
+        Err(PrivateFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(std::io::Error::other(e)),
     }
     let mut key = vec![0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)

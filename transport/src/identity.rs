@@ -43,6 +43,79 @@ pub enum IdentityError {
     /// Refusing to overwrite.
     #[error("identity file {0} exists already; choose another path or delete it first")]
     Exists(PathBuf),
+    /// A private file that others can read, or too large to be one.
+    #[error(transparent)]
+    Private(#[from] PrivateFileError),
+}
+
+/// Why a private file (key, identity, secret) was not read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrivateFileError {
+    /// Opening or reading failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Group or others may read or write the file: the key may already
+    /// have leaked, and Darkport will not use it until it is private.
+    #[error("{path} is accessible to group or others (mode {mode:04o}); it holds a private key: run chmod 600 {path} (and consider the key exposed)")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Larger than any file of its kind.
+    #[error("{path} is larger than {max} bytes; it is not the file Darkport wrote")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The bound.
+        max: u64,
+    },
+}
+
+/// Reads a file that holds a secret: refuses it when group or others have
+/// any access to it (the mode is taken from the open handle, so the file
+/// checked is the file read) or when it is larger than `max` bytes.
+pub fn read_private_file(path: &Path, max: u64) -> Result<Vec<u8>, PrivateFileError> {
+    use std::io::Read;
+    let io = |source| PrivateFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(PrivateFileError::Exposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    if meta.len() > max {
+        return Err(PrivateFileError::TooLarge {
+            path: path.to_path_buf(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(PrivateFileError::TooLarge {
+            path: path.to_path_buf(),
+            max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// The on-disk form.
@@ -108,20 +181,9 @@ impl Clone for Identity {
 impl Identity {
     /// Reads and parses an identity file.
     pub fn load(path: &Path) -> Result<Identity, IdentityError> {
-        let io = |source| IdentityError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_IDENTITY_FILE {
-            return Err(IdentityError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("larger than {MAX_IDENTITY_FILE} bytes"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let bytes = read_private_file(path, MAX_IDENTITY_FILE)?;
         let file: IdentityFile =
-            serde_json::from_str(&text).map_err(|e| IdentityError::Invalid {
+            serde_json::from_slice(&bytes).map_err(|e| IdentityError::Invalid {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -164,9 +226,11 @@ impl Identity {
     }
 }
 
-/// Writes `contents` to `path` with mode 0600, atomically (temporary file
-/// in the same directory, fsync, rename). With `overwrite` false, an
-/// existing file is an error.
+/// Writes `contents` to `path` with mode 0600, atomically: a temporary
+/// file in the same directory, fsync, then a rename (`overwrite`) or a hard
+/// link, which fails if `path` exists (`!overwrite`: there is no window in
+/// which a file created by someone else is replaced), then an fsync of the
+/// directory so the new name survives a crash.
 pub fn write_private_file(
     path: &Path,
     contents: &[u8],
@@ -176,9 +240,6 @@ pub fn write_private_file(
         path: path.to_path_buf(),
         source,
     };
-    if !overwrite && path.exists() {
-        return Err(IdentityError::Exists(path.to_path_buf()));
-    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -205,12 +266,37 @@ pub fn write_private_file(
         let mut f = opts.open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        if overwrite {
+            std::fs::rename(&tmp, path)
+        } else {
+            // link(2) is the O_EXCL of renames: it fails if `path` exists.
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            linked
+        }
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    match result {
+        Ok(()) => {}
+        Err(e) if !overwrite && e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(IdentityError::Exists(path.to_path_buf()))
+        }
+        Err(e) => return Err(io(e)),
+    }
+    sync_dir(&dir).map_err(io)
+}
+
+/// Makes a rename or link in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 impl IdentityFile {
