@@ -8,8 +8,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -153,12 +152,71 @@ impl Ca {
         name: &IdentityName,
         ttl: Duration,
     ) -> Result<(String, Vec<u8>), CaError> {
+        check_csr_key(csr_der)?;
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| CaError::BadCsr(format!("{e}; the enrolling host sent an invalid CSR")))?;
-        if csr.public_key.der_bytes().is_empty() {
-            return Err(CaError::BadCsr("empty public key".into()));
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::BadCsr(CSR_KEY_POLICY.into()));
         }
         let cert = Self::leaf_params(kind, name, ttl)?.signed_by(&csr.public_key, &self.issuer)?;
         Ok((cert.pem(), cert.der().to_vec()))
     }
+}
+
+/// What the CA signs, in the words its refusals use.
+const CSR_KEY_POLICY: &str =
+    "only ECDSA P-256 keys with ecdsa-with-SHA256 CSRs are accepted (what darkport enroll makes); generate the key with darkport enroll";
+
+/// Accepts only the documented key type: an uncompressed ECDSA P-256
+/// public key, and a CSR signed with ecdsa-with-SHA256. rcgen takes the
+/// certificate's key algorithm from the CSR's *signature* algorithm, so a
+/// P-384 key in a CSR that claims SHA-256 would yield a malformed
+/// certificate; checking the key itself closes that.
+pub fn check_csr_key(csr_der: &[u8]) -> Result<(), CaError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+    };
+    use x509_parser::prelude::FromDer;
+    let bad = |what: String| CaError::BadCsr(format!("{what}; {CSR_KEY_POLICY}"));
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CaError::BadCsr(format!("{e}; the enrolling host sent an invalid CSR")))?;
+    if !rest.is_empty() {
+        return Err(CaError::BadCsr(format!(
+            "{} bytes after the CSR; the enrolling host sent an invalid CSR",
+            rest.len()
+        )));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(bad(format!(
+            "the CSR's key is of type {}",
+            spki.algorithm.algorithm
+        )));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    if curve.as_ref() != Some(&OID_EC_P256) {
+        return Err(bad(match curve {
+            Some(c) => format!("the CSR's key is on curve {c}"),
+            None => "the CSR's key names no curve".into(),
+        }));
+    }
+    let point = &spki.subject_public_key.data;
+    if point.len() != 65 || point.first() != Some(&0x04) {
+        return Err(bad(format!(
+            "the CSR's P-256 key is not an uncompressed point ({} bytes)",
+            point.len()
+        )));
+    }
+    if csr.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
+        return Err(bad(format!(
+            "the CSR is signed with {}",
+            csr.signature_algorithm.algorithm
+        )));
+    }
+    Ok(())
 }

@@ -327,6 +327,9 @@ fn enroll(ctx: &Ctx, req: EnrollRequest) -> Result<(String, String), ControlErro
             "the token pins another CA; it was issued by another controller".into(),
         ));
     }
+    // A used, unknown or voided token costs no signature: check it first
+    // (and again, atomically, in the update that consumes it).
+    check_token(&ctx.store.read(), &claims)?;
     let ttl = Duration::from_secs(ctx.config.cert_ttl_secs);
     let (cert_pem, der) = ctx
         .ca
@@ -344,31 +347,52 @@ fn enroll(ctx: &Ctx, req: EnrollRequest) -> Result<(String, String), ControlErro
         ),
     );
     ctx.store.update(true, what, |s| {
-        let rec = s.tokens.get_mut(&claims.token_id).ok_or_else(|| {
-            rejected(format!(
-                "enrollment token for {} is unknown to this controller; create a new one with darkport-controller identity create",
-                claims.identity
-            ))
-        })?;
-        if let Some(at) = rec.consumed_at {
-            return Err(rejected(format!(
-                "enrollment token for {} was already used at {}; tokens work once; ask the controller admin for a new identity and token",
-                claims.identity,
-                fmt_time(at)
-            )));
+        check_token(s, &claims)?;
+        if let Some(rec) = s.tokens.get_mut(&claims.token_id) {
+            rec.consumed_at = Some(now);
         }
-        rec.consumed_at = Some(now);
-        let ident = s
-            .identities
-            .get_mut(&claims.identity)
-            .filter(|i| i.kind == claims.kind && i.revoked_at.is_none())
-            .ok_or_else(|| rejected(format!("identity {} was deleted or revoked after the token was made", claims.identity)))?;
-        ident.certificates.push(CertRecord { fingerprint: fingerprint.clone(), issued_at: now, expires_at: now + ttl.as_secs() });
+        let Some(ident) = s.identities.get_mut(&claims.identity) else {
+            return Err(err(
+                ControlErrorCode::Internal,
+                "identity vanished during enrollment",
+            ));
+        };
+        ident.certificates.push(CertRecord {
+            fingerprint: fingerprint.clone(),
+            issued_at: now,
+            expires_at: now + ttl.as_secs(),
+        });
         prune_certificates(ident, now);
         Ok(())
     })?;
     info!(identity = %claims.identity, kind = %claims.kind, %fingerprint, "enrolled");
     Ok((cert_pem, ctx.ca.cert_pem.clone()))
+}
+
+/// Whether the token of `claims` may enroll now: known, unused, and its
+/// identity still there, of its kind and not revoked.
+fn check_token(s: &State, claims: &TokenClaims) -> Result<(), ControlError> {
+    let rejected = |m: String| err(ControlErrorCode::TokenRejected, m);
+    let rec = s.tokens.get(&claims.token_id).ok_or_else(|| {
+        rejected(format!(
+            "enrollment token for {} is unknown to this controller; create a new one with darkport-controller identity create",
+            claims.identity
+        ))
+    })?;
+    if let Some(at) = rec.consumed_at {
+        return Err(rejected(format!(
+            "enrollment token for {} was already used at {}; tokens work once; ask the controller admin for a new identity and token",
+            claims.identity,
+            fmt_time(at)
+        )));
+    }
+    match s.identities.get(&claims.identity) {
+        Some(i) if i.kind == claims.kind && i.revoked_at.is_none() => Ok(()),
+        _ => Err(rejected(format!(
+            "identity {} was deleted or revoked after the token was made",
+            claims.identity
+        ))),
+    }
 }
 
 fn not_found(what: &str, name: &IdentityName) -> ControlError {
@@ -695,7 +719,7 @@ fn admin(
 /// the client gets the router's precise refusal rather than no router).
 fn list_routers(ctx: &Ctx, asker: Option<&PeerIdentity>) -> Vec<RouterInfo> {
     let state = ctx.store.read();
-    let snapshot = state.snapshot(unix_now());
+    let snapshot = ctx.store.snapshot();
     let client = asker
         .filter(|p| p.kind == Kind::Client)
         .and_then(|p| snapshot.identity(Kind::Client, &p.name));

@@ -175,7 +175,9 @@ pub trait Backend: Send {
 
 struct Inner {
     backend: Box<dyn Backend>,
-    state: State,
+    /// Shared with readers: a read is a reference count, never a copy of
+    /// the whole state under the lock.
+    state: Arc<State>,
 }
 
 /// The state, its backend and the snapshot channel.
@@ -197,7 +199,10 @@ impl Store {
         let (snapshots, _) =
             watch::channel(Arc::new(state.snapshot(darkport_transport::unix_now())));
         Ok(Store {
-            inner: Mutex::new(Inner { backend, state }),
+            inner: Mutex::new(Inner {
+                backend,
+                state: Arc::new(state),
+            }),
             snapshots,
         })
     }
@@ -213,8 +218,8 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A copy of the current state.
-    pub fn read(&self) -> State {
+    /// The current state (shared, immutable; changes make a new one).
+    pub fn read(&self) -> Arc<State> {
         self.lock().state.clone()
     }
 
@@ -233,7 +238,7 @@ impl Store {
         E: From<StoreError>,
     {
         let mut guard = self.lock();
-        let mut next = guard.state.clone();
+        let mut next = State::clone(&guard.state);
         let out = change(&mut next)?;
         if bump {
             next.version += 1;
@@ -242,7 +247,7 @@ impl Store {
         inner
             .backend
             .commit(&inner.state, &next, audit.as_slice())?;
-        inner.state = next;
+        inner.state = Arc::new(next);
         if bump {
             self.snapshots.send_replace(Arc::new(
                 inner.state.snapshot(darkport_transport::unix_now()),

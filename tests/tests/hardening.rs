@@ -210,3 +210,64 @@ fn write_private_file_never_replaces_an_existing_file() {
     darkport_transport::identity::write_private_file(&path, b"third", true).expect("overwrite");
     assert_eq!(std::fs::read(&path).expect("read"), b"third");
 }
+
+/// Sends an enrollment request with a CSR made from `key`.
+async fn enroll_with_key(
+    token: &str,
+    csr_der: Vec<u8>,
+) -> Result<darkport_proto::msg::ControlResponse, darkport_transport::control::ControlClientError> {
+    let claims = darkport_proto::token::SignedToken::parse(token)
+        .expect("token")
+        .claims;
+    let config = tls::client_config(
+        None,
+        Trust::Pinned(claims.ca_fingerprint.clone()),
+        Kind::Controller,
+        darkport_proto::ALPN_CONTROL,
+    )
+    .expect("config");
+    let body = darkport_proto::msg::ControlBody::Enroll(darkport_proto::msg::EnrollRequest {
+        token: token.to_string(),
+        csr_der,
+    });
+    darkport_transport::control::one_shot(&claims.controller, config, body).await
+}
+
+fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(alg).expect("key");
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .der()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn only_p256_csrs_are_signed_and_tokens_are_checked_first() {
+    let fx = Fixture::start().await.expect("fixture");
+    let token = fx
+        .token("app-1", Kind::Client, &[], 3600)
+        .await
+        .expect("token");
+    for (alg, what) in [
+        (&rcgen::PKCS_ECDSA_P384_SHA384, "P-384"),
+        (&rcgen::PKCS_ED25519, "Ed25519"),
+    ] {
+        let e = enroll_with_key(&token, csr(alg))
+            .await
+            .expect_err(&format!("a {what} CSR is refused"));
+        contains(&e, "only ECDSA P-256 keys");
+    }
+    // Refused CSRs did not spend the token.
+    let path = fx.dir.path().join("app-1.id");
+    edge_client::enroll(&token, Kind::Client, &path)
+        .await
+        .expect("the token still works with a P-256 key");
+    // A spent token costs no signature: it is refused before the CSR is
+    // even parsed.
+    let e = enroll_with_key(&token, b"not a csr".to_vec())
+        .await
+        .expect_err("spent token");
+    contains(&e, "already used");
+}
