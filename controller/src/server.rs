@@ -15,7 +15,10 @@ use dashmap::DashMap;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use darkport_proto::codec::{read_frame, write_frame, MAX_CONTROL_FRAME};
+use darkport_proto::codec::{
+    read_frame, write_frame, MAX_CONTROL_FRAME, MAX_UNAUTHENTICATED_FRAME,
+};
+use darkport_proto::codes::CloseCode;
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
 use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
@@ -26,16 +29,13 @@ use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{self, ClientAuth};
-use darkport_transport::unix_now;
+use darkport_transport::{close_code, unix_now};
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
 use crate::store::{
     audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError, TokenRecord,
 };
-
-/// Largest request from a peer without a certificate (enrollment).
-const MAX_UNAUTHENTICATED_FRAME: usize = 64 * 1024;
 
 /// Time allowed for a request to arrive once a stream is open.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,7 +162,7 @@ pub async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    endpoint.close(0u32.into(), b"controller shutting down");
+    endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
     tasks.shutdown().await;
     Ok(())
 }
@@ -183,13 +183,16 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
                 Ok(()) => Some(p),
                 Err(reason) => {
                     info!(%remote, peer = %p, "refusing control connection: {reason}");
-                    conn.close(2u32.into(), reason.as_bytes());
+                    conn.close(close_code(CloseCode::ControlRefused), reason.as_bytes());
                     return;
                 }
             },
             Err(e) => {
                 info!(%remote, "refusing control connection: {e}");
-                conn.close(2u32.into(), e.to_string().as_bytes());
+                conn.close(
+                    close_code(CloseCode::ControlRefused),
+                    e.to_string().as_bytes(),
+                );
                 return;
             }
         }

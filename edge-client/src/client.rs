@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
+use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{ControlBody, ControlResponse, DialRequest, DialResponse, RouterInfo};
 use darkport_proto::token::fmt_time;
@@ -33,6 +34,7 @@ use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
 use darkport_transport::splice::RESET_CODE;
 use darkport_transport::tls::{client_config, Trust};
+use darkport_transport::{close_code, stream_code};
 use darkport_transport::{control, describe_connection_error, unix_now};
 
 use crate::{DialError, DialStream};
@@ -460,14 +462,14 @@ impl Client {
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            let _ = send.reset(0u32.into());
+                            let _ = send.reset(stream_code(StreamCode::Refused));
                             return Err(DialError::Io(e));
                         }
                     },
                     _ = tokio::time::sleep_until(check_at) => {
                         if live.conn.stats().udp_rx.datagrams == rx_before {
-                            let _ = send.reset(0u32.into());
-                            live.conn.close(0u32.into(), b"router not answering");
+                            let _ = send.reset(stream_code(StreamCode::Refused));
+                            live.conn.close(close_code(CloseCode::Done), b"router not answering");
                             return Err(lost(format!("no answer at all within {window:?}; taking it for dead")));
                         }
                         if started.elapsed() >= DIAL_TIMEOUT {
@@ -552,7 +554,7 @@ impl Client {
                             conn: conn.clone(),
                         });
                     } else {
-                        conn.close(0u32.into(), b"enough routers");
+                        conn.close(close_code(CloseCode::Done), b"enough routers");
                     }
                 }
                 let _ = tx.send(result.map(|_| ())).await;
@@ -671,7 +673,8 @@ impl Client {
 
     /// Closes router connections and waits briefly for the close to be sent.
     pub async fn close(&self) {
-        self.endpoint.close(0u32.into(), b"client closing");
+        self.endpoint
+            .close(close_code(CloseCode::Done), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
@@ -717,22 +720,15 @@ fn is_splice_reset(e: &std::io::Error) -> bool {
     )
 }
 
-/// Router close codes that mean "this identity may not use the data
-/// plane" (see the router's listener): no point trying elsewhere.
-const CLOSE_FORBIDDEN: u32 = 3;
-const CLOSE_REVOKED: u32 = 4;
-
+/// The router's refusal of this identity, if it closed the connection with
+/// one of the codes that mean "this identity may not use the data plane"
+/// (see the router's listener).
 fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
-    match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c)
-            if c.error_code == quinn::VarInt::from_u32(CLOSE_FORBIDDEN)
-                || c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED) =>
-        {
-            Some(DialError::IdentityRefused {
-                router: router.to_string(),
-                reason: String::from_utf8_lossy(&c.reason).into_owned(),
-            })
-        }
+    match darkport_transport::peer_close_code(&conn.close_reason()?)? {
+        (CloseCode::Forbidden | CloseCode::Revoked, reason) => Some(DialError::IdentityRefused {
+            router: router.to_string(),
+            reason,
+        }),
         _ => None,
     }
 }
@@ -768,7 +764,8 @@ fn apply_router_list(
             pool.conns.retain(|l| {
                 let keep = listed.contains(&l.router);
                 if !keep {
-                    l.conn.close(0u32.into(), b"router no longer listed");
+                    l.conn
+                        .close(close_code(CloseCode::Done), b"router no longer listed");
                 }
                 keep
             });
@@ -881,7 +878,7 @@ async fn maintain(
                 *entry = (rx, Instant::now());
             } else if entry.1.elapsed() >= DEAD_AFTER {
                 warn!(router = %l.router, "router silent for {DEAD_AFTER:?}; dropping the connection");
-                l.conn.close(0u32.into(), b"router silent");
+                l.conn.close(close_code(CloseCode::Done), b"router silent");
             }
         }
         let live = lock(&pool, &mut retry_after);
@@ -936,7 +933,7 @@ async fn maintain(
                     info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
                     p.conns.push(Live { router: addr, conn });
                 } else {
-                    conn.close(0u32.into(), b"enough routers");
+                    conn.close(close_code(CloseCode::Done), b"enough routers");
                 }
             }
         }

@@ -40,6 +40,15 @@ pub enum DialError {
         /// Router's explanation.
         message: String,
     },
+    /// A limit of the router was reached for this identity (for example
+    /// its concurrent streams); other identities are unaffected.
+    #[error("router refused dial to {service:?}: limit reached: {message}")]
+    LimitReached {
+        /// Service asked for.
+        service: String,
+        /// Router's explanation, naming the limit.
+        message: String,
+    },
     /// The router has no policy yet.
     #[error("router is not ready: {0}")]
     NotReady(String),
@@ -111,6 +120,7 @@ impl DialError {
             DialStatus::NotReady => DialError::NotReady(message),
             DialStatus::WrongRouter => DialError::WrongRouter { service, message },
             DialStatus::BadRequest => DialError::BadRequest(message),
+            DialStatus::LimitReached => DialError::LimitReached { service, message },
         })
     }
 }
@@ -125,6 +135,7 @@ impl From<DialError> for std::io::Error {
             }
             DialError::ServiceUnreachable { .. } | DialError::NoRouters => K::ConnectionRefused,
             DialError::ServiceReset { .. } => K::ConnectionReset,
+            DialError::LimitReached { .. } => K::QuotaExceeded,
             DialError::Io(io) => io.kind(),
             _ => K::Other,
         };

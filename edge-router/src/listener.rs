@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
+use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
 use darkport_proto::policy::{authorize, check_peer, Denied};
@@ -19,7 +20,7 @@ use darkport_transport::identity::Identity;
 use darkport_transport::shards::Shards;
 use darkport_transport::splice::{splice_tcp_until, Ending};
 use darkport_transport::tls::{self, ClientAuth};
-use darkport_transport::unix_now;
+use darkport_transport::{close_code, stream_code, unix_now};
 
 use crate::{Clients, RouterError, SnapshotRx};
 
@@ -28,13 +29,6 @@ pub const DIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time allowed to connect to the private service.
 pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// QUIC close code for a peer whose identity may not use the data plane.
-pub const CLOSE_FORBIDDEN: u32 = 3;
-
-/// QUIC close code for a connection cut because its identity was revoked,
-/// deleted or its certificate replaced.
-pub const CLOSE_REVOKED: u32 = 4;
 
 /// Accepts clients until `shutdown`.
 pub async fn run(
@@ -80,7 +74,7 @@ pub async fn run(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    endpoint.close(0u32.into(), b"router shutting down");
+    endpoint.close(close_code(CloseCode::Done), b"router shutting down");
     conns.shutdown().await;
     Ok(())
 }
@@ -130,7 +124,7 @@ async fn handle_connection(
         Ok(p) => p,
         Err(e) => {
             info!(%remote, "refusing client: {e}");
-            conn.close(CLOSE_FORBIDDEN.into(), e.to_string().as_bytes());
+            conn.close(close_code(CloseCode::Forbidden), e.to_string().as_bytes());
             return;
         }
     };
@@ -140,12 +134,12 @@ async fn handle_connection(
             peer.kind
         );
         info!(%remote, %peer, "refusing connection: {reason}");
-        conn.close(CLOSE_FORBIDDEN.into(), reason.as_bytes());
+        conn.close(close_code(CloseCode::Forbidden), reason.as_bytes());
         return;
     }
     if let Err(d) = admit(&mut snapshots, &peer).await {
         info!(%remote, %peer, "refusing connection: {d}");
-        conn.close(CLOSE_REVOKED.into(), d.to_string().as_bytes());
+        conn.close(close_code(CloseCode::Revoked), d.to_string().as_bytes());
         return;
     }
     info!(%remote, %peer, "client connected");
@@ -168,7 +162,7 @@ async fn handle_connection(
                 snapshots.borrow_and_update();
                 if let Err(d) = peer_allowed(&snapshots, &peer) {
                     info!(%remote, %peer, "closing connection: {d}");
-                    conn.close(CLOSE_REVOKED.into(), d.to_string().as_bytes());
+                    conn.close(close_code(CloseCode::Revoked), d.to_string().as_bytes());
                     break;
                 }
             }
@@ -270,12 +264,12 @@ async fn handle_stream(
                 };
                 let _ = respond(&mut send, &resp).await;
                 let _ = send.finish();
-                let _ = recv.stop(0u32.into());
+                let _ = recv.stop(stream_code(StreamCode::Refused));
                 return;
             }
             Err(_) => {
                 info!(%peer, "dial request timed out");
-                let _ = send.reset(0u32.into());
+                let _ = send.reset(stream_code(StreamCode::Refused));
                 return;
             }
         };
@@ -285,7 +279,7 @@ async fn handle_stream(
             info!(%peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
             let _ = respond(&mut send, &resp).await;
             let _ = send.finish();
-            let _ = recv.stop(0u32.into());
+            let _ = recv.stop(stream_code(StreamCode::Refused));
             return;
         }
     };
@@ -351,5 +345,5 @@ async fn unreachable(
     };
     let _ = respond(&mut send, &resp).await;
     let _ = send.finish();
-    let _ = recv.stop(0u32.into());
+    let _ = recv.stop(stream_code(StreamCode::Refused));
 }

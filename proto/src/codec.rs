@@ -14,6 +14,9 @@ pub const HEADER_LEN: usize = 4;
 /// Largest first message on a data stream (a dial request).
 pub const MAX_DIAL_FRAME: usize = 4 * 1024;
 
+/// Largest control request from a peer without a certificate (enrollment).
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 64 * 1024;
+
 /// Largest control-plane message (admin requests and responses, snapshots).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
 
@@ -59,22 +62,45 @@ pub enum ProtoError {
     Io(#[from] std::io::Error),
 }
 
-fn config() -> impl bincode::config::Config {
+/// The one encoding. `LIMIT` is the decoder's budget for what it
+/// allocates for containers while decoding one message.
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_big_endian()
         .with_fixed_int_encoding()
-        .with_limit::<MAX_CONTROL_FRAME>()
+        .with_limit::<LIMIT>()
+}
+
+/// Decodes with the budget of the smallest frame class that holds `max`:
+/// a 4 KiB dial frame may make the decoder reserve at most 4 KiB, an
+/// unauthenticated request 64 KiB, anything else 16 MiB.
+fn decode_budgeted<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<(T, usize), ProtoError> {
+    let r = if max <= MAX_DIAL_FRAME {
+        bincode::serde::decode_from_slice(body, config::<MAX_DIAL_FRAME>())
+    } else if max <= MAX_UNAUTHENTICATED_FRAME {
+        bincode::serde::decode_from_slice(body, config::<MAX_UNAUTHENTICATED_FRAME>())
+    } else {
+        bincode::serde::decode_from_slice(body, config::<MAX_CONTROL_FRAME>())
+    };
+    r.map_err(|e| ProtoError::Malformed(e.to_string()))
 }
 
 /// Encodes a message body (no frame header).
 pub fn to_bytes<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    bincode::serde::encode_to_vec(msg, config()).map_err(|e| ProtoError::Encode(e.to_string()))
+    bincode::serde::encode_to_vec(msg, config::<MAX_CONTROL_FRAME>())
+        .map_err(|e| ProtoError::Encode(e.to_string()))
 }
 
-/// Decodes a whole message body, rejecting trailing bytes.
+/// Decodes a whole message body, rejecting trailing bytes, with the
+/// control-plane budget.
 pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtoError> {
-    let (msg, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    from_bytes_within(body, MAX_CONTROL_FRAME)
+}
+
+/// Decodes a whole message body of a frame class whose limit is `max`
+/// (see [`decode_budgeted`]), rejecting trailing bytes.
+pub fn from_bytes_within<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ProtoError> {
+    let (msg, used) = decode_budgeted(body, max)?;
     if used != body.len() {
         return Err(ProtoError::TrailingBytes(body.len() - used));
     }
@@ -108,7 +134,7 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<(T, u
             needed: total - buf.len(),
         });
     }
-    Ok((from_bytes(&buf[HEADER_LEN..total])?, total))
+    Ok((from_bytes_within(&buf[HEADER_LEN..total], max)?, total))
 }
 
 fn frame_len(buf: &[u8], max: usize) -> Result<usize, ProtoError> {
@@ -151,7 +177,7 @@ where
     if body.len() < len {
         return Err(ProtoError::UnexpectedEof);
     }
-    from_bytes(&body)
+    from_bytes_within(&body, max)
 }
 
 /// Writes one frame to `w` and flushes it.
@@ -194,6 +220,21 @@ mod tests {
             decode_frame::<DialRequest>(&frame, MAX_DIAL_FRAME),
             Err(ProtoError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn each_frame_class_has_its_own_decode_budget() {
+        // A 5,000-byte service name: within the control budget, over the
+        // 4 KiB budget of the dial frame class.
+        let body = to_bytes(&DialRequest::new("x".repeat(5000))).expect("encode");
+        assert!(from_bytes::<DialRequest>(&body).is_ok());
+        match from_bytes_within::<DialRequest>(&body, MAX_DIAL_FRAME) {
+            Err(ProtoError::Malformed(m)) => assert!(m.to_lowercase().contains("limit"), "{m}"),
+            Err(e) => panic!("expected the 4 KiB budget to refuse it, got {e}"),
+            Ok(_) => panic!("expected the 4 KiB budget to refuse it"),
+        }
+        let body = to_bytes(&DialRequest::new("x".repeat(70_000))).expect("encode");
+        assert!(from_bytes_within::<DialRequest>(&body, MAX_UNAUTHENTICATED_FRAME).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`codec`]: length-prefixed frames with a hard size limit, one
 //!   encode/decode style, trailing bytes rejected, and a distinct
 //!   "incomplete" case for partial input.
+//! - [`codes`]: every QUIC close, reset and stop code.
 //! - [`msg`]: every message on the wire (dial, control, admin, enrollment,
 //!   policy snapshot). docs/protocol.md describes them byte by byte.
 //! - [`identity`]: identity kinds and names, and the SPIFFE-style URI that a
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod codes;
 pub mod identity;
 pub mod msg;
 pub mod policy;

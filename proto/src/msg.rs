@@ -53,6 +53,9 @@ pub enum DialStatus {
     /// This router may not serve the service (router policy); another
     /// router may.
     WrongRouter,
+    /// A limit of this router was reached for the identity (concurrent
+    /// streams); the message names it. Other identities are unaffected.
+    LimitReached,
 }
 
 /// The router's answer to a [`DialRequest`], sent before any payload.
@@ -263,6 +266,9 @@ pub enum ControlErrorCode {
     TokenRejected,
     /// The controller failed; see its log.
     Internal,
+    /// Too many requests of this kind from this address or identity; the
+    /// message says when to try again.
+    RateLimited,
 }
 
 /// Successful admin results.

@@ -125,7 +125,10 @@ pub async fn one_shot(
     })?;
     let conn = connect(&endpoint, addr, config).await?;
     let result = request(&conn, body).await.map(|(r, _)| r);
-    conn.close(0u32.into(), b"done");
+    conn.close(
+        crate::close_code(darkport_proto::codes::CloseCode::Done),
+        b"done",
+    );
     endpoint.wait_idle().await;
     result
 }

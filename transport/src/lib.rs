@@ -27,6 +27,29 @@ pub mod tls;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use darkport_proto::codes::{CloseCode, StreamCode};
+
+/// A connection close code as quinn takes it.
+pub fn close_code(code: CloseCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.code())
+}
+
+/// A stream reset or stop code as quinn takes it.
+pub fn stream_code(code: StreamCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.code())
+}
+
+/// The Darkport close code of a connection the peer closed, if any.
+pub fn peer_close_code(e: &quinn::ConnectionError) -> Option<(CloseCode, String)> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let code = CloseCode::from_code(c.error_code.into_inner())?;
+            Some((code, String::from_utf8_lossy(&c.reason).into_owned()))
+        }
+        _ => None,
+    }
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -35,7 +35,7 @@ const CHUNKS: usize = 32;
 
 /// Application error code sent in QUIC RESET_STREAM / STOP_SENDING when the
 /// TCP side was reset.
-pub const RESET_CODE: VarInt = VarInt::from_u32(1);
+pub const RESET_CODE: VarInt = VarInt::from_u32(darkport_proto::codes::StreamCode::Reset.code());
 
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

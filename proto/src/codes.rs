@@ -1,0 +1,83 @@
+//! QUIC application error codes: the one home of every code a Darkport
+//! endpoint closes a connection, resets a stream or stops a stream with.
+//!
+//! docs/protocol.md section 9 describes them, and `proto/tests/golden.rs`
+//! pins every value, so a code cannot change without a test failing.
+
+/// Codes of an application `CONNECTION_CLOSE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// Normal shutdown ("done", "router shutting down", "enough routers"…).
+    Done,
+    /// From the controller: the presented certificate is not current
+    /// (unknown, revoked, expired or replaced, wrong kind).
+    ControlRefused,
+    /// From a router: the identity may not use the data plane (no usable
+    /// identity URI, or not a client).
+    Forbidden,
+    /// From a router: the client identity is not, or no longer, allowed by
+    /// the router's policy snapshot.
+    Revoked,
+    /// A limit was reached (connections per address or identity, or
+    /// connections without a certificate); the reason names it. Try again
+    /// later, or elsewhere.
+    Busy,
+    /// From a router that learned it was revoked: clients must stop using
+    /// it and fetch a fresh router list.
+    RouterRevoked,
+}
+
+impl CloseCode {
+    /// Every code, for tests and docs.
+    pub const ALL: [CloseCode; 6] = [
+        CloseCode::Done,
+        CloseCode::ControlRefused,
+        CloseCode::Forbidden,
+        CloseCode::Revoked,
+        CloseCode::Busy,
+        CloseCode::RouterRevoked,
+    ];
+
+    /// The value on the wire.
+    pub const fn code(self) -> u32 {
+        match self {
+            CloseCode::Done => 0,
+            CloseCode::ControlRefused => 2,
+            CloseCode::Forbidden => 3,
+            CloseCode::Revoked => 4,
+            CloseCode::Busy => 5,
+            CloseCode::RouterRevoked => 6,
+        }
+    }
+
+    /// The code with this wire value, if it is one of ours.
+    pub fn from_code(code: u64) -> Option<CloseCode> {
+        CloseCode::ALL
+            .into_iter()
+            .find(|c| u64::from(c.code()) == code)
+    }
+}
+
+/// Codes of `RESET_STREAM` and `STOP_SENDING` on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamCode {
+    /// The dial was refused or given up (`STOP_SENDING` after a refusal,
+    /// `RESET_STREAM` when no dial request arrived in time, or a client
+    /// giving up on a silent router); control streams that time out.
+    Refused,
+    /// The TCP side was reset or failed, or the router cut the stream
+    /// because policy no longer allows it: the peer resets its TCP side.
+    Reset,
+}
+
+impl StreamCode {
+    /// The value on the wire.
+    pub const fn code(self) -> u32 {
+        match self {
+            StreamCode::Refused => 0,
+            StreamCode::Reset => 1,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Golden bytes: every enum index and close code, and the worked examples
+//! of docs/protocol.md, pinned so the wire format cannot drift silently.
+//! A failure here means the protocol changed: bump `PROTOCOL_VERSION`,
+//! update docs/protocol.md, and only then the expected bytes.
+
+use darkport_proto::codec::{encode_frame, to_bytes, MAX_CONTROL_FRAME, MAX_DIAL_FRAME};
+use darkport_proto::codes::{CloseCode, StreamCode};
+use darkport_proto::identity::IdentityName;
+use darkport_proto::msg::*;
+use darkport_proto::policy::Selector;
+use darkport_proto::PROTOCOL_VERSION;
+
+fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+fn name(s: &str) -> IdentityName {
+    IdentityName::new(s).expect("name")
+}
+
+#[test]
+fn protocol_version_is_two() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+}
+
+#[test]
+fn dial_status_indices() {
+    let all = [
+        (DialStatus::Ok, 0u32),
+        (DialStatus::UnknownService, 1),
+        (DialStatus::NotAuthorized, 2),
+        (DialStatus::ServiceUnreachable, 3),
+        (DialStatus::BadRequest, 4),
+        (DialStatus::NotReady, 5),
+        (DialStatus::WrongRouter, 6),
+        (DialStatus::LimitReached, 7),
+    ];
+    for (status, index) in all {
+        assert_eq!(
+            to_bytes(&status).expect("encode"),
+            index.to_be_bytes(),
+            "{status:?}"
+        );
+    }
+}
+
+#[test]
+fn control_error_code_indices() {
+    let all = [
+        (ControlErrorCode::BadRequest, 0u32),
+        (ControlErrorCode::Forbidden, 1),
+        (ControlErrorCode::NotFound, 2),
+        (ControlErrorCode::AlreadyExists, 3),
+        (ControlErrorCode::TokenRejected, 4),
+        (ControlErrorCode::Internal, 5),
+        (ControlErrorCode::RateLimited, 6),
+    ];
+    for (code, index) in all {
+        assert_eq!(
+            to_bytes(&code).expect("encode"),
+            index.to_be_bytes(),
+            "{code:?}"
+        );
+    }
+}
+
+#[test]
+fn control_body_and_response_indices() {
+    let bodies = [
+        (
+            ControlBody::Enroll(EnrollRequest {
+                token: String::new(),
+                csr_der: vec![],
+            }),
+            0u32,
+        ),
+        (ControlBody::Admin(AdminRequest::ListIdentities), 1),
+        (
+            ControlBody::RouterSync {
+                advertise: String::new(),
+            },
+            2,
+        ),
+        (ControlBody::ListRouters, 3),
+        (ControlBody::Renew { csr_der: vec![] }, 4),
+        (
+            ControlBody::RouterReport(RouterReport {
+                snapshot_version: 0,
+                clients: vec![],
+            }),
+            5,
+        ),
+    ];
+    for (body, index) in bodies {
+        assert_eq!(to_bytes(&body).expect("encode")[..4], index.to_be_bytes());
+    }
+    let responses = [
+        (
+            ControlResponse::Enrolled {
+                cert_pem: String::new(),
+                ca_pem: String::new(),
+            },
+            0u32,
+        ),
+        (ControlResponse::Admin(AdminResponse::Done), 1),
+        (ControlResponse::Routers(vec![]), 3),
+        (ControlResponse::Ack, 4),
+        (
+            ControlResponse::Error(ControlError {
+                code: ControlErrorCode::Internal,
+                message: String::new(),
+            }),
+            5,
+        ),
+    ];
+    for (resp, index) in responses {
+        assert_eq!(to_bytes(&resp).expect("encode")[..4], index.to_be_bytes());
+    }
+}
+
+#[test]
+fn close_and_stream_codes() {
+    let close = [
+        (CloseCode::Done, 0u32),
+        (CloseCode::ControlRefused, 2),
+        (CloseCode::Forbidden, 3),
+        (CloseCode::Revoked, 4),
+        (CloseCode::Busy, 5),
+        (CloseCode::RouterRevoked, 6),
+    ];
+    assert_eq!(close.len(), CloseCode::ALL.len());
+    for (code, value) in close {
+        assert_eq!(code.code(), value, "{code:?}");
+        assert_eq!(CloseCode::from_code(u64::from(value)), Some(code));
+    }
+    assert_eq!(CloseCode::from_code(1), None);
+    assert_eq!(CloseCode::from_code(7), None);
+    assert_eq!(StreamCode::Refused.code(), 0);
+    assert_eq!(StreamCode::Reset.code(), 1);
+}
+
+/// docs/protocol.md, section 6.5.
+#[test]
+fn worked_examples_of_protocol_md() {
+    assert_eq!(
+        hex(&encode_frame(&DialRequest::new("fluentd"), MAX_DIAL_FRAME).expect("encode")),
+        "00000011".to_owned() + "0002" + "0000000000000007" + "666c75656e7464"
+    );
+    let ok = DialResponse {
+        status: DialStatus::Ok,
+        message: String::new(),
+    };
+    assert_eq!(
+        hex(&encode_frame(&ok, MAX_DIAL_FRAME).expect("encode")),
+        "0000000c".to_owned() + "00000000" + "0000000000000000"
+    );
+    assert_eq!(
+        hex(&encode_frame(
+            &ControlRequest::new(ControlBody::ListRouters),
+            MAX_CONTROL_FRAME
+        )
+        .expect("encode")),
+        "00000006".to_owned() + "0002" + "00000003"
+    );
+    let report = ControlRequest::new(ControlBody::RouterReport(RouterReport {
+        snapshot_version: 7,
+        clients: vec![name("app-1")],
+    }));
+    assert_eq!(
+        hex(&encode_frame(&report, MAX_CONTROL_FRAME).expect("encode")),
+        "00000023".to_owned()
+            + "0002"
+            + "00000005"
+            + "0000000000000007"
+            + "0000000000000001"
+            + "0000000000000005"
+            + "6170702d31"
+    );
+    assert_eq!(
+        hex(&encode_frame(&ControlResponse::Ack, MAX_CONTROL_FRAME).expect("encode")),
+        "0000000400000004"
+    );
+    assert_eq!(
+        hex(&to_bytes(&Selector::Role(name("logs"))).expect("encode")),
+        "00000001".to_owned() + "0000000000000004" + "6c6f6773"
+    );
+}
