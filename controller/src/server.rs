@@ -7,9 +7,9 @@
 //! current one.
 
 use std::future::Future;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::task::JoinSet;
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use darkport_proto::codec::{
     read_frame, write_frame, MAX_CONTROL_FRAME, MAX_UNAUTHENTICATED_FRAME,
 };
-use darkport_proto::codes::CloseCode;
+use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
 use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
@@ -27,9 +27,11 @@ use darkport_proto::msg::{
 use darkport_proto::policy::PolicySnapshot;
 use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
+use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
+use darkport_transport::limits::{Caps, LogBudget, Rate, RateLimit, RetryAfter, Slot};
 use darkport_transport::tls::{self, ClientAuth};
-use darkport_transport::{close_code, unix_now};
+use darkport_transport::{close_code, stream_code, unix_now};
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
@@ -38,7 +40,59 @@ use crate::store::{
 };
 
 /// Time allowed for a request to arrive once a stream is open.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed to deliver an answer (written, and acknowledged by the
+/// peer); a peer that gives no receive credit has its stream reset then.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed to deliver one snapshot to a syncing router; a router that
+/// does not read loses its session.
+pub const SNAPSHOT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// QUIC handshakes in progress from one address.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+
+/// QUIC handshakes in progress in all.
+pub const MAX_HANDSHAKES: usize = 512;
+
+/// Above this many handshakes in progress, a new peer must first prove
+/// its address with a QUIC Retry (spoofed floods then cost one packet).
+pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
+/// Connections without a certificate (enrolling hosts) from one address.
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
+
+/// Connections without a certificate in all.
+pub const MAX_UNAUTHENTICATED: usize = 512;
+
+/// Longest life of a connection without a certificate: enrollment takes
+/// one request.
+pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Enrollment attempts per source address: a burst, then five a second.
+pub const ENROLL_RATE: Rate = Rate {
+    burst: 20,
+    every: Duration::from_millis(200),
+};
+
+/// Renewals per identity at once; they are earned back at a third of the
+/// certificate lifetime (clamped to 1 s ..= 1 h), the renewal schedule.
+pub const RENEW_BURST: u32 = 3;
+
+/// At most one `last_seen` commit per router per this interval; reports in
+/// between update only memory.
+pub const REPORT_PERSIST_EVERY: Duration = Duration::from_secs(5);
+
+/// Longest router advertise address (`host:port`).
+pub const MAX_ADVERTISE_LEN: usize = 255;
+
+/// Keys tracked by each rate limit (source addresses, identities).
+const RATE_LIMIT_KEYS: usize = 65_536;
+
+/// Refusal log lines per interval before they are summarised.
+const REFUSAL_LINES: u32 = 20;
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Most certificates kept valid per identity (the newest and the ones it
 /// replaced that have not expired yet).
@@ -73,6 +127,18 @@ struct Ctx {
     config: Config,
     /// Routers with a live sync session, by name.
     online: DashMap<IdentityName, Presence>,
+    /// Handshakes in progress, per source address.
+    handshakes: Arc<Caps<IpAddr>>,
+    /// Connections without a certificate, per source address.
+    unauthenticated: Arc<Caps<IpAddr>>,
+    /// Enrollment attempts per source address.
+    enroll_rate: RateLimit<IpAddr>,
+    /// Renewals per identity.
+    renew_rate: RateLimit<IdentityName>,
+    /// `last_seen` commits per router.
+    report_persist: RateLimit<IdentityName>,
+    /// Lines about refused peers and bad requests.
+    refusals: LogBudget,
 }
 
 /// What the controller knows of a connected router.
@@ -131,13 +197,27 @@ pub async fn run(
         ca,
         ca_fingerprint,
         token_key: dir.load_token_key()?,
-        config,
         online: DashMap::new(),
+        handshakes: Caps::new(MAX_HANDSHAKES_PER_ADDRESS, MAX_HANDSHAKES, "address"),
+        unauthenticated: Caps::new(
+            MAX_UNAUTHENTICATED_PER_ADDRESS,
+            MAX_UNAUTHENTICATED,
+            "address",
+        ),
+        enroll_rate: RateLimit::new(ENROLL_RATE, RATE_LIMIT_KEYS),
+        renew_rate: RateLimit::new(renew_rate(config.cert_ttl_secs), RATE_LIMIT_KEYS),
+        report_persist: RateLimit::new(
+            Rate {
+                burst: 1,
+                every: REPORT_PERSIST_EVERY,
+            },
+            RATE_LIMIT_KEYS,
+        ),
+        refusals: LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL),
+        config,
     });
     let mut server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
-    server_config.transport_config(darkport_transport::endpoint::transport_config_with_streams(
-        darkport_transport::endpoint::MAX_CONTROL_STREAMS,
-    ));
+    server_config.transport_config(darkport_transport::endpoint::control_transport_config());
     let reset_key =
         darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
     let endpoint = darkport_transport::endpoint::server_with_reset_key(
@@ -157,7 +237,23 @@ pub async fn run(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tasks.spawn(handle_connection(ctx.clone(), incoming));
+                let ip = incoming.remote_address().ip();
+                if ctx.handshakes.total() >= RETRY_ABOVE_HANDSHAKES
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    let _ = incoming.retry();
+                    continue;
+                }
+                match ctx.handshakes.try_acquire(ip) {
+                    Ok(slot) => {
+                        tasks.spawn(handle_connection(ctx.clone(), incoming, slot));
+                    }
+                    Err(cap) => {
+                        budgeted_info!(ctx.refusals, %ip, "refusing a control handshake: {cap} handshakes in progress");
+                        incoming.refuse();
+                    }
+                }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -172,18 +268,29 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     darkport_transport::endpoint::bind_udp(addr)
 }
 
-async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
+/// The renewal rate for a certificate lifetime: [`RENEW_BURST`] at once,
+/// then one per third of the lifetime, clamped to 1 s ..= 1 h.
+pub fn renew_rate(cert_ttl_secs: u64) -> Rate {
+    Rate {
+        burst: RENEW_BURST,
+        every: Duration::from_secs((cert_ttl_secs / 3).clamp(1, 3600)),
+    }
+}
+
+async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, handshake: Slot<IpAddr>) {
     let remote = incoming.remote_address();
-    let Some(conn) = darkport_transport::endpoint::accept(incoming, "control").await else {
+    let accepted = darkport_transport::endpoint::accept(incoming, "control").await;
+    drop(handshake);
+    let Some(conn) = accepted else {
         return;
     };
     let peer = if conn.peer_identity().is_some() {
         match tls::peer_identity(&conn) {
             Ok(p) => match check_current(&ctx, &p) {
                 Ok(()) => Some(p),
-                Err(reason) => {
-                    info!(%remote, peer = %p, "refusing control connection: {reason}");
-                    conn.close(close_code(CloseCode::ControlRefused), reason.as_bytes());
+                Err(refusal) => {
+                    budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
+                    conn.close(refusal.close_code(), refusal.reason.as_bytes());
                     return;
                 }
             },
@@ -199,6 +306,28 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
     } else {
         None
     };
+    // A peer without a certificate holds a slot for its address, and has
+    // UNAUTHENTICATED_LIFETIME to enroll.
+    let _unauthenticated = match &peer {
+        Some(_) => None,
+        None => match ctx.unauthenticated.try_acquire(remote.ip()) {
+            Ok(slot) => Some(slot),
+            Err(cap) => {
+                let reason =
+                    format!("too many connections without a certificate ({cap}); try again later");
+                budgeted_info!(ctx.refusals, %remote, "refusing control connection: {reason}");
+                conn.close(close_code(CloseCode::Busy), reason.as_bytes());
+                return;
+            }
+        },
+    };
+    let lifetime = async {
+        match peer {
+            Some(_) => std::future::pending().await,
+            None => tokio::time::sleep(UNAUTHENTICATED_LIFETIME).await,
+        }
+    };
+    tokio::pin!(lifetime);
     debug!(%remote, peer = ?peer, "control connection");
     let mut streams = JoinSet::new();
     loop {
@@ -210,28 +339,76 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming) {
                 Err(_) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = &mut lifetime => {
+                conn.close(
+                    close_code(CloseCode::Busy),
+                    b"connections without a certificate last at most 30 s; enroll in one request",
+                );
+                break;
+            }
         }
     }
 }
 
-/// A certificate is usable only while it is its identity's current one.
-fn check_current(ctx: &Ctx, peer: &PeerIdentity) -> Result<(), String> {
-    let state = ctx.store.read();
-    match state.identities.get(&peer.name) {
-        Some(rec) if rec.kind == peer.kind && rec.holds(&peer.fingerprint, unix_now()) => Ok(()),
-        Some(rec) if rec.kind == peer.kind && rec.revoked_at.is_some() => Err(format!(
-            "{} {} was revoked; ask the controller admin for a new identity",
-            peer.kind, peer.name
-        )),
-        Some(rec) if rec.kind == peer.kind => Err(format!(
-            "the certificate of {} {} is expired or replaced; use the newest identity file, or re-enroll",
-            peer.kind, peer.name
-        )),
-        _ => Err(format!(
-            "{} {} is not known to this controller (deleted?); enroll a new identity",
-            peer.kind, peer.name
-        )),
+/// Why a certificate may not be used with the controller now.
+#[derive(Debug, Clone)]
+struct NotCurrent {
+    /// The identity itself is gone for good (revoked, deleted, or of
+    /// another kind): [`ControlErrorCode::Revoked`] and close code
+    /// `Revoked`. Otherwise only this certificate is stale.
+    revoked: bool,
+    reason: String,
+}
+
+impl NotCurrent {
+    fn error(&self) -> ControlError {
+        let code = if self.revoked {
+            ControlErrorCode::Revoked
+        } else {
+            ControlErrorCode::Forbidden
+        };
+        err(code, self.reason.clone())
     }
+
+    fn close_code(&self) -> quinn::VarInt {
+        close_code(if self.revoked {
+            CloseCode::Revoked
+        } else {
+            CloseCode::ControlRefused
+        })
+    }
+}
+
+/// A certificate is usable only while it is its identity's current one.
+fn check_current(ctx: &Ctx, peer: &PeerIdentity) -> Result<(), NotCurrent> {
+    let state = ctx.store.read();
+    let (revoked, reason) = match state.identities.get(&peer.name) {
+        Some(rec) if rec.kind == peer.kind && rec.holds(&peer.fingerprint, unix_now()) => {
+            return Ok(())
+        }
+        Some(rec) if rec.kind == peer.kind && rec.revoked_at.is_some() => (
+            true,
+            format!(
+                "{} {} was revoked; ask the controller admin for a new identity",
+                peer.kind, peer.name
+            ),
+        ),
+        Some(rec) if rec.kind == peer.kind => (
+            false,
+            format!(
+                "the certificate of {} {} is expired or replaced; use the newest identity file, or re-enroll",
+                peer.kind, peer.name
+            ),
+        ),
+        _ => (
+            true,
+            format!(
+                "{} {} is not known to this controller (deleted?); enroll a new identity",
+                peer.kind, peer.name
+            ),
+        ),
+    };
+    Err(NotCurrent { revoked, reason })
 }
 
 async fn handle_stream(
@@ -246,14 +423,38 @@ async fn handle_stream(
     } else {
         MAX_UNAUTHENTICATED_FRAME
     };
-    let req: Result<ControlRequest, ProtoError> =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, max)).await {
-            Ok(r) => r,
-            Err(_) => return,
-        };
+    let remote = conn.remote_address();
+    let req: Result<ControlRequest, ProtoError> = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame(&mut recv, max),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            budgeted_info!(ctx.refusals, %remote, "no control request within {} s; resetting the stream", REQUEST_TIMEOUT.as_secs());
+            let _ = send.reset(stream_code(StreamCode::Refused));
+            let _ = recv.stop(stream_code(StreamCode::Refused));
+            return;
+        }
+    };
+    // One request per stream: whatever follows it is dropped unread, and
+    // the peer is told to stop sending.
+    let _ = recv.stop(stream_code(StreamCode::Refused));
+    drop(recv);
+    // Every request is checked against the state in force now, not only
+    // at the handshake: a revoked identity's open connection stops working.
+    if let Some(p) = &peer {
+        if let Err(refusal) = check_current(&ctx, p) {
+            budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control request: {}", refusal.reason);
+            deliver(&mut send, &ControlResponse::Error(refusal.error())).await;
+            conn.close(refusal.close_code(), refusal.reason.as_bytes());
+            return;
+        }
+    }
     let response = match req {
         Err(e) => {
-            info!(remote = %conn.remote_address(), "bad control request: {e}");
+            budgeted_info!(ctx.refusals, %remote, "bad control request: {e}");
             ControlResponse::Error(err(ControlErrorCode::BadRequest, e.to_string()))
         }
         Ok(req) if req.version != PROTOCOL_VERSION => ControlResponse::Error(err(
@@ -264,7 +465,7 @@ async fn handle_stream(
             ),
         )),
         Ok(req) => match (req.body, &peer) {
-            (ControlBody::Enroll(e), _) => respond(enroll(&ctx, e), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem }),
+            (ControlBody::Enroll(e), _) => respond(enroll(&ctx, remote.ip(), e), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem }),
             (ControlBody::Admin(a), Some(p)) if p.kind == Kind::Admin => {
                 info!(admin = %p.name, request = ?a, "admin request");
                 respond(admin(&ctx, &p.name, a), ControlResponse::Admin)
@@ -290,11 +491,30 @@ async fn handle_stream(
             )),
         },
     };
-    if let Err(e) = write_frame(&mut send, &response, MAX_CONTROL_FRAME).await {
-        debug!("control response not delivered: {e}");
+    deliver(&mut send, &response).await;
+}
+
+/// Writes one answer and waits until the peer has it, for at most
+/// [`RESPONSE_TIMEOUT`]; a peer that gives no credit has the stream reset.
+async fn deliver(send: &mut quinn::SendStream, response: &ControlResponse) {
+    let delivered = tokio::time::timeout(RESPONSE_TIMEOUT, async {
+        write_frame(send, response, MAX_CONTROL_FRAME).await?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        Ok::<_, ProtoError>(())
+    })
+    .await;
+    match delivered {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("control response not delivered: {e}"),
+        Err(_) => {
+            debug!(
+                "control response not taken within {} s; resetting the stream",
+                RESPONSE_TIMEOUT.as_secs()
+            );
+            let _ = send.reset(stream_code(StreamCode::Refused));
+        }
     }
-    let _ = send.finish();
-    let _ = send.stopped().await;
 }
 
 fn respond<T>(
@@ -318,7 +538,16 @@ fn body_name(b: &ControlBody) -> &'static str {
     }
 }
 
-fn enroll(ctx: &Ctx, req: EnrollRequest) -> Result<(String, String), ControlError> {
+fn enroll(ctx: &Ctx, from: IpAddr, req: EnrollRequest) -> Result<(String, String), ControlError> {
+    ctx.enroll_rate
+        .check(&from, Instant::now())
+        .map_err(|wait| {
+            rate_limited(
+                &format!("enrollment attempts from {from}"),
+                ENROLL_RATE,
+                wait,
+            )
+        })?;
     let rejected = |m: String| err(ControlErrorCode::TokenRejected, m);
     let token = SignedToken::parse(&req.token).map_err(|e| rejected(e.to_string()))?;
     let claims = token
@@ -398,6 +627,20 @@ fn check_token(s: &State, claims: &TokenClaims) -> Result<(), ControlError> {
     }
 }
 
+/// The answer to a request over its rate limit: what is limited, how,
+/// and when to try again.
+fn rate_limited(what: &str, rate: Rate, RetryAfter(wait): RetryAfter) -> ControlError {
+    err(
+        ControlErrorCode::RateLimited,
+        format!(
+            "too many {what}: at most {} at once, then one every {} ms; try again in {} ms",
+            rate.burst,
+            rate.every.as_millis(),
+            wait.as_millis().max(1)
+        ),
+    )
+}
+
 fn not_found(what: &str, name: &IdentityName) -> ControlError {
     err(
         ControlErrorCode::NotFound,
@@ -430,6 +673,15 @@ fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
 }
 
 fn identity_info(ctx: &Ctx, i: &IdentityRecord) -> IdentityInfo {
+    let connected_to: Vec<IdentityName> = ctx
+        .online
+        .iter()
+        .filter(|p| p.clients.contains(&i.name))
+        .map(|p| p.key().clone())
+        .collect();
+    // Seen now if online (a router) or connected to an online router (a
+    // client); the stored time is written at most every few seconds.
+    let live = ctx.online.contains_key(&i.name) || !connected_to.is_empty();
     IdentityInfo {
         name: i.name.clone(),
         kind: i.kind,
@@ -437,17 +689,8 @@ fn identity_info(ctx: &Ctx, i: &IdentityRecord) -> IdentityInfo {
         fingerprint: i.current().map(|c| c.fingerprint.clone()),
         cert_expires_at: i.current().map(|c| c.expires_at),
         revoked_at: i.revoked_at,
-        last_seen: if ctx.online.contains_key(&i.name) {
-            Some(unix_now())
-        } else {
-            i.last_seen
-        },
-        connected_to: ctx
-            .online
-            .iter()
-            .filter(|p| p.clients.contains(&i.name))
-            .map(|p| p.key().clone())
-            .collect(),
+        last_seen: if live { Some(unix_now()) } else { i.last_seen },
+        connected_to,
     }
 }
 
@@ -759,6 +1002,11 @@ fn served(
 }
 
 fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, String), ControlError> {
+    ctx.renew_rate
+        .check(&peer.name, Instant::now())
+        .map_err(|wait| {
+            rate_limited(&format!("renewals of {peer}"), ctx.renew_rate.rate(), wait)
+        })?;
     let ttl = Duration::from_secs(ctx.config.cert_ttl_secs);
     let (cert_pem, der) = ctx
         .ca
@@ -798,6 +1046,14 @@ fn router_report(ctx: &Ctx, peer: &PeerIdentity, report: RouterReport) -> Result
         p.snapshot_version = Some(report.snapshot_version);
         p.clients = report.clients.clone();
     }
+    // Presence is live in memory; the commit of last_seen is rate-limited.
+    if ctx
+        .report_persist
+        .check(&peer.name, Instant::now())
+        .is_err()
+    {
+        return Ok(());
+    }
     let now = unix_now();
     ctx.store.update(false, None, |s| {
         if let Some(r) = s.routers.get_mut(&peer.name) {
@@ -818,13 +1074,13 @@ async fn router_sync(
     advertise: String,
     send: &mut quinn::SendStream,
 ) {
-    if darkport_transport::endpoint::parse_host_port(&advertise).is_none() {
-        let e = err(
-            ControlErrorCode::BadRequest,
-            format!("advertise address {advertise:?} is not HOST:PORT"),
-        );
-        let _ = write_frame(send, &ControlResponse::Error(e), MAX_CONTROL_FRAME).await;
-        let _ = send.finish();
+    if let Err(reason) = check_advertise(&advertise) {
+        budgeted_info!(ctx.refusals, router = %peer.name, "refusing router sync: {reason}");
+        deliver(
+            send,
+            &ControlResponse::Error(err(ControlErrorCode::BadRequest, reason)),
+        )
+        .await;
         return;
     }
     let recorded = ctx.store.update(false, None, |s| {
@@ -854,14 +1110,29 @@ async fn router_sync(
     loop {
         let snapshot = rx.borrow_and_update().clone();
         // A router deleted, revoked or re-enrolled meanwhile loses its session.
-        if let Err(reason) = check_current(ctx, peer) {
-            info!(router = %peer.name, "ending router session: {reason}");
+        // It is told why, so that a revoked router stops serving.
+        if let Err(refusal) = check_current(ctx, peer) {
+            info!(router = %peer.name, "ending router session: {}", refusal.reason);
+            deliver(send, &ControlResponse::Error(refusal.error())).await;
             break;
         }
         let frame = ControlResponse::Snapshot((*snapshot).clone());
-        if let Err(e) = write_frame(send, &frame, MAX_CONTROL_FRAME).await {
-            debug!(router = %peer.name, "snapshot not delivered: {e}");
-            break;
+        match tokio::time::timeout(
+            SNAPSHOT_WRITE_TIMEOUT,
+            write_frame(send, &frame, MAX_CONTROL_FRAME),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(router = %peer.name, "snapshot not delivered: {e}");
+                break;
+            }
+            Err(_) => {
+                info!(router = %peer.name, "snapshot not taken within {} s; ending the session", SNAPSHOT_WRITE_TIMEOUT.as_secs());
+                let _ = send.reset(stream_code(StreamCode::Refused));
+                break;
+            }
         }
         debug!(router = %peer.name, version = snapshot.version, "snapshot sent");
         tokio::select! {
@@ -872,6 +1143,27 @@ async fn router_sync(
     ctx.online
         .remove_if(&peer.name, |_, p| p.session == session);
     info!(router = %peer.name, "router disconnected");
+}
+
+/// A router's advertise address must be `host:port`, at most
+/// [`MAX_ADVERTISE_LEN`] bytes of printable ASCII: it is stored, listed to
+/// every client and printed on admin terminals.
+pub fn check_advertise(advertise: &str) -> Result<(), String> {
+    if advertise.len() > MAX_ADVERTISE_LEN {
+        return Err(format!(
+            "advertise address is {} bytes long (at most {MAX_ADVERTISE_LEN}); pass --advertise HOST:PORT",
+            advertise.len()
+        ));
+    }
+    if !advertise.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "advertise address {advertise:?} has spaces, control or non-ASCII characters; pass --advertise HOST:PORT"
+        ));
+    }
+    if darkport_transport::endpoint::parse_host_port(advertise).is_none() {
+        return Err(format!("advertise address {advertise:?} is not HOST:PORT"));
+    }
+    Ok(())
 }
 
 fn rand_session() -> u64 {

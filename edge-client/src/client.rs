@@ -268,7 +268,10 @@ impl Client {
                 // Nothing to use now: connect, and wait for it.
                 if let Err(e) = self.fill().await {
                     // A router's refusal says more than "no router".
-                    if !matches!(last, Some(DialError::IdentityRefused { .. })) {
+                    if !matches!(
+                        last,
+                        Some(DialError::IdentityRefused { .. } | DialError::RouterRevoked { .. })
+                    ) {
                         last = Some(e);
                     }
                 }
@@ -285,7 +288,7 @@ impl Client {
                     last = Some(e);
                     continue;
                 }
-                Err(e @ DialError::WrongRouter { .. }) => {
+                Err(e @ (DialError::WrongRouter { .. } | DialError::RouterRevoked { .. })) => {
                     // Our router list is out of date: ask the controller
                     // now and connect to the routers that may serve it.
                     last = Some(e);
@@ -312,6 +315,7 @@ impl Client {
                     e @ (DialError::Router { .. }
                     | DialError::NotReady(_)
                     | DialError::WrongRouter { .. }
+                    | DialError::RouterRevoked { .. }
                     | DialError::IdentityRefused { .. }),
                 ) => {
                     // Another router's view may differ (one cut off from
@@ -728,6 +732,14 @@ fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
         (CloseCode::Forbidden | CloseCode::Revoked, reason) => Some(DialError::IdentityRefused {
             router: router.to_string(),
             reason,
+        }),
+        (CloseCode::RouterRevoked, reason) => Some(DialError::RouterRevoked {
+            router: router.to_string(),
+            reason,
+        }),
+        (CloseCode::Busy, reason) => Some(DialError::Router {
+            router: router.to_string(),
+            reason: format!("the router is at a limit: {reason}"),
         }),
         _ => None,
     }

@@ -64,6 +64,15 @@ pub enum DialError {
         /// The router's reason.
         reason: String,
     },
+    /// The router says it was revoked by the controller: it serves nobody
+    /// now. Other routers are tried, and the router list is fetched again.
+    #[error("router {router} was revoked and serves no one: {reason}; use another router (the controller's router list has the current ones)")]
+    RouterRevoked {
+        /// Router address.
+        router: String,
+        /// The router's reason.
+        reason: String,
+    },
     /// This identity's certificate has expired.
     #[error("the certificate of identity {identity} expired at {at}; renewal did not succeed in time; re-enroll with a new token (darkport-controller identity create)")]
     CertificateExpired {

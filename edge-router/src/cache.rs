@@ -12,28 +12,31 @@ use darkport_proto::codec::{from_bytes, to_bytes, MAX_CONTROL_FRAME};
 use darkport_proto::policy::PolicySnapshot;
 use std::sync::Arc;
 
-/// Reads the cached snapshot, if there is a usable one.
-pub fn load(path: &Path) -> Option<Arc<PolicySnapshot>> {
-    let bytes = match std::fs::read(path) {
+/// Reads the cached snapshot, if there is a usable one, with the time it
+/// was written (Unix seconds): the policy is as old as the file. A cache
+/// that group or others can access is not used (anyone who can write it
+/// could widen policy).
+pub fn load(path: &Path) -> Option<(Arc<PolicySnapshot>, u64)> {
+    use darkport_transport::identity::{read_private_file, PrivateFileError};
+    let bytes = match read_private_file(path, MAX_CONTROL_FRAME as u64) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(PrivateFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return None
+        }
         Err(e) => {
-            warn!(
-                "cannot read the snapshot cache {}: {e}; waiting for the controller",
-                path.display()
-            );
+            warn!("cannot use the snapshot cache: {e}; waiting for the controller");
             return None;
         }
     };
-    if bytes.len() > MAX_CONTROL_FRAME {
-        warn!(
-            "snapshot cache {} is too large; ignoring it",
-            path.display()
-        );
-        return None;
-    }
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
     match from_bytes::<PolicySnapshot>(&bytes) {
-        Ok(s) => Some(Arc::new(s)),
+        Ok(s) => Some((Arc::new(s), written)),
         Err(e) => {
             warn!(
                 "snapshot cache {} is unreadable ({e}); waiting for the controller",
@@ -41,6 +44,16 @@ pub fn load(path: &Path) -> Option<Arc<PolicySnapshot>> {
             );
             None
         }
+    }
+}
+
+/// Deletes the cache: a revoked router must not serve from it after a
+/// restart.
+pub fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("cannot delete the snapshot cache {}: {e}", path.display()),
     }
 }
 

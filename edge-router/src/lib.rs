@@ -28,7 +28,9 @@ pub mod sync;
 use std::future::Future;
 use std::net::UdpSocket;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::policy::PolicySnapshot;
@@ -75,7 +77,95 @@ pub struct RouterConfig {
     /// Threads that carry client connections (each connection and its
     /// streams stay on one of them); default: one per core.
     pub threads: usize,
+    /// What one identity may hold at this router, and how old a policy it
+    /// still serves with.
+    pub limits: RouterLimits,
 }
+
+/// Per-identity caps and the policy age limit; see docs/threat-model.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLimits {
+    /// Concurrent QUIC connections one client identity may hold here.
+    pub max_connections_per_identity: usize,
+    /// Concurrent streams (tunneled TCP connections, each with a task and a
+    /// service-side socket) one client identity may hold here, across all
+    /// its connections.
+    pub max_streams_per_identity: usize,
+    /// Connections of all identities together.
+    pub max_connections: usize,
+    /// New dials are refused once the router has not heard from the
+    /// controller for this long (`None`: never). Existing streams go on.
+    pub max_policy_age: Option<Duration>,
+}
+
+/// Default for [`RouterLimits::max_connections_per_identity`]: a client
+/// keeps one connection per router (two across a restart).
+pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 64;
+
+/// Default for [`RouterLimits::max_streams_per_identity`]: far above what
+/// a log shipper opens (a few), far below what pins a router.
+pub const MAX_STREAMS_PER_IDENTITY: usize = 4096;
+
+/// Default for [`RouterLimits::max_connections`].
+pub const MAX_CONNECTIONS: usize = 65_536;
+
+impl RouterLimits {
+    /// The defaults, with the policy age limit set to the lifetime of the
+    /// router's certificate: the data plane survives a controller outage
+    /// for as long as the identities it serves could anyway.
+    pub fn for_identity(identity: &Identity) -> RouterLimits {
+        let lifetime = identity
+            .chain
+            .first()
+            .and_then(|leaf| darkport_transport::tls::cert_validity(leaf).ok())
+            .map(|(from, to)| {
+                Duration::from_secs(
+                    to.saturating_sub(from)
+                        .saturating_sub(darkport_proto::CERT_BACKDATE_SECS),
+                )
+            });
+        RouterLimits {
+            max_connections_per_identity: MAX_CONNECTIONS_PER_IDENTITY,
+            max_streams_per_identity: MAX_STREAMS_PER_IDENTITY,
+            max_connections: MAX_CONNECTIONS,
+            max_policy_age: lifetime.filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+/// When the router last knew its policy to be current: while the control
+/// session is up, now; after it drops, the last time it was confirmed (a
+/// snapshot or a report answered); after a start from the cache, the time
+/// the cache was written.
+#[derive(Debug, Default)]
+pub struct PolicyClock {
+    confirmed_at: AtomicU64,
+    live: AtomicBool,
+}
+
+impl PolicyClock {
+    /// The control session confirmed the policy at `now` (Unix seconds).
+    pub fn confirm(&self, now: u64) {
+        self.confirmed_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Whether the control session is up.
+    pub fn set_live(&self, live: bool, now: u64) {
+        self.confirm(now);
+        self.live.store(live, Ordering::Release);
+    }
+
+    /// How old the policy is at `now` (Unix seconds).
+    pub fn age(&self, now: u64) -> Duration {
+        if self.live.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        Duration::from_secs(now.saturating_sub(self.confirmed_at.load(Ordering::Acquire)))
+    }
+}
+
+/// The router's own revocation, once it learns of it: the reason.
+pub type RevokedRx = watch::Receiver<Option<String>>;
 
 /// One connection thread per core (1 if that cannot be told).
 pub fn default_threads() -> usize {
@@ -96,12 +186,13 @@ impl RouterConfig {
             PathBuf::from(p)
         };
         Ok(RouterConfig {
-            identity,
             snapshot_path: Some(beside(".snapshot")),
             reset_key_path: Some(beside(".reset-key")),
             identity_path: Some(path),
             advertise,
             threads: default_threads(),
+            limits: RouterLimits::for_identity(&identity),
+            identity,
         })
     }
 }
@@ -159,14 +250,18 @@ pub async fn run(
             kind: config.identity.kind,
         });
     }
+    let policy_clock = Arc::new(PolicyClock::default());
     let cached = config.snapshot_path.as_deref().and_then(cache::load);
-    if let Some(s) = &cached {
+    if let Some((s, written)) = &cached {
+        policy_clock.confirm(*written);
         tracing::info!(
             version = s.version,
+            age_secs = policy_clock.age(darkport_transport::unix_now()).as_secs(),
             "serving with the cached policy snapshot until the controller answers"
         );
     }
-    let (snap_tx, snap_rx) = watch::channel(cached);
+    let (snap_tx, snap_rx) = watch::channel(cached.map(|(s, _)| s));
+    let (revoked_tx, revoked_rx) = watch::channel(None);
     let (id_tx, id_rx) = watch::channel(Arc::new(config.identity.clone()));
     let clients: Clients = Arc::new(ClientRegistry::default());
     let mut background = tokio::task::JoinSet::new();
@@ -176,6 +271,10 @@ pub async fn run(
         snap_tx,
         config.snapshot_path.clone(),
         clients.clone(),
+        sync::Status {
+            policy: policy_clock.clone(),
+            revoked: revoked_tx,
+        },
     ));
     if let Some(path) = config.identity_path.clone() {
         background.spawn(darkport_transport::renew::run(path, id_tx));
@@ -185,8 +284,9 @@ pub async fn run(
         None => None,
     };
     let shards = darkport_transport::shards::Shards::new(config.threads, "router-conn")?;
+    let guard = listener::Guard::new(config.limits, policy_clock, revoked_rx);
     let result = listener::run(
-        id_rx, socket, reset_key, snap_rx, clients, &shards, shutdown,
+        id_rx, socket, reset_key, snap_rx, clients, guard, &shards, shutdown,
     )
     .await;
     background.shutdown().await;

@@ -22,7 +22,10 @@ use darkport_transport::splice::{splice_tcp_until, Ending};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
-use crate::{Clients, RouterError, SnapshotRx};
+use darkport_transport::budgeted_info;
+use darkport_transport::limits::{CapExceeded, Caps, LogBudget, Slot};
+
+use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
 
 /// Time a client has to send its dial request on a new stream.
 pub const DIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,13 +33,74 @@ pub const DIAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to connect to the private service.
 pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Time allowed for a dial answer to be written (a client that gives no
+/// stream credit has its stream reset then).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refusal log lines per interval before they are summarised.
+const REFUSAL_LINES: u32 = 20;
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What bounds the router: per-identity caps, the policy age limit, the
+/// router's own revocation, and the budget of refusal log lines.
+#[derive(Debug)]
+pub struct Guard {
+    limits: RouterLimits,
+    /// Connections per client identity.
+    conns: Arc<Caps<IdentityName>>,
+    /// Concurrent streams per client identity.
+    streams: Arc<Caps<IdentityName>>,
+    policy: Arc<PolicyClock>,
+    revoked: RevokedRx,
+    refusals: LogBudget,
+}
+
+impl Guard {
+    /// A guard enforcing `limits`.
+    pub fn new(limits: RouterLimits, policy: Arc<PolicyClock>, revoked: RevokedRx) -> Arc<Guard> {
+        Arc::new(Guard {
+            limits,
+            conns: Caps::new(
+                limits.max_connections_per_identity,
+                limits.max_connections,
+                "identity",
+            ),
+            // The global bound on streams is per connection (quinn's
+            // stream limit) times the connection cap.
+            streams: Caps::new(limits.max_streams_per_identity, usize::MAX, "identity"),
+            policy,
+            revoked,
+            refusals: LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL),
+        })
+    }
+
+    fn revoked(&self) -> Option<String> {
+        self.revoked.borrow().clone()
+    }
+}
+
+/// Whether a policy of age `age` may still authorize new dials under
+/// `max`; the refusal says how old it is and why.
+pub fn check_policy_age(age: Duration, max: Option<Duration>) -> Result<(), String> {
+    match max {
+        Some(max) if age > max => Err(format!(
+            "this router has not heard from its controller for {} s (it serves new dials with a policy at most {} s old: --max-policy-age); existing streams go on; restore the router's path to the controller",
+            age.as_secs(),
+            max.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Accepts clients until `shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut identity: watch::Receiver<Arc<Identity>>,
     socket: UdpSocket,
     reset_key: Option<Vec<u8>>,
     snapshots: SnapshotRx,
     clients: Clients,
+    guard: Arc<Guard>,
     shards: &Shards,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
@@ -58,7 +122,7 @@ pub async fn run(
                 let Some(incoming) = incoming else { break };
                 // The handshake completes on the shard, so quinn's driver
                 // for this connection runs there too, beside its streams.
-                shards.spawn(&mut conns, handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone()));
+                shards.spawn(&mut conns, handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone(), guard.clone()));
             }
             Ok(()) = identity.changed() => {
                 // A renewed certificate: new handshakes present it.
@@ -115,11 +179,19 @@ async fn handle_connection(
     router: IdentityName,
     mut snapshots: SnapshotRx,
     clients: Clients,
+    guard: Arc<Guard>,
 ) {
     let remote = incoming.remote_address();
     let Some(conn) = darkport_transport::endpoint::accept(incoming, "client").await else {
         return;
     };
+    if let Some(reason) = guard.revoked() {
+        conn.close(
+            close_code(CloseCode::RouterRevoked),
+            format!("this router was revoked: {reason}").as_bytes(),
+        );
+        return;
+    }
     let peer = match tls::peer_identity(&conn) {
         Ok(p) => p,
         Err(e) => {
@@ -133,15 +205,28 @@ async fn handle_connection(
             "{} identities cannot dial services; use a client identity",
             peer.kind
         );
-        info!(%remote, %peer, "refusing connection: {reason}");
+        budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
         conn.close(close_code(CloseCode::Forbidden), reason.as_bytes());
         return;
     }
     if let Err(d) = admit(&mut snapshots, &peer).await {
-        info!(%remote, %peer, "refusing connection: {d}");
+        budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {d}");
         conn.close(close_code(CloseCode::Revoked), d.to_string().as_bytes());
         return;
     }
+    let _slot = match guard.conns.try_acquire(peer.name.clone()) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            let reason = format!(
+                "too many connections to this router ({cap}); close unused clients of identity {}",
+                peer.name
+            );
+            budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
+            conn.close(close_code(CloseCode::Busy), reason.as_bytes());
+            return;
+        }
+    };
+    let mut revoked = guard.revoked.clone();
     info!(%remote, %peer, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
@@ -151,7 +236,10 @@ async fn handle_connection(
         tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
-                    streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), send, recv));
+                    // The slot is taken here, before the stream's task, so
+                    // a burst of streams cannot race past the cap.
+                    let slot = guard.streams.try_acquire(peer.name.clone());
+                    streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), guard.clone(), slot, send, recv));
                 }
                 Err(e) => {
                     info!(%remote, %peer, "client disconnected: {}", darkport_transport::describe_connection_error(&e));
@@ -167,6 +255,15 @@ async fn handle_connection(
                 }
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Ok(()) = revoked.changed() => {
+                if let Some(reason) = revoked.borrow_and_update().clone() {
+                    conn.close(
+                        close_code(CloseCode::RouterRevoked),
+                        format!("this router was revoked: {reason}").as_bytes(),
+                    );
+                    break;
+                }
+            }
         }
     }
     clients.remove(conn.stable_id());
@@ -218,8 +315,28 @@ fn decide(
     }
 }
 
+/// Writes a dial answer within [`RESPONSE_TIMEOUT`]; resets the stream
+/// if the client gives no credit for it.
 async fn respond(send: &mut quinn::SendStream, resp: &DialResponse) -> bool {
-    write_frame(send, resp, MAX_DIAL_FRAME).await.is_ok()
+    match tokio::time::timeout(RESPONSE_TIMEOUT, write_frame(send, resp, MAX_DIAL_FRAME)).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            let _ = send.reset(stream_code(StreamCode::Refused));
+            false
+        }
+    }
+}
+
+/// Answers a dial with a refusal, and stops reading the stream.
+async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    status: DialStatus,
+    message: String,
+) {
+    let _ = respond(send, &DialResponse { status, message }).await;
+    let _ = send.finish();
+    let _ = recv.stop(stream_code(StreamCode::Refused));
 }
 
 /// Completes when a new snapshot no longer allows this dial; says why.
@@ -248,6 +365,8 @@ async fn handle_stream(
     peer: PeerIdentity,
     router: IdentityName,
     snapshots: SnapshotRx,
+    guard: Arc<Guard>,
+    slot: Result<Slot<IdentityName>, CapExceeded>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -257,29 +376,39 @@ async fn handle_stream(
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                info!(%peer, "refused dial: bad request: {e}");
-                let resp = DialResponse {
-                    status: DialStatus::BadRequest,
-                    message: e.to_string(),
-                };
-                let _ = respond(&mut send, &resp).await;
-                let _ = send.finish();
-                let _ = recv.stop(stream_code(StreamCode::Refused));
+                budgeted_info!(guard.refusals, %peer, "refused dial: bad request: {e}");
+                refuse(&mut send, &mut recv, DialStatus::BadRequest, e.to_string()).await;
                 return;
             }
             Err(_) => {
-                info!(%peer, "dial request timed out");
+                budgeted_info!(guard.refusals, %peer, "dial request timed out");
                 let _ = send.reset(stream_code(StreamCode::Refused));
                 return;
             }
         };
-    let address = match decide(&router, &peer, &snapshots, &req) {
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err(cap) => {
+            let message = format!(
+                "identity {} has too many streams open at this router ({cap}); close some, or raise --max-streams-per-identity",
+                peer.name
+            );
+            budgeted_info!(guard.refusals, %peer, service = ?req.service, "refused dial: {message}");
+            refuse(&mut send, &mut recv, DialStatus::LimitReached, message).await;
+            return;
+        }
+    };
+    let decision = check_policy_age(guard.policy.age(unix_now()), guard.limits.max_policy_age)
+        .map_err(|message| DialResponse {
+            status: DialStatus::NotReady,
+            message,
+        })
+        .and_then(|()| decide(&router, &peer, &snapshots, &req));
+    let address = match decision {
         Ok(a) => a,
         Err(resp) => {
-            info!(%peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
-            let _ = respond(&mut send, &resp).await;
-            let _ = send.finish();
-            let _ = recv.stop(stream_code(StreamCode::Refused));
+            budgeted_info!(guard.refusals, %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            refuse(&mut send, &mut recv, resp.status, resp.message).await;
             return;
         }
     };
@@ -339,11 +468,11 @@ async fn unreachable(
 ) {
     let message = format!("cannot reach service {} at {address}: {why}", req.service);
     warn!(%peer, "refused dial: {message}");
-    let resp = DialResponse {
-        status: DialStatus::ServiceUnreachable,
+    refuse(
+        &mut send,
+        &mut recv,
+        DialStatus::ServiceUnreachable,
         message,
-    };
-    let _ = respond(&mut send, &resp).await;
-    let _ = send.finish();
-    let _ = recv.stop(stream_code(StreamCode::Refused));
+    )
+    .await;
 }

@@ -49,6 +49,19 @@ enum Cmd {
         /// streams stay on one thread (default: one per core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
+        /// Concurrent QUIC connections one client identity may hold here.
+        #[arg(long, default_value_t = darkport_edge_router::MAX_CONNECTIONS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_connections_per_identity: usize,
+        /// Concurrent streams (tunneled connections) one client identity
+        /// may hold here, across its connections; more are refused with
+        /// LimitReached.
+        #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_streams_per_identity: usize,
+        /// Refuse new dials once the controller has not been heard from
+        /// for this long (e.g. "7d", "12h"; "0" never refuses). Default:
+        /// the lifetime of the router's certificate.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_policy_age: Option<std::time::Duration>,
     },
 }
 
@@ -86,6 +99,9 @@ async fn real_main() -> Result<()> {
             listen,
             advertise,
             threads,
+            max_connections_per_identity,
+            max_streams_per_identity,
+            max_policy_age,
         } => {
             let advertise = match advertise {
                 Some(a) => a,
@@ -99,6 +115,11 @@ async fn real_main() -> Result<()> {
             let mut config = RouterConfig::from_identity_file(identity, advertise)?;
             if let Some(n) = threads {
                 config.threads = n.into();
+            }
+            config.limits.max_connections_per_identity = max_connections_per_identity;
+            config.limits.max_streams_per_identity = max_streams_per_identity;
+            if let Some(age) = max_policy_age {
+                config.limits.max_policy_age = (!age.is_zero()).then_some(age);
             }
             run(
                 config,

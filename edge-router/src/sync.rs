@@ -5,15 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use darkport_proto::codec::{read_frame, MAX_CONTROL_FRAME};
-use darkport_proto::msg::{ControlBody, ControlResponse, RouterReport};
+use darkport_proto::msg::{
+    ControlBody, ControlError, ControlErrorCode, ControlResponse, RouterReport,
+};
 use darkport_proto::policy::PolicySnapshot;
 use darkport_transport::control;
 use darkport_transport::identity::Identity;
+use darkport_transport::unix_now;
 
-use crate::Clients;
+use crate::{Clients, PolicyClock};
 
 /// First retry delay after the control session fails.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -27,27 +30,84 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the router reports its clients and snapshot version.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Keeps a control session up forever, publishing snapshots to `tx`.
+/// What the control session tells the rest of the router besides
+/// snapshots.
+#[derive(Debug)]
+pub struct Status {
+    /// When the policy was last known current.
+    pub policy: Arc<PolicyClock>,
+    /// Set once the controller says this router was revoked or deleted.
+    pub revoked: watch::Sender<Option<String>>,
+}
+
+/// How a control session ended.
+enum SessionEnd {
+    /// The controller says this router's identity is gone for good.
+    Revoked(String),
+    /// Anything else: try again.
+    Failed(String),
+}
+
+impl From<control::ControlClientError> for SessionEnd {
+    fn from(e: control::ControlClientError) -> Self {
+        match e {
+            control::ControlClientError::Refused(ControlError {
+                code: ControlErrorCode::Revoked,
+                message,
+            }) => SessionEnd::Revoked(message),
+            other => SessionEnd::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Keeps a control session up, publishing snapshots to `tx`, until the
+/// controller says this router was revoked: then the router stops serving
+/// (see `listener`), forgets its cached policy, and the session ends.
 pub async fn run(
     identity: watch::Receiver<Arc<Identity>>,
     advertise: String,
     tx: watch::Sender<Option<Arc<PolicySnapshot>>>,
     cache: Option<PathBuf>,
     clients: Clients,
+    status: Status,
 ) {
     let mut backoff = BACKOFF_START;
     loop {
         let started = tokio::time::Instant::now();
         let id = identity.borrow().clone();
-        if let Err(e) = session(&id, &advertise, &tx, cache.as_deref(), &clients).await {
-            // A session that lived a while was healthy: start over quickly.
-            if started.elapsed() > HEALTHY_SESSION {
-                backoff = BACKOFF_START;
+        let end = session(
+            &id,
+            &advertise,
+            &tx,
+            cache.as_deref(),
+            &clients,
+            &status.policy,
+        )
+        .await;
+        status.policy.set_live(false, unix_now());
+        match end {
+            SessionEnd::Revoked(reason) => {
+                error!(
+                    router = %id.name,
+                    "the controller says this router was revoked: {reason}; it stops serving (closing every client connection); enroll a new router identity"
+                );
+                if let Some(path) = &cache {
+                    crate::cache::remove(path);
+                }
+                tx.send_replace(None);
+                status.revoked.send_replace(Some(reason));
+                return;
             }
-            warn!(
-                "control session with the controller at {} failed: {e}; retrying in {:?} (serving with the last policy meanwhile)",
-                id.controller, backoff
-            );
+            SessionEnd::Failed(e) => {
+                // A session that lived a while was healthy: start over quickly.
+                if started.elapsed() > HEALTHY_SESSION {
+                    backoff = BACKOFF_START;
+                }
+                warn!(
+                    "control session with the controller at {} failed: {e}; retrying in {:?} (serving with the last policy meanwhile)",
+                    id.controller, backoff
+                );
+            }
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -67,21 +127,31 @@ async fn session(
     tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
     cache: Option<&std::path::Path>,
     clients: &Clients,
-) -> Result<(), String> {
-    let config =
-        darkport_transport::tls::controller_client_config(identity).map_err(|e| e.to_string())?;
-    let endpoint = darkport_transport::endpoint::client(None).map_err(|e| e.to_string())?;
-    let conn = control::connect(&endpoint, &identity.controller, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (first, mut recv) = control::request(
+    policy: &Arc<PolicyClock>,
+) -> SessionEnd {
+    let config = match darkport_transport::tls::controller_client_config(identity) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Failed(e.to_string()),
+    };
+    let endpoint = match darkport_transport::endpoint::client(None) {
+        Ok(e) => e,
+        Err(e) => return SessionEnd::Failed(e.to_string()),
+    };
+    let conn = match control::connect(&endpoint, &identity.controller, config).await {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    let (first, mut recv) = match control::request(
         &conn,
         ControlBody::RouterSync {
             advertise: advertise.to_string(),
         },
     )
     .await
-    .map_err(|e| e.to_string())?;
+    {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
     info!(controller = %identity.controller, %advertise, "registered with the controller");
     let mut next = Some(first);
     let mut report = tokio::time::interval(REPORT_INTERVAL);
@@ -97,15 +167,15 @@ async fn session(
                             .close_reason()
                             .map(|r| darkport_transport::describe_connection_error(&r))
                             .unwrap_or_else(|| e.to_string());
-                        return Err(why);
+                        return SessionEnd::Failed(why);
                     }
                 },
                 _ = report.tick() => {
-                    send_report(&conn, tx, clients);
+                    send_report(&conn, tx, clients, policy);
                     continue;
                 }
                 _ = clients.changed() => {
-                    send_report(&conn, tx, clients);
+                    send_report(&conn, tx, clients, policy);
                     continue;
                 }
             },
@@ -122,10 +192,13 @@ async fn session(
                     crate::cache::store(path, &s);
                 }
                 tx.send_replace(Some(Arc::new(s)));
-                send_report(&conn, tx, clients);
+                policy.set_live(true, unix_now());
+                send_report(&conn, tx, clients, policy);
             }
-            ControlResponse::Error(e) => return Err(e.message),
-            _ => return Err("unexpected message on the sync stream".into()),
+            ControlResponse::Error(e) => {
+                return control::ControlClientError::Refused(e).into();
+            }
+            _ => return SessionEnd::Failed("unexpected message on the sync stream".into()),
         }
     }
 }
@@ -134,6 +207,7 @@ fn send_report(
     conn: &quinn::Connection,
     tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
     clients: &Clients,
+    policy: &Arc<PolicyClock>,
 ) {
     let version = tx.borrow().as_ref().map(|s| s.version).unwrap_or(0);
     let names = clients.names();
@@ -142,10 +216,13 @@ fn send_report(
         clients: names,
     });
     // On its own task: a slow answer must not delay the next snapshot.
-    let conn = conn.clone();
+    let (conn, policy) = (conn.clone(), policy.clone());
     tokio::spawn(async move {
-        if let Err(e) = control::request(&conn, body).await {
-            debug!("report not delivered: {e}");
+        match control::request(&conn, body).await {
+            // The controller answered while the session is up: the policy
+            // it pushes is current.
+            Ok(_) => policy.confirm(unix_now()),
+            Err(e) => debug!("report not delivered: {e}"),
         }
     });
 }

@@ -269,6 +269,9 @@ pub enum ControlErrorCode {
     /// Too many requests of this kind from this address or identity; the
     /// message says when to try again.
     RateLimited,
+    /// The identity that made the request was revoked or deleted: it can
+    /// never be used again (a router that gets this stops serving).
+    Revoked,
 }
 
 /// Successful admin results.

@@ -54,6 +54,7 @@ fn control_error_code_indices() {
         (ControlErrorCode::TokenRejected, 4),
         (ControlErrorCode::Internal, 5),
         (ControlErrorCode::RateLimited, 6),
+        (ControlErrorCode::Revoked, 7),
     ];
     for (code, index) in all {
         assert_eq!(

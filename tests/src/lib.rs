@@ -127,11 +127,22 @@ impl Fixture {
     /// Starts a router with this identity file; returns its address once the
     /// controller lists it online.
     pub async fn start_router(&mut self, identity: &std::path::Path) -> Result<SocketAddr> {
+        self.start_router_with(identity, |_| {}).await
+    }
+
+    /// [`Fixture::start_router`] with a configuration changed by `tune`
+    /// (limits, for example).
+    pub async fn start_router_with(
+        &mut self,
+        identity: &std::path::Path,
+        tune: impl FnOnce(&mut RouterConfig),
+    ) -> Result<SocketAddr> {
         let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
         let addr = socket.local_addr()?;
         let mut config =
             RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
         config.snapshot_path = None;
+        tune(&mut config);
         self.tasks.push(tokio::spawn(async move {
             if let Err(e) = darkport_edge_router::run(config, socket, std::future::pending()).await
             {
@@ -369,6 +380,11 @@ impl Node {
         Ok(Node { child, addr })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -9`: no goodbye to anyone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -455,4 +471,45 @@ pub async fn wait_router_online(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the controller of `data_dir` answers admin requests.
+pub async fn wait_admin(data_dir: &DataDir) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while admin(data_dir, AdminRequest::ListIdentities).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "controller did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A controller in its own process (the `darkport-test-node` binary at
+/// `node`) with a fresh CA, an `echo` service and a policy letting every
+/// identity dial every service.
+pub async fn controller_process_with_echo(
+    node: &str,
+) -> (tempfile::TempDir, DataDir, SocketAddr, Node) {
+    let dir = tempfile::tempdir().expect("dir");
+    let ctl_addr = free_udp_addr().expect("addr");
+    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
+    let ctl = Node::spawn(node, "controller", dd.root(), ctl_addr).expect("controller");
+    wait_admin(&dd).await;
+    let echo = echo_server().await.expect("echo");
+    let service = ServiceEntry {
+        name: n("echo"),
+        address: echo.to_string(),
+        roles: vec![],
+    };
+    admin(&dd, AdminRequest::CreateService(service))
+        .await
+        .expect("service");
+    let policy = AdminRequest::CreatePolicy {
+        name: n("p"),
+        services: vec![Selector::All],
+        identities: vec![Selector::All],
+    };
+    admin(&dd, policy).await.expect("policy");
+    (dir, dd, ctl_addr, ctl)
 }

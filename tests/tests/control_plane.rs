@@ -16,8 +16,8 @@ use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{Selector, ServiceEntry};
 use darkport_tests::{
-    admin, assert_eventually, echo_server, enroll_at, free_udp_addr, init_controller, n, payload,
-    roundtrip, sha256, wait_router_online, Fixture, Node,
+    admin, assert_eventually, controller_process_with_echo, echo_server, enroll_at, free_udp_addr,
+    init_controller, n, payload, roundtrip, sha256, wait_admin, wait_router_online, Fixture, Node,
 };
 use darkport_transport::identity::Identity;
 use edge_client::{Client, ClientOptions, DialError};
@@ -170,45 +170,6 @@ async fn policy_delete_and_role_removal_cut_live_streams() {
     );
 }
 
-/// A controller in its own process with a fresh CA, an `echo` service and
-/// a policy letting every identity dial every service.
-async fn controller_process_with_echo() -> (
-    tempfile::TempDir,
-    darkport_controller::DataDir,
-    SocketAddr,
-    Node,
-) {
-    let dir = tempfile::tempdir().expect("dir");
-    let ctl_addr = free_udp_addr().expect("addr");
-    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
-    let ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
-    wait_admin(&dd).await;
-    let echo = echo_server().await.expect("echo");
-    let service = ServiceEntry {
-        name: n("echo"),
-        address: echo.to_string(),
-        roles: vec![],
-    };
-    admin(&dd, AdminRequest::CreateService(service))
-        .await
-        .expect("service");
-    let policy = AdminRequest::CreatePolicy {
-        name: n("p"),
-        services: vec![Selector::All],
-        identities: vec![Selector::All],
-    };
-    admin(&dd, policy).await.expect("policy");
-    (dir, dd, ctl_addr, ctl)
-}
-
-async fn wait_admin(data_dir: &darkport_controller::DataDir) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while admin(data_dir, AdminRequest::ListIdentities).await.is_err() {
-        assert!(Instant::now() < deadline, "controller did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_restart_keeps_state_and_consumed_tokens() {
     let dir = tempfile::tempdir().expect("dir");
@@ -308,7 +269,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_down_router_restarted_new_connections_still_work() {
-    let (dir, dd, ctl_addr, mut ctl) = controller_process_with_echo().await;
+    let (dir, dd, ctl_addr, mut ctl) = controller_process_with_echo(NODE).await;
     let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
         .await
         .expect("router");
@@ -397,7 +358,7 @@ async fn echo_once(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_one_of_two_routers_fails_over_within_two_seconds() {
-    let (dir, dd, _, _ctl) = controller_process_with_echo().await;
+    let (dir, dd, _, _ctl) = controller_process_with_echo(NODE).await;
     let mut routers = vec![];
     for name in ["router-1", "router-2"] {
         let id = enroll_at(&dd, dir.path(), name, Kind::Router, &[])

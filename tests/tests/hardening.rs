@@ -211,11 +211,9 @@ fn write_private_file_never_replaces_an_existing_file() {
     assert_eq!(std::fs::read(&path).expect("read"), b"third");
 }
 
-/// Sends an enrollment request with a CSR made from `key`.
-async fn enroll_with_key(
-    token: &str,
-    csr_der: Vec<u8>,
-) -> Result<darkport_proto::msg::ControlResponse, darkport_transport::control::ControlClientError> {
+/// The controller address of `token`, and the configuration an enrolling
+/// host uses for it (no certificate, the CA pinned by the token).
+fn enrollment_config(token: &str) -> (String, quinn::ClientConfig) {
     let claims = darkport_proto::token::SignedToken::parse(token)
         .expect("token")
         .claims;
@@ -226,11 +224,20 @@ async fn enroll_with_key(
         darkport_proto::ALPN_CONTROL,
     )
     .expect("config");
+    (claims.controller, config)
+}
+
+/// Sends an enrollment request with the CSR `csr_der`.
+async fn enroll_with_key(
+    token: &str,
+    csr_der: Vec<u8>,
+) -> Result<darkport_proto::msg::ControlResponse, darkport_transport::control::ControlClientError> {
+    let (controller, config) = enrollment_config(token);
     let body = darkport_proto::msg::ControlBody::Enroll(darkport_proto::msg::EnrollRequest {
         token: token.to_string(),
         csr_der,
     });
-    darkport_transport::control::one_shot(&claims.controller, config, body).await
+    darkport_transport::control::one_shot(&controller, config, body).await
 }
 
 fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
@@ -270,4 +277,426 @@ async fn only_p256_csrs_are_signed_and_tokens_are_checked_first() {
         .await
         .expect_err("spent token");
     contains(&e, "already used");
+}
+
+use darkport_proto::msg::{
+    AdminRequest, AdminResponse, ControlBody, ControlErrorCode, ControlResponse,
+};
+use darkport_tests::{assert_eventually, echo_server, n};
+use darkport_transport::control::{self, ControlClientError};
+use edge_client::{Client, ClientOptions, DialError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn control_code(e: &ControlClientError) -> Option<ControlErrorCode> {
+    match e {
+        ControlClientError::Refused(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+/// One echo round trip through `client`.
+async fn echo_once(client: &Client) -> Result<(), DialError> {
+    let mut s = client.dial("echo").await?;
+    s.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await?;
+    assert_eq!(&back, b"ping");
+    Ok(())
+}
+
+fn client_via(id: &std::path::Path, routers: Vec<String>) -> Client {
+    Client::from_identity_file(
+        id,
+        ClientOptions {
+            routers,
+            ..Default::default()
+        },
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_router_stops_serving_and_clients_move_to_another() {
+    let mut fx = Fixture::start().await.expect("fixture");
+    let r2 = fx
+        .enroll("router-2", Kind::Router, &[])
+        .await
+        .expect("enroll");
+    let r2_addr = fx.start_router(&r2).await.expect("router-2");
+    let echo = echo_server().await.expect("echo");
+    fx.service("echo", echo).await.expect("service");
+    fx.policy("all", &["#all"], &["#all"])
+        .await
+        .expect("policy");
+    let app = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
+    // Pinned to router-1, as with --router.
+    let pinned = client_via(&app, vec![fx.router_addr.to_string()]);
+    // With the controller's router list: connected to both routers.
+    let listed = client_via(&app, vec![]);
+    echo_once(&pinned).await.expect("pinned client works");
+    echo_once(&listed).await.expect("listed client works");
+    assert_eventually!(
+        listed.connections().len() == 2,
+        Duration::from_secs(5),
+        "the listed client connects to both routers"
+    );
+    // A live stream through router-1.
+    let mut live = pinned.dial("echo").await.expect("dial");
+    live.write_all(b"x").await.expect("write");
+    let mut one = [0u8; 1];
+    live.read_exact(&mut one).await.expect("echo");
+
+    let revoked_at = tokio::time::Instant::now();
+    fx.admin(AdminRequest::RevokeIdentity {
+        name: n("router-1"),
+    })
+    .await
+    .expect("revoke");
+    // The live stream through router-1 ends.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(1), live.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "a stream through the revoked router ends within 1 s"
+    );
+    // The pinned client is refused, saying why, within 1 s.
+    loop {
+        match echo_once(&pinned).await {
+            Err(DialError::RouterRevoked { reason, .. }) => {
+                assert!(reason.contains("revoked"), "{reason}");
+                break;
+            }
+            other => assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "the pinned client is refused within 1 s; still got {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The listed client goes on through router-2 only.
+    for _ in 0..5 {
+        echo_once(&listed)
+            .await
+            .expect("the listed client moves to router-2");
+    }
+    assert_eventually!(
+        listed
+            .connections()
+            .iter()
+            .all(|c| c.router == r2_addr.to_string()),
+        Duration::from_secs(2),
+        "the listed client keeps no connection to the revoked router"
+    );
+    // A new client pinned to router-1 is refused at once.
+    let late = client_via(&app, vec![fx.router_addr.to_string()]);
+    assert!(matches!(
+        echo_once(&late).await,
+        Err(DialError::RouterRevoked { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_over_its_stream_cap_is_refused_and_others_are_not() {
+    let mut fx = Fixture::start().await.expect("fixture");
+    let r2 = fx
+        .enroll("router-2", Kind::Router, &[])
+        .await
+        .expect("enroll");
+    let r2_addr = fx
+        .start_router_with(&r2, |c| c.limits.max_streams_per_identity = 4)
+        .await
+        .expect("router-2");
+    let echo = echo_server().await.expect("echo");
+    fx.service("echo", echo).await.expect("service");
+    fx.policy("all", &["#all"], &["#all"])
+        .await
+        .expect("policy");
+    let greedy = client_via(
+        &fx.enroll("greedy", Kind::Client, &[])
+            .await
+            .expect("enroll"),
+        vec![r2_addr.to_string()],
+    );
+    let modest = client_via(
+        &fx.enroll("modest", Kind::Client, &[])
+            .await
+            .expect("enroll"),
+        vec![r2_addr.to_string()],
+    );
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = greedy.dial("echo").await.expect("within the cap");
+        s.write_all(b"a").await.expect("write");
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.expect("echo");
+        held.push(s);
+    }
+    match greedy.dial("echo").await {
+        Err(DialError::LimitReached { message, .. }) => {
+            assert!(message.contains("at most 4 per identity"), "{message}")
+        }
+        other => panic!("expected LimitReached, got {other:?}"),
+    }
+    for _ in 0..3 {
+        echo_once(&modest)
+            .await
+            .expect("another identity is unaffected");
+    }
+    // A stream given back is a stream that can be dialed again.
+    drop(held.pop());
+    assert_eventually!(
+        echo_once(&greedy).await.is_ok(),
+        Duration::from_secs(2),
+        "a freed slot is usable again"
+    );
+}
+
+#[tokio::test]
+async fn a_control_connection_held_across_revocation_is_refused_on_its_next_request() {
+    let fx = Fixture::start().await.expect("fixture");
+    let app = Identity::load(&fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll"))
+        .expect("load");
+    let endpoint = darkport_transport::endpoint::client(None).expect("endpoint");
+    let config = tls::controller_client_config(&app).expect("config");
+    let conn = control::connect(&endpoint, &fx.controller_addr.to_string(), config)
+        .await
+        .expect("connect");
+    let (first, _) = control::request(&conn, ControlBody::ListRouters)
+        .await
+        .expect("a current client may list routers");
+    assert!(matches!(first, ControlResponse::Routers(_)));
+    fx.admin(AdminRequest::RevokeIdentity { name: n("app-1") })
+        .await
+        .expect("revoke");
+    let e = control::request(&conn, ControlBody::ListRouters)
+        .await
+        .expect_err("the same connection is refused now");
+    assert_eq!(control_code(&e), Some(ControlErrorCode::Revoked), "{e}");
+    contains(&e, "revoked");
+}
+
+#[tokio::test]
+async fn a_bad_advertise_address_is_refused_and_router_lists_still_work() {
+    let fx = Fixture::start().await.expect("fixture");
+    let router = Identity::load(
+        &fx.enroll("router-9", Kind::Router, &[])
+            .await
+            .expect("enroll"),
+    )
+    .expect("load");
+    let huge = format!("{}:4433", "a".repeat(1024 * 1024));
+    for advertise in [
+        huge,
+        "evil\u{1b}[31m.example:4433".to_string(),
+        "a b:1".into(),
+    ] {
+        let config = tls::controller_client_config(&router).expect("config");
+        let e = control::one_shot(
+            &fx.controller_addr.to_string(),
+            config,
+            ControlBody::RouterSync { advertise },
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(control_code(&e), Some(ControlErrorCode::BadRequest), "{e}");
+    }
+    let app = Identity::load(&fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll"))
+        .expect("load");
+    let resp = control::one_shot(
+        &fx.controller_addr.to_string(),
+        tls::controller_client_config(&app).expect("config"),
+        ControlBody::ListRouters,
+    )
+    .await
+    .expect("ListRouters still works");
+    let ControlResponse::Routers(list) = resp else {
+        panic!("not a router list")
+    };
+    assert_eq!(list.len(), 1, "only the fixture's router is listed");
+    assert_eq!(list[0].advertise, fx.router_addr.to_string());
+}
+
+/// Renews `identity`'s certificate for a fresh key, as the renewal task
+/// does; returns the new identity, or the controller's refusal.
+async fn renew_once(
+    identity: &Identity,
+    path: &std::path::Path,
+) -> Result<Identity, ControlClientError> {
+    match darkport_transport::renew::renew(identity, path).await {
+        Ok(next) => Ok(next),
+        Err(darkport_transport::renew::RenewError::Control(e)) => Err(e),
+        Err(e) => panic!("renewal failed locally: {e}"),
+    }
+}
+
+async fn router_snapshot_version(fx: &Fixture) -> Option<u64> {
+    match fx.admin(AdminRequest::ListRouters).await.ok()? {
+        AdminResponse::Routers(rs) => rs.first()?.snapshot_version,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_loop_is_refused_after_the_limit_and_routers_see_only_what_it_allowed() {
+    let fx = Fixture::start().await.expect("fixture");
+    let path = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
+    let mut app = Identity::load(&path).expect("load");
+    let rate = darkport_controller::server::renew_rate(3600);
+    assert_eventually!(
+        router_snapshot_version(&fx).await.is_some(),
+        Duration::from_secs(5),
+        "the router reports its snapshot"
+    );
+    let before = router_snapshot_version(&fx).await.unwrap_or(0);
+    let mut renewed = 0;
+    let mut refusal = None;
+    for _ in 0..(rate.burst + 5) {
+        match renew_once(&app, &path).await {
+            Ok(next) => {
+                renewed += 1;
+                app = next;
+            }
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(renewed, rate.burst, "the burst is allowed, no more");
+    let e = refusal.expect("a refusal");
+    assert_eq!(control_code(&e), Some(ControlErrorCode::RateLimited), "{e}");
+    contains(&e, "try again in");
+    // Each renewal pushed one snapshot; the refused ones pushed none.
+    let expected = before + u64::from(rate.burst);
+    assert_eventually!(
+        router_snapshot_version(&fx).await == Some(expected),
+        Duration::from_secs(5),
+        "the router reaches snapshot {expected}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(router_snapshot_version(&fx).await, Some(expected));
+}
+
+#[tokio::test]
+async fn enrollment_attempts_are_rate_limited_per_source_address() {
+    let fx = Fixture::start().await.expect("fixture");
+    let token = fx
+        .token("app-1", Kind::Client, &[], 3600)
+        .await
+        .expect("token");
+    // A bad CSR is refused (and spends nothing); it still counts as an
+    // attempt. Sixty at once on one connection:
+    let (controller, config) = enrollment_config(&token);
+    let endpoint = darkport_transport::endpoint::client(None).expect("endpoint");
+    let conn = control::connect(&endpoint, &controller, config)
+        .await
+        .expect("connect");
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let (conn, token) = (conn.clone(), token.clone());
+        attempts.spawn(async move {
+            let body = ControlBody::Enroll(darkport_proto::msg::EnrollRequest {
+                token,
+                csr_der: b"not a csr".to_vec(),
+            });
+            control::request(&conn, body).await.map(|(r, _)| r)
+        });
+    }
+    let (mut limited, mut answered) = (0, 0);
+    while let Some(r) = attempts.join_next().await {
+        let e = r.expect("task").expect_err("a bad CSR");
+        match control_code(&e) {
+            Some(ControlErrorCode::RateLimited) => {
+                contains(&e, "too many enrollment attempts from 127.0.0.1");
+                limited += 1;
+            }
+            Some(ControlErrorCode::BadRequest) => answered += 1,
+            other => panic!("unexpected answer {other:?}: {e}"),
+        }
+    }
+    let burst = darkport_controller::server::ENROLL_RATE.burst as usize;
+    assert!(limited > 0, "some attempts are rate limited");
+    assert!(answered >= burst, "the burst is answered ({answered})");
+    // The limit is per address and refills: a little later the real token
+    // still works.
+    assert_eventually!(
+        edge_client::enroll(&token, Kind::Client, &fx.dir.path().join("app-1.id"))
+            .await
+            .is_ok(),
+        Duration::from_secs(3),
+        "a real enrollment succeeds once the bucket refills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_cut_off_longer_than_the_policy_age_refuses_new_dials() {
+    use darkport_tests::{controller_process_with_echo, enroll_at, wait_router_online};
+    const NODE: &str = env!("CARGO_BIN_EXE_darkport-test-node");
+    let (dir, dd, _, mut ctl) = controller_process_with_echo(NODE).await;
+    let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
+        .await
+        .expect("router");
+    let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let router_addr = socket.local_addr().unwrap();
+    let mut config =
+        darkport_edge_router::RouterConfig::from_identity_file(router_id, router_addr.to_string())
+            .expect("config");
+    // From the certificate lifetime by default.
+    assert_eq!(
+        config.limits.max_policy_age,
+        Some(Duration::from_secs(3600))
+    );
+    config.limits.max_policy_age = Some(Duration::from_secs(2));
+    let router = tokio::spawn(darkport_edge_router::run(
+        config,
+        socket,
+        std::future::pending(),
+    ));
+    wait_router_online(&dd, router_addr, Duration::from_secs(10))
+        .await
+        .expect("online");
+    let app = enroll_at(&dd, dir.path(), "app-1", Kind::Client, &[])
+        .await
+        .expect("app");
+    let client = client_via(&app, vec![router_addr.to_string()]);
+    assert_eventually!(
+        echo_once(&client).await.is_ok(),
+        Duration::from_secs(5),
+        "the router serves while its controller is up"
+    );
+    // Live for longer than the age limit: a synced router's policy is
+    // current however long ago the last snapshot came.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    echo_once(&client).await.expect("still served");
+    let mut live = client
+        .dial("echo")
+        .await
+        .expect("a stream opened before the cut");
+
+    ctl.kill9();
+    let cut = tokio::time::Instant::now();
+    let message = loop {
+        match echo_once(&client).await {
+            Err(DialError::NotReady(m)) => break m,
+            other => assert!(
+                cut.elapsed() < Duration::from_secs(25),
+                "no refusal {:?} after the controller died; last: {other:?}",
+                cut.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        message.contains("has not heard from its controller"),
+        "{message}"
+    );
+    assert!(message.contains("--max-policy-age"), "{message}");
+    // A stream opened before goes on.
+    live.write_all(b"still").await.expect("write");
+    let mut back = [0u8; 5];
+    live.read_exact(&mut back)
+        .await
+        .expect("the old stream still carries");
+    assert_eq!(&back, b"still");
+    router.abort();
 }

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_CONTROL_FRAME};
-use darkport_proto::msg::{ControlBody, ControlError, ControlRequest, ControlResponse};
+use darkport_proto::codes::CloseCode;
+use darkport_proto::msg::{
+    ControlBody, ControlError, ControlErrorCode, ControlRequest, ControlResponse,
+};
 use darkport_proto::ProtoError;
 
 use crate::endpoint::HANDSHAKE_TIMEOUT;
@@ -88,7 +91,10 @@ pub async fn request(
         addr: conn.remote_address().to_string(),
         reason: e.to_string(),
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| refusal(conn).unwrap_or_else(|| lost(&e)))?;
     write_frame(&mut send, &ControlRequest::new(body), MAX_CONTROL_FRAME).await?;
     let _ = send.finish();
     let resp = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, MAX_CONTROL_FRAME))
@@ -99,6 +105,9 @@ pub async fn request(
         // The connection closed under us: say why (a refused certificate
         // shows up here, not at connect time).
         Err(ProtoError::Io(_)) | Err(ProtoError::Closed) | Err(ProtoError::UnexpectedEof) => {
+            if let Some(refused) = refusal(conn) {
+                return Err(refused);
+            }
             let reason = conn
                 .close_reason()
                 .map(|e| crate::describe_connection_error(&e))
@@ -111,6 +120,21 @@ pub async fn request(
         ControlResponse::Error(e) => Err(ControlClientError::Refused(e)),
         other => Ok((other, recv)),
     }
+}
+
+/// The controller's refusal, typed, if it closed `conn` because the
+/// certificate is not current: close code `Revoked` (the identity is gone)
+/// becomes [`ControlErrorCode::Revoked`], `ControlRefused` (a stale
+/// certificate) [`ControlErrorCode::Forbidden`].
+fn refusal(conn: &quinn::Connection) -> Option<ControlClientError> {
+    let (code, message) = crate::peer_close_code(&conn.close_reason()?)?;
+    let code = match code {
+        CloseCode::Revoked => ControlErrorCode::Revoked,
+        CloseCode::ControlRefused => ControlErrorCode::Forbidden,
+        CloseCode::Busy => ControlErrorCode::RateLimited,
+        _ => return None,
+    };
+    Some(ControlClientError::Refused(ControlError { code, message }))
 }
 
 /// Connects, sends one request, returns the answer, and closes cleanly.

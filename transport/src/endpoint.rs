@@ -36,6 +36,29 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// requests are few, and peers without certificates may connect.
 pub const MAX_CONTROL_STREAMS: u32 = 16;
 
+/// Receive window of one control stream at the controller: a little more
+/// than the largest request a peer without a certificate may send.
+pub const CONTROL_STREAM_WINDOW: u32 = 80 * 1024;
+
+/// Receive window of one control connection at the controller, all
+/// streams together: what a peer can make the controller buffer.
+pub const CONTROL_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Send window of one control connection at the controller: what the
+/// controller buffers for a peer that does not read (snapshots larger than
+/// this are sent as the peer acknowledges).
+pub const CONTROL_SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
+/// The controller's transport settings: few streams and small windows,
+/// since peers without certificates may connect.
+pub fn control_transport_config() -> Arc<TransportConfig> {
+    let mut t = base_transport(MAX_CONTROL_STREAMS);
+    t.stream_receive_window(VarInt::from_u32(CONTROL_STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONTROL_CONNECTION_WINDOW))
+        .send_window(CONTROL_SEND_WINDOW);
+    Arc::new(t)
+}
+
 /// The transport settings every Darkport endpoint uses.
 pub fn transport_config() -> Arc<TransportConfig> {
     transport_config_with_streams(MAX_STREAMS)
@@ -43,6 +66,10 @@ pub fn transport_config() -> Arc<TransportConfig> {
 
 /// [`transport_config`] with another limit on concurrent streams.
 pub fn transport_config_with_streams(max_streams: u32) -> Arc<TransportConfig> {
+    Arc::new(base_transport(max_streams))
+}
+
+fn base_transport(max_streams: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -58,7 +85,7 @@ pub fn transport_config_with_streams(max_streams: u32) -> Arc<TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
-    Arc::new(t)
+    t
 }
 
 /// Binds a UDP socket with large buffers.

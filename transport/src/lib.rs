@@ -12,6 +12,7 @@
 //!   carrying half-close (FIN) and reset both ways.
 //! - [`control`]: one request/response exchange with the controller.
 //! - [`shards`]: single-threaded runtimes that each own whole connections.
+//! - [`limits`]: caps on held slots, per-key rate limits, log-line budgets.
 //!
 //! What it does not do: decide anything. Policy lives in `darkport-proto`.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod control;
 pub mod endpoint;
 pub mod enroll;
 pub mod identity;
+pub mod limits;
 pub mod renew;
 pub mod shards;
 pub mod splice;
