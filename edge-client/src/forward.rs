@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use darkport_transport::splice::{reset_tcp, splice_tcp, Ending};
+use darkport_transport::splice::{abort_on_drop, reset_tcp, splice_tcp, Ending};
 
 use crate::Client;
 
@@ -41,6 +41,9 @@ pub async fn forward(
                 };
                 let client = client.clone();
                 let service = service.clone();
+                // From now on, if this process dies the app sees a reset,
+                // not a clean end after part of its bytes.
+                abort_on_drop(&tcp);
                 conns.spawn(async move {
                     let mut tcp = tcp;
                     // The app's first bytes travel behind the dial request.

@@ -422,6 +422,8 @@ async fn handle_stream(
             return unreachable(&peer, &req, &address, &why, send, recv).await;
         }
     };
+    // If the router dies from here on, the service sees a reset.
+    darkport_transport::splice::abort_on_drop(&tcp);
     let ok = DialResponse {
         status: DialStatus::Ok,
         message: String::new(),

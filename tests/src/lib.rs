@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fluent;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

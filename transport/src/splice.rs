@@ -291,6 +291,7 @@ pub async fn splice_tcp_until(
     cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
+    abort_on_drop(&tcp);
     let (r, mut w) = tcp.into_split();
     let (mut sent, mut received) = (0u64, 0u64);
     let ending = both(
@@ -302,7 +303,7 @@ pub async fn splice_tcp_until(
     reset_quic(ending, &mut send, &mut recv);
     match r.reunite(w) {
         Ok(tcp) if ending != Ending::Clean => reset_tcp(tcp),
-        Ok(_) => {}
+        Ok(tcp) => close_gracefully(tcp),
         // Cannot happen (both halves are this stream's); the halves are
         // dropped, which closes the socket.
         Err(_) => {}
@@ -317,6 +318,24 @@ pub async fn splice_tcp_until(
 /// Closes a TCP connection with RST instead of FIN.
 pub fn reset_tcp(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
+    drop(tcp);
+}
+
+/// Makes the kernel close `tcp` with RST, not FIN, if this process dies
+/// (kill -9, a crash) while the connection carries a tunneled stream: the
+/// peer then sees a reset, never a clean end after part of the bytes.
+/// [`close_gracefully`] undoes it for a stream that ended cleanly. Zero
+/// linger never blocks on close.
+pub fn abort_on_drop(tcp: &TcpStream) {
+    let _ = tcp.set_zero_linger();
+}
+
+/// Closes a connection whose stream ended cleanly (both FINs carried)
+/// the ordinary way.
+fn close_gracefully(tcp: TcpStream) {
+    // Linger off: close(2) returns at once and the kernel finishes the
+    // connection in the background.
+    let _ = socket2::SockRef::from(&tcp).set_linger(None);
     drop(tcp);
 }
 

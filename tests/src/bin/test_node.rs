@@ -5,6 +5,7 @@
 //! ```text
 //! darkport-test-node controller DATA_DIR LISTEN_ADDR
 //! darkport-test-node router IDENTITY_FILE LISTEN_ADDR
+//! darkport-test-node client IDENTITY_FILE FORWARD_TCP_ADDR   (to service "echo")
 //! ```
 
 use std::net::SocketAddr;
@@ -22,14 +23,26 @@ async fn main() -> Result<()> {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [role, path, listen] = args.as_slice() else {
-        bail!("usage: darkport-test-node controller|router PATH LISTEN_ADDR");
+        bail!("usage: darkport-test-node controller|router|client PATH LISTEN_ADDR");
     };
     let listen: SocketAddr = listen.parse().context("LISTEN_ADDR")?;
-    let socket =
-        darkport_transport::endpoint::bind_udp(listen).with_context(|| format!("bind {listen}"))?;
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    if role == "client" {
+        let client = edge_client::Client::from_identity_file(
+            std::path::Path::new(path),
+            edge_client::ClientOptions::default(),
+        )?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen on {listen}"))?;
+        edge_client::forward::forward(std::sync::Arc::new(client), listener, "echo".into(), stop)
+            .await?;
+        return Ok(());
+    }
+    let socket =
+        darkport_transport::endpoint::bind_udp(listen).with_context(|| format!("bind {listen}"))?;
     match role.as_str() {
         "controller" => {
             darkport_controller::run(darkport_controller::DataDir::new(path), socket, stop).await?;
