@@ -12,6 +12,7 @@ use crate::TRUST_DOMAIN;
 
 /// What an identity is allowed to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Kind {
     /// An app-side identity that dials services (edge client, SDK).
     Client,
@@ -68,6 +69,22 @@ pub enum NameError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IdentityName(String);
+
+/// Arbitrary names for structured fuzzing: mostly valid ones (from the
+/// allowed characters, 1 to 64 long), so generated messages get past name
+/// checks and exercise what lies behind them.
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for IdentityName {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
+        let len = u.int_in_range(1..=64)?;
+        let mut s = String::with_capacity(len);
+        for _ in 0..len {
+            s.push(char::from(*u.choose(CHARS)?));
+        }
+        Ok(IdentityName::new(s).unwrap_or_else(|_| IdentityName("a".into())))
+    }
+}
 
 impl IdentityName {
     /// Validates a name.

@@ -18,6 +18,7 @@ use crate::PROTOCOL_VERSION;
 
 /// First message of a data stream: which service to reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DialRequest {
     /// Protocol version of the client.
     pub version: u16,
@@ -37,6 +38,7 @@ impl DialRequest {
 
 /// The router's verdict on a dial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum DialStatus {
     /// Connected; application bytes follow.
     Ok,
@@ -60,6 +62,7 @@ pub enum DialStatus {
 
 /// The router's answer to a [`DialRequest`], sent before any payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DialResponse {
     /// Outcome.
     pub status: DialStatus,
@@ -69,6 +72,7 @@ pub struct DialResponse {
 
 /// First message of every control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ControlRequest {
     /// Protocol version of the sender.
     pub version: u16,
@@ -88,6 +92,7 @@ impl ControlRequest {
 
 /// The kinds of control requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ControlBody {
     /// Redeem an enrollment token for a certificate. Needs no certificate.
     Enroll(EnrollRequest),
@@ -113,6 +118,7 @@ pub enum ControlBody {
 
 /// What a router tells the controller about itself, every few seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RouterReport {
     /// Version of the snapshot the router enforces.
     pub snapshot_version: u64,
@@ -122,6 +128,7 @@ pub struct RouterReport {
 
 /// Token plus certificate signing request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct EnrollRequest {
     /// The enrollment token, as the one line of text given to the user.
     pub token: String,
@@ -131,6 +138,7 @@ pub struct EnrollRequest {
 
 /// Admin commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum AdminRequest {
     /// Create an identity and return its enrollment token.
     CreateIdentity {
@@ -221,6 +229,7 @@ pub enum AdminRequest {
 
 /// Answers to control requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ControlResponse {
     /// Enrollment succeeded.
     Enrolled {
@@ -243,6 +252,7 @@ pub enum ControlResponse {
 
 /// A refused or failed control request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[error("{message}")]
 pub struct ControlError {
     /// Category.
@@ -253,6 +263,7 @@ pub struct ControlError {
 
 /// Categories of control errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ControlErrorCode {
     /// Malformed request or unsupported version.
     BadRequest,
@@ -276,6 +287,7 @@ pub enum ControlErrorCode {
 
 /// Successful admin results.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum AdminResponse {
     /// A new enrollment token.
     Token {
@@ -306,6 +318,7 @@ pub enum AdminResponse {
 
 /// One entry of the controller's audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AuditEntry {
     /// When, Unix seconds.
     pub at: u64,
@@ -317,6 +330,7 @@ pub struct AuditEntry {
 
 /// One identity as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct IdentityInfo {
     /// Name.
     pub name: IdentityName,
@@ -338,6 +352,7 @@ pub struct IdentityInfo {
 
 /// A router as clients and admins see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RouterInfo {
     /// Router identity name.
     pub name: IdentityName,

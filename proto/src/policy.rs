@@ -11,6 +11,7 @@ use crate::identity::{IdentityName, Kind, NameError, PeerIdentity};
 
 /// Picks identities or services by role or name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Selector {
     /// `#all`: everything.
     All,
@@ -56,6 +57,7 @@ impl fmt::Display for Selector {
 
 /// An identity as routers know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct IdentityEntry {
     /// Name.
     pub name: IdentityName,
@@ -71,6 +73,7 @@ pub struct IdentityEntry {
 
 /// One issued, unrevoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CertEntry {
     /// Lowercase hex SHA-256 of the certificate (DER).
     pub fingerprint: String,
@@ -89,6 +92,7 @@ impl IdentityEntry {
 
 /// A private service reachable through routers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ServiceEntry {
     /// Name clients dial.
     pub name: IdentityName,
@@ -100,6 +104,7 @@ pub struct ServiceEntry {
 
 /// A router policy: these routers may serve (dial) these services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RouterPolicyEntry {
     /// Name.
     pub name: IdentityName,
@@ -111,6 +116,7 @@ pub struct RouterPolicyEntry {
 
 /// A service policy: these identities may dial these services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PolicyEntry {
     /// Name.
     pub name: IdentityName,
@@ -122,6 +128,7 @@ pub struct PolicyEntry {
 
 /// Everything a router needs to decide dials, as pushed by the controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PolicySnapshot {
     /// Increases with every change at the controller.
     pub version: u64,
@@ -299,6 +306,7 @@ pub fn authorize<'a>(
 
 /// What `policy explain` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Explanation {
     /// Whether a dial would be allowed (through at least one router).
     pub allowed: bool,

@@ -24,6 +24,7 @@ pub const MAX_TOKEN_LEN: usize = 2048;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct TokenClaims {
     /// Unique id (hex), consumed on use.
     pub token_id: String,
