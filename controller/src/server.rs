@@ -29,7 +29,9 @@ use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
 use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
-use darkport_transport::limits::{Caps, LogBudget, Rate, RateLimit, RetryAfter, Slot};
+use darkport_transport::limits::{
+    report_suppressed, Caps, LogBudget, Rate, RateLimit, RetryAfter, Slot,
+};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
@@ -138,7 +140,7 @@ struct Ctx {
     /// `last_seen` commits per router.
     report_persist: RateLimit<IdentityName>,
     /// Lines about refused peers and bad requests.
-    refusals: LogBudget,
+    refusals: Arc<LogBudget>,
 }
 
 /// What the controller knows of a connected router.
@@ -213,7 +215,7 @@ pub async fn run(
             },
             RATE_LIMIT_KEYS,
         ),
-        refusals: LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL),
+        refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
         config,
     });
     let mut server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
@@ -232,6 +234,7 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut tasks = JoinSet::new();
+    tasks.spawn(report_suppressed(ctx.refusals.clone(), "refusals"));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

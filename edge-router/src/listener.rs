@@ -23,7 +23,7 @@ use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
 use darkport_transport::budgeted_info;
-use darkport_transport::limits::{CapExceeded, Caps, LogBudget, Slot};
+use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, LogBudget, Slot};
 
 use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
 
@@ -52,7 +52,7 @@ pub struct Guard {
     streams: Arc<Caps<IdentityName>>,
     policy: Arc<PolicyClock>,
     revoked: RevokedRx,
-    refusals: LogBudget,
+    refusals: Arc<LogBudget>,
 }
 
 impl Guard {
@@ -70,7 +70,7 @@ impl Guard {
             streams: Caps::new(limits.max_streams_per_identity, usize::MAX, "identity"),
             policy,
             revoked,
-            refusals: LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL),
+            refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
         })
     }
 
@@ -115,6 +115,7 @@ pub async fn run(
     info!(addr = %endpoint.local_addr()?, router = %router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
+    conns.spawn(report_suppressed(guard.refusals.clone(), "refusals"));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

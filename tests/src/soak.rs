@@ -395,18 +395,27 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// Growth from the first sample after `warmup` to the largest of the
-    /// last quarter, as a fraction, for RSS and for fds.
+    /// Growth after `warmup`: the median of the last quarter of the
+    /// samples against the median of the first quarter, as a fraction, for
+    /// RSS and for fds. Medians, because both move with the connections
+    /// in flight at the moment of a sample.
     pub fn growth_after(&self, warmup: f64) -> (f64, f64) {
         let after: Vec<_> = self.points.iter().filter(|p| p.0 >= warmup).collect();
-        let Some(first) = after.first() else {
+        if after.len() < 4 {
             return (0.0, 0.0);
+        }
+        let quarter = after.len() / 4;
+        let median = |s: &[&(f64, u64, u64)], f: fn(&(f64, u64, u64)) -> u64| {
+            let mut v: Vec<u64> = s.iter().map(|p| f(p)).collect();
+            v.sort_unstable();
+            v[v.len() / 2]
         };
-        let tail = &after[after.len() * 3 / 4..];
-        let rss = tail.iter().map(|p| p.1).max().unwrap_or(first.1);
-        let fds = tail.iter().map(|p| p.2).max().unwrap_or(first.2);
+        let (head, tail) = (&after[..quarter], &after[after.len() - quarter..]);
         let frac = |a: u64, b: u64| (b as f64 - a as f64) / (a.max(1) as f64);
-        (frac(first.1, rss), frac(first.2, fds))
+        (
+            frac(median(head, |p| p.1), median(tail, |p| p.1)),
+            frac(median(head, |p| p.2), median(tail, |p| p.2)),
+        )
     }
 }
 

@@ -269,6 +269,25 @@ impl LogBudget {
     }
 }
 
+/// Every `interval` of the budget, logs one line saying how many lines of
+/// `what` were dropped, if any were and no later line said so. Runs until
+/// dropped.
+pub async fn report_suppressed(budget: Arc<LogBudget>, what: &'static str) {
+    let mut tick = tokio::time::interval(budget.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = budget.take_suppressed();
+        if n > 0 {
+            tracing::info!(
+                suppressed = n,
+                "{n} more {what} in the last {} s (not logged one by one)",
+                budget.interval.as_secs()
+            );
+        }
+    }
+}
+
 /// Logs an info line through a [`LogBudget`]: at most its budget of lines
 /// per interval, then one line saying how many were dropped.
 #[macro_export]

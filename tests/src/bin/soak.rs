@@ -38,6 +38,9 @@ struct Args {
     /// Skip parts: load, faults, soak.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Print every soak sample (seconds, RSS KiB, fds) of router and client.
+    #[arg(long)]
+    print_samples: bool,
     /// The darkport-test-node binary (default: next to this one).
     #[arg(long)]
     node: Option<std::path::PathBuf>,
@@ -127,6 +130,14 @@ async fn main() -> Result<()> {
             r.reset,
             r.violations.len()
         );
+        if args.print_samples {
+            for (r, c) in router.points.iter().zip(&client.points) {
+                println!(
+                    "  t={:.0}s router {} KiB {} fds, client {} KiB {} fds",
+                    r.0, r.1, r.2, c.1, c.2
+                );
+            }
+        }
         for (name, s, rss, fd) in [
             ("router", &router, r_rss, r_fd),
             ("client", &client, c_rss, c_fd),
