@@ -479,3 +479,38 @@ async fn unreachable(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_age_limit() {
+        let hour = Duration::from_secs(3600);
+        assert!(check_policy_age(Duration::ZERO, Some(hour)).is_ok());
+        assert!(check_policy_age(hour, Some(hour)).is_ok());
+        let e = check_policy_age(hour + Duration::from_secs(1), Some(hour))
+            .expect_err("older than the limit");
+        assert!(e.contains("3601 s"), "{e}");
+        assert!(e.contains("--max-policy-age"), "{e}");
+        assert!(check_policy_age(Duration::from_secs(u64::MAX), None).is_ok());
+    }
+
+    #[test]
+    fn policy_clock_counts_only_while_cut_off() {
+        let clock = PolicyClock::default();
+        clock.confirm(1_000);
+        assert_eq!(clock.age(1_010), Duration::from_secs(10));
+        clock.set_live(true, 1_010);
+        assert_eq!(
+            clock.age(5_000),
+            Duration::ZERO,
+            "a live session is current"
+        );
+        clock.set_live(false, 5_000);
+        assert_eq!(clock.age(5_030), Duration::from_secs(30));
+        // Confirmations never move the clock back.
+        clock.confirm(10);
+        assert_eq!(clock.age(5_030), Duration::from_secs(30));
+    }
+}
