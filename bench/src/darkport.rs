@@ -203,6 +203,10 @@ impl Darkport {
                     "router-1.id",
                     "--listen",
                     &self.router_addr.to_string(),
+                    // The memory scenario holds 10,000 connections of one
+                    // identity open at once; the default cap is 4,096.
+                    "--max-streams-per-identity",
+                    "20000",
                 ])
                 .current_dir(&self.dir)
                 .env("RUST_LOG", LOG_LEVEL)

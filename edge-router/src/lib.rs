@@ -99,8 +99,9 @@ pub struct RouterLimits {
 }
 
 /// Default for [`RouterLimits::max_connections_per_identity`]: a client
-/// keeps one connection per router (two across a restart).
-pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 64;
+/// keeps one connection per router (two across a restart or renewal).
+/// Each connection may buffer up to its windows (docs/threat-model.md).
+pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 8;
 
 /// Default for [`RouterLimits::max_streams_per_identity`]: far above what
 /// a log shipper opens (a few), far below what pins a router.

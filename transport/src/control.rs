@@ -95,7 +95,14 @@ pub async fn request(
         .open_bi()
         .await
         .map_err(|e| refusal(conn).unwrap_or_else(|| lost(&e)))?;
-    write_frame(&mut send, &ControlRequest::new(body), MAX_CONTROL_FRAME).await?;
+    // The request must be taken within the same time as the answer: a
+    // controller that gives no credit does not hold us forever.
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        write_frame(&mut send, &ControlRequest::new(body), MAX_CONTROL_FRAME),
+    )
+    .await
+    .map_err(|_| lost(&"the request was not taken within 30 s"))??;
     let _ = send.finish();
     let resp = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, MAX_CONTROL_FRAME))
         .await
