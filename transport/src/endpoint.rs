@@ -154,20 +154,33 @@ pub fn load_or_create_reset_key(path: &std::path::Path) -> std::io::Result<Vec<u
     Ok(key)
 }
 
-/// A client endpoint on an ephemeral port of the right address family.
+/// A client endpoint on an ephemeral port: of the peer's address family
+/// when it is known, else dual-stack (`[::]:0` taking IPv4 as mapped
+/// addresses), so one endpoint reaches IPv4 and IPv6 routers and
+/// controllers alike; IPv4 only where the host has no IPv6.
 pub fn client(peer_hint: Option<SocketAddr>) -> std::io::Result<quinn::Endpoint> {
-    let bind: SocketAddr = match peer_hint {
-        Some(SocketAddr::V6(_)) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-        _ => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+    let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    let socket = match peer_hint {
+        Some(SocketAddr::V4(_)) => bind_udp(v4)?,
+        Some(SocketAddr::V6(_)) => {
+            bind_udp(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))?
+        }
+        None => bind_dual_stack().or_else(|_| bind_udp(v4))?,
     };
     let mut endpoint_config = quinn::EndpointConfig::default();
     accept_large_datagrams(&mut endpoint_config);
-    quinn::Endpoint::new(
-        endpoint_config,
-        None,
-        bind_udp(bind)?,
-        Arc::new(quinn::TokioRuntime),
-    )
+    quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// An IPv6 UDP socket on an ephemeral port that also carries IPv4.
+fn bind_dual_stack() -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
+    Ok(socket.into())
 }
 
 /// Resolves `host:port` to one address.

@@ -1,0 +1,121 @@
+//! IPv6 end to end: controller, router and client on [::1], with ports
+//! from the OS. (Issue 9: every client-side socket used to bind 0.0.0.0,
+//! so nothing could reach an IPv6 controller or router.)
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use darkport_controller::{DataDir, InitOptions};
+use darkport_proto::identity::Kind;
+use darkport_proto::msg::{AdminRequest, AdminResponse};
+use darkport_tests::{admin, echo_server, enroll_at, n, wait_router_online};
+use edge_client::{Client, ClientOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Whether this machine has IPv6 loopback; without it the test skips
+/// loudly, and fails under CI=true.
+fn ipv6_loopback() -> bool {
+    let ok = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    if !ok {
+        let msg = "SKIPPED: no IPv6 loopback ([::1]) on this machine";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}, and CI=true requires it");
+        }
+        eprintln!("{msg}");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_works_over_ipv6() {
+    if !ipv6_loopback() {
+        return;
+    }
+    darkport_tests::init_logging();
+    let dir = tempfile::tempdir().expect("dir");
+    let ctl_socket = darkport_controller::server::bind("[::1]:0".parse().unwrap()).expect("bind");
+    let ctl_addr = ctl_socket.local_addr().expect("addr");
+    let dd = DataDir::new(dir.path().join("ctl"));
+    darkport_controller::init(
+        &dd,
+        &InitOptions {
+            advertise: ctl_addr.to_string(),
+            cert_ttl: Duration::from_secs(3600),
+        },
+    )
+    .expect("init");
+    let dd2 = dd.clone();
+    let controller = tokio::spawn(async move {
+        darkport_controller::run(dd2, ctl_socket, std::future::pending()).await
+    });
+    // The admin CLI's path: an identity list from the admin identity.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        match admin(&dd, AdminRequest::ListIdentities).await {
+            Ok(AdminResponse::Identities(ids)) => break ids,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "identity list over IPv6 failed: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        listed.iter().any(|i| i.kind == Kind::Admin),
+        "a new controller lists its admin: {listed:?}"
+    );
+
+    let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
+        .await
+        .expect("router enrollment over IPv6");
+    let socket = darkport_transport::endpoint::bind_udp("[::1]:0".parse().unwrap()).expect("bind");
+    let router_addr: SocketAddr = socket.local_addr().expect("addr");
+    let mut config =
+        darkport_edge_router::RouterConfig::from_identity_file(router_id, router_addr.to_string())
+            .expect("config");
+    config.snapshot_path = None;
+    let router = tokio::spawn(darkport_edge_router::run(
+        config,
+        socket,
+        std::future::pending(),
+    ));
+    wait_router_online(&dd, router_addr, Duration::from_secs(10))
+        .await
+        .expect("the router registers over IPv6");
+
+    let echo = echo_server().await.expect("echo");
+    admin(
+        &dd,
+        AdminRequest::CreateService(darkport_proto::policy::ServiceEntry {
+            name: n("echo"),
+            address: echo.to_string(),
+            roles: vec![],
+        }),
+    )
+    .await
+    .expect("service");
+    admin(
+        &dd,
+        AdminRequest::CreatePolicy {
+            name: n("all"),
+            services: vec![darkport_proto::policy::Selector::All],
+            identities: vec![darkport_proto::policy::Selector::All],
+        },
+    )
+    .await
+    .expect("policy");
+    let app = enroll_at(&dd, dir.path(), "app-1", Kind::Client, &[])
+        .await
+        .expect("client enrollment");
+    // Routers from the controller's list (an IPv6 advertise address).
+    let client = Client::from_identity_file(&app, ClientOptions::default()).expect("client");
+    let mut s = client.dial("echo").await.expect("dial over IPv6");
+    s.write_all(b"over six").await.expect("write");
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"over six");
+    router.abort();
+    controller.abort();
+}
