@@ -25,6 +25,8 @@ const ENV_DATA_DIR: &str = "DARKPORT_DATA_DIR";
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: darkport_cli::LogArgs,
 }
 
 #[derive(Args)]
@@ -455,13 +457,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    darkport_cli::init_logging(&cli.log)?;
     match cli.cmd {
         Cmd::Init {
             dir,

@@ -21,6 +21,8 @@ use edge_client::{enroll, read_token, Client, ClientOptions};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: darkport_cli::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -83,13 +85,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    darkport_cli::init_logging(&cli.log)?;
+    match cli.cmd {
         Cmd::Enroll { token, identity } => {
             let file = enroll(&read_token(&token)?, Kind::Client, &identity).await?;
             println!(

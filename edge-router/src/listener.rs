@@ -371,6 +371,7 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let started = tokio::time::Instant::now();
     let req: DialRequest =
         match tokio::time::timeout(DIAL_REQUEST_TIMEOUT, read_frame(&mut recv, MAX_DIAL_FRAME))
             .await
@@ -444,21 +445,24 @@ async fn handle_stream(
         }
     };
     let stats = splice_tcp_until(tcp, send, recv, watch_policy).await;
-    match stats.ending {
-        Ending::Clean => {
-            debug!(%peer, service = ?req.service, sent = stats.sent, received = stats.received, "stream closed")
-        }
-        Ending::LocalReset => {
-            info!(%peer, service = ?req.service, "service reset the connection; reset carried to the client")
-        }
-        Ending::RemoteReset => {
-            info!(%peer, service = ?req.service, "client reset the stream; reset carried to the service")
-        }
-        Ending::Cancelled => {
-            let reason = cut_rx.await.unwrap_or_default();
-            info!(%peer, service = ?req.service, "cut a live stream: {reason}");
-        }
-    }
+    let (ended, reason) = match stats.ending {
+        Ending::Clean => ("clean", String::new()),
+        Ending::LocalReset => ("service_reset", String::new()),
+        Ending::RemoteReset => ("client_reset", String::new()),
+        Ending::Cancelled => ("cut", cut_rx.await.unwrap_or_default()),
+    };
+    // The access line: one per stream that reached its service.
+    info!(
+        identity = %peer.name,
+        service = %req.service,
+        %router,
+        bytes_to_service = stats.received,
+        bytes_to_client = stats.sent,
+        duration_ms = started.elapsed().as_millis() as u64,
+        ended,
+        reason,
+        "stream"
+    );
 }
 
 async fn unreachable(

@@ -19,6 +19,8 @@ use darkport_transport::enroll::{enroll, read_token};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: darkport_cli::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -79,13 +81,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    darkport_cli::init_logging(&cli.log)?;
+    match cli.cmd {
         Cmd::Enroll { token, identity } => {
             let file = enroll(&read_token(&token)?, Kind::Router, &identity).await?;
             println!(

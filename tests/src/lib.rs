@@ -371,10 +371,38 @@ pub struct Node {
 impl Node {
     /// Starts `darkport-test-node ROLE PATH ADDR` from the binary at `bin`.
     pub fn spawn(bin: &str, role: &str, path: &std::path::Path, addr: SocketAddr) -> Result<Node> {
-        let child = std::process::Command::new(bin)
-            .arg(role)
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(role).arg(path).arg(addr.to_string());
+        Node::start(cmd, bin)
+    }
+
+    /// [`Node::spawn`] with extra environment variables and its log
+    /// (stderr) written to `log`.
+    pub fn spawn_logged(
+        bin: &str,
+        role: &str,
+        path: &std::path::Path,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Result<Node> {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(role)
             .arg(path)
             .arg(addr.to_string())
+            .envs(env.iter().copied())
+            .stderr(std::fs::File::create(log)?);
+        Node::start(cmd, bin)
+    }
+
+    fn start(mut cmd: std::process::Command, bin: &str) -> Result<Node> {
+        let addr = cmd
+            .get_args()
+            .nth(2)
+            .and_then(|a| a.to_str())
+            .and_then(|a| a.parse().ok())
+            .context("node address")?;
+        let child = cmd
             .stdin(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("starting {bin}"))?;

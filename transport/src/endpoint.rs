@@ -225,16 +225,26 @@ pub async fn accept(incoming: quinn::Incoming, what: &str) -> Option<quinn::Conn
 }
 
 /// Completes on Ctrl-C or SIGTERM: the shutdown signal of every binary.
+/// SIGHUP, whose default action would end the process, is taken and
+/// logged instead: there is nothing to reload yet, and a reload must
+/// never kill a router or controller.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        if let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: nothing is reloadable yet; carrying on");
+                    }
+                }
             }
-            return;
         }
     }
     let _ = tokio::signal::ctrl_c().await;

@@ -15,12 +15,18 @@ use anyhow::{bail, Context, Result};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The binaries' logging, from the environment (DARKPORT_LOG_FORMAT,
+    // DARKPORT_LOG_LEVEL), quiet by default.
+    #[derive(clap::Parser)]
+    struct Log {
+        #[command(flatten)]
+        log: darkport_cli::LogArgs,
+    }
+    let mut log = <Log as clap::Parser>::parse_from(["darkport-test-node"]).log;
+    if std::env::var(darkport_cli::ENV_LOG_LEVEL).is_err() {
+        log.log_level = "warn".into();
+    }
+    darkport_cli::init_logging(&log)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [role, path, listen] = args.as_slice() else {
         bail!("usage: darkport-test-node controller|router|client PATH LISTEN_ADDR");

@@ -1,0 +1,68 @@
+//! The router binary and its signals: SIGHUP never ends it; SIGTERM ends
+//! it cleanly.
+
+use std::time::{Duration, Instant};
+
+use darkport_controller::ca::Ca;
+use darkport_proto::identity::{IdentityName, Kind};
+use darkport_transport::identity::{IdentityFile, IDENTITY_FILE_VERSION};
+
+const ROUTER: &str = env!("CARGO_BIN_EXE_darkport-edge-router");
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn sighup_does_not_end_the_router_and_sigterm_ends_it_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, _) = Ca::generate().expect("ca");
+    let name = IdentityName::new("router-1").expect("name");
+    let (cert_pem, key_pem, _) = ca
+        .issue_local(Kind::Router, &name, Duration::from_secs(3600))
+        .expect("issue");
+    let path = dir.path().join("router-1.id");
+    IdentityFile {
+        version: IDENTITY_FILE_VERSION,
+        name,
+        kind: Kind::Router,
+        // Nothing listens there: the router serves (with no policy yet)
+        // and keeps retrying its controller.
+        controller: "127.0.0.1:9".into(),
+        key_pem,
+        cert_pem,
+        ca_pem: ca.cert_pem.clone(),
+    }
+    .save(&path, false)
+    .expect("identity");
+    let mut child = std::process::Command::new(ROUTER)
+        .args(["run", "--identity"])
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("router");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().expect("wait").is_none(), "the router runs");
+    signal(child.id(), "-HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP must not end the router"
+    );
+    signal(child.id(), "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM ends the router");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+}
