@@ -284,7 +284,10 @@ impl Client {
                 .dial_any(service, candidates, &mut last, early.as_deref_mut())
                 .await
             {
-                Err(e @ (DialError::Router { .. } | DialError::NotReady(_))) => {
+                Err(
+                    e
+                    @ (DialError::Router { .. } | DialError::NotReady(_) | DialError::Draining(_)),
+                ) => {
                     last = Some(e);
                     continue;
                 }
@@ -314,6 +317,7 @@ impl Client {
                 Err(
                     e @ (DialError::Router { .. }
                     | DialError::NotReady(_)
+                    | DialError::Draining(_)
                     | DialError::WrongRouter { .. }
                     | DialError::RouterRevoked { .. }
                     | DialError::IdentityRefused { .. }),

@@ -49,6 +49,9 @@ pub enum DialError {
         /// Router's explanation, naming the limit.
         message: String,
     },
+    /// The router is shutting down (draining); another router is tried.
+    #[error("router is draining: {0}")]
+    Draining(String),
     /// The router has no policy yet.
     #[error("router is not ready: {0}")]
     NotReady(String),
@@ -130,6 +133,7 @@ impl DialError {
             DialStatus::WrongRouter => DialError::WrongRouter { service, message },
             DialStatus::BadRequest => DialError::BadRequest(message),
             DialStatus::LimitReached => DialError::LimitReached { service, message },
+            DialStatus::Draining => DialError::Draining(message),
         })
     }
 }

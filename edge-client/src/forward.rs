@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -14,13 +15,27 @@ use darkport_transport::splice::{abort_on_drop, reset_tcp, splice_tcp, Ending};
 use crate::Client;
 
 /// Accepts connections on `listener` and carries each to `service` until
-/// `shutdown`. A refused dial resets the local connection (the app sees
-/// its connection fail, not a clean empty reply) and logs why.
+/// `shutdown`, then resets the connections still open. A refused dial
+/// resets the local connection (the app sees its connection fail, not a
+/// clean empty reply) and logs why.
 pub async fn forward(
     client: Arc<Client>,
     listener: TcpListener,
     service: String,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    forward_draining(client, listener, service, shutdown, Duration::ZERO).await
+}
+
+/// [`forward`], draining on `shutdown`: the listener closes at once (new
+/// app connections are refused by the kernel), and the connections in
+/// flight may finish for up to `grace`; then the rest are reset.
+pub async fn forward_draining(
+    client: Arc<Client>,
+    listener: TcpListener,
+    service: String,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     info!(%local, %service, "forwarding");
@@ -65,6 +80,20 @@ pub async fn forward(
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    if !conns.is_empty() && !grace.is_zero() {
+        info!(%local, %service, connections = conns.len(), grace_secs = grace.as_secs(), "draining: no new connections; letting the open ones finish");
+        let deadline = tokio::time::Instant::now() + grace;
+        while !conns.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(%local, %service, connections = conns.len(), "grace period over; resetting the connections still open");
+                    break;
+                }
+                Some(_) = conns.join_next() => {}
+            }
         }
     }
     conns.shutdown().await;

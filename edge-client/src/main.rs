@@ -47,6 +47,10 @@ enum Cmd {
         /// Router HOST:PORT to use instead of asking the controller (repeatable).
         #[arg(long = "router")]
         routers: Vec<String>,
+        /// On SIGTERM or Ctrl-C: stop accepting local connections and let
+        /// the open ones finish for up to this long, then reset the rest.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        grace_period: std::time::Duration,
     },
     /// Connect stdin/stdout to a service, like nc (usable as ssh ProxyCommand).
     Dial {
@@ -100,6 +104,7 @@ async fn real_main() -> Result<()> {
             identity,
             forwards,
             routers,
+            grace_period,
         } => {
             let forwards = forwards
                 .iter()
@@ -122,11 +127,12 @@ async fn real_main() -> Result<()> {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                tasks.spawn(edge_client::forward::forward(
+                tasks.spawn(edge_client::forward::forward_draining(
                     client.clone(),
                     listener,
                     service,
                     stopped,
+                    grace_period,
                 ));
             }
             darkport_transport::endpoint::shutdown_signal().await;

@@ -80,7 +80,13 @@ pub struct RouterConfig {
     /// What one identity may hold at this router, and how old a policy it
     /// still serves with.
     pub limits: RouterLimits,
+    /// On shutdown, how long streams in flight may go on while new dials
+    /// are refused with `Draining`; then the rest are reset.
+    pub grace_period: Duration,
 }
+
+/// Default for [`RouterConfig::grace_period`].
+pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Per-identity caps and the policy age limit; see docs/threat-model.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +199,7 @@ impl RouterConfig {
             advertise,
             threads: default_threads(),
             limits: RouterLimits::for_identity(&identity),
+            grace_period: GRACE_PERIOD,
             identity,
         })
     }
@@ -285,7 +292,7 @@ pub async fn run(
         None => None,
     };
     let shards = darkport_transport::shards::Shards::new(config.threads, "router-conn")?;
-    let guard = listener::Guard::new(config.limits, policy_clock, revoked_rx);
+    let guard = listener::Guard::new(config.limits, config.grace_period, policy_clock, revoked_rx);
     let result = listener::run(
         id_rx, socket, reset_key, snap_rx, clients, guard, &shards, shutdown,
     )

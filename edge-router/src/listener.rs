@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Guard {
     limits: RouterLimits,
+    /// How long streams may finish after shutdown begins.
+    grace_period: Duration,
+    /// Set at shutdown: new dials are refused with `Draining`.
+    draining: AtomicBool,
     /// Connections per client identity.
     conns: Arc<Caps<IdentityName>>,
     /// Concurrent streams per client identity.
@@ -57,9 +62,16 @@ pub struct Guard {
 
 impl Guard {
     /// A guard enforcing `limits`.
-    pub fn new(limits: RouterLimits, policy: Arc<PolicyClock>, revoked: RevokedRx) -> Arc<Guard> {
+    pub fn new(
+        limits: RouterLimits,
+        grace_period: Duration,
+        policy: Arc<PolicyClock>,
+        revoked: RevokedRx,
+    ) -> Arc<Guard> {
         Arc::new(Guard {
             limits,
+            grace_period,
+            draining: AtomicBool::new(false),
             conns: Caps::new(
                 limits.max_connections_per_identity,
                 limits.max_connections,
@@ -139,9 +151,41 @@ pub async fn run(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    drain(&endpoint, &guard, &mut conns).await;
     endpoint.close(close_code(CloseCode::Done), b"router shutting down");
     conns.shutdown().await;
     Ok(())
+}
+
+/// Stops taking connections and dials, and lets the streams in flight
+/// finish for at most the grace period.
+async fn drain(endpoint: &quinn::Endpoint, guard: &Guard, conns: &mut JoinSet<()>) {
+    guard.draining.store(true, Ordering::Release);
+    // New dials on open connections are answered `Draining`, and new
+    // handshakes are refused (below), so clients move to another router
+    // at once.
+    let in_flight = guard.streams.total();
+    if in_flight == 0 {
+        return;
+    }
+    info!(
+        streams = in_flight,
+        grace_secs = guard.grace_period.as_secs(),
+        "draining: refusing new dials, letting the streams in flight finish"
+    );
+    let deadline = tokio::time::Instant::now() + guard.grace_period;
+    while guard.streams.total() > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(streams = guard.streams.total(), "grace period over; resetting the streams still open");
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(incoming) = endpoint.accept() => incoming.refuse(),
+        }
+    }
+    info!("drained: every stream finished");
 }
 
 /// Whether `peer` may still use this router under the current snapshot;
@@ -400,6 +444,11 @@ async fn handle_stream(
             return;
         }
     };
+    if guard.draining.load(Ordering::Acquire) {
+        let message = format!("router {router} is shutting down; dial through another router");
+        refuse(&mut send, &mut recv, DialStatus::Draining, message).await;
+        return;
+    }
     let decision = check_policy_age(guard.policy.age(unix_now()), guard.limits.max_policy_age)
         .map_err(|message| DialResponse {
             status: DialStatus::NotReady,

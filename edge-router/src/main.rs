@@ -64,6 +64,11 @@ enum Cmd {
         /// the lifetime of the router's certificate.
         #[arg(long, value_parser = humantime::parse_duration)]
         max_policy_age: Option<std::time::Duration>,
+        /// On SIGTERM or Ctrl-C: refuse new dials with "draining" (clients
+        /// move to another router at once) and let streams in flight go on
+        /// for up to this long, then reset the rest.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        grace_period: std::time::Duration,
     },
 }
 
@@ -100,6 +105,7 @@ async fn real_main() -> Result<()> {
             max_connections_per_identity,
             max_streams_per_identity,
             max_policy_age,
+            grace_period,
         } => {
             let advertise = match advertise {
                 Some(a) => a,
@@ -116,6 +122,7 @@ async fn real_main() -> Result<()> {
             }
             config.limits.max_connections_per_identity = max_connections_per_identity;
             config.limits.max_streams_per_identity = max_streams_per_identity;
+            config.grace_period = grace_period;
             if let Some(age) = max_policy_age {
                 config.limits.max_policy_age = (!age.is_zero()).then_some(age);
             }

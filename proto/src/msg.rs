@@ -58,6 +58,9 @@ pub enum DialStatus {
     /// A limit of this router was reached for the identity (concurrent
     /// streams); the message names it. Other identities are unaffected.
     LimitReached,
+    /// The router is shutting down: its existing streams may finish, new
+    /// dials must go to another router.
+    Draining,
 }
 
 /// The router's answer to a [`DialRequest`], sent before any payload.

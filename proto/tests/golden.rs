@@ -34,6 +34,7 @@ fn dial_status_indices() {
         (DialStatus::NotReady, 5),
         (DialStatus::WrongRouter, 6),
         (DialStatus::LimitReached, 7),
+        (DialStatus::Draining, 8),
     ];
     for (status, index) in all {
         assert_eq!(

@@ -138,12 +138,7 @@ impl Fixture {
         identity: &std::path::Path,
         tune: impl FnOnce(&mut RouterConfig),
     ) -> Result<SocketAddr> {
-        let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
-        let addr = socket.local_addr()?;
-        let mut config =
-            RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
-        config.snapshot_path = None;
-        tune(&mut config);
+        let (socket, addr, config) = router_config(identity, tune)?;
         self.tasks.push(tokio::spawn(async move {
             if let Err(e) = darkport_edge_router::run(config, socket, std::future::pending()).await
             {
@@ -165,6 +160,28 @@ impl Fixture {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts a router like [`Fixture::start_router_with`] that runs until
+    /// the returned sender is used (or dropped); the handle completes when
+    /// the router has stopped.
+    pub async fn start_router_stoppable(
+        &mut self,
+        identity: &std::path::Path,
+        tune: impl FnOnce(&mut RouterConfig),
+    ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>)> {
+        let (socket, addr, config) = router_config(identity, tune)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = darkport_edge_router::run(config, socket, stop).await {
+                panic!("router failed: {e}");
+            }
+        });
+        wait_router_online(&self.data_dir, addr, Duration::from_secs(10)).await?;
+        Ok((addr, stop_tx, handle))
     }
 
     /// Sends an admin request with the admin identity from `init`.
@@ -287,6 +304,20 @@ impl Fixture {
         let client = self.client(&id)?;
         self.forward(client, "echo").await
     }
+}
+
+/// A router configuration for `identity` on a fresh 127.0.0.1 socket, with
+/// no snapshot cache, changed by `tune`.
+fn router_config(
+    identity: &std::path::Path,
+    tune: impl FnOnce(&mut RouterConfig),
+) -> Result<(std::net::UdpSocket, SocketAddr, RouterConfig)> {
+    let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
+    let addr = socket.local_addr()?;
+    let mut config = RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
+    config.snapshot_path = None;
+    tune(&mut config);
+    Ok((socket, addr, config))
 }
 
 /// A TCP echo server on 127.0.0.1: echoes until EOF, then half-closes.
