@@ -1,5 +1,5 @@
 //! What the three Darkport binaries share, and the SDK does not need:
-//! logging flags and their setup.
+//! logging flags and their setup, and systemd readiness notifications.
 //!
 //! Each binary flattens [`LogArgs`] into its command line and calls
 //! [`init_logging`] first thing. Libraries never depend on this crate.
@@ -83,6 +83,25 @@ pub fn init_logging(args: &LogArgs) -> Result<(), LogError> {
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     result.map_err(|e| LogError::AlreadySet(e.to_string()))
+}
+
+/// Tells systemd (`Type=notify`) that the service is up: its sockets are
+/// bound and its identity and configuration are loaded. Does nothing when
+/// not started by systemd (no `NOTIFY_SOCKET`).
+pub fn notify_ready() {
+    notify(sd_notify::NotifyState::Ready, "READY=1");
+}
+
+/// Tells systemd that the service is stopping (draining), so a stop is not
+/// mistaken for a hang.
+pub fn notify_stopping() {
+    notify(sd_notify::NotifyState::Stopping, "STOPPING=1");
+}
+
+fn notify(state: sd_notify::NotifyState<'_>, what: &str) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!("cannot tell systemd {what}: {e}");
+    }
 }
 
 #[cfg(test)]

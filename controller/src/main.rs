@@ -498,8 +498,17 @@ async fn real_main() -> Result<()> {
             };
             let socket = darkport_controller::server::bind(listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            darkport_controller::run(dd, socket, darkport_transport::endpoint::shutdown_signal())
-                .await?;
+            // Readiness for systemd once the socket is bound and the CA,
+            // its key and the config load (run loads them again).
+            dd.load_config()?;
+            dd.load_ca()?;
+            let signal = darkport_transport::endpoint::shutdown_signal();
+            darkport_cli::notify_ready();
+            let stopping = async move {
+                signal.await;
+                darkport_cli::notify_stopping();
+            };
+            darkport_controller::run(dd, socket, stopping).await?;
         }
         Cmd::Identity(IdentityCmd::Create {
             name: n,

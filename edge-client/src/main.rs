@@ -135,7 +135,12 @@ async fn real_main() -> Result<()> {
                     grace_period,
                 ));
             }
-            darkport_transport::endpoint::shutdown_signal().await;
+            // Signals are handled from here on; every forward port is
+            // bound: ready, for systemd.
+            let signal = darkport_transport::endpoint::shutdown_signal();
+            darkport_cli::notify_ready();
+            signal.await;
+            darkport_cli::notify_stopping();
             let _ = stop_tx.send(true);
             while tasks.join_next().await.is_some() {}
             client.close().await;

@@ -126,12 +126,15 @@ async fn real_main() -> Result<()> {
             if let Some(age) = max_policy_age {
                 config.limits.max_policy_age = (!age.is_zero()).then_some(age);
             }
-            run(
-                config,
-                socket,
-                darkport_transport::endpoint::shutdown_signal(),
-            )
-            .await?;
+            // Signals are handled from here on; socket bound, identity
+            // loaded: ready, for systemd.
+            let signal = darkport_transport::endpoint::shutdown_signal();
+            darkport_cli::notify_ready();
+            let stopping = async move {
+                signal.await;
+                darkport_cli::notify_stopping();
+            };
+            run(config, socket, stopping).await?;
         }
     }
     Ok(())

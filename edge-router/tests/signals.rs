@@ -1,5 +1,5 @@
-//! The router binary and its signals: SIGHUP never ends it; SIGTERM ends
-//! it cleanly.
+//! The router binary and its signals: it tells systemd when it is ready
+//! and when it stops; SIGHUP never ends it; SIGTERM ends it cleanly.
 
 use std::time::{Duration, Instant};
 
@@ -40,14 +40,23 @@ fn sighup_does_not_end_the_router_and_sigterm_ends_it_cleanly() {
     }
     .save(&path, false)
     .expect("identity");
+    // systemd's notification socket, played by the test.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut child = std::process::Command::new(ROUTER)
         .args(["run", "--identity"])
         .arg(&path)
         .args(["--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:1"])
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("router");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a readiness notification");
+    assert_eq!(&buf[..n], b"READY=1\n");
     assert!(child.try_wait().expect("wait").is_none(), "the router runs");
     signal(child.id(), "-HUP");
     std::thread::sleep(Duration::from_millis(500));
@@ -56,6 +65,8 @@ fn sighup_does_not_end_the_router_and_sigterm_ends_it_cleanly() {
         "SIGHUP must not end the router"
     );
     signal(child.id(), "-TERM");
+    let n = notify.recv(&mut buf).expect("a stopping notification");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {

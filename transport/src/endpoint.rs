@@ -228,17 +228,26 @@ pub async fn accept(incoming: quinn::Incoming, what: &str) -> Option<quinn::Conn
 /// SIGHUP, whose default action would end the process, is taken and
 /// logged instead: there is nothing to reload yet, and a reload must
 /// never kill a router or controller.
-pub async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a binary calls it before it tells systemd it is ready, so
+/// no signal can arrive in between and find the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut hup)) = (
+        (
+            signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
             signal(SignalKind::hangup()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Ok(mut int), Ok(mut term), Ok(mut hup)) = handlers {
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
+                    _ = int.recv() => return,
                     _ = term.recv() => return,
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP received: nothing is reloadable yet; carrying on");
@@ -246,6 +255,6 @@ pub async fn shutdown_signal() {
                 }
             }
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
