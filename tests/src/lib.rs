@@ -138,28 +138,11 @@ impl Fixture {
         identity: &std::path::Path,
         tune: impl FnOnce(&mut RouterConfig),
     ) -> Result<SocketAddr> {
-        let (socket, addr, config) = router_config(identity, tune)?;
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(e) = darkport_edge_router::run(config, socket, std::future::pending()).await
-            {
-                panic!("router failed: {e}");
-            }
-        }));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let AdminResponse::Routers(rs) = self.admin(AdminRequest::ListRouters).await? {
-                if rs
-                    .iter()
-                    .any(|r| r.online && r.advertise == addr.to_string())
-                {
-                    return Ok(addr);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("router at {addr} did not register with the controller within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let bind = "127.0.0.1:0".parse()?;
+        let (addr, handle) =
+            run_router_at(&self.data_dir, identity, bind, tune, std::future::pending()).await?;
+        self.tasks.push(handle);
+        Ok(addr)
     }
 
     /// Starts a router like [`Fixture::start_router_with`] that runs until
@@ -170,17 +153,12 @@ impl Fixture {
         identity: &std::path::Path,
         tune: impl FnOnce(&mut RouterConfig),
     ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>)> {
-        let (socket, addr, config) = router_config(identity, tune)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = darkport_edge_router::run(config, socket, stop).await {
-                panic!("router failed: {e}");
-            }
-        });
-        wait_router_online(&self.data_dir, addr, Duration::from_secs(10)).await?;
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        let bind = "127.0.0.1:0".parse()?;
+        let (addr, handle) = run_router_at(&self.data_dir, identity, bind, tune, stop).await?;
         Ok((addr, stop_tx, handle))
     }
 
@@ -304,20 +282,6 @@ impl Fixture {
         let client = self.client(&id)?;
         self.forward(client, "echo").await
     }
-}
-
-/// A router configuration for `identity` on a fresh 127.0.0.1 socket, with
-/// no snapshot cache, changed by `tune`.
-fn router_config(
-    identity: &std::path::Path,
-    tune: impl FnOnce(&mut RouterConfig),
-) -> Result<(std::net::UdpSocket, SocketAddr, RouterConfig)> {
-    let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse()?)?;
-    let addr = socket.local_addr()?;
-    let mut config = RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
-    config.snapshot_path = None;
-    tune(&mut config);
-    Ok((socket, addr, config))
 }
 
 /// A TCP echo server on 127.0.0.1: echoes until EOF, then half-closes.
@@ -556,13 +520,21 @@ pub async fn controller_process_with_echo(
     let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
     let ctl = Node::spawn(node, "controller", dd.root(), ctl_addr).expect("controller");
     wait_admin(&dd).await;
+    echo_service_for_all(&dd).await;
+    (dir, dd, ctl_addr, ctl)
+}
+
+/// Creates an `echo` service (a fresh echo server) and a policy `p` that
+/// lets every identity dial every service, through the controller of
+/// `data_dir`.
+pub async fn echo_service_for_all(data_dir: &DataDir) {
     let echo = echo_server().await.expect("echo");
     let service = ServiceEntry {
         name: n("echo"),
         address: echo.to_string(),
         roles: vec![],
     };
-    admin(&dd, AdminRequest::CreateService(service))
+    admin(data_dir, AdminRequest::CreateService(service))
         .await
         .expect("service");
     let policy = AdminRequest::CreatePolicy {
@@ -570,6 +542,30 @@ pub async fn controller_process_with_echo(
         services: vec![Selector::All],
         identities: vec![Selector::All],
     };
-    admin(&dd, policy).await.expect("policy");
-    (dir, dd, ctl_addr, ctl)
+    admin(data_dir, policy).await.expect("policy");
+}
+
+/// Runs a router in this process on `bind` (port 0: chosen by the OS)
+/// with no snapshot cache and the configuration changed by `tune`, until
+/// `stop`; returns its address once the controller of `data_dir` lists it
+/// online, and its task.
+pub async fn run_router_at(
+    data_dir: &DataDir,
+    identity: &std::path::Path,
+    bind: SocketAddr,
+    tune: impl FnOnce(&mut RouterConfig),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let socket = darkport_transport::endpoint::bind_udp(bind)?;
+    let addr = socket.local_addr()?;
+    let mut config = RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
+    config.snapshot_path = None;
+    tune(&mut config);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = darkport_edge_router::run(config, socket, stop).await {
+            panic!("router failed: {e}");
+        }
+    });
+    wait_router_online(data_dir, addr, Duration::from_secs(10)).await?;
+    Ok((addr, handle))
 }

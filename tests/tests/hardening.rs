@@ -630,31 +630,25 @@ async fn enrollment_attempts_are_rate_limited_per_source_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_cut_off_longer_than_the_policy_age_refuses_new_dials() {
-    use darkport_tests::{controller_process_with_echo, enroll_at, wait_router_online};
+    use darkport_tests::{controller_process_with_echo, enroll_at, run_router_at};
     const NODE: &str = env!("CARGO_BIN_EXE_darkport-test-node");
     let (dir, dd, _, mut ctl) = controller_process_with_echo(NODE).await;
     let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
         .await
         .expect("router");
-    let socket = darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-    let router_addr = socket.local_addr().unwrap();
-    let mut config =
-        darkport_edge_router::RouterConfig::from_identity_file(router_id, router_addr.to_string())
-            .expect("config");
-    // From the certificate lifetime by default.
-    assert_eq!(
-        config.limits.max_policy_age,
-        Some(Duration::from_secs(3600))
-    );
-    config.limits.max_policy_age = Some(Duration::from_secs(2));
-    let router = tokio::spawn(darkport_edge_router::run(
-        config,
-        socket,
+    let (router_addr, router) = run_router_at(
+        &dd,
+        &router_id,
+        "127.0.0.1:0".parse().unwrap(),
+        |c| {
+            // From the certificate lifetime by default.
+            assert_eq!(c.limits.max_policy_age, Some(Duration::from_secs(3600)));
+            c.limits.max_policy_age = Some(Duration::from_secs(2));
+        },
         std::future::pending(),
-    ));
-    wait_router_online(&dd, router_addr, Duration::from_secs(10))
-        .await
-        .expect("online");
+    )
+    .await
+    .expect("router");
     let app = enroll_at(&dd, dir.path(), "app-1", Kind::Client, &[])
         .await
         .expect("app");

@@ -2,13 +2,12 @@
 //! from the OS. (Issue 9: every client-side socket used to bind 0.0.0.0,
 //! so nothing could reach an IPv6 controller or router.)
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use darkport_controller::{DataDir, InitOptions};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_tests::{admin, echo_server, enroll_at, n, wait_router_online};
+use darkport_tests::{admin, echo_service_for_all, enroll_at, run_router_at};
 use edge_client::{Client, ClientOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,42 +69,16 @@ async fn the_whole_flow_works_over_ipv6() {
     let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
         .await
         .expect("router enrollment over IPv6");
-    let socket = darkport_transport::endpoint::bind_udp("[::1]:0".parse().unwrap()).expect("bind");
-    let router_addr: SocketAddr = socket.local_addr().expect("addr");
-    let mut config =
-        darkport_edge_router::RouterConfig::from_identity_file(router_id, router_addr.to_string())
-            .expect("config");
-    config.snapshot_path = None;
-    let router = tokio::spawn(darkport_edge_router::run(
-        config,
-        socket,
+    let (_, router) = run_router_at(
+        &dd,
+        &router_id,
+        "[::1]:0".parse().unwrap(),
+        |_| {},
         std::future::pending(),
-    ));
-    wait_router_online(&dd, router_addr, Duration::from_secs(10))
-        .await
-        .expect("the router registers over IPv6");
-
-    let echo = echo_server().await.expect("echo");
-    admin(
-        &dd,
-        AdminRequest::CreateService(darkport_proto::policy::ServiceEntry {
-            name: n("echo"),
-            address: echo.to_string(),
-            roles: vec![],
-        }),
     )
     .await
-    .expect("service");
-    admin(
-        &dd,
-        AdminRequest::CreatePolicy {
-            name: n("all"),
-            services: vec![darkport_proto::policy::Selector::All],
-            identities: vec![darkport_proto::policy::Selector::All],
-        },
-    )
-    .await
-    .expect("policy");
+    .expect("the router registers over IPv6");
+    echo_service_for_all(&dd).await;
     let app = enroll_at(&dd, dir.path(), "app-1", Kind::Client, &[])
         .await
         .expect("client enrollment");
