@@ -56,10 +56,10 @@ PIDS+=($!)
 wait_for "the controller" "$BIN/darkport-controller" identity list --data-dir ./ctl
 
 echo "==> identities, service and policy"
-"$BIN/darkport-controller" identity create router-1 --router --token-out router-1.token --data-dir ./ctl
+"$BIN/darkport-controller" identity create router-1 --kind router --token-out router-1.token --data-dir ./ctl
 "$BIN/darkport-controller" identity create app-1 --role log-writers --token-out app-1.token --data-dir ./ctl
 "$BIN/darkport-controller" service create fluentd --address "127.0.0.1:$FLUENTD_PORT" --data-dir ./ctl
-"$BIN/darkport-controller" policy create fluentd-writers --service fluentd --identity '#log-writers' --data-dir ./ctl
+"$BIN/darkport-controller" policy create fluentd-writers --service-roles fluentd --identity-roles '#log-writers' --data-dir ./ctl
 
 echo "==> edge router on 127.0.0.1:$ROUTER_PORT"
 "$BIN/darkport-edge-router" enroll --token router-1.token --identity router-1.id

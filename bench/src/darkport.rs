@@ -108,7 +108,8 @@ impl Darkport {
             "identity",
             "create",
             "router-1",
-            "--router",
+            "--kind",
+            "router",
             "--token-out",
             "router-1.token",
         ]))
@@ -142,9 +143,9 @@ impl Darkport {
             "policy",
             "create",
             "bench",
-            "--service",
+            "--service-roles",
             "#all",
-            "--identity",
+            "--identity-roles",
             "#bench",
         ]))
         .await?;

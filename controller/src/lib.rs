@@ -15,9 +15,10 @@
 pub mod admin;
 pub mod ca;
 pub mod datadir;
+pub mod metrics;
 pub mod server;
 pub mod sqlite;
 pub mod store;
 
 pub use datadir::{init, DataDir, InitOptions};
-pub use server::run;
+pub use server::{run, run_with_metrics};

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -41,12 +42,40 @@ struct AdminArgs {
     #[command(flatten)]
     dir: Dir,
     /// Controller address, if not the advertised one.
-    #[arg(long)]
+    #[arg(long, env = "DARKPORT_CONTROLLER")]
     controller: Option<String>,
+}
+
+/// The settings of `run`; each is also a key of the config file.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: darkport_cli::config::ConfigArgs,
+    #[command(flatten)]
+    metrics: darkport_cli::health::MetricsArgs,
+    #[command(flatten)]
+    dir: Dir,
+    /// UDP address to listen on (default: the advertised address).
+    #[arg(long, env = "DARKPORT_LISTEN")]
+    listen: Option<SocketAddr>,
+}
+
+/// `--json` of read commands.
+#[derive(Args)]
+struct Json {
+    /// Print JSON instead of a table, for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write man1/ and completions/ into.
+        dir: PathBuf,
+    },
     /// Create a data dir: CA, controller and admin identities.
     Init {
         #[command(flatten)]
@@ -60,13 +89,7 @@ enum Cmd {
         cert_ttl: Duration,
     },
     /// Serve enrollment, admin and router sync.
-    Run {
-        #[command(flatten)]
-        dir: Dir,
-        /// UDP address to listen on (default: the advertised address).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-    },
+    Run(RunArgs),
     /// Manage identities.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -84,8 +107,8 @@ enum Cmd {
         /// Show at most this many entries (newest).
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -94,13 +117,26 @@ enum Cmd {
     Router(RouterCmd),
 }
 
+/// Identity kinds that can be created.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    /// Dials services (edge client, SDK).
+    Client,
+    /// Accepts dials and reaches services (edge router).
+    Router,
+}
+
 #[derive(Subcommand)]
 enum IdentityCmd {
     /// Create an identity and its one-time enrollment token.
     Create {
+        /// Identity name (1 to 64 of a-z, A-Z, 0-9, '.', '_', '-').
         name: String,
-        /// A router identity (default: a client).
-        #[arg(long)]
+        /// What the identity is: a client (dials services) or a router.
+        #[arg(long, value_enum, default_value_t = KindArg::Client)]
+        kind: KindArg,
+        /// Same as --kind router (kept for older scripts).
+        #[arg(long, hide = true, conflicts_with = "kind")]
         router: bool,
         /// Role (repeatable), selected in policies as #ROLE.
         #[arg(long = "role")]
@@ -116,21 +152,23 @@ enum IdentityCmd {
     },
     /// List identities.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Show one identity.
     Show {
+        /// Identity name.
         name: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Add or remove roles.
     Update {
+        /// Identity name.
         name: String,
         /// Role to add (repeatable).
         #[arg(long = "add-role")]
@@ -144,12 +182,14 @@ enum IdentityCmd {
     /// Revoke an identity: routers refuse it and close its connections
     /// within a second; the record stays for the audit trail.
     Revoke {
+        /// Identity name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Delete an identity; routers refuse it and close its connections.
     Delete {
+        /// Identity name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -160,6 +200,7 @@ enum IdentityCmd {
 enum ServiceCmd {
     /// Create a service reachable at a private address.
     Create {
+        /// Service name (what clients dial).
         name: String,
         /// Private HOST:PORT the router connects to.
         #[arg(long)]
@@ -172,13 +213,14 @@ enum ServiceCmd {
     },
     /// List services.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Delete a service.
     Delete {
+        /// Service name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -189,38 +231,40 @@ enum ServiceCmd {
 enum PolicyCmd {
     /// Allow identities to dial services.
     Create {
+        /// Policy name.
         name: String,
         /// Services: #ROLE, @NAME, NAME or #all (repeatable).
-        #[arg(long = "service", required = true)]
+        #[arg(long = "service-roles", alias = "service", required = true)]
         services: Vec<String>,
-        /// Identities: #ROLE, @NAME, NAME or #all (repeatable).
-        #[arg(long = "identity", required = true)]
+        /// Client identities: #ROLE, @NAME, NAME or #all (repeatable).
+        #[arg(long = "identity-roles", alias = "identity", required = true)]
         identities: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// List policies.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Say whether an identity may dial a service, and which policies decide it.
     Explain {
         /// Client identity name.
-        #[arg(long)]
-        identity: String,
+        #[arg(long, alias = "identity")]
+        client: String,
         /// Service name.
         #[arg(long)]
         service: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Delete a policy.
     Delete {
+        /// Policy name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -231,25 +275,27 @@ enum PolicyCmd {
 enum RouterPolicyCmd {
     /// Allow routers to serve services.
     Create {
+        /// Router policy name.
         name: String,
         /// Routers: #ROLE, @NAME, NAME or #all (repeatable).
-        #[arg(long = "router", required = true)]
+        #[arg(long = "router-roles", alias = "router", required = true)]
         routers: Vec<String>,
         /// Services: #ROLE, @NAME, NAME or #all (repeatable).
-        #[arg(long = "service", required = true)]
+        #[arg(long = "service-roles", alias = "service", required = true)]
         services: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// List router policies.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Delete a router policy.
     Delete {
+        /// Router policy name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -260,8 +306,8 @@ enum RouterPolicyCmd {
 enum RouterCmd {
     /// List routers.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -296,8 +342,8 @@ fn join<T: std::fmt::Display>(v: &[T], prefix: &str) -> String {
         .join(",")
 }
 
-fn print(resp: AdminResponse, json: bool) -> Result<()> {
-    if json {
+fn print(resp: AdminResponse, json: Json) -> Result<()> {
+    if json.json {
         let v = match resp {
             AdminResponse::Identities(v) => serde_json::to_string_pretty(&v)?,
             AdminResponse::Services(v) => serde_json::to_string_pretty(&v)?,
@@ -446,20 +492,25 @@ fn print(resp: AdminResponse, json: bool) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     match real_main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn real_main() -> Result<()> {
-    let cli = Cli::parse();
-    darkport_cli::init_logging(&cli.log)?;
+async fn real_main() -> Result<ExitCode> {
+    let cli: Cli = darkport_cli::config::parse()?;
+    let log = darkport_cli::init_logging(&cli.log)?;
     match cli.cmd {
+        Cmd::GenerateAssets { dir } => {
+            use clap::CommandFactory;
+            darkport_cli::generate_assets(Cli::command(), &dir)
+                .with_context(|| format!("cannot write to {}", dir.display()))?;
+        }
         Cmd::Init {
             dir,
             advertise,
@@ -482,7 +533,12 @@ async fn real_main() -> Result<()> {
                 dir.data_dir.display()
             );
         }
-        Cmd::Run { dir, listen } => {
+        Cmd::Run(RunArgs {
+            dir,
+            listen,
+            metrics: metrics_args,
+            ..
+        }) => {
             let dd = DataDir::new(&dir.data_dir);
             let config = dd.load_config()?;
             let listen = match listen {
@@ -502,23 +558,38 @@ async fn real_main() -> Result<()> {
             // its key and the config load (run loads them again).
             dd.load_config()?;
             dd.load_ca()?;
-            let signal = darkport_transport::endpoint::shutdown_signal();
+            let metrics = darkport_controller::metrics::Metrics::default();
+            let mut registry = prometheus_client::registry::Registry::with_prefix("darkport");
+            metrics.register(&mut registry);
+            let ready = metrics.clone();
+            let health = darkport_cli::health::Health {
+                registry,
+                ready: Box::new(move || ready.ready()),
+                refresh: vec![],
+            };
+            darkport_cli::health::start(&metrics_args, health, std::future::pending()).await?;
+            let reload = darkport_cli::reload_on_hangup::<Cli>(log, |c| &c.log, |_| {});
+            let signal = darkport_transport::endpoint::shutdown_signal(reload);
             darkport_cli::notify_ready();
             let stopping = async move {
                 signal.await;
                 darkport_cli::notify_stopping();
             };
-            darkport_controller::run(dd, socket, stopping).await?;
+            darkport_controller::run_with_metrics(dd, socket, stopping, metrics).await?;
         }
         Cmd::Identity(IdentityCmd::Create {
             name: n,
+            kind,
             router,
             roles,
             token_out,
             token_ttl,
             admin,
         }) => {
-            let kind = if router { Kind::Router } else { Kind::Client };
+            let kind = match (kind, router) {
+                (KindArg::Router, _) | (_, true) => Kind::Router,
+                (KindArg::Client, false) => Kind::Client,
+            };
             let req = AdminRequest::CreateIdentity {
                 name: name(&n)?,
                 kind,
@@ -625,7 +696,7 @@ async fn real_main() -> Result<()> {
             eprintln!("revoked identity {n}; routers refuse it and close its connections");
         }
         Cmd::Policy(PolicyCmd::Explain {
-            identity,
+            client,
             service,
             json,
             admin,
@@ -633,12 +704,17 @@ async fn real_main() -> Result<()> {
             let resp = call(
                 &admin,
                 AdminRequest::Explain {
-                    identity: name(&identity)?,
+                    identity: name(&client)?,
                     service,
                 },
             )
             .await?;
-            print(resp, json)?
+            let denied = matches!(&resp, AdminResponse::Explanation(e) if !e.allowed);
+            print(resp, json)?;
+            if denied {
+                // Scripts can test the answer: exit status 1 for DENIED.
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Cmd::RouterPolicy(RouterPolicyCmd::Create {
             name: n,
@@ -665,5 +741,16 @@ async fn real_main() -> Result<()> {
             print(call(&admin, AdminRequest::Audit { limit }).await?, json)?
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        darkport_cli::assert_cli_documented(Cli::command());
+    }
 }

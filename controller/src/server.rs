@@ -37,6 +37,7 @@ use darkport_transport::{close_code, stream_code, unix_now};
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
+use crate::metrics::{result_label, Metrics};
 use crate::store::{
     audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError, TokenRecord,
 };
@@ -141,6 +142,7 @@ struct Ctx {
     report_persist: RateLimit<IdentityName>,
     /// Lines about refused peers and bad requests.
     refusals: Arc<LogBudget>,
+    metrics: Metrics,
 }
 
 /// What the controller knows of a connected router.
@@ -179,6 +181,16 @@ pub async fn run(
     socket: UdpSocket,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with_metrics(dir, socket, shutdown, Metrics::default()).await
+}
+
+/// [`run`], counting into `metrics` (and telling its readiness).
+pub async fn run_with_metrics(
+    dir: DataDir,
+    socket: UdpSocket,
+    shutdown: impl Future<Output = ()>,
+    metrics: Metrics,
+) -> Result<(), ServerError> {
     let config = dir.load_config()?;
     let ca = dir.load_ca()?;
     let ca_fingerprint = crate::datadir::pem_fingerprint(&ca.cert_pem)?;
@@ -194,7 +206,19 @@ pub async fn run(
         return Err(DataDirError::NotInitialized(dir.root().to_path_buf()).into());
     }
     let store = Store::open(&dir.state()).map_err(DataDirError::from)?;
+    {
+        let m = metrics.clone();
+        store.observe(Box::new(move |op, took| m.store_op(op, took)));
+    }
+    let expiry = |der: &rustls::pki_types::CertificateDer<'_>| {
+        tls::cert_validity(der).map_or(0, |(_, not_after)| not_after)
+    };
+    metrics.set_expiries(
+        identity.chain.first().map_or(0, expiry),
+        expiry(&identity.ca),
+    );
     let ctx = Arc::new(Ctx {
+        metrics: metrics.clone(),
         store,
         ca,
         ca_fingerprint,
@@ -235,6 +259,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut tasks = JoinSet::new();
     tasks.spawn(report_suppressed(ctx.refusals.clone(), "refusals"));
+    metrics.set_ready(true);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -261,6 +286,7 @@ pub async fn run(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    metrics.set_ready(false);
     endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
     tasks.shutdown().await;
     Ok(())
@@ -468,10 +494,16 @@ async fn handle_stream(
             ),
         )),
         Ok(req) => match (req.body, &peer) {
-            (ControlBody::Enroll(e), _) => respond(enroll(&ctx, remote.ip(), e), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem }),
+            (ControlBody::Enroll(e), _) => {
+                let r = enroll(&ctx, remote.ip(), e);
+                ctx.metrics.enrollment(result_label(&r));
+                respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
+            }
             (ControlBody::Admin(a), Some(p)) if p.kind == Kind::Admin => {
                 info!(admin = %p.name, request = ?a, "admin request");
-                respond(admin(&ctx, &p.name, a), ControlResponse::Admin)
+                let r = admin(&ctx, &p.name, a);
+                ctx.metrics.admin(result_label(&r));
+                respond(r, ControlResponse::Admin)
             }
             (ControlBody::RouterSync { advertise }, Some(p)) if p.kind == Kind::Router => {
                 router_sync(&ctx, p, advertise, &mut send).await;
@@ -479,7 +511,9 @@ async fn handle_stream(
             }
             (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(list_routers(&ctx, Some(p))),
             (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
-                respond(renew(&ctx, p, &csr_der), |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
+                let r = renew(&ctx, p, &csr_der);
+                ctx.metrics.renewal(result_label(&r));
+                respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
             }
             (ControlBody::RouterReport(r), Some(p)) if p.kind == Kind::Router => {
                 respond(router_report(&ctx, p, r), |()| ControlResponse::Ack)
@@ -1108,6 +1142,7 @@ async fn router_sync(
             clients: vec![],
         },
     );
+    ctx.metrics.set_routers_online(ctx.online.len());
     info!(router = %peer.name, %advertise, "router connected");
     let mut rx = ctx.store.subscribe();
     loop {
@@ -1145,6 +1180,7 @@ async fn router_sync(
     }
     ctx.online
         .remove_if(&peer.name, |_, p| p.session == session);
+    ctx.metrics.set_routers_online(ctx.online.len());
     info!(router = %peer.name, "router disconnected");
 }
 

@@ -184,7 +184,12 @@ struct Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     snapshots: watch::Sender<Arc<PolicySnapshot>>,
+    /// Told how long each database operation took ("commit", "audit").
+    observer: std::sync::OnceLock<Observer>,
 }
+
+/// Receives the duration of each database operation.
+pub type Observer = Box<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -204,7 +209,23 @@ impl Store {
                 state: Arc::new(state),
             }),
             snapshots,
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports the time of each database operation to `observer` (once;
+    /// later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn timed<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f();
+        if let Some(o) = self.observer.get() {
+            o(op, start.elapsed());
+        }
+        out
     }
 
     /// Opens the SQLite state database at `path` (created 0600 if absent).
@@ -244,9 +265,9 @@ impl Store {
             next.version += 1;
         }
         let inner = &mut *guard;
-        inner
-            .backend
-            .commit(&inner.state, &next, audit.as_slice())?;
+        self.timed("commit", || {
+            inner.backend.commit(&inner.state, &next, audit.as_slice())
+        })?;
         inner.state = Arc::new(next);
         if bump {
             self.snapshots.send_replace(Arc::new(
@@ -258,7 +279,7 @@ impl Store {
 
     /// The newest audit entries.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        self.lock().backend.audit(limit)
+        self.timed("audit", || self.lock().backend.audit(limit))
     }
 
     /// Subscribes to policy snapshots.

@@ -139,6 +139,8 @@ pub struct Client {
     refill: tokio::sync::Mutex<()>,
     /// Background work (renewal), stopped when the client is dropped.
     tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Dials so far, by result ([`DialError::kind_str`] or "ok").
+    dials: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Drop for Client {
@@ -196,6 +198,7 @@ impl Client {
             pool,
             refill: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(tasks),
+            dials: Mutex::default(),
         })
     }
 
@@ -256,6 +259,32 @@ impl Client {
     }
 
     async fn dial_with(
+        &self,
+        service: &str,
+        early: Option<&mut Early<'_>>,
+    ) -> Result<DialStream, DialError> {
+        let result = self.dial_inner(service, early).await;
+        let kind = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind_str(),
+        };
+        *self
+            .dials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        result
+    }
+
+    /// Dials made so far by this client, by result: "ok" or a
+    /// [`DialError::kind_str`].
+    pub fn dial_counts(&self) -> Vec<(&'static str, u64)> {
+        let d = self.dials.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    async fn dial_inner(
         &self,
         service: &str,
         mut early: Option<&mut Early<'_>>,
@@ -592,10 +621,10 @@ impl Client {
         if !self.options.routers.is_empty() {
             return;
         }
-        let fresh = self
-            .pool()
-            .fetched
-            .is_some_and(|t| t.elapsed() < ROUTER_LIST_TTL);
+        let fresh = {
+            let p = self.pool();
+            !list_stale(p.fetched, p.routers.is_empty())
+        };
         if fresh {
             return;
         }
@@ -648,6 +677,25 @@ impl Client {
         let mut p = self.options.identity_path.clone()?.into_os_string();
         p.push(".routers");
         Some(PathBuf::from(p))
+    }
+
+    /// Connects to routers now instead of at the first dial, and says which
+    /// services the routers may serve this identity (`None` when routers
+    /// were given by address, so that is not known).
+    pub async fn warm_up(&self) -> Result<Option<Vec<String>>, DialError> {
+        self.fill().await?;
+        let pool = self.pool();
+        if pool.routers.iter().any(|r| r.services.is_none()) {
+            return Ok(None);
+        }
+        let mut v: Vec<String> = pool
+            .routers
+            .iter()
+            .flat_map(|r| r.services.clone().unwrap_or_default())
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(Some(v))
     }
 
     /// Router addresses: the configured ones, or the controller's list
@@ -821,20 +869,9 @@ async fn connect(
         router: router.to_string(),
         reason,
     };
-    let addr = darkport_transport::endpoint::resolve(router)
+    darkport_transport::endpoint::connect_any(endpoint, config.clone(), router, "darkport-router")
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let connecting = endpoint
-        .connect_with(config.clone(), addr, "darkport-router")
-        .map_err(|e| fail(e.to_string()))?;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Err(_) => Err(fail(format!(
-            "no answer within {} s",
-            HANDSHAKE_TIMEOUT.as_secs()
-        ))),
-        Ok(Err(e)) => Err(fail(describe_connection_error(&e))),
-        Ok(Ok(c)) => Ok(c),
-    }
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// A connection that receives nothing for this long (two and a half
@@ -847,6 +884,20 @@ const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// A router that could not be reached is retried after this long.
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// An empty router list from the controller is asked for again this soon:
+/// the client may have started before its routers.
+const EMPTY_LIST_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether a router list fetched at `fetched` should be fetched again.
+fn list_stale(fetched: Option<Instant>, empty: bool) -> bool {
+    let ttl = if empty {
+        EMPTY_LIST_RETRY
+    } else {
+        ROUTER_LIST_TTL
+    };
+    fetched.is_none_or(|t| t.elapsed() >= ttl)
+}
 
 /// How often the pool is checked: dead connections dropped, missing ones
 /// made, a stale router list refreshed.
@@ -899,12 +950,19 @@ async fn maintain(
         }
         let live = lock(&pool, &mut retry_after);
         heard.retain(|id, _| live.iter().any(|l| l.conn.stable_id() == *id));
-        let (config, routers, stale) = {
+        let (config, routers, stale, asked) = {
             let p = pool.lock().unwrap_or_else(|e| e.into_inner());
-            let stale = p.fetched.is_none_or(|t| t.elapsed() >= ROUTER_LIST_TTL);
-            (p.config.clone(), p.routers.clone(), stale)
+            let stale = list_stale(p.fetched, p.routers.is_empty());
+            (
+                p.config.clone(),
+                p.routers.clone(),
+                stale,
+                p.fetched.is_some(),
+            )
         };
-        if routers.is_empty() {
+        // Nothing to do until a dial (or warm_up) asked for routers; an
+        // empty list is asked for again soon (routers may start later).
+        if routers.is_empty() && !(asked && stale && options.routers.is_empty()) {
             continue;
         }
         if stale && options.routers.is_empty() {

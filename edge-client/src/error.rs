@@ -118,6 +118,31 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// A stable snake_case name of the kind of failure, for metric labels
+    /// and log fields.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            DialError::UnknownService { .. } => "unknown_service",
+            DialError::NotAuthorized { .. } => "not_authorized",
+            DialError::ServiceUnreachable { .. } => "service_unreachable",
+            DialError::WrongRouter { .. } => "wrong_router",
+            DialError::LimitReached { .. } => "limit_reached",
+            DialError::Draining(_) => "draining",
+            DialError::NotReady(_) => "not_ready",
+            DialError::BadRequest(_) => "bad_request",
+            DialError::IdentityRefused { .. } => "identity_refused",
+            DialError::RouterRevoked { .. } => "router_revoked",
+            DialError::CertificateExpired { .. } => "certificate_expired",
+            DialError::NoRouters => "no_routers",
+            DialError::Router { .. } => "router_error",
+            DialError::Controller(_) => "controller_error",
+            DialError::Identity(_) => "identity_error",
+            DialError::Tls(_) => "tls_error",
+            DialError::ServiceReset { .. } => "service_reset",
+            DialError::Io(_) => "io_error",
+        }
+    }
+
     pub(crate) fn from_status(
         status: DialStatus,
         service: &str,
@@ -153,5 +178,65 @@ impl From<DialError> for std::io::Error {
             _ => K::Other,
         };
         std::io::Error::new(kind, e)
+    }
+}
+
+/// Says who ended a tunneled stream of `identity` to `service` that was
+/// reset from the router's side, and why, for the operator: a revocation is
+/// not a service failure.
+pub fn describe_remote_end(
+    end: Option<&darkport_transport::splice::RemoteEnd>,
+    identity: &str,
+    service: &str,
+) -> String {
+    use darkport_proto::codes::{CloseCode, StreamCode};
+    use darkport_transport::splice::RemoteEnd;
+    let is = |code: u64, c: StreamCode| code == u64::from(c.code());
+    match end {
+        Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code)) if is(*code, StreamCode::Cut) => {
+            format!("the router cut the stream: its policy no longer lets identity {identity} reach service {service} (revoked, deleted, or a policy changed)")
+        }
+        Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code)) if is(*code, StreamCode::Reset) => {
+            "the service reset the connection (the router carried its reset across)".into()
+        }
+        Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code)) => {
+            format!("the router reset the stream (code {code})")
+        }
+        Some(RemoteEnd::Closed { code, reason }) => {
+            let who = match CloseCode::from_code(*code) {
+                Some(CloseCode::Done) => "the router shut down the connection",
+                _ => "the router closed the connection",
+            };
+            format!("{who}: {reason}")
+        }
+        Some(RemoteEnd::Lost(why)) => format!("the connection to the router was lost: {why}"),
+        None => "the router side reset the stream".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use darkport_transport::splice::RemoteEnd;
+
+    #[test]
+    fn remote_ends_say_who() {
+        let revoked = RemoteEnd::Closed {
+            code: 4,
+            reason: "identity app-2 is not known to the controller (deleted or revoked)".into(),
+        };
+        let d = |e| describe_remote_end(Some(e), "app-2", "fluentd");
+        let s = d(&revoked);
+        assert!(
+            s.starts_with("the router closed the connection: identity app-2"),
+            "{s}"
+        );
+        let s = d(&RemoteEnd::Reset(2));
+        assert!(s.contains("router cut the stream"), "{s}");
+        assert!(s.contains("identity app-2 reach service fluentd"), "{s}");
+        let s = d(&RemoteEnd::Reset(1));
+        assert!(s.contains("service reset"), "{s}");
+        let s = d(&RemoteEnd::Lost("timed out".into()));
+        assert!(s.contains("lost: timed out"), "{s}");
     }
 }

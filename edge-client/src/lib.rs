@@ -33,7 +33,7 @@ pub mod forward;
 pub mod stream;
 
 pub use client::{Client, ClientOptions, RouterConnection};
-pub use error::DialError;
+pub use error::{describe_remote_end, DialError};
 pub use stream::DialStream;
 
 pub use darkport_transport::enroll::{enroll, read_token, EnrollError};

@@ -27,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write man1/ and completions/ into.
+        dir: PathBuf,
+    },
     /// Redeem an enrollment token; the key pair is made here.
     Enroll {
         /// Token text, or a file holding it.
@@ -37,31 +43,127 @@ enum Cmd {
         identity: PathBuf,
     },
     /// Expose services on local TCP ports.
-    Run {
-        /// Identity file from `enroll`.
-        #[arg(long)]
-        identity: PathBuf,
-        /// LOCAL_ADDR=SERVICE, e.g. 127.0.0.1:24224=fluentd (repeatable).
-        #[arg(long = "forward", required = true)]
-        forwards: Vec<String>,
-        /// Router HOST:PORT to use instead of asking the controller (repeatable).
-        #[arg(long = "router")]
-        routers: Vec<String>,
-        /// On SIGTERM or Ctrl-C: stop accepting local connections and let
-        /// the open ones finish for up to this long, then reset the rest.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        grace_period: std::time::Duration,
-    },
+    Run(RunArgs),
     /// Connect stdin/stdout to a service, like nc (usable as ssh ProxyCommand).
     Dial {
+        /// The service to reach.
         service: String,
         /// Identity file from `enroll`.
-        #[arg(long)]
+        #[arg(long, env = "DARKPORT_IDENTITY")]
         identity: PathBuf,
         /// Router HOST:PORT to use instead of asking the controller (repeatable).
         #[arg(long = "router")]
         routers: Vec<String>,
     },
+}
+
+/// The settings of `run`; each is also a key of the config file.
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: darkport_cli::config::ConfigArgs,
+    #[command(flatten)]
+    metrics: darkport_cli::health::MetricsArgs,
+    /// Identity file from `enroll`.
+    #[arg(long, env = "DARKPORT_IDENTITY")]
+    identity: PathBuf,
+    /// LOCAL_ADDR=SERVICE, e.g. 127.0.0.1:24224=fluentd (repeatable;
+    /// in a config file, a list).
+    #[arg(long = "forward", required = true)]
+    forwards: Vec<String>,
+    /// Router HOST:PORT to use instead of asking the controller
+    /// (repeatable; in a config file, a list).
+    #[arg(long = "router")]
+    routers: Vec<String>,
+    /// On SIGTERM or Ctrl-C: stop accepting local connections and let
+    /// the open ones finish for up to this long, then reset the rest.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    grace_period: std::time::Duration,
+}
+
+/// The client's metrics: read from the SDK's counters at each scrape.
+fn client_health(client: Arc<Client>) -> darkport_cli::health::Health {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::{Registry, Unit};
+    use std::sync::atomic::AtomicU64;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Result_ {
+        result: &'static str,
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Router {
+        router: String,
+    }
+    let dials = Family::<Result_, Counter>::default();
+    let conns = Gauge::<i64>::default();
+    let rtt = Family::<Router, Gauge<f64, AtomicU64>>::default();
+    let expiry = Gauge::<i64>::default();
+    let mut registry = Registry::with_prefix("darkport");
+    {
+        let r = registry.sub_registry_with_prefix("client");
+        r.register(
+            "dials",
+            "Dials by result (ok, or the kind of failure)",
+            dials.clone(),
+        );
+        r.register(
+            "router_connections",
+            "Router connections open now",
+            conns.clone(),
+        );
+        r.register_with_unit(
+            "router_rtt",
+            "Round-trip time estimate, by router connection",
+            Unit::Seconds,
+            rtt.clone(),
+        );
+    }
+    registry.register_with_unit(
+        "certificate_expiry_timestamp",
+        "When this component's certificate expires, Unix time",
+        Unit::Seconds,
+        expiry.clone(),
+    );
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<&'static str, u64>::new());
+    let c = client.clone();
+    let refresh = move || {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (result, n) in c.dial_counts() {
+            let before = seen.insert(result, n).unwrap_or(0);
+            dials
+                .get_or_create(&Result_ { result })
+                .inc_by(n.saturating_sub(before));
+        }
+        let live = c.connections();
+        conns.set(live.len() as i64);
+        rtt.clear();
+        for l in &live {
+            rtt.get_or_create(&Router {
+                router: l.router.clone(),
+            })
+            .set(l.rtt.as_secs_f64());
+        }
+        if let Some(leaf) = c.identity().chain.first() {
+            if let Ok((_, not_after)) = darkport_transport::tls::cert_validity(leaf) {
+                expiry.set(i64::try_from(not_after).unwrap_or(i64::MAX));
+            }
+        }
+    };
+    darkport_cli::health::Health {
+        registry,
+        ready: Box::new(move || {
+            if client.connections().is_empty() {
+                Err("no router connection".into())
+            } else {
+                Ok(())
+            }
+        }),
+        refresh: vec![Box::new(refresh)],
+    }
 }
 
 fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
@@ -77,21 +179,39 @@ fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
 /// One thread: the client's router connection and every stream on it share
 /// a core, with no cross-thread wake-up per packet (measured: bulk 1.29x
 /// -> 1.62x stunnel, CPU per GiB down 17%; docs/benchmarks.md).
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    match real_main().await {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(real_main());
+    // `dial` reads stdin on a blocking thread; when the tunnel ends first,
+    // that read may never return (stdin still open). Do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn real_main() -> Result<()> {
-    let cli = Cli::parse();
-    darkport_cli::init_logging(&cli.log)?;
+    let cli: Cli = darkport_cli::config::parse()?;
+    let log = darkport_cli::init_logging(&cli.log)?;
     match cli.cmd {
+        Cmd::GenerateAssets { dir } => {
+            use clap::CommandFactory;
+            darkport_cli::generate_assets(Cli::command(), &dir)
+                .with_context(|| format!("cannot write to {}", dir.display()))?;
+        }
         Cmd::Enroll { token, identity } => {
             let file = enroll(&read_token(&token)?, Kind::Client, &identity).await?;
             println!(
@@ -100,26 +220,22 @@ async fn real_main() -> Result<()> {
                 identity.display()
             );
         }
-        Cmd::Run {
-            identity,
-            forwards,
-            routers,
-            grace_period,
-        } => {
-            let forwards = forwards
+        Cmd::Run(args) => {
+            let forwards = args
+                .forwards
                 .iter()
                 .map(|f| parse_forward(f))
                 .collect::<Result<Vec<_>>>()?;
             let client = Arc::new(Client::from_identity_file(
-                &identity,
+                &args.identity,
                 ClientOptions {
-                    routers,
+                    routers: args.routers.clone(),
                     ..Default::default()
                 },
             )?);
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut tasks = tokio::task::JoinSet::new();
-            for (addr, service) in forwards {
+            for (addr, service) in &forwards {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr}"))?;
@@ -130,14 +246,39 @@ async fn real_main() -> Result<()> {
                 tasks.spawn(edge_client::forward::forward_draining(
                     client.clone(),
                     listener,
-                    service,
+                    service.clone(),
                     stopped,
-                    grace_period,
+                    args.grace_period,
                 ));
             }
+            darkport_cli::health::start(
+                &args.metrics,
+                client_health(client.clone()),
+                std::future::pending(),
+            )
+            .await?;
+            // Connect now, and say at once if a forwarded service cannot
+            // be reached (not only at the first connection).
+            let warm = client.clone();
+            tokio::spawn(async move {
+                match warm.warm_up().await {
+                    Ok(Some(served)) => {
+                        for (addr, service) in &forwards {
+                            if !served.iter().any(|s| s == service) {
+                                tracing::warn!(%addr, %service, "no router serves service {service:?} to this identity: the controller knows no such service, or no policy lets this identity dial it, or no router policy covers it; check with darkport-controller policy explain");
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot connect to a router yet (will keep trying): {e}")
+                    }
+                }
+            });
             // Signals are handled from here on; every forward port is
             // bound: ready, for systemd.
-            let signal = darkport_transport::endpoint::shutdown_signal();
+            let reload = darkport_cli::reload_on_hangup::<Cli>(log, |c| &c.log, |_| {});
+            let signal = darkport_transport::endpoint::shutdown_signal(reload);
             darkport_cli::notify_ready();
             signal.await;
             darkport_cli::notify_stopping();
@@ -176,10 +317,28 @@ async fn real_main() -> Result<()> {
                     return Err(anyhow!("local input/output failed; the stream was reset"))
                 }
                 Ending::RemoteReset | Ending::Cancelled => {
-                    return Err(anyhow!("the service side reset the connection"))
+                    return Err(anyhow!(
+                        "{}",
+                        edge_client::describe_remote_end(
+                            stats.remote.as_ref(),
+                            client.identity().name.as_str(),
+                            &service
+                        )
+                    ))
                 }
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        darkport_cli::assert_cli_documented(Cli::command());
+    }
 }

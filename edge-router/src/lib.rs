@@ -19,10 +19,12 @@
 //! - [`sync`]: the control session: registration, snapshots, reports.
 //! - [`listener`]: accepting clients and handling dial streams.
 //! - [`cache`]: the on-disk snapshot.
+//! - [`metrics`]: counters and readiness for `--metrics-listen`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod listener;
+pub mod metrics;
 pub mod sync;
 
 use std::future::Future;
@@ -43,7 +45,7 @@ use tokio::sync::watch;
 #[non_exhaustive]
 pub enum RouterError {
     /// The identity is not a router identity.
-    #[error("identity {name} is a {kind} identity; the router needs a router identity (create one with darkport-controller identity create NAME --router, then darkport-edge-router enroll)")]
+    #[error("identity {name} is a {kind} identity; the router needs a router identity (create one with darkport-controller identity create NAME --kind router, then darkport-edge-router enroll)")]
     NotRouter {
         /// Identity name.
         name: String,
@@ -83,6 +85,10 @@ pub struct RouterConfig {
     /// On shutdown, how long streams in flight may go on while new dials
     /// are refused with `Draining`; then the rest are reset.
     pub grace_period: Duration,
+    /// Counters and readiness; register them to export them.
+    pub metrics: Arc<metrics::RouterMetrics>,
+    /// New limits while running (a reload); `None`: fixed.
+    pub limit_updates: Option<watch::Receiver<RouterLimits>>,
 }
 
 /// Default for [`RouterConfig::grace_period`].
@@ -162,6 +168,11 @@ impl PolicyClock {
         self.live.store(live, Ordering::Release);
     }
 
+    /// Whether the control session is up now.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
     /// How old the policy is at `now` (Unix seconds).
     pub fn age(&self, now: u64) -> Duration {
         if self.live.load(Ordering::Acquire) {
@@ -200,6 +211,8 @@ impl RouterConfig {
             threads: default_threads(),
             limits: RouterLimits::for_identity(&identity),
             grace_period: GRACE_PERIOD,
+            metrics: Arc::default(),
+            limit_updates: None,
             identity,
         })
     }
@@ -258,7 +271,7 @@ pub async fn run(
             kind: config.identity.kind,
         });
     }
-    let policy_clock = Arc::new(PolicyClock::default());
+    let policy_clock = config.metrics.policy_clock.clone();
     let cached = config.snapshot_path.as_deref().and_then(cache::load);
     if let Some((s, written)) = &cached {
         policy_clock.confirm(*written);
@@ -292,7 +305,25 @@ pub async fn run(
         None => None,
     };
     let shards = darkport_transport::shards::Shards::new(config.threads, "router-conn")?;
-    let guard = listener::Guard::new(config.limits, config.grace_period, policy_clock, revoked_rx);
+    config
+        .metrics
+        .attach(snap_rx.clone(), revoked_rx.clone(), id_rx.clone());
+    let guard = listener::Guard::new(
+        config.limits,
+        config.grace_period,
+        policy_clock,
+        revoked_rx,
+        config.metrics.clone(),
+    );
+    if let Some(mut updates) = config.limit_updates.clone() {
+        let guard = guard.clone();
+        background.spawn(async move {
+            while updates.changed().await.is_ok() {
+                let limits = *updates.borrow_and_update();
+                guard.set_limits(limits);
+            }
+        });
+    }
     let result = listener::run(
         id_rx, socket, reset_key, snap_rx, clients, guard, &shards, shutdown,
     )

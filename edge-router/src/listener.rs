@@ -19,13 +19,14 @@ use darkport_proto::policy::{authorize, check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
 use darkport_transport::shards::Shards;
-use darkport_transport::splice::{splice_tcp_until, Ending};
+use darkport_transport::splice::{splice_tcp_metered, Ending};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
 use darkport_transport::budgeted_info;
 use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, LogBudget, Slot};
 
+use crate::metrics::{RouterMetrics, UNKNOWN_SERVICE};
 use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
 
 /// Time a client has to send its dial request on a new stream.
@@ -46,7 +47,8 @@ const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
 /// router's own revocation, and the budget of refusal log lines.
 #[derive(Debug)]
 pub struct Guard {
-    limits: RouterLimits,
+    /// Changeable while running (a reload).
+    limits: std::sync::Mutex<RouterLimits>,
     /// How long streams may finish after shutdown begins.
     grace_period: Duration,
     /// Set at shutdown: new dials are refused with `Draining`.
@@ -58,6 +60,7 @@ pub struct Guard {
     policy: Arc<PolicyClock>,
     revoked: RevokedRx,
     refusals: Arc<LogBudget>,
+    metrics: Arc<RouterMetrics>,
 }
 
 impl Guard {
@@ -67,9 +70,10 @@ impl Guard {
         grace_period: Duration,
         policy: Arc<PolicyClock>,
         revoked: RevokedRx,
+        metrics: Arc<RouterMetrics>,
     ) -> Arc<Guard> {
         Arc::new(Guard {
-            limits,
+            limits: std::sync::Mutex::new(limits),
             grace_period,
             draining: AtomicBool::new(false),
             conns: Caps::new(
@@ -83,7 +87,32 @@ impl Guard {
             policy,
             revoked,
             refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
+            metrics,
         })
+    }
+
+    /// Applies new limits: new connections and streams see them; those
+    /// already open stay.
+    pub fn set_limits(&self, new: RouterLimits) {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if *limits != new {
+            info!(
+                max_connections_per_identity = new.max_connections_per_identity,
+                max_streams_per_identity = new.max_streams_per_identity,
+                max_policy_age_secs = new.max_policy_age.map(|d| d.as_secs()),
+                "limits reloaded"
+            );
+        }
+        self.conns.set_per_key(new.max_connections_per_identity);
+        self.streams.set_per_key(new.max_streams_per_identity);
+        *limits = new;
+    }
+
+    fn max_policy_age(&self) -> Option<Duration> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_policy_age
     }
 
     fn revoked(&self) -> Option<String> {
@@ -161,6 +190,7 @@ pub async fn run(
 /// finish for at most the grace period.
 async fn drain(endpoint: &quinn::Endpoint, guard: &Guard, conns: &mut JoinSet<()>) {
     guard.draining.store(true, Ordering::Release);
+    guard.metrics.set_draining();
     // New dials on open connections are answered `Draining`, and new
     // handshakes are refused (below), so clients move to another router
     // at once.
@@ -272,6 +302,7 @@ async fn handle_connection(
         }
     };
     let mut revoked = guard.revoked.clone();
+    let _open = guard.metrics.connection_open(peer.kind);
     info!(%remote, %peer, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
@@ -423,6 +454,9 @@ async fn handle_stream(
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 budgeted_info!(guard.refusals, %peer, "refused dial: bad request: {e}");
+                guard
+                    .metrics
+                    .dial(UNKNOWN_SERVICE.into(), DialStatus::BadRequest);
                 refuse(&mut send, &mut recv, DialStatus::BadRequest, e.to_string()).await;
                 return;
             }
@@ -432,6 +466,7 @@ async fn handle_stream(
                 return;
             }
         };
+    let label = RouterMetrics::service_label(&snapshots, &req.service);
     let _slot = match slot {
         Ok(slot) => slot,
         Err(cap) => {
@@ -440,16 +475,18 @@ async fn handle_stream(
                 peer.name
             );
             budgeted_info!(guard.refusals, %peer, service = ?req.service, "refused dial: {message}");
+            guard.metrics.dial(label, DialStatus::LimitReached);
             refuse(&mut send, &mut recv, DialStatus::LimitReached, message).await;
             return;
         }
     };
     if guard.draining.load(Ordering::Acquire) {
         let message = format!("router {router} is shutting down; dial through another router");
+        guard.metrics.dial(label, DialStatus::Draining);
         refuse(&mut send, &mut recv, DialStatus::Draining, message).await;
         return;
     }
-    let decision = check_policy_age(guard.policy.age(unix_now()), guard.limits.max_policy_age)
+    let decision = check_policy_age(guard.policy.age(unix_now()), guard.max_policy_age())
         .map_err(|message| DialResponse {
             status: DialStatus::NotReady,
             message,
@@ -459,20 +496,24 @@ async fn handle_stream(
         Ok(a) => a,
         Err(resp) => {
             budgeted_info!(guard.refusals, %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            guard.metrics.dial(label, resp.status);
             refuse(&mut send, &mut recv, resp.status, resp.message).await;
             return;
         }
     };
-    let tcp = match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&address))
-        .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return unreachable(&peer, &req, &address, &e.to_string(), send, recv).await,
-        Err(_) => {
-            let why = format!("no answer within {} s", SERVICE_CONNECT_TIMEOUT.as_secs());
-            return unreachable(&peer, &req, &address, &why, send, recv).await;
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
+                return unreachable(&peer, &req, &address, &e.to_string(), send, recv).await;
+            }
+            Err(_) => {
+                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
+                let why = format!("no answer within {} s", SERVICE_CONNECT_TIMEOUT.as_secs());
+                return unreachable(&peer, &req, &address, &why, send, recv).await;
+            }
+        };
     // If the router dies from here on, the service sees a reset.
     darkport_transport::splice::abort_on_drop(&tcp);
     let ok = DialResponse {
@@ -485,6 +526,19 @@ async fn handle_stream(
         return;
     }
     debug!(%peer, service = ?req.service, %address, "dial accepted");
+    guard.metrics.dial_ok(&label, started.elapsed());
+    let _active = guard.metrics.stream_open();
+    let (to_service, to_client) = guard.metrics.byte_counters(&label);
+    // The splice's local side is the service: what it sends goes to the
+    // client.
+    let meter = darkport_transport::splice::Meter {
+        sent: &move |n| {
+            to_client.inc_by(n);
+        },
+        received: &move |n| {
+            to_service.inc_by(n);
+        },
+    };
     let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
     let watch_policy = {
         let (router, peer, service) = (router.clone(), peer.clone(), req.service.clone());
@@ -493,7 +547,7 @@ async fn handle_stream(
             let _ = cut_tx.send(reason);
         }
     };
-    let stats = splice_tcp_until(tcp, send, recv, watch_policy).await;
+    let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
     let (ended, reason) = match stats.ending {
         Ending::Clean => ("clean", String::new()),
         Ending::LocalReset => ("service_reset", String::new()),

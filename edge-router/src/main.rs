@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use darkport_cli::health::Health;
+use prometheus_client::registry::Registry;
 
-use darkport_edge_router::{run, RouterConfig};
+use darkport_edge_router::{run, RouterConfig, RouterLimits};
 use darkport_proto::identity::Kind;
 use darkport_transport::enroll::{enroll, read_token};
 
@@ -25,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write man1/ and completions/ into.
+        dir: PathBuf,
+    },
     /// Redeem an enrollment token; the key pair is made here.
     Enroll {
         /// Token text, or a file holding it.
@@ -35,41 +43,62 @@ enum Cmd {
         identity: PathBuf,
     },
     /// Accept clients and carry their streams to services.
-    Run {
-        /// Identity file from `enroll`.
-        #[arg(long)]
-        identity: PathBuf,
-        /// UDP address to listen on.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// HOST:PORT clients use to reach this router (default: --listen).
-        /// The last policy snapshot is kept in IDENTITY.snapshot, and the
-        /// certificate is renewed in IDENTITY automatically.
-        #[arg(long)]
-        advertise: Option<String>,
-        /// Threads carrying client connections; each connection and its
-        /// streams stay on one thread (default: one per core).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-        threads: Option<u16>,
-        /// Concurrent QUIC connections one client identity may hold here.
-        #[arg(long, default_value_t = darkport_edge_router::MAX_CONNECTIONS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-        max_connections_per_identity: usize,
-        /// Concurrent streams (tunneled connections) one client identity
-        /// may hold here, across its connections; more are refused with
-        /// LimitReached.
-        #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-        max_streams_per_identity: usize,
-        /// Refuse new dials once the controller has not been heard from
-        /// for this long (e.g. "7d", "12h"; "0" never refuses). Default:
-        /// the lifetime of the router's certificate.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        max_policy_age: Option<std::time::Duration>,
-        /// On SIGTERM or Ctrl-C: refuse new dials with "draining" (clients
-        /// move to another router at once) and let streams in flight go on
-        /// for up to this long, then reset the rest.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-        grace_period: std::time::Duration,
-    },
+    Run(Box<RunArgs>),
+}
+
+/// The settings of `run`; each is also a key of the config file.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: darkport_cli::config::ConfigArgs,
+    #[command(flatten)]
+    metrics: darkport_cli::health::MetricsArgs,
+    /// Identity file from `enroll`.
+    #[arg(long, env = "DARKPORT_IDENTITY")]
+    identity: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, env = "DARKPORT_LISTEN")]
+    listen: SocketAddr,
+    /// HOST:PORT clients use to reach this router (default: --listen).
+    /// The last policy snapshot is kept in IDENTITY.snapshot, and the
+    /// certificate is renewed in IDENTITY automatically.
+    #[arg(long, env = "DARKPORT_ADVERTISE")]
+    advertise: Option<String>,
+    /// Threads carrying client connections; each connection and its
+    /// streams stay on one thread (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// Concurrent QUIC connections one client identity may hold here
+    /// (reloaded on SIGHUP).
+    #[arg(long, default_value_t = darkport_edge_router::MAX_CONNECTIONS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections_per_identity: usize,
+    /// Concurrent streams (tunneled connections) one client identity
+    /// may hold here, across its connections; more are refused with
+    /// LimitReached (reloaded on SIGHUP).
+    #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_streams_per_identity: usize,
+    /// Refuse new dials once the controller has not been heard from
+    /// for this long (e.g. "7d", "12h"; "0" never refuses). Default:
+    /// the lifetime of the router's certificate (reloaded on SIGHUP).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_policy_age: Option<std::time::Duration>,
+    /// On SIGTERM or Ctrl-C: refuse new dials with "draining" (clients
+    /// move to another router at once) and let streams in flight go on
+    /// for up to this long, then reset the rest.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    grace_period: std::time::Duration,
+}
+
+impl RunArgs {
+    /// The limits these settings ask for, over `base`.
+    fn limits(&self, mut base: RouterLimits) -> RouterLimits {
+        base.max_connections_per_identity = self.max_connections_per_identity;
+        base.max_streams_per_identity = self.max_streams_per_identity;
+        if let Some(age) = self.max_policy_age {
+            base.max_policy_age = (!age.is_zero()).then_some(age);
+        }
+        base
+    }
 }
 
 /// The main thread accepts connections and talks to the controller;
@@ -79,16 +108,21 @@ async fn main() -> std::process::ExitCode {
     match real_main().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn real_main() -> Result<()> {
-    let cli = Cli::parse();
-    darkport_cli::init_logging(&cli.log)?;
+    let cli: Cli = darkport_cli::config::parse()?;
+    let log = darkport_cli::init_logging(&cli.log)?;
     match cli.cmd {
+        Cmd::GenerateAssets { dir } => {
+            use clap::CommandFactory;
+            darkport_cli::generate_assets(Cli::command(), &dir)
+                .with_context(|| format!("cannot write to {}", dir.display()))?;
+        }
         Cmd::Enroll { token, identity } => {
             let file = enroll(&read_token(&token)?, Kind::Router, &identity).await?;
             println!(
@@ -97,38 +131,47 @@ async fn real_main() -> Result<()> {
                 identity.display()
             );
         }
-        Cmd::Run {
-            identity,
-            listen,
-            advertise,
-            threads,
-            max_connections_per_identity,
-            max_streams_per_identity,
-            max_policy_age,
-            grace_period,
-        } => {
-            let advertise = match advertise {
-                Some(a) => a,
-                None if listen.ip().is_unspecified() => {
-                    bail!("--listen {listen} is a wildcard address; pass --advertise HOST:PORT so clients know where to connect")
+        Cmd::Run(args) => {
+            let advertise = match &args.advertise {
+                Some(a) => a.clone(),
+                None if args.listen.ip().is_unspecified() => {
+                    bail!("--listen {} is a wildcard address; pass --advertise HOST:PORT so clients know where to connect", args.listen)
                 }
-                None => listen.to_string(),
+                None => args.listen.to_string(),
             };
-            let socket = darkport_transport::endpoint::bind_udp(listen)
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let mut config = RouterConfig::from_identity_file(identity, advertise)?;
-            if let Some(n) = threads {
+            let socket = darkport_transport::endpoint::bind_udp(args.listen)
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let mut config = RouterConfig::from_identity_file(args.identity.clone(), advertise)?;
+            if let Some(n) = args.threads {
                 config.threads = n.into();
             }
-            config.limits.max_connections_per_identity = max_connections_per_identity;
-            config.limits.max_streams_per_identity = max_streams_per_identity;
-            config.grace_period = grace_period;
-            if let Some(age) = max_policy_age {
-                config.limits.max_policy_age = (!age.is_zero()).then_some(age);
-            }
+            let base = config.limits;
+            config.limits = args.limits(base);
+            config.grace_period = args.grace_period;
+            let (limits_tx, limits_rx) = tokio::sync::watch::channel(config.limits);
+            config.limit_updates = Some(limits_rx);
+            let metrics = config.metrics.clone();
+            let mut registry = Registry::with_prefix("darkport");
+            metrics.register(&mut registry);
+            let (ready, refresh) = (metrics.clone(), metrics);
+            let health = Health {
+                registry,
+                ready: Box::new(move || ready.ready()),
+                refresh: vec![Box::new(move || refresh.refresh())],
+            };
+            darkport_cli::health::start(&args.metrics, health, std::future::pending()).await?;
             // Signals are handled from here on; socket bound, identity
             // loaded: ready, for systemd.
-            let signal = darkport_transport::endpoint::shutdown_signal();
+            let reload = darkport_cli::reload_on_hangup::<Cli>(
+                log,
+                |c| &c.log,
+                move |c| {
+                    if let Cmd::Run(a) = &c.cmd {
+                        let _ = limits_tx.send(a.limits(base));
+                    }
+                },
+            );
+            let signal = darkport_transport::endpoint::shutdown_signal(reload);
             darkport_cli::notify_ready();
             let stopping = async move {
                 signal.await;
@@ -138,4 +181,15 @@ async fn real_main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        darkport_cli::assert_cli_documented(Cli::command());
+    }
 }

@@ -67,9 +67,13 @@ pub enum StreamCode {
     /// `RESET_STREAM` when no dial request arrived in time, or a client
     /// giving up on a silent router); control streams that time out.
     Refused,
-    /// The TCP side was reset or failed, or the router cut the stream
-    /// because policy no longer allows it: the peer resets its TCP side.
+    /// The TCP side was reset or failed: the peer resets its TCP side.
     Reset,
+    /// Cut on purpose: the router's policy no longer allows the stream
+    /// (revocation, a narrowed policy). The peer resets its TCP side, as
+    /// for `Reset`, and can say who cut it. Older peers treat it as
+    /// `Reset`.
+    Cut,
 }
 
 impl StreamCode {
@@ -78,6 +82,7 @@ impl StreamCode {
         match self {
             StreamCode::Refused => 0,
             StreamCode::Reset => 1,
+            StreamCode::Cut => 2,
         }
     }
 }

@@ -63,6 +63,23 @@ pub enum DialStatus {
     Draining,
 }
 
+impl DialStatus {
+    /// A stable snake_case name, for metric labels and log fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialStatus::Ok => "ok",
+            DialStatus::UnknownService => "unknown_service",
+            DialStatus::NotAuthorized => "not_authorized",
+            DialStatus::ServiceUnreachable => "service_unreachable",
+            DialStatus::BadRequest => "bad_request",
+            DialStatus::NotReady => "not_ready",
+            DialStatus::WrongRouter => "wrong_router",
+            DialStatus::LimitReached => "limit_reached",
+            DialStatus::Draining => "draining",
+        }
+    }
+}
+
 /// The router's answer to a [`DialRequest`], sent before any payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -286,6 +303,22 @@ pub enum ControlErrorCode {
     /// The identity that made the request was revoked or deleted: it can
     /// never be used again (a router that gets this stops serving).
     Revoked,
+}
+
+impl ControlErrorCode {
+    /// A stable snake_case name, for metric labels and log fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlErrorCode::BadRequest => "bad_request",
+            ControlErrorCode::Forbidden => "forbidden",
+            ControlErrorCode::NotFound => "not_found",
+            ControlErrorCode::AlreadyExists => "already_exists",
+            ControlErrorCode::TokenRejected => "token_rejected",
+            ControlErrorCode::Internal => "internal",
+            ControlErrorCode::RateLimited => "rate_limited",
+            ControlErrorCode::Revoked => "revoked",
+        }
+    }
 }
 
 /// Successful admin results.

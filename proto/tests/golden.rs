@@ -139,6 +139,7 @@ fn close_and_stream_codes() {
     assert_eq!(CloseCode::from_code(7), None);
     assert_eq!(StreamCode::Refused.code(), 0);
     assert_eq!(StreamCode::Reset.code(), 1);
+    assert_eq!(StreamCode::Cut.code(), 2);
 }
 
 /// docs/protocol.md, section 6.5.

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fluent;
+pub mod ops;
 pub mod soak;
 
 use std::net::SocketAddr;

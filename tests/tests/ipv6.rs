@@ -92,3 +92,36 @@ async fn the_whole_flow_works_over_ipv6() {
     router.abort();
     controller.abort();
 }
+
+/// A router name that resolves to several addresses is reached on
+/// whichever answers, not only the first: here the first two are bound but
+/// silent (a dead host of the name), the third is the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_address_of_a_router_name_is_tried() {
+    if !ipv6_loopback() {
+        return;
+    }
+    let fx = darkport_tests::Fixture::start().await.expect("fixture");
+    let app = fx.enroll("app-1", Kind::Client, &[]).await.expect("app");
+    let id = darkport_transport::identity::Identity::load(&app).expect("identity");
+    let config = darkport_transport::tls::client_config(
+        Some(&id),
+        darkport_transport::tls::Trust::Ca(id.ca.clone()),
+        Kind::Router,
+        darkport_proto::ALPN_DATA,
+    )
+    .expect("config");
+    let silent_v6 = std::net::UdpSocket::bind("[::1]:0").expect("bind");
+    let silent_v4 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let endpoint = darkport_transport::endpoint::client(None).expect("endpoint");
+    let addrs = vec![
+        silent_v6.local_addr().expect("addr"),
+        silent_v4.local_addr().expect("addr"),
+        fx.router_addr,
+    ];
+    let conn =
+        darkport_transport::endpoint::connect_addrs(&endpoint, config, addrs, "darkport-router")
+            .await
+            .expect("the router is reached on the name's third address");
+    assert_eq!(conn.remote_address().port(), fx.router_addr.port());
+}

@@ -60,23 +60,18 @@ pub async fn connect(
         addr: addr.to_string(),
         source,
     };
-    let sock = crate::endpoint::resolve(addr).await.map_err(io)?;
-    let connecting = endpoint
-        .connect_with(config, sock, "darkport-controller")
-        .map_err(|e| ControlClientError::Connection {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Err(_) => Err(ControlClientError::Timeout {
+    use crate::endpoint::ConnectError;
+    match crate::endpoint::connect_any(endpoint, config, addr, "darkport-controller").await {
+        Ok(conn) => Ok(conn),
+        Err(ConnectError::Resolve(e)) => Err(io(e)),
+        Err(ConnectError::Timeout { .. }) => Err(ControlClientError::Timeout {
             addr: addr.to_string(),
             secs: HANDSHAKE_TIMEOUT.as_secs(),
         }),
-        Ok(Err(e)) => Err(ControlClientError::Connection {
+        Err(e) => Err(ControlClientError::Connection {
             addr: addr.to_string(),
-            reason: crate::describe_connection_error(&e),
+            reason: e.to_string(),
         }),
-        Ok(Ok(conn)) => Ok(conn),
     }
 }
 

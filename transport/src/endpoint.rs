@@ -193,6 +193,114 @@ pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     })
 }
 
+/// Every address `host:port` resolves to, in the resolver's order.
+pub async fn resolve_all(addr: &str) -> std::io::Result<Vec<SocketAddr>> {
+    let all: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    if all.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        ));
+    }
+    Ok(all)
+}
+
+/// Time between connection attempts to the addresses of one name (RFC 8305
+/// "Happy Eyeballs" recommends 250 ms).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Why [`connect_any`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The name did not resolve.
+    #[error("{0}")]
+    Resolve(std::io::Error),
+    /// No address completed a handshake within [`HANDSHAKE_TIMEOUT`].
+    #[error("no answer within {} s (tried {tried})", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout {
+        /// The addresses tried.
+        tried: String,
+    },
+    /// Every address failed; the last failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Connects to `addr` (`host:port`), trying every address it resolves to,
+/// not only the first: a new attempt starts every [`ATTEMPT_DELAY`] until
+/// one completes its handshake, and the first to complete wins (the others
+/// are dropped). All within [`HANDSHAKE_TIMEOUT`].
+pub async fn connect_any(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: &str,
+    server_name: &str,
+) -> Result<quinn::Connection, ConnectError> {
+    let addrs = resolve_all(addr).await.map_err(ConnectError::Resolve)?;
+    connect_addrs(endpoint, config, addrs, server_name).await
+}
+
+/// [`connect_any`] over addresses already resolved.
+pub async fn connect_addrs(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addrs: Vec<SocketAddr>,
+    server_name: &str,
+) -> Result<quinn::Connection, ConnectError> {
+    let tried = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut pending = addrs.into_iter();
+    let mut next_start = tokio::time::Instant::now();
+    loop {
+        if let Some(sock) = (tokio::time::Instant::now() >= next_start)
+            .then(|| pending.next())
+            .flatten()
+        {
+            match endpoint.connect_with(config.clone(), sock, server_name) {
+                Ok(connecting) => {
+                    attempts.spawn(connecting);
+                }
+                Err(e) => last = Some(format!("{sock}: {e}")),
+            }
+            next_start = tokio::time::Instant::now() + ATTEMPT_DELAY;
+            continue;
+        }
+        if attempts.is_empty() && pending.len() == 0 {
+            return Err(ConnectError::Failed(
+                last.unwrap_or_else(|| "no address to try".into()),
+            ));
+        }
+        let wake = if pending.len() > 0 {
+            next_start.min(deadline)
+        } else {
+            deadline
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ConnectError::Timeout { tried });
+                }
+            }
+            Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => {
+                    last = Some(crate::describe_connection_error(&e));
+                    // A failure starts the next attempt at once.
+                    next_start = tokio::time::Instant::now();
+                }
+                Err(e) => last = Some(e.to_string()),
+            },
+        }
+    }
+}
+
 /// Splits `host:port` without resolving it; `None` if it is not of that form.
 pub fn parse_host_port(addr: &str) -> Option<(&str, u16)> {
     let (host, port) = addr.rsplit_once(':')?;
@@ -225,14 +333,16 @@ pub async fn accept(incoming: quinn::Incoming, what: &str) -> Option<quinn::Conn
 }
 
 /// Completes on Ctrl-C or SIGTERM: the shutdown signal of every binary.
-/// SIGHUP, whose default action would end the process, is taken and
-/// logged instead: there is nothing to reload yet, and a reload must
+/// SIGHUP, whose default action would end the process, calls `on_hangup`
+/// instead (the binaries reload their settings there): a reload must
 /// never kill a router or controller.
 ///
 /// The handlers are installed when this is called, not when the future is
 /// first polled: a binary calls it before it tells systemd it is ready, so
 /// no signal can arrive in between and find the default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub fn shutdown_signal(
+    mut on_hangup: impl FnMut() + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     let handlers = {
         use tokio::signal::unix::{signal, SignalKind};
@@ -249,9 +359,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                 tokio::select! {
                     _ = int.recv() => return,
                     _ = term.recv() => return,
-                    _ = hup.recv() => {
-                        tracing::info!("SIGHUP received: nothing is reloadable yet; carrying on");
-                    }
+                    _ = hup.recv() => on_hangup(),
                 }
             }
         }

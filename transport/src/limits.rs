@@ -35,7 +35,9 @@ pub enum CapExceeded {
 /// Counted slots with a cap per key and a cap in all.
 #[derive(Debug)]
 pub struct Caps<K: Hash + Eq> {
-    per_key: usize,
+    /// Changeable while running (a reload); slots held above a lowered
+    /// cap stay until released.
+    per_key: AtomicUsize,
     global: usize,
     /// What a key is, for refusals.
     what: &'static str,
@@ -51,11 +53,16 @@ pub struct Slot<K: Hash + Eq + Clone> {
 }
 
 impl<K: Hash + Eq + Clone> Caps<K> {
+    /// Changes the per-key cap for new slots.
+    pub fn set_per_key(&self, per_key: usize) {
+        self.per_key.store(per_key, Ordering::Relaxed);
+    }
+
     /// Caps of `per_key` slots per key (a key is a `what`) and `global`
     /// slots in all.
     pub fn new(per_key: usize, global: usize, what: &'static str) -> Arc<Self> {
         Arc::new(Caps {
-            per_key,
+            per_key: AtomicUsize::new(per_key),
             global,
             what,
             counts: DashMap::new(),
@@ -75,11 +82,12 @@ impl<K: Hash + Eq + Clone> Caps<K> {
             return Err(CapExceeded::Global { limit: self.global });
         }
         let mut count = self.counts.entry(key.clone()).or_insert(0);
-        if *count >= self.per_key {
+        let per_key = self.per_key.load(Ordering::Relaxed);
+        if *count >= per_key {
             drop(count);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(CapExceeded::PerKey {
-                limit: self.per_key,
+                limit: per_key,
                 what: self.what,
             });
         }

@@ -37,6 +37,9 @@ const CHUNKS: usize = 32;
 /// TCP side was reset.
 pub const RESET_CODE: VarInt = VarInt::from_u32(darkport_proto::codes::StreamCode::Reset.code());
 
+/// The code of a stream cut on purpose (a splice cancelled: revocation).
+pub const CUT_CODE: VarInt = VarInt::from_u32(darkport_proto::codes::StreamCode::Cut.code());
+
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -50,8 +53,56 @@ pub enum Ending {
     Cancelled,
 }
 
+/// What the QUIC peer did, when the splice ended with
+/// [`Ending::RemoteReset`]: who cut the stream, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteEnd {
+    /// The peer reset its sending side with this code
+    /// ([`RESET_CODE`], [`CUT_CODE`], ...).
+    Reset(u64),
+    /// The peer stopped reading with this code.
+    Stopped(u64),
+    /// The peer closed the whole connection with this code and reason.
+    Closed {
+        /// Application close code (`darkport_proto::codes::CloseCode`).
+        code: u64,
+        /// The peer's reason text.
+        reason: String,
+    },
+    /// The connection failed (timeout, reset, transport error).
+    Lost(String),
+}
+
+impl RemoteEnd {
+    fn from_connection(e: &quinn::ConnectionError) -> RemoteEnd {
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => RemoteEnd::Closed {
+                code: c.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            other => RemoteEnd::Lost(crate::describe_connection_error(other)),
+        }
+    }
+
+    fn from_read(e: &ReadError) -> RemoteEnd {
+        match e {
+            ReadError::Reset(code) => RemoteEnd::Reset(code.into_inner()),
+            ReadError::ConnectionLost(c) => RemoteEnd::from_connection(c),
+            other => RemoteEnd::Lost(other.to_string()),
+        }
+    }
+
+    fn from_write(e: &quinn::WriteError) -> RemoteEnd {
+        match e {
+            quinn::WriteError::Stopped(code) => RemoteEnd::Stopped(code.into_inner()),
+            quinn::WriteError::ConnectionLost(c) => RemoteEnd::from_connection(c),
+            other => RemoteEnd::Lost(other.to_string()),
+        }
+    }
+}
+
 /// Bytes moved and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpliceStats {
     /// Bytes read locally and sent over QUIC.
     pub sent: u64,
@@ -59,12 +110,15 @@ pub struct SpliceStats {
     pub received: u64,
     /// Outcome.
     pub ending: Ending,
+    /// With [`Ending::RemoteReset`]: what the peer did.
+    pub remote: Option<RemoteEnd>,
 }
 
 async fn local_to_quic<R: AsyncRead + Unpin>(
     r: &mut R,
     send: &mut SendStream,
     count: &mut u64,
+    remote: &mut Option<RemoteEnd>,
 ) -> Ending {
     // Each read gets a fresh buffer that quinn keeps until acknowledged, so
     // nothing is copied into its send buffer. The size follows the traffic:
@@ -84,7 +138,8 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
                 } else {
                     n.next_power_of_two().clamp(MIN_BUF, BUF_SIZE)
                 };
-                if send.write_chunk(buf.into()).await.is_err() {
+                if let Err(e) = send.write_chunk(buf.into()).await {
+                    *remote = Some(RemoteEnd::from_write(&e));
                     return Ending::RemoteReset;
                 }
                 *count += n as u64;
@@ -100,7 +155,13 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
 /// one is copied into a chunk of its own size and the buffer is used again.
 /// A burst of any size costs one read per [`BUF_SIZE`], and an idle
 /// connection holds no buffer at all.
-async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) -> Ending {
+async fn tcp_to_quic(
+    r: &OwnedReadHalf,
+    send: &mut SendStream,
+    count: &mut u64,
+    meter: &Meter<'_>,
+    remote: &mut Option<RemoteEnd>,
+) -> Ending {
     loop {
         if r.readable().await.is_err() {
             return Ending::LocalReset;
@@ -123,10 +184,12 @@ async fn tcp_to_quic(r: &OwnedReadHalf, send: &mut SendStream, count: &mut u64) 
                         buf.clear();
                         c
                     };
-                    if send.write_chunk(chunk).await.is_err() {
+                    if let Err(e) = send.write_chunk(chunk).await {
+                        *remote = Some(RemoteEnd::from_write(&e));
                         return Ending::RemoteReset;
                     }
                     *count += n as u64;
+                    (meter.sent)(n as u64);
                 }
                 // Drained: wait for more without a buffer.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -189,6 +252,8 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     w: &mut W,
     count: &mut u64,
+    meter: &Meter<'_>,
+    remote: &mut Option<RemoteEnd>,
 ) -> Ending {
     // Chunks go out straight from quinn's receive buffers, up to CHUNKS per
     // write: nothing is copied in user space and an idle stream holds no
@@ -205,6 +270,7 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
                     return Ending::LocalReset;
                 }
                 *count += n as u64;
+                (meter.received)(n as u64);
             }
             Ok(None) => {
                 if w.flush().await.is_err() {
@@ -213,7 +279,10 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
                 let _ = w.shutdown().await;
                 return Ending::Clean;
             }
-            Err(ReadError::Reset(_)) | Err(_) => return Ending::RemoteReset,
+            Err(e) => {
+                *remote = Some(RemoteEnd::from_read(&e));
+                return Ending::RemoteReset;
+            }
         }
     }
 }
@@ -241,12 +310,23 @@ async fn both(
     }
 }
 
+/// What the peer did, for a splice that ended with its reset: a reset
+/// of what it sends says more than a stop of what it reads.
+fn remote_end(ending: Ending, up: Option<RemoteEnd>, down: Option<RemoteEnd>) -> Option<RemoteEnd> {
+    (ending == Ending::RemoteReset)
+        .then(|| down.or(up))
+        .flatten()
+}
+
 /// Resets both QUIC directions unless the splice ended cleanly.
 fn reset_quic(ending: Ending, send: &mut SendStream, recv: &mut RecvStream) {
-    if ending != Ending::Clean {
-        let _ = send.reset(RESET_CODE);
-        let _ = recv.stop(RESET_CODE);
-    }
+    let code = match ending {
+        Ending::Clean => return,
+        Ending::Cancelled => CUT_CODE,
+        Ending::LocalReset | Ending::RemoteReset => RESET_CODE,
+    };
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
 }
 
 /// Splices any local reader/writer pair with a QUIC stream until both
@@ -264,9 +344,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let (mut sent, mut received) = (0u64, 0u64);
+    let (mut up, mut down) = (None, None);
     let ending = both(
-        local_to_quic(r, send, &mut sent),
-        quic_to_local(recv, w, &mut received),
+        local_to_quic(r, send, &mut sent, &mut up),
+        quic_to_local(recv, w, &mut received, &Meter::NONE, &mut down),
         cancel,
     )
     .await;
@@ -275,6 +356,7 @@ where
         sent,
         received,
         ending,
+        remote: remote_end(ending, up, down),
     }
 }
 
@@ -283,20 +365,49 @@ pub async fn splice_tcp(tcp: TcpStream, send: SendStream, recv: RecvStream) -> S
     splice_tcp_until(tcp, send, recv, std::future::pending()).await
 }
 
+/// Reports bytes as they cross (for live byte counters, not only totals at
+/// the end): called once per chunk, never per byte.
+pub struct Meter<'a> {
+    /// Bytes read locally and sent over QUIC.
+    pub sent: &'a (dyn Fn(u64) + Sync),
+    /// Bytes received over QUIC and written locally.
+    pub received: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Meter<'static> {
+    /// Counts nothing.
+    pub const NONE: Meter<'static> = Meter {
+        sent: &|_| {},
+        received: &|_| {},
+    };
+}
+
 /// [`splice_tcp`], cut with resets on both sides when `cancel` completes.
 pub async fn splice_tcp_until(
+    tcp: TcpStream,
+    send: SendStream,
+    recv: RecvStream,
+    cancel: impl std::future::Future<Output = ()>,
+) -> SpliceStats {
+    splice_tcp_metered(tcp, send, recv, cancel, &Meter::NONE).await
+}
+
+/// [`splice_tcp_until`], reporting bytes to `meter` as they cross.
+pub async fn splice_tcp_metered(
     tcp: TcpStream,
     mut send: SendStream,
     mut recv: RecvStream,
     cancel: impl std::future::Future<Output = ()>,
+    meter: &Meter<'_>,
 ) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
     abort_on_drop(&tcp);
     let (r, mut w) = tcp.into_split();
     let (mut sent, mut received) = (0u64, 0u64);
+    let (mut up, mut down) = (None, None);
     let ending = both(
-        tcp_to_quic(&r, &mut send, &mut sent),
-        quic_to_local(&mut recv, &mut w, &mut received),
+        tcp_to_quic(&r, &mut send, &mut sent, meter, &mut up),
+        quic_to_local(&mut recv, &mut w, &mut received, meter, &mut down),
         cancel,
     )
     .await;
@@ -312,6 +423,7 @@ pub async fn splice_tcp_until(
         sent,
         received,
         ending,
+        remote: remote_end(ending, up, down),
     }
 }
 
