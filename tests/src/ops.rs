@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A binary of this workspace (`cargo test --workspace` builds them all),
-/// beside the test executable's directory.
+/// A binary of this workspace, beside the test executable's directory.
+/// `cargo test` does not build other packages' binaries; scripts/test.sh
+/// runs `cargo build --workspace --bins` first.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/debug/deps/TEST -> target/debug/NAME
@@ -22,7 +23,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built; run the tests with `cargo test --workspace` (scripts/test.sh)",
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test.sh does)",
         path.display()
     );
     path
