@@ -12,7 +12,9 @@ use darkport_controller::admin::Admin;
 use darkport_controller::{DataDir, InitOptions};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_proto::policy::{RouterPolicyEntry, Selector, ServiceEntry};
+use darkport_proto::policy::{
+    FluentSettings, RouterPolicyEntry, Selector, ServiceEntry, ServiceProtocol,
+};
 use darkport_proto::token::fmt_time;
 
 const ENV_DATA_DIR: &str = "DARKPORT_DATA_DIR";
@@ -209,6 +211,20 @@ enum ServiceCmd {
         #[arg(long = "role")]
         roles: Vec<String>,
         #[command(flatten)]
+        protocol: ProtocolArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change a service's address or protocol.
+    Update {
+        /// Service name.
+        name: String,
+        /// New private HOST:PORT.
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        protocol: ProtocolArgs,
+        #[command(flatten)]
         admin: AdminArgs,
     },
     /// List services.
@@ -227,6 +243,72 @@ enum ServiceCmd {
     },
 }
 
+/// What the router speaks with a service.
+#[derive(Args)]
+struct ProtocolArgs {
+    /// tcp: bytes untouched (default). fluent-forward: the router speaks
+    /// Fluentd's forward protocol, stamps the verified sender into every
+    /// record and enforces the policies' --tags.
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
+    /// fluent-forward: the record key naming the sending identity
+    /// (default darkport_identity).
+    #[arg(long, value_name = "KEY")]
+    stamp_identity_key: Option<String>,
+    /// fluent-forward: also stamp the identity's roles under KEY (e.g.
+    /// darkport_roles).
+    #[arg(long, value_name = "KEY")]
+    stamp_roles_key: Option<String>,
+    /// fluent-forward: also stamp the router's name under KEY (e.g.
+    /// darkport_router).
+    #[arg(long, value_name = "KEY")]
+    stamp_router_key: Option<String>,
+    /// fluent-forward: a file (0600) holding the service's <security>
+    /// shared_key; routers do the handshake, apps never see the key.
+    #[arg(long, value_name = "FILE")]
+    shared_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProtocolArg {
+    /// Bytes untouched.
+    Tcp,
+    /// Fluentd's forward protocol, stamped and tag-checked.
+    FluentForward,
+}
+
+impl ProtocolArgs {
+    /// The protocol asked for; `None` if no flag says.
+    fn protocol(&self) -> Result<Option<ServiceProtocol>> {
+        let fluent_flags = self.stamp_identity_key.is_some()
+            || self.stamp_roles_key.is_some()
+            || self.stamp_router_key.is_some()
+            || self.shared_key_file.is_some();
+        match (self.protocol, fluent_flags) {
+            (None, false) => Ok(None),
+            (Some(ProtocolArg::Tcp), false) => Ok(Some(ServiceProtocol::Tcp)),
+            (Some(ProtocolArg::Tcp), true) => {
+                bail!("--stamp-*-key and --shared-key-file apply to --protocol fluent-forward only")
+            }
+            (Some(ProtocolArg::FluentForward), _) | (None, true) => {
+                let mut f = FluentSettings::default();
+                if let Some(k) = &self.stamp_identity_key {
+                    f.identity_key = k.clone();
+                }
+                f.roles_key = self.stamp_roles_key.clone();
+                f.router_key = self.stamp_router_key.clone();
+                if let Some(path) = &self.shared_key_file {
+                    let bytes = darkport_transport::identity::read_private_file(path, 4096)?;
+                    let key = String::from_utf8(bytes)
+                        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+                    f.shared_key = Some(key.trim_end_matches(['\n', '\r']).to_string());
+                }
+                Ok(Some(ServiceProtocol::FluentForward(f)))
+            }
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Allow identities to dial services.
@@ -239,6 +321,12 @@ enum PolicyCmd {
         /// Client identities: #ROLE, @NAME, NAME or #all (repeatable).
         #[arg(long = "identity-roles", alias = "identity", required = true)]
         identities: Vec<String>,
+        /// For fluent-forward services: the tags these identities may
+        /// write, comma-separated Fluentd patterns (*, **, {a,b}) with
+        /// ${identity} for the sender's name, e.g. 'app.${identity}.**'.
+        /// Default: any tag.
+        #[arg(long, value_name = "PATTERNS")]
+        tags: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -257,6 +345,9 @@ enum PolicyCmd {
         /// Service name.
         #[arg(long)]
         service: String,
+        /// Also check whether the client may write this tag (fluent-forward).
+        #[arg(long)]
+        tag: Option<String>,
         #[command(flatten)]
         json: Json,
         #[command(flatten)]
@@ -418,19 +509,33 @@ fn print(resp: AdminResponse, json: Json) -> Result<()> {
             println!("connected to:  {}", join(&i.connected_to, ""));
         }
         AdminResponse::Services(v) => {
-            println!("{:<24} {:<32} ROLES", "NAME", "ADDRESS");
+            println!("{:<24} {:<32} {:<15} ROLES", "NAME", "ADDRESS", "PROTOCOL");
             for s in v {
-                println!("{:<24} {:<32} {}", s.name, s.address, join(&s.roles, "#"));
+                println!(
+                    "{:<24} {:<32} {:<15} {}",
+                    s.name,
+                    s.address,
+                    s.protocol.name(),
+                    join(&s.roles, "#")
+                );
             }
         }
         AdminResponse::Policies(v) => {
-            println!("{:<24} {:<32} IDENTITIES", "NAME", "SERVICES");
+            println!(
+                "{:<24} {:<32} {:<32} TAGS",
+                "NAME", "SERVICES", "IDENTITIES"
+            );
             for p in v {
                 println!(
-                    "{:<24} {:<32} {}",
+                    "{:<24} {:<32} {:<32} {}",
                     p.name,
                     join(&p.services, ""),
-                    join(&p.identities, "")
+                    join(&p.identities, ""),
+                    if p.tags.is_empty() {
+                        "(any)".to_string()
+                    } else {
+                        p.tags.join(",")
+                    }
                 );
             }
         }
@@ -628,15 +733,35 @@ async fn real_main() -> Result<ExitCode> {
             name: n,
             address,
             roles,
+            protocol,
             admin,
         }) => {
             let svc = ServiceEntry {
                 name: name(&n)?,
                 address,
                 roles: names(&roles)?,
+                protocol: protocol.protocol()?.unwrap_or_default(),
             };
             call(&admin, AdminRequest::CreateService(svc)).await?;
             eprintln!("created service {n}");
+        }
+        Cmd::Service(ServiceCmd::Update {
+            name: n,
+            address,
+            protocol,
+            admin,
+        }) => {
+            let protocol = protocol.protocol()?;
+            if address.is_none() && protocol.is_none() {
+                bail!("nothing to change: give --address, --protocol or a --stamp-*/--shared-key-file flag");
+            }
+            let req = AdminRequest::UpdateService {
+                name: name(&n)?,
+                address,
+                protocol,
+            };
+            call(&admin, req).await?;
+            eprintln!("updated service {n}");
         }
         Cmd::Service(ServiceCmd::List { json, admin }) => {
             print(call(&admin, AdminRequest::ListServices).await?, json)?
@@ -649,12 +774,18 @@ async fn real_main() -> Result<ExitCode> {
             name: n,
             services,
             identities,
+            tags,
             admin,
         }) => {
+            let tags = match tags {
+                Some(t) => darkport_proto::tags::split_list(&t)?,
+                None => vec![],
+            };
             let req = AdminRequest::CreatePolicy {
                 name: name(&n)?,
                 services: selectors(&services)?,
                 identities: selectors(&identities)?,
+                tags,
             };
             call(&admin, req).await?;
             eprintln!("created policy {n}");
@@ -698,6 +829,7 @@ async fn real_main() -> Result<ExitCode> {
         Cmd::Policy(PolicyCmd::Explain {
             client,
             service,
+            tag,
             json,
             admin,
         }) => {
@@ -706,6 +838,7 @@ async fn real_main() -> Result<ExitCode> {
                 AdminRequest::Explain {
                     identity: name(&client)?,
                     service,
+                    tag,
                 },
             )
             .await?;

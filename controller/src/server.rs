@@ -24,7 +24,7 @@ use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
     ControlResponse, EnrollRequest, IdentityInfo, RouterInfo, RouterReport,
 };
-use darkport_proto::policy::PolicySnapshot;
+use darkport_proto::policy::{PolicySnapshot, ServiceEntry};
 use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
 use darkport_transport::budgeted_info;
@@ -889,6 +889,7 @@ fn admin(
                     svc.address
                 )));
             }
+            check_protocol(&svc.protocol)?;
             let what = format!("created service {} at {}", svc.name, svc.address);
             ctx.store.update(true, audit(actor, what), |s| {
                 if s.services.contains_key(&svc.name) {
@@ -899,7 +900,13 @@ fn admin(
             })
         }
         AdminRequest::ListServices => Ok(AdminResponse::Services(
-            ctx.store.read().services.values().cloned().collect(),
+            ctx.store
+                .read()
+                .services
+                .values()
+                .cloned()
+                .map(redact_shared_key)
+                .collect(),
         )),
         AdminRequest::DeleteService { name } => {
             ctx.store
@@ -914,11 +921,22 @@ fn admin(
             name,
             services,
             identities,
+            tags,
         } => {
             if services.is_empty() || identities.is_empty() {
                 return Err(bad(
-                    "a policy needs at least one --service and one --identity selector".into(),
+                    "a policy needs at least one --service-roles and one --identity-roles selector"
+                        .into(),
                 ));
+            }
+            if tags.len() > darkport_proto::tags::MAX_PATTERNS {
+                return Err(bad(format!(
+                    "at most {} tag patterns per policy",
+                    darkport_proto::tags::MAX_PATTERNS
+                )));
+            }
+            for t in &tags {
+                darkport_proto::tags::check(t).map_err(|e| bad(e.to_string()))?;
             }
             ctx.store.update(
                 true,
@@ -933,6 +951,7 @@ fn admin(
                             name: name.clone(),
                             services,
                             identities,
+                            tags,
                         },
                     );
                     Ok(AdminResponse::Done)
@@ -983,18 +1002,107 @@ fn admin(
                 Ok(AdminResponse::Done)
             },
         ),
-        AdminRequest::Explain { identity, service } => {
-            Ok(AdminResponse::Explanation(darkport_proto::policy::explain(
-                &ctx.store.read().snapshot(unix_now()),
-                &identity,
-                &service,
-            )))
+        AdminRequest::Explain {
+            identity,
+            service,
+            tag,
+        } => Ok(AdminResponse::Explanation(darkport_proto::policy::explain(
+            &ctx.store.read().snapshot(unix_now()),
+            &identity,
+            &service,
+            tag.as_deref(),
+        ))),
+        AdminRequest::UpdateService {
+            name,
+            address,
+            protocol,
+        } => {
+            if let Some(a) = &address {
+                if darkport_transport::endpoint::parse_host_port(a).is_none() {
+                    return Err(bad(format!("service address {a:?} is not HOST:PORT")));
+                }
+            }
+            if let Some(p) = &protocol {
+                check_protocol(p)?;
+            }
+            let what = format!(
+                "updated service {name}{}{}",
+                address
+                    .as_ref()
+                    .map(|a| format!(" address {a}"))
+                    .unwrap_or_default(),
+                protocol
+                    .as_ref()
+                    .map(|p| format!(" protocol {}", p.name()))
+                    .unwrap_or_default()
+            );
+            ctx.store.update(true, audit(actor, what), |s| {
+                let svc = s
+                    .services
+                    .get_mut(&name)
+                    .ok_or_else(|| not_found("service", &name))?;
+                if let Some(a) = address {
+                    svc.address = a;
+                }
+                if let Some(p) = protocol {
+                    svc.protocol = p;
+                }
+                Ok(AdminResponse::Done)
+            })
         }
         AdminRequest::ListRouters => Ok(AdminResponse::Routers(list_routers(ctx, None))),
         AdminRequest::Audit { limit } => {
             Ok(AdminResponse::Audit(ctx.store.audit(limit.min(10_000))?))
         }
     }
+}
+
+/// A listed service says whether it has a shared key, never which.
+fn redact_shared_key(mut s: ServiceEntry) -> ServiceEntry {
+    if let darkport_proto::policy::ServiceProtocol::FluentForward(f) = &mut s.protocol {
+        if f.shared_key.is_some() {
+            f.shared_key = Some("(set)".into());
+        }
+    }
+    s
+}
+
+/// Stamp keys are record keys: 1 to 128 printable characters, no two the
+/// same; a shared key is 1 to 1024 bytes.
+fn check_protocol(p: &darkport_proto::policy::ServiceProtocol) -> Result<(), ControlError> {
+    let darkport_proto::policy::ServiceProtocol::FluentForward(f) = p else {
+        return Ok(());
+    };
+    let keys: Vec<&String> = std::iter::once(&f.identity_key)
+        .chain(f.roles_key.iter())
+        .chain(f.router_key.iter())
+        .collect();
+    for k in &keys {
+        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
+            return Err(err(
+                ControlErrorCode::BadRequest,
+                format!("stamp key {k:?} must be 1 to 128 printable characters"),
+            ));
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].contains(k) {
+            return Err(err(
+                ControlErrorCode::BadRequest,
+                format!("stamp key {k:?} is used twice"),
+            ));
+        }
+    }
+    if f.shared_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 1024)
+    {
+        return Err(err(
+            ControlErrorCode::BadRequest,
+            "a shared key is 1 to 1024 bytes".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Routers with what they may serve. For a client, only the services it

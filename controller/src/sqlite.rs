@@ -24,7 +24,8 @@ use crate::store::{
 };
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('snapshot_version', 0);
 CREATE TABLE identities (
@@ -59,7 +60,14 @@ CREATE TABLE audit (
     actor TEXT NOT NULL,
     action TEXT NOT NULL
 );
-"#];
+"#,
+    // Version 2: a protocol per service (fluent-forward), tag patterns
+    // per service policy.
+    r#"
+ALTER TABLE services ADD COLUMN protocol TEXT NOT NULL DEFAULT '"Tcp"';
+ALTER TABLE service_policies ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+"#,
+];
 
 /// The SQLite backend.
 pub struct SqliteBackend {
@@ -272,8 +280,14 @@ impl Backend for SqliteBackend {
                     name: n,
                     address,
                     roles: json(p, &roles)?,
+                    protocol: Default::default(),
                 },
             );
+        }
+        for (n, protocol, _) in text_rows3(c, p, "SELECT name, protocol, '' FROM services")? {
+            if let Some(s) = state.services.get_mut(&name(p, n)?) {
+                s.protocol = json(p, &protocol)?;
+            }
         }
         for (n, services, identities) in text_rows3(
             c,
@@ -287,8 +301,14 @@ impl Backend for SqliteBackend {
                     name: n,
                     services: json(p, &services)?,
                     identities: json(p, &identities)?,
+                    tags: vec![],
                 },
             );
+        }
+        for (n, tags, _) in text_rows3(c, p, "SELECT name, tags, '' FROM service_policies")? {
+            if let Some(e) = state.policies.get_mut(&name(p, n)?) {
+                e.tags = json(p, &tags)?;
+            }
         }
         for (n, routers, services) in
             text_rows3(c, p, "SELECT name, routers, services FROM router_policies")?
@@ -421,8 +441,8 @@ impl Backend for SqliteBackend {
             },
             |k, v| {
                 tx.execute(
-                    "INSERT OR REPLACE INTO services (name, address, roles) VALUES (?1, ?2, ?3)",
-                    params![k.as_str(), v.address, to_json(p, &v.roles)?],
+                    "INSERT OR REPLACE INTO services (name, address, roles, protocol) VALUES (?1, ?2, ?3, ?4)",
+                    params![k.as_str(), v.address, to_json(p, &v.roles)?, to_json(p, &v.protocol)?],
                 )
                 .map(drop)
                 .map_err(&err)
@@ -441,8 +461,8 @@ impl Backend for SqliteBackend {
             },
             |k, v| {
                 tx.execute(
-                    "INSERT OR REPLACE INTO service_policies (name, services, identities) VALUES (?1, ?2, ?3)",
-                    params![k.as_str(), to_json(p, &v.services)?, to_json(p, &v.identities)?],
+                    "INSERT OR REPLACE INTO service_policies (name, services, identities, tags) VALUES (?1, ?2, ?3, ?4)",
+                    params![k.as_str(), to_json(p, &v.services)?, to_json(p, &v.identities)?, to_json(p, &v.tags)?],
                 )
                 .map(drop)
                 .map_err(&err)

@@ -196,6 +196,11 @@ pub fn describe_remote_end(
         Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code)) if is(*code, StreamCode::Cut) => {
             format!("the router cut the stream: its policy no longer lets identity {identity} reach service {service} (revoked, deleted, or a policy changed)")
         }
+        Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code))
+            if is(*code, StreamCode::Rejected) =>
+        {
+            format!("the router rejected what was sent to service {service}: not the Fluentd forward protocol, too large, or a tag no policy lets identity {identity} write (the router's log says which)")
+        }
         Some(RemoteEnd::Reset(code) | RemoteEnd::Stopped(code)) if is(*code, StreamCode::Reset) => {
             "the service reset the connection (the router carried its reset across)".into()
         }

@@ -19,10 +19,13 @@
 //! - [`sync`]: the control session: registration, snapshots, reports.
 //! - [`listener`]: accepting clients and handling dial streams.
 //! - [`cache`]: the on-disk snapshot.
+//! - [`fluent`]: fluent-forward services: stamping, tag policy, the
+//!   shared-key handshake.
 //! - [`metrics`]: counters and readiness for `--metrics-listen`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod fluent;
 pub mod listener;
 pub mod metrics;
 pub mod sync;

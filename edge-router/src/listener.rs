@@ -15,7 +15,7 @@ use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
-use darkport_proto::policy::{authorize, check_peer, Denied};
+use darkport_proto::policy::{authorize, check_peer, Denied, ServiceProtocol};
 use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
 use darkport_transport::shards::Shards;
@@ -347,6 +347,13 @@ async fn handle_connection(
     while streams.join_next().await.is_some() {}
 }
 
+/// An authorized dial: where to, and how to speak with the service.
+struct Dialed {
+    address: String,
+    /// `Some` for a fluent-forward service.
+    fluent: Option<crate::fluent::Plan>,
+}
+
 /// The decision for one dial request, before any network I/O to the
 /// service: pure apart from reading the snapshot.
 fn decide(
@@ -354,7 +361,7 @@ fn decide(
     peer: &PeerIdentity,
     snapshots: &SnapshotRx,
     req: &DialRequest,
-) -> Result<String, DialResponse> {
+) -> Result<Dialed, DialResponse> {
     let refuse = |status, message: String| DialResponse { status, message };
     if req.version != PROTOCOL_VERSION {
         return Err(refuse(
@@ -380,7 +387,25 @@ fn decide(
         ));
     };
     match authorize(&snapshot, router, peer, &req.service, unix_now()) {
-        Ok(permit) => Ok(permit.service.address.clone()),
+        Ok(permit) => {
+            let fluent = match &permit.service.protocol {
+                ServiceProtocol::Tcp => None,
+                ServiceProtocol::FluentForward(settings) => Some(
+                    crate::fluent::Plan::new(
+                        settings,
+                        &peer.name,
+                        &permit.identity.roles,
+                        router,
+                        permit.tags.clone(),
+                    )
+                    .map_err(|m| refuse(DialStatus::NotAuthorized, m))?,
+                ),
+            };
+            Ok(Dialed {
+                address: permit.service.address.clone(),
+                fluent,
+            })
+        }
         Err(d @ Denied::UnknownService(_)) => {
             Err(refuse(DialStatus::UnknownService, d.to_string()))
         }
@@ -492,8 +517,8 @@ async fn handle_stream(
             message,
         })
         .and_then(|()| decide(&router, &peer, &snapshots, &req));
-    let address = match decision {
-        Ok(a) => a,
+    let Dialed { address, fluent } = match decision {
+        Ok(d) => d,
         Err(resp) => {
             budgeted_info!(guard.refusals, %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
             guard.metrics.dial(label, resp.status);
@@ -516,6 +541,19 @@ async fn handle_stream(
         };
     // If the router dies from here on, the service sees a reset.
     darkport_transport::splice::abort_on_drop(&tcp);
+    let mut tcp = tcp;
+    let leftover = match &fluent {
+        Some(plan) => match crate::fluent::handshake(&mut tcp, plan, &router).await {
+            Ok(rest) => rest,
+            Err(why) => {
+                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
+                darkport_transport::splice::reset_tcp(tcp);
+                let why = format!("Fluentd handshake failed: {why}");
+                return unreachable(&peer, &req, &address, &why, send, recv).await;
+            }
+        },
+        None => Vec::new(),
+    };
     let ok = DialResponse {
         status: DialStatus::Ok,
         message: String::new(),
@@ -547,20 +585,83 @@ async fn handle_stream(
             let _ = cut_tx.send(reason);
         }
     };
-    let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
-    let (ended, reason) = match stats.ending {
-        Ending::Clean => ("clean", String::new()),
-        Ending::LocalReset => ("service_reset", String::new()),
-        Ending::RemoteReset => ("client_reset", String::new()),
-        Ending::Cancelled => ("cut", cut_rx.await.unwrap_or_default()),
+    let Some(plan) = fluent else {
+        let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
+        let (ended, reason) = match stats.ending {
+            Ending::Clean => ("clean", String::new()),
+            Ending::LocalReset => ("service_reset", String::new()),
+            Ending::RemoteReset => ("client_reset", String::new()),
+            Ending::Cancelled => ("cut", cut_rx.await.unwrap_or_default()),
+        };
+        // The access line: one per stream that reached its service.
+        info!(
+            identity = %peer.name,
+            service = %req.service,
+            %router,
+            bytes_to_service = stats.received,
+            bytes_to_client = stats.sent,
+            duration_ms = started.elapsed().as_millis() as u64,
+            ended,
+            reason,
+            "stream"
+        );
+        return;
     };
-    // The access line: one per stream that reached its service.
+    let on_denial = |d: &darkport_fluent::Denial| {
+        guard.metrics.fluent_denied(&label, d.records);
+        budgeted_info!(
+            guard.refusals,
+            %peer,
+            service = %req.service,
+            tag = %d.tag,
+            records = d.records,
+            acked = d.chunked,
+            "dropped a Fluentd message: no policy lets {} write tag {:?}",
+            peer.name,
+            d.tag
+        );
+    };
+    let on_forward = |records, overwritten| {
+        guard.metrics.fluent_records(&label, records, overwritten);
+    };
+    let stats = crate::fluent::splice(
+        tcp,
+        send,
+        recv,
+        leftover,
+        plan,
+        watch_policy,
+        &meter,
+        &on_denial,
+        &on_forward,
+    )
+    .await;
+    if stats.counts.overwritten > 0 {
+        budgeted_info!(
+            guard.refusals,
+            %peer,
+            service = %req.service,
+            keys = stats.counts.overwritten,
+            "records carried their own stamp keys; overwritten with the verified identity"
+        );
+    }
+    use crate::fluent::FluentEnding;
+    let (ended, reason) = match stats.ending {
+        FluentEnding::Clean => ("clean", String::new()),
+        FluentEnding::ServiceReset => ("service_reset", String::new()),
+        FluentEnding::ClientReset => ("client_reset", String::new()),
+        FluentEnding::Cut => ("cut", cut_rx.await.unwrap_or_default()),
+        FluentEnding::Rejected(why) => ("rejected", why),
+    };
     info!(
         identity = %peer.name,
         service = %req.service,
         %router,
-        bytes_to_service = stats.received,
-        bytes_to_client = stats.sent,
+        bytes_to_service = stats.from_client,
+        bytes_to_client = stats.to_client,
+        records = stats.counts.records,
+        denied_records = stats.counts.denied_records,
+        overwritten_keys = stats.counts.overwritten,
         duration_ms = started.elapsed().as_millis() as u64,
         ended,
         reason,

@@ -39,6 +39,11 @@ struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -51,6 +56,8 @@ pub struct RouterMetrics {
     bytes: Family<BytesLabels, Counter>,
     dial_duration: Histogram,
     connections: Family<KindLabels, Gauge>,
+    fluent_records: Family<DialLabels, Counter>,
+    fluent_overwritten: Family<ServiceLabels, Counter>,
     snapshot_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     session_up: Gauge,
@@ -81,6 +88,8 @@ impl Default for RouterMetrics {
             // to the service.
             dial_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             connections: Family::default(),
+            fluent_records: Family::default(),
+            fluent_overwritten: Family::default(),
             snapshot_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             session_up: Gauge::default(),
@@ -123,6 +132,16 @@ impl RouterMetrics {
             "connections",
             "QUIC connections open now, by identity kind",
             self.connections.clone(),
+        );
+        r.register(
+            "fluent_records",
+            "Records of fluent-forward services, by service and result (forwarded, denied)",
+            self.fluent_records.clone(),
+        );
+        r.register(
+            "fluent_overwritten_keys",
+            "Record keys a sender set that the router overwrote with the verified identity",
+            self.fluent_overwritten.clone(),
         );
         r.register(
             "snapshot_version",
@@ -230,6 +249,31 @@ impl RouterMetrics {
     pub(crate) fn dial_ok(&self, service: &str, took: Duration) {
         self.dial(service.to_string(), DialStatus::Ok);
         self.dial_duration.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn fluent_denied(&self, service: &str, records: u64) {
+        self.fluent_records
+            .get_or_create(&DialLabels {
+                service: service.to_string(),
+                result: "denied",
+            })
+            .inc_by(records);
+    }
+
+    pub(crate) fn fluent_records(&self, service: &str, records: u64, overwritten: u64) {
+        self.fluent_records
+            .get_or_create(&DialLabels {
+                service: service.to_string(),
+                result: "forwarded",
+            })
+            .inc_by(records);
+        if overwritten > 0 {
+            self.fluent_overwritten
+                .get_or_create(&ServiceLabels {
+                    service: service.to_string(),
+                })
+                .inc_by(overwritten);
+        }
     }
 
     /// Byte counters of `service`: to the service, to the client.

@@ -74,6 +74,11 @@ pub enum StreamCode {
     /// for `Reset`, and can say who cut it. Older peers treat it as
     /// `Reset`.
     Cut,
+    /// The router refused the data of a fluent-forward stream: not the
+    /// forward protocol, over a size limit, or a message with a tag no
+    /// policy allows that asked for an ack. The reason is in the router's
+    /// log. Older peers treat it as `Reset`.
+    Rejected,
 }
 
 impl StreamCode {
@@ -83,6 +88,7 @@ impl StreamCode {
             StreamCode::Refused => 0,
             StreamCode::Reset => 1,
             StreamCode::Cut => 2,
+            StreamCode::Rejected => 3,
         }
     }
 }

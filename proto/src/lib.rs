@@ -25,13 +25,14 @@ pub mod codes;
 pub mod identity;
 pub mod msg;
 pub mod policy;
+pub mod tags;
 pub mod token;
 
 pub use codec::ProtoError;
 pub use identity::{IdentityName, Kind, PeerIdentity};
 
 /// Version of the wire protocol carried in the first message of every stream.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN for the data plane (client ⇄ router).
 pub const ALPN_DATA: &[u8] = b"darkport/1";

@@ -195,6 +195,8 @@ pub enum AdminRequest {
         services: Vec<Selector>,
         /// Which identities may dial them.
         identities: Vec<Selector>,
+        /// Tag patterns for fluent-forward services (empty: any tag).
+        tags: Vec<String>,
     },
     /// List policies.
     ListPolicies,
@@ -239,11 +241,22 @@ pub enum AdminRequest {
         identity: IdentityName,
         /// Service name.
         service: String,
+        /// A tag to check against the tag patterns, if any.
+        tag: Option<String>,
     },
     /// The audit log, newest last.
     Audit {
         /// At most this many entries.
         limit: u32,
+    },
+    /// Change a service's address or protocol.
+    UpdateService {
+        /// Its name.
+        name: IdentityName,
+        /// New private address, if changing.
+        address: Option<String>,
+        /// New protocol, if changing.
+        protocol: Option<crate::policy::ServiceProtocol>,
     },
 }
 

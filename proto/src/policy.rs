@@ -100,6 +100,72 @@ pub struct ServiceEntry {
     pub address: String,
     /// Roles, for policy selectors.
     pub roles: Vec<IdentityName>,
+    /// What the router speaks with it.
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+}
+
+/// What a router does with a service's bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ServiceProtocol {
+    /// Copies bytes both ways, untouched.
+    #[default]
+    Tcp,
+    /// Speaks Fluentd's forward protocol: stamps the verified sender into
+    /// every record and enforces the policies' tag patterns.
+    FluentForward(FluentSettings),
+}
+
+impl ServiceProtocol {
+    /// The name the CLI uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::FluentForward(_) => "fluent-forward",
+        }
+    }
+}
+
+/// How a fluent-forward service stamps records, and its handshake.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct FluentSettings {
+    /// Key naming the sending identity (default `darkport_identity`).
+    pub identity_key: String,
+    /// Key listing the identity's roles, if wanted.
+    pub roles_key: Option<String>,
+    /// Key naming the router that carried the record, if wanted.
+    pub router_key: Option<String>,
+    /// The service's `<security> shared_key`: the router speaks the
+    /// handshake with the service; clients never see the key.
+    pub shared_key: Option<String>,
+}
+
+/// The default identity key.
+pub const DEFAULT_IDENTITY_KEY: &str = "darkport_identity";
+
+impl Default for FluentSettings {
+    fn default() -> Self {
+        FluentSettings {
+            identity_key: DEFAULT_IDENTITY_KEY.into(),
+            roles_key: None,
+            router_key: None,
+            shared_key: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for FluentSettings {
+    // The shared key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FluentSettings")
+            .field("identity_key", &self.identity_key)
+            .field("roles_key", &self.roles_key)
+            .field("router_key", &self.router_key)
+            .field("shared_key", &self.shared_key.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 /// A router policy: these routers may serve (dial) these services.
@@ -124,6 +190,10 @@ pub struct PolicyEntry {
     pub services: Vec<Selector>,
     /// Identities allowed to dial them.
     pub identities: Vec<Selector>,
+    /// For fluent-forward services: the tags these identities may write
+    /// (`crate::tags` patterns, `${identity}` allowed); empty: any tag.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// Everything a router needs to decide dials, as pushed by the controller.
@@ -212,6 +282,11 @@ pub struct Permit<'a> {
     pub service: &'a ServiceEntry,
     /// The first service policy that allowed the dial.
     pub policy: &'a IdentityName,
+    /// The identity, as the snapshot knows it (roles, for stamping).
+    pub identity: &'a IdentityEntry,
+    /// The tag patterns of every policy that allowed the dial; `None` when
+    /// one of them allows any tag.
+    pub tags: Option<Vec<&'a str>>,
 }
 
 /// Why a peer or a dial was refused.
@@ -289,6 +364,7 @@ pub fn authorize<'a>(
             identity: identity.name.clone(),
             service: svc.name.clone(),
         })?;
+    let tags = tag_patterns(snapshot, identity, svc);
     let serves = snapshot
         .identity(Kind::Router, router)
         .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
@@ -301,7 +377,33 @@ pub fn authorize<'a>(
     Ok(Permit {
         service: svc,
         policy,
+        identity,
+        tags,
     })
+}
+
+/// The tag patterns that the policies letting `identity` dial `service`
+/// give it: `None` if any of them allows every tag.
+fn tag_patterns<'a>(
+    snapshot: &'a PolicySnapshot,
+    identity: &IdentityEntry,
+    service: &ServiceEntry,
+) -> Option<Vec<&'a str>> {
+    let mut out = Vec::new();
+    for p in snapshot.policies.iter().filter(|p| {
+        p.services
+            .iter()
+            .any(|s| s.matches(&service.name, &service.roles))
+            && p.identities
+                .iter()
+                .any(|s| s.matches(&identity.name, &identity.roles))
+    }) {
+        if p.tags.is_empty() {
+            return None;
+        }
+        out.extend(p.tags.iter().map(String::as_str));
+    }
+    Some(out)
 }
 
 /// What `policy explain` reports.
@@ -317,16 +419,25 @@ pub struct Explanation {
     pub routers: Vec<(IdentityName, Vec<IdentityName>)>,
     /// Plain-words reasons, one per finding.
     pub reasons: Vec<String>,
+    /// With a tag asked about: whether the policies let the identity
+    /// write it.
+    pub tag_allowed: Option<bool>,
 }
 
 /// Explains whether `identity` may dial `service`, and which policies
 /// decide it. Pure; the controller runs it on its current snapshot.
-pub fn explain(snapshot: &PolicySnapshot, identity: &IdentityName, service: &str) -> Explanation {
+pub fn explain(
+    snapshot: &PolicySnapshot,
+    identity: &IdentityName,
+    service: &str,
+    tag: Option<&str>,
+) -> Explanation {
     let mut out = Explanation {
         allowed: false,
         dial_policies: vec![],
         routers: vec![],
         reasons: vec![],
+        tag_allowed: None,
     };
     let Some(id) = snapshot.identity(Kind::Client, identity) else {
         out.reasons.push(format!(
@@ -369,6 +480,34 @@ pub fn explain(snapshot: &PolicySnapshot, identity: &IdentityName, service: &str
         ));
     }
     out.allowed = has_certificate && !out.dial_policies.is_empty() && !out.routers.is_empty();
+    if let (Some(tag), false) = (tag, out.dial_policies.is_empty()) {
+        let ok = match tag_patterns(snapshot, id, svc) {
+            None => {
+                out.reasons
+                    .push(format!("tag {tag:?}: a policy allows every tag"));
+                true
+            }
+            Some(patterns) => {
+                let ok = crate::tags::TagRules::new(patterns.iter().copied(), identity.as_str())
+                    .map(|r| r.allows(tag))
+                    .unwrap_or(false);
+                out.reasons.push(format!(
+                    "tag {tag:?} is {} by the tag patterns {}",
+                    if ok { "allowed" } else { "DENIED" },
+                    patterns.join(", ")
+                ));
+                ok
+            }
+        };
+        if !matches!(svc.protocol, ServiceProtocol::FluentForward(_)) {
+            out.reasons.push(format!(
+                "service {} is plain TCP: tags are only enforced on fluent-forward services",
+                svc.name
+            ));
+        }
+        out.tag_allowed = Some(ok);
+        out.allowed &= ok;
+    }
     if out.allowed {
         out.reasons.push(format!(
             "allowed by service policy {} through {} router(s)",
@@ -438,11 +577,13 @@ mod tests {
                     name: n("fluentd"),
                     address: "127.0.0.1:24224".into(),
                     roles: vec![n("logs")],
+                    protocol: Default::default(),
                 },
                 ServiceEntry {
                     name: n("db"),
                     address: "127.0.0.1:5432".into(),
                     roles: vec![],
+                    protocol: Default::default(),
                 },
             ],
             policies: vec![
@@ -450,11 +591,13 @@ mod tests {
                     name: n("writers"),
                     services: vec![Selector::Role(n("logs"))],
                     identities: vec![Selector::Role(n("log-writers"))],
+                    tags: vec![],
                 },
                 PolicyEntry {
                     name: n("app2-db"),
                     services: vec![Selector::Name(n("db"))],
                     identities: vec![Selector::Name(n("app-2"))],
+                    tags: vec![],
                 },
             ],
             router_policies: vec![RouterPolicyEntry {
@@ -536,6 +679,7 @@ mod tests {
             name: n("open"),
             services: vec![Selector::All],
             identities: vec![Selector::All],
+            tags: vec![],
         }];
         let r = n("router-1");
         assert!(authorize(&s, &r, &peer(Kind::Client, "app-2", "bb"), "fluentd", NOW).is_ok());
@@ -568,17 +712,17 @@ mod tests {
                 service: n("fluentd")
             })
         );
-        let e = explain(&s, &n("app-1"), "fluentd");
+        let e = explain(&s, &n("app-1"), "fluentd", None);
         assert!(e.allowed, "{e:?}");
         assert_eq!(e.dial_policies, vec![n("writers")]);
         assert_eq!(e.routers, vec![(n("router-1"), vec![n("edge-logs")])]);
-        let e = explain(&s, &n("app-2"), "fluentd");
+        let e = explain(&s, &n("app-2"), "fluentd", None);
         assert!(!e.allowed);
         assert!(e.reasons[0].contains("no service policy"), "{e:?}");
-        let e = explain(&s, &n("nobody"), "fluentd");
+        let e = explain(&s, &n("nobody"), "fluentd", None);
         assert!(!e.allowed && e.reasons[0].contains("no client identity"));
         s.router_policies.clear();
-        let e = explain(&s, &n("app-1"), "fluentd");
+        let e = explain(&s, &n("app-1"), "fluentd", None);
         assert!(!e.allowed && e.reasons.iter().any(|r| r.contains("no router policy")));
         assert!(matches!(
             authorize(&s, &r, &app1, "fluentd", NOW),

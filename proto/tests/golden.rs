@@ -19,8 +19,8 @@ fn name(s: &str) -> IdentityName {
 }
 
 #[test]
-fn protocol_version_is_two() {
-    assert_eq!(PROTOCOL_VERSION, 2);
+fn protocol_version_is_three() {
+    assert_eq!(PROTOCOL_VERSION, 3);
 }
 
 #[test]
@@ -140,6 +140,7 @@ fn close_and_stream_codes() {
     assert_eq!(StreamCode::Refused.code(), 0);
     assert_eq!(StreamCode::Reset.code(), 1);
     assert_eq!(StreamCode::Cut.code(), 2);
+    assert_eq!(StreamCode::Rejected.code(), 3);
 }
 
 /// docs/protocol.md, section 6.5.
@@ -147,7 +148,7 @@ fn close_and_stream_codes() {
 fn worked_examples_of_protocol_md() {
     assert_eq!(
         hex(&encode_frame(&DialRequest::new("fluentd"), MAX_DIAL_FRAME).expect("encode")),
-        "00000011".to_owned() + "0002" + "0000000000000007" + "666c75656e7464"
+        "00000011".to_owned() + "0003" + "0000000000000007" + "666c75656e7464"
     );
     let ok = DialResponse {
         status: DialStatus::Ok,
@@ -163,7 +164,7 @@ fn worked_examples_of_protocol_md() {
             MAX_CONTROL_FRAME
         )
         .expect("encode")),
-        "00000006".to_owned() + "0002" + "00000003"
+        "00000006".to_owned() + "0003" + "00000003"
     );
     let report = ControlRequest::new(ControlBody::RouterReport(RouterReport {
         snapshot_version: 7,
@@ -172,7 +173,7 @@ fn worked_examples_of_protocol_md() {
     assert_eq!(
         hex(&encode_frame(&report, MAX_CONTROL_FRAME).expect("encode")),
         "00000023".to_owned()
-            + "0002"
+            + "0003"
             + "00000005"
             + "0000000000000007"
             + "0000000000000001"

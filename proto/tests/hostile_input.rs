@@ -31,11 +31,13 @@ fn samples() -> Vec<Vec<u8>> {
             name: n("fluentd"),
             address: "127.0.0.1:24224".into(),
             roles: vec![n("logs")],
+            protocol: Default::default(),
         }],
         policies: vec![PolicyEntry {
             name: n("p"),
             services: vec![Selector::All],
             identities: vec![Selector::Role(n("w"))],
+            tags: vec![],
         }],
         router_policies: vec![],
     };

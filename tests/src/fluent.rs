@@ -26,7 +26,6 @@
 //! every accepted connection; [`FluentReceiver`] is a ready-made receiver
 //! on 127.0.0.1 that keeps every record for inspection.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,14 +40,6 @@ use tracing::{debug, warn};
 
 /// Largest message accepted, on the wire and after gzip decompression.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
-
-/// Most msgpack values (scalars and containers) one message may hold,
-/// counting the entries inside packed and compressed payloads. Bounds the
-/// memory a small but dense message can expand to once decoded.
-pub const MAX_VALUES: usize = 2_000_000;
-
-/// Deepest container nesting accepted.
-pub const MAX_DEPTH: usize = 64;
 
 /// Most connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -92,7 +83,11 @@ impl Message {
     }
 }
 
-/// Incremental decoder for a forward-protocol byte stream.
+/// Incremental decoder for a forward-protocol byte stream, on
+/// `darkport_fluent` (the codec the router uses): framing by
+/// `scan::value_len`, modes and options by `message::parse`, entries by
+/// `message::Entries`. Records are then decoded into `rmpv` values for
+/// inspection: this is a test stand-in, the router never builds trees.
 ///
 /// [`feed`](Decoder::feed) bytes as they arrive, then call
 /// [`next_message`](Decoder::next_message) until it returns `Ok(None)`.
@@ -103,7 +98,6 @@ pub struct Decoder {
     buf: Vec<u8>,
     /// Start of the first message not yet returned.
     start: usize,
-    scan: Scan,
     limit: usize,
 }
 
@@ -125,7 +119,6 @@ impl Decoder {
         Decoder {
             buf: Vec::new(),
             start: 0,
-            scan: Scan::new(MAX_VALUES),
             limit,
         }
     }
@@ -133,8 +126,6 @@ impl Decoder {
     /// Appends received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         if self.start > 0 {
-            // Drop the messages already returned; the scan position is
-            // relative to `start`, so it stays valid.
             self.buf.drain(..self.start);
             self.start = 0;
         }
@@ -148,9 +139,11 @@ impl Decoder {
 
     /// The next complete message, `Ok(None)` if more bytes are needed, or
     /// an error if the stream is not the forward protocol or breaks a limit.
+    /// A heartbeat (top-level nil) is a message with no records.
     pub fn next_message(&mut self) -> Result<Option<Message>> {
+        use darkport_fluent::message::{self, Body, Entries};
         let pending = &self.buf[self.start..];
-        let Some(len) = self.scan.advance(pending)? else {
+        let Some(len) = darkport_fluent::scan::value_len(pending)? else {
             if pending.len() > self.limit {
                 bail!(
                     "message larger than the {} byte limit (already {} bytes buffered)",
@@ -166,161 +159,62 @@ impl Decoder {
                 self.limit
             );
         }
-        let mut budget = self.scan.budget_left();
-        self.scan = Scan::new(MAX_VALUES);
         let bytes = &pending[..len];
         self.start += len;
-        let value = read_one(bytes)?;
-        parse_message(value, self.limit, &mut budget).map(Some)
+        if bytes == [0xc0] {
+            return Ok(Some(Message {
+                records: vec![],
+                chunk: None,
+            }));
+        }
+        let msg = message::parse(bytes)?;
+        let tag = msg.tag.to_string();
+        let mut records = Vec::new();
+        let mut add = |time: &[u8], record: &[u8]| -> Result<()> {
+            let record = read_one(record)?;
+            if !record.is_map() {
+                bail!("a record must be a map, got {}", kind(&record));
+            }
+            records.push(Record {
+                tag: tag.clone(),
+                time: event_time(&read_one(time)?)?,
+                record,
+            });
+            Ok(())
+        };
+        match msg.body {
+            Body::Single { time, record } => add(time, record)?,
+            Body::Forward { count, entries } => {
+                for e in Entries::forward(count, entries) {
+                    let (t, r) = e?;
+                    add(t, r)?;
+                }
+            }
+            Body::Packed(p) => {
+                for e in Entries::packed(p) {
+                    let (t, r) = e?;
+                    add(t, r)?;
+                }
+            }
+            Body::Compressed(gz) => {
+                let mut plain = Vec::new();
+                message::gunzip(gz, self.limit, &mut plain)?;
+                for e in Entries::packed(&plain) {
+                    let (t, r) = e?;
+                    add(t, r)?;
+                }
+            }
+        }
+        let chunk = msg.options.chunk.map(read_one).transpose()?;
+        Ok(Some(Message { records, chunk }))
     }
 }
 
-/// Decodes exactly one value that [`Scan`] found complete.
+/// Decodes one whole msgpack value.
 fn read_one(mut bytes: &[u8]) -> Result<Value> {
-    // `Scan` caps nesting at MAX_DEPTH containers; rmpv counts a level for
-    // the value and one for its container body, plus one for a leaf.
-    rmpv::decode::read_value_with_max_depth(&mut bytes, 2 * MAX_DEPTH + 2)
-        .map_err(|e| anyhow!("invalid msgpack: {e}"))
+    rmpv::decode::read_value(&mut bytes).map_err(|e| anyhow!("bad msgpack: {e}"))
 }
 
-/// Finds where one msgpack value ends without decoding it, resumably: it
-/// remembers how far it got, so feeding a large message in small pieces
-/// costs time linear in its size. Enforces the depth and value limits
-/// before anything is allocated for the value.
-#[derive(Debug)]
-struct Scan {
-    /// Bytes of the current value already walked.
-    pos: usize,
-    /// For each open container, how many items it still expects.
-    open: Vec<u64>,
-    /// Values this message may still hold.
-    budget: usize,
-}
-
-impl Scan {
-    fn new(budget: usize) -> Scan {
-        Scan {
-            pos: 0,
-            open: Vec::new(),
-            budget,
-        }
-    }
-
-    fn budget_left(&self) -> usize {
-        self.budget
-    }
-
-    /// Walks `buf` (which starts where the value starts) as far as it is
-    /// complete. `Ok(Some(len))` when the value is `buf[..len]`.
-    fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        loop {
-            let rest = &buf[self.pos.min(buf.len())..];
-            let Some(&marker) = rest.first() else {
-                return Ok(None);
-            };
-            // Bytes of the header, of the payload after it, and how many
-            // items follow as children (maps count keys and values).
-            let (header, payload, children): (usize, u64, u64) = match marker {
-                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
-                0x80..=0x8f => (1, 0, 2 * u64::from(marker & 0x0f)),
-                0x90..=0x9f => (1, 0, u64::from(marker & 0x0f)),
-                0xa0..=0xbf => (1, u64::from(marker & 0x1f), 0),
-                0xc1 => bail!("invalid msgpack: reserved marker 0xc1"),
-                // bin 8/16/32
-                0xc4 => sized(rest, 1, 0),
-                0xc5 => sized(rest, 2, 0),
-                0xc6 => sized(rest, 4, 0),
-                // ext 8/16/32: length, then a type byte
-                0xc7 => sized(rest, 1, 1),
-                0xc8 => sized(rest, 2, 1),
-                0xc9 => sized(rest, 4, 1),
-                // float 32/64
-                0xca => (5, 0, 0),
-                0xcb => (9, 0, 0),
-                // uint and int 8/16/32/64
-                0xcc | 0xd0 => (2, 0, 0),
-                0xcd | 0xd1 => (3, 0, 0),
-                0xce | 0xd2 => (5, 0, 0),
-                0xcf | 0xd3 => (9, 0, 0),
-                // fixext 1/2/4/8/16: type byte, then data
-                0xd4 => (2, 1, 0),
-                0xd5 => (2, 2, 0),
-                0xd6 => (2, 4, 0),
-                0xd7 => (2, 8, 0),
-                0xd8 => (2, 16, 0),
-                // str 8/16/32
-                0xd9 => sized(rest, 1, 0),
-                0xda => sized(rest, 2, 0),
-                0xdb => sized(rest, 4, 0),
-                // array 16/32, map 16/32
-                0xdc => counted(rest, 2, 1),
-                0xdd => counted(rest, 4, 1),
-                0xde => counted(rest, 2, 2),
-                0xdf => counted(rest, 4, 2),
-            };
-            if header == 0 {
-                // The length field itself is not all here yet.
-                return Ok(None);
-            }
-            let total = header as u64 + payload;
-            if (rest.len() as u64) < total {
-                return Ok(None);
-            }
-            self.budget = self
-                .budget
-                .checked_sub(1)
-                .ok_or_else(|| anyhow!("message holds more than {MAX_VALUES} values"))?;
-            // `total` fits: it is at most `rest.len()`.
-            self.pos += total as usize;
-            if children > 0 {
-                if self.open.len() >= MAX_DEPTH {
-                    bail!("msgpack nested deeper than {MAX_DEPTH} levels");
-                }
-                self.open.push(children);
-                continue;
-            }
-            // An item is complete: close every container it completes.
-            loop {
-                match self.open.last_mut() {
-                    None => return Ok(Some(self.pos)),
-                    Some(left) => {
-                        *left -= 1;
-                        if *left > 0 {
-                            break;
-                        }
-                        self.open.pop();
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Big-endian length of `width` bytes after the marker, or `None` if they
-/// have not arrived.
-fn length_field(rest: &[u8], width: usize) -> Option<u64> {
-    let field = rest.get(1..1 + width)?;
-    Some(field.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)))
-}
-
-/// Header and payload size of a str, bin or ext (`extra` = type byte);
-/// header 0 means "not enough bytes yet".
-fn sized(rest: &[u8], width: usize, extra: usize) -> (usize, u64, u64) {
-    match length_field(rest, width) {
-        Some(len) => (1 + width + extra, len, 0),
-        None => (0, 0, 0),
-    }
-}
-
-/// Header size and child count of an array (`per_entry` 1) or map (2).
-fn counted(rest: &[u8], width: usize, per_entry: u64) -> (usize, u64, u64) {
-    match length_field(rest, width) {
-        Some(n) => (1 + width, 0, n * per_entry),
-        None => (0, 0, 0),
-    }
-}
-
-/// Short name of a value's type, for error messages.
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Nil => "nil",
@@ -335,189 +229,11 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Interprets one top-level value as a forward-protocol message.
-fn parse_message(value: Value, limit: usize, budget: &mut usize) -> Result<Message> {
-    let Value::Array(items) = value else {
-        bail!(
-            "not the forward protocol: expected an array [tag, ...], got {}",
-            kind(&value)
-        );
-    };
-    if !(2..=4).contains(&items.len()) {
-        bail!(
-            "forward message must have 2 to 4 elements, got {}",
-            items.len()
-        );
-    }
-    let mut items = items.into_iter();
-    let tag = match items.next() {
-        Some(Value::String(s)) => s
-            .into_str()
-            .ok_or_else(|| anyhow!("tag is not valid UTF-8"))?,
-        Some(other) => bail!("tag must be a str, got {}", kind(&other)),
-        None => bail!("empty message"),
-    };
-    let second = items
-        .next()
-        .ok_or_else(|| anyhow!("message has only a tag"))?;
-    let rest: Vec<Value> = items.collect();
-    let entries: Vec<(Value, Value)>;
-    let option;
-    match second {
-        // Forward mode.
-        Value::Array(list) => {
-            option = options(one_option(rest)?)?;
-            entries = list
-                .into_iter()
-                .map(|e| entry(e).context("in a Forward mode entry"))
-                .collect::<Result<_>>()?;
-        }
-        // (Compressed)PackedForward mode; old clients send a str.
-        Value::Binary(packed) => {
-            option = options(one_option(rest)?)?;
-            entries = packed_entries(&packed, option.compressed.as_deref(), limit, budget)?;
-        }
-        Value::String(packed) => {
-            option = options(one_option(rest)?)?;
-            let packed = packed.as_bytes();
-            entries = packed_entries(packed, option.compressed.as_deref(), limit, budget)?;
-        }
-        // Message mode.
-        time => {
-            let mut rest = rest.into_iter();
-            let record = rest
-                .next()
-                .ok_or_else(|| anyhow!("Message mode needs [tag, time, record]"))?;
-            option = options(rest.next())?;
-            entries = vec![(time, record)];
-        }
-    }
-    let records = entries
-        .into_iter()
-        .map(|(time, record)| {
-            if !record.is_map() {
-                bail!("record must be a map, got {}", kind(&record));
-            }
-            Ok(Record {
-                tag: tag.clone(),
-                time: event_time(&time)?,
-                record,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(Message {
-        records,
-        chunk: option.chunk,
-    })
-}
-
-/// The option of Forward and PackedForward mode: at most one more element.
-fn one_option(rest: Vec<Value>) -> Result<Option<Value>> {
-    let mut rest = rest.into_iter();
-    let option = rest.next();
-    if rest.next().is_some() {
-        bail!("Forward and PackedForward messages have at most [tag, entries, option]");
-    }
-    Ok(option)
-}
-
-/// What the receiver uses from the option map.
-#[derive(Debug, Default)]
-struct Options {
-    chunk: Option<Value>,
-    compressed: Option<String>,
-}
-
-fn options(option: Option<Value>) -> Result<Options> {
-    let map = match option {
-        None | Some(Value::Nil) => return Ok(Options::default()),
-        Some(Value::Map(map)) => map,
-        Some(other) => bail!("option must be a map, got {}", kind(&other)),
-    };
-    let mut out = Options::default();
-    for (k, v) in map {
-        match k.as_str() {
-            Some("chunk") => out.chunk = Some(v),
-            Some("compressed") => match v {
-                Value::String(s) => {
-                    out.compressed = Some(
-                        s.into_str()
-                            .ok_or_else(|| anyhow!("compressed is not valid UTF-8"))?,
-                    )
-                }
-                other => bail!("option compressed must be a str, got {}", kind(&other)),
-            },
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// The `[time, record]` entries of a (Compressed)PackedForward payload.
-fn packed_entries(
-    packed: &[u8],
-    compressed: Option<&str>,
-    limit: usize,
-    budget: &mut usize,
-) -> Result<Vec<(Value, Value)>> {
-    let plain;
-    let stream = match compressed {
-        None | Some("text") => packed,
-        Some("gzip") => {
-            plain = gunzip(packed, limit)?;
-            plain.as_slice()
-        }
-        Some(other) => bail!("unsupported compression {other:?}"),
-    };
-    unpack_entries(stream, budget)?
-        .into_iter()
-        .map(|e| entry(e).context("in a PackedForward entry"))
-        .collect()
-}
-
-/// Decompresses one or more concatenated gzip members, up to `limit` bytes.
-fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(data)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .context("invalid gzip in CompressedPackedForward")?;
-    if out.len() > limit {
-        bail!("compressed entries expand to more than {limit} bytes");
-    }
-    Ok(out)
-}
-
-/// Splits a PackedForward payload into its values.
-fn unpack_entries(mut stream: &[u8], budget: &mut usize) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    while !stream.is_empty() {
-        let mut scan = Scan::new(*budget);
-        let len = scan
-            .advance(stream)
-            .context("in PackedForward entries")?
-            .ok_or_else(|| anyhow!("PackedForward entries end in the middle of a value"))?;
-        *budget = scan.budget_left();
-        out.push(read_one(&stream[..len])?);
-        stream = &stream[len..];
-    }
-    Ok(out)
-}
-
-/// `[time, record]`.
-fn entry(e: Value) -> Result<(Value, Value)> {
-    match e {
-        Value::Array(pair) => match <[Value; 2]>::try_from(pair) {
-            Ok([time, record]) => Ok((time, record)),
-            Err(other) => bail!("entry must be [time, record], got {} elements", other.len()),
-        },
-        other => bail!("entry must be [time, record], got {}", kind(&other)),
-    }
-}
-
-/// Seconds of an integer, `EventTime`, float or nil (now) time.
+/// Seconds of an integer, `EventTime`, float or nil (now) time, or of
+/// `[time, {metadata}]` (forward protocol v1.5).
 fn event_time(v: &Value) -> Result<u64> {
     match v {
+        Value::Array(a) if a.len() == 2 && a[1].is_map() => event_time(&a[0]),
         Value::Integer(i) => i.as_u64().ok_or_else(|| anyhow!("negative event time {i}")),
         Value::Ext(0, data) => {
             let secs: [u8; 4] = match data.as_slice() {
@@ -547,10 +263,24 @@ type OnRecord = Arc<dyn Fn(Record) + Send + Sync>;
 /// order per connection. An ack is sent only after `on_record` returned
 /// for every event of the message.
 pub async fn serve(listener: TcpListener, on_record: impl Fn(Record) + Send + Sync + 'static) {
-    serve_counting(listener, Arc::new(on_record), Arc::new(AtomicUsize::new(0))).await
+    serve_counting(
+        listener,
+        Arc::new(on_record),
+        Arc::new(AtomicUsize::new(0)),
+        None,
+    )
+    .await
 }
 
-async fn serve_counting(listener: TcpListener, on_record: OnRecord, acks: Arc<AtomicUsize>) {
+/// The hostname this receiver gives in PONG.
+pub const RECEIVER_HOSTNAME: &str = "darkport-test-fluentd";
+
+async fn serve_counting(
+    listener: TcpListener,
+    on_record: OnRecord,
+    acks: Arc<AtomicUsize>,
+    shared_key: Option<Arc<str>>,
+) {
     // Dropping this future (e.g. aborting its task) drops the set, which
     // aborts every connection task.
     let mut conns = JoinSet::new();
@@ -571,8 +301,9 @@ async fn serve_counting(listener: TcpListener, on_record: OnRecord, acks: Arc<At
                 }
                 let on_record = on_record.clone();
                 let acks = acks.clone();
+                let key = shared_key.clone();
                 conns.spawn(async move {
-                    match connection(tcp, &*on_record, &acks).await {
+                    match connection(tcp, &*on_record, &acks, key.as_deref()).await {
                         Ok(()) => debug!(%peer, "fluent connection closed"),
                         Err(e) => warn!(%peer, "fluent connection closed: {e:#}"),
                     }
@@ -588,9 +319,14 @@ async fn connection(
     mut tcp: TcpStream,
     on_record: &(dyn Fn(Record) + Send + Sync),
     acks: &AtomicUsize,
+    shared_key: Option<&str>,
 ) -> Result<()> {
     let mut decoder = Decoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
+    if let Some(key) = shared_key {
+        let rest = handshake(&mut tcp, key).await?;
+        decoder.feed(&rest);
+    }
     loop {
         let n = tcp.read(&mut chunk).await.context("reading")?;
         if n == 0 {
@@ -627,6 +363,49 @@ async fn connection(
     }
 }
 
+/// The server side of `<security> shared_key`, as Fluentd's in_forward
+/// does it: HELO first, then PING checked, PONG answered (a failed check
+/// gets `["PONG", false, reason, "", ""]` and the connection closes).
+/// Returns bytes that followed the PING.
+async fn handshake(tcp: &mut TcpStream, key: &str) -> Result<Vec<u8>> {
+    use darkport_fluent::handshake::{Helo, Ping, Pong, MAX_HANDSHAKE};
+    let helo = Helo {
+        nonce: rand::random::<[u8; 16]>().to_vec(),
+        auth: vec![],
+        keepalive: true,
+    };
+    tcp.write_all(&helo.encode())
+        .await
+        .context("sending HELO")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let len = loop {
+        if let Some(n) = darkport_fluent::scan::value_len(&buf)? {
+            break n;
+        }
+        if buf.len() > MAX_HANDSHAKE {
+            bail!("PING larger than {MAX_HANDSHAKE} bytes");
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+            .await
+            .map_err(|_| anyhow!("no PING within 10 s"))??;
+        if n == 0 {
+            bail!("peer closed the connection before its PING");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let ping = Ping::parse(&buf[..len])
+        .context("expected PING (is the sender configured for the shared key?)")?;
+    let pong = Pong::answer(&helo, &ping, RECEIVER_HOSTNAME, key);
+    tcp.write_all(&pong.encode())
+        .await
+        .context("sending PONG")?;
+    if !pong.ok {
+        bail!("PING from {:?} failed: {}", ping.hostname, pong.reason);
+    }
+    Ok(buf[len..].to_vec())
+}
+
 /// A receiver on 127.0.0.1 that keeps every record; stops when dropped.
 #[derive(Debug)]
 pub struct FluentReceiver {
@@ -640,6 +419,16 @@ pub struct FluentReceiver {
 impl FluentReceiver {
     /// Binds 127.0.0.1 on a port chosen by the OS and starts accepting.
     pub async fn start() -> Result<FluentReceiver> {
+        FluentReceiver::start_with(None).await
+    }
+
+    /// [`FluentReceiver::start`], with `<security> shared_key` on: every
+    /// connection must complete the handshake with `key` first.
+    pub async fn start_with_shared_key(key: &str) -> Result<FluentReceiver> {
+        FluentReceiver::start_with(Some(Arc::from(key))).await
+    }
+
+    async fn start_with(shared_key: Option<Arc<str>>) -> Result<FluentReceiver> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the fluent receiver")?;
@@ -650,7 +439,12 @@ impl FluentReceiver {
         let on_record: OnRecord = Arc::new(move |r: Record| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         });
-        let task = tokio::spawn(serve_counting(listener, on_record, acks.clone()));
+        let task = tokio::spawn(serve_counting(
+            listener,
+            on_record,
+            acks.clone(),
+            shared_key,
+        ));
         Ok(FluentReceiver {
             addr,
             records,
@@ -911,7 +705,7 @@ mod tests {
         let mut d = Decoder::with_limit(1024);
         d.feed(&wire);
         let e = d.next_message().expect_err("expands past the limit");
-        assert!(format!("{e:#}").contains("expand"), "{e:#}");
+        assert!(format!("{e:#}").contains("decompressed"), "{e:#}");
     }
 
     fn sample_stream() -> (Vec<u8>, Vec<Record>) {
@@ -1069,15 +863,7 @@ mod tests {
                     map(&[("compressed", s("gzip"))]),
                 ])),
             ),
-            (
-                "zstd",
-                enc(&Value::Array(vec![
-                    s("t"),
-                    Value::Binary(vec![]),
-                    map(&[("compressed", s("zstd"))]),
-                ])),
-            ),
-            ("deep nesting", vec![0x91; 100]),
+            ("deep nesting", [vec![0x91; 100], vec![0xc0]].concat()),
         ];
         for (name, wire) in cases {
             match decode_all(&wire) {
@@ -1101,17 +887,6 @@ mod tests {
         big.extend([b'x'; 2000]);
         d.feed(&big);
         assert!(d.next_message().is_err());
-    }
-
-    #[test]
-    fn value_budget_is_enforced() {
-        // A record map with more entries than MAX_VALUES allows.
-        let mut wire = vec![0x93, 0xa1, b't', 0x01, 0xdf];
-        let pairs = (MAX_VALUES / 2 + 1) as u32;
-        wire.extend(pairs.to_be_bytes());
-        wire.extend(vec![0u8; 2 * pairs as usize]);
-        let e = decode_all(&wire).expect_err("too many values");
-        assert!(format!("{e:#}").contains("values"), "{e:#}");
     }
 
     #[test]

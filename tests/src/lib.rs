@@ -202,10 +202,21 @@ impl Fixture {
 
     /// Creates a service.
     pub async fn service(&self, name: &str, address: SocketAddr) -> Result<()> {
+        self.service_with(name, address, Default::default()).await
+    }
+
+    /// Creates a service speaking `protocol`.
+    pub async fn service_with(
+        &self,
+        name: &str,
+        address: SocketAddr,
+        protocol: darkport_proto::policy::ServiceProtocol,
+    ) -> Result<()> {
         self.admin(AdminRequest::CreateService(ServiceEntry {
             name: n(name),
             address: address.to_string(),
             roles: vec![],
+            protocol,
         }))
         .await?;
         Ok(())
@@ -213,6 +224,18 @@ impl Fixture {
 
     /// Creates a policy from selector strings.
     pub async fn policy(&self, name: &str, services: &[&str], identities: &[&str]) -> Result<()> {
+        self.policy_with_tags(name, services, identities, &[]).await
+    }
+
+    /// Creates a policy from selector strings, limited to `tags` patterns
+    /// (empty: any tag).
+    pub async fn policy_with_tags(
+        &self,
+        name: &str,
+        services: &[&str],
+        identities: &[&str],
+        tags: &[&str],
+    ) -> Result<()> {
         let sel = |v: &[&str]| {
             v.iter()
                 .map(|s| Selector::parse(s))
@@ -222,6 +245,7 @@ impl Fixture {
             name: n(name),
             services: sel(services)?,
             identities: sel(identities)?,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
         })
         .await?;
         Ok(())
@@ -534,6 +558,7 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
         name: n("echo"),
         address: echo.to_string(),
         roles: vec![],
+        protocol: Default::default(),
     };
     admin(data_dir, AdminRequest::CreateService(service))
         .await
@@ -542,6 +567,7 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
         name: n("p"),
         services: vec![Selector::All],
         identities: vec![Selector::All],
+        tags: vec![],
     };
     admin(data_dir, policy).await.expect("policy");
 }

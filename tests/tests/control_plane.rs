@@ -202,6 +202,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
             name: n("svc"),
             address: "127.0.0.1:9".into(),
             roles: vec![],
+            protocol: Default::default(),
         }),
     )
     .await
@@ -212,6 +213,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
             name: n("p"),
             services: vec![Selector::All],
             identities: vec![Selector::Role(n("w"))],
+            tags: vec![],
         },
     )
     .await
@@ -579,6 +581,7 @@ async fn router_policies_roles_explain_and_visibility() {
         .admin(AdminRequest::Explain {
             identity: n("app-1"),
             service: "echo".into(),
+            tag: None,
         })
         .await
         .expect("explain")
@@ -606,6 +609,7 @@ async fn router_policies_roles_explain_and_visibility() {
         .admin(AdminRequest::Explain {
             identity: n("app-1"),
             service: "echo".into(),
+            tag: None,
         })
         .await
         .expect("explain")
@@ -637,6 +641,7 @@ async fn router_policies_roles_explain_and_visibility() {
         .admin(AdminRequest::Explain {
             identity: n("app-1"),
             service: "echo".into(),
+            tag: None,
         })
         .await
         .expect("explain")

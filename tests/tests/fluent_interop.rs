@@ -1,7 +1,11 @@
-//! Interop: Fluentd clients that no one here wrote (PyPI and npm
-//! `fluent-logger`) send records through a real controller, router and edge
-//! client forwarder to a forward-protocol receiver registered as the
-//! private service `fluentd`. Plus the Rust SDK dialing `fluentd` directly.
+//! Interop: Fluentd clients that no one here wrote (PyPI `fluent-logger`,
+//! npm `fluent-logger` and `@fluent-org/logger`, Debian's
+//! fluent-logger-golang) send records through a real controller, router
+//! and edge client forwarder to a forward-protocol receiver registered as
+//! the private fluent-forward service `fluentd`: every record must arrive
+//! stamped with the sender's verified identity, and a tag outside the
+//! policy's `interop.**` must not arrive. Plus the Rust SDK dialing
+//! `fluentd` directly.
 //!
 //! The third-party clients must be installed:
 //!
@@ -20,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use darkport_proto::identity::Kind;
+use darkport_proto::policy::{FluentSettings, ServiceProtocol};
 use darkport_tests::fluent::{FluentReceiver, Record};
 use darkport_tests::{assert_eventually, Fixture};
 use rmpv::Value;
@@ -88,6 +93,69 @@ async fn node_available() -> bool {
     )
 }
 
+async fn fluent_org_available() -> bool {
+    let dir = interop_dir().join("node");
+    let ok = dir.join("node_modules/@fluent-org/logger").is_dir()
+        && succeeds("node", &["--version"]).await;
+    client_available(
+        ok,
+        "npm @fluent-org/logger (and node)",
+        &format!("cd {} && npm ci", dir.display()),
+    )
+}
+
+/// Debian's fluent-logger-golang source, built in GOPATH mode (offline).
+const GO_FLUENT: &str = "/usr/share/gocode/src/github.com/fluent/fluent-logger-golang";
+
+/// Builds tests/interop/go into `dir`; `None` (after a loud skip) if Go or
+/// the library is missing.
+async fn go_client(dir: &Path) -> Option<PathBuf> {
+    let ok = Path::new(GO_FLUENT).is_dir() && succeeds("go", &["version"]).await;
+    if !client_available(
+        ok,
+        "Go with fluent-logger-golang",
+        "apt-get install golang-go golang-github-fluent-fluent-logger-golang-dev",
+    ) {
+        return None;
+    }
+    let out = dir.join("send-go");
+    let status = tokio::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(interop_dir().join("go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", dir.join("gocache"))
+        .status()
+        .await
+        .expect("go build");
+    assert!(status.success(), "building tests/interop/go failed");
+    Some(out)
+}
+
+/// Runs a client script that must fail; returns its stderr.
+async fn run_failing_script(program: &str, args: &[String]) -> String {
+    let out = tokio::time::timeout(
+        SCRIPT_TIMEOUT,
+        tokio::process::Command::new(program)
+            .args(args)
+            .current_dir(interop_dir())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client gave up in time")
+    .expect("run");
+    assert!(
+        !out.status.success(),
+        "`{program}` succeeded, but its tag is denied"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A receiver registered as service `fluentd`, a client `app-1` with role
 /// `log-writers` allowed to dial it, and a forwarder to it.
 struct Setup {
@@ -100,10 +168,21 @@ struct Setup {
 async fn setup() -> Setup {
     let receiver = FluentReceiver::start().await.expect("fluent receiver");
     let mut fx = Fixture::start().await.expect("fixture");
-    fx.service("fluentd", receiver.addr).await.expect("service");
-    fx.policy("fluentd-writers", &["fluentd"], &["#log-writers"])
-        .await
-        .expect("policy");
+    fx.service_with(
+        "fluentd",
+        receiver.addr,
+        ServiceProtocol::FluentForward(FluentSettings::default()),
+    )
+    .await
+    .expect("service");
+    fx.policy_with_tags(
+        "fluentd-writers",
+        &["fluentd"],
+        &["#log-writers"],
+        &["interop.**"],
+    )
+    .await
+    .expect("policy");
     let identity = fx
         .enroll("app-1", Kind::Client, &["log-writers"])
         .await
@@ -171,6 +250,9 @@ fn check_arrivals(records: &[Record], tag: &str) -> Result<(), String> {
         }
         if field(&r.record, "msg").and_then(Value::as_str).is_none() {
             return Err(format!("record without a msg: {r:?}"));
+        }
+        if field(&r.record, "darkport_identity").and_then(Value::as_str) != Some("app-1") {
+            return Err(format!("record not stamped darkport_identity=app-1: {r:?}"));
         }
         if r.time.abs_diff(now) > 600 {
             return Err(format!("time {} is not near now ({now}): {r:?}", r.time));
@@ -333,6 +415,137 @@ async fn rust_sdk_dial_gets_fluentd_ack() {
         .filter(|r| r.tag == "interop.sdk")
         .collect();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].record, record);
+    let Value::Map(mut stamped) = record else {
+        panic!("a map")
+    };
+    stamped.push((Value::from("darkport_identity"), Value::from("app-1")));
+    assert_eq!(got[0].record, Value::Map(stamped));
     client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fluent_org_logger_with_acks_through_darkport() {
+    if !fluent_org_available().await {
+        return;
+    }
+    let s = setup().await;
+    let script = interop_dir().join("node/send-org.js");
+    run_script(
+        "node",
+        &[
+            script.display().to_string(),
+            "127.0.0.1".into(),
+            s.forward.port().to_string(),
+            "interop.fluent-org".into(),
+            COUNT.to_string(),
+        ],
+    )
+    .await;
+    if let Err(e) = check_arrivals(&s.receiver.records(), "interop.fluent-org") {
+        panic!("the client saw every ack, but: {e}");
+    }
+    assert!(s.receiver.acks_sent() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_fluent_logger_with_acks_through_darkport() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(go) = go_client(dir.path()).await else {
+        return;
+    };
+    let s = setup().await;
+    run_script(
+        go.to_str().expect("utf-8"),
+        &[
+            "127.0.0.1".into(),
+            s.forward.port().to_string(),
+            "interop.go".into(),
+            COUNT.to_string(),
+        ],
+    )
+    .await;
+    if let Err(e) = check_arrivals(&s.receiver.records(), "interop.go") {
+        panic!("the client saw every ack, but: {e}");
+    }
+    // Message mode with RequestAck: one ack per record.
+    assert_eq!(s.receiver.acks_sent(), COUNT);
+}
+
+/// Tags outside the policy: clients that ask for acks fail (their
+/// connection is closed, the denied chunk never acked); Python's, which
+/// does not, keeps writing; nothing under the tag arrives either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_tags_never_arrive_and_ack_clients_fail() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = setup().await;
+    let port = s.forward.port().to_string();
+    if python_available().await {
+        let script = interop_dir().join("python/send.py");
+        run_script(
+            "python3",
+            &[
+                script.display().to_string(),
+                "127.0.0.1".into(),
+                port.clone(),
+                "audit.python".into(),
+                "20".into(),
+            ],
+        )
+        .await;
+    }
+    if node_available().await {
+        let script = interop_dir().join("node/send.js");
+        let err = run_failing_script(
+            "node",
+            &[
+                script.display().to_string(),
+                "127.0.0.1".into(),
+                port.clone(),
+                "audit.node".into(),
+                "5".into(),
+            ],
+        )
+        .await;
+        eprintln!("node, denied: {err}");
+    }
+    if let Some(go) = go_client(dir.path()).await {
+        let err = run_failing_script(
+            go.to_str().expect("utf-8"),
+            &[
+                "127.0.0.1".into(),
+                port.clone(),
+                "audit.go".into(),
+                "5".into(),
+            ],
+        )
+        .await;
+        eprintln!("go, denied: {err}");
+    }
+    // Allowed records still flow afterwards, on new connections.
+    let client = s.fx.client(&s.identity).expect("client");
+    let mut stream = client.dial("fluentd").await.expect("dial");
+    let mut wire = Vec::new();
+    let msg = Value::Array(vec![
+        Value::from("interop.after"),
+        Value::from(now()),
+        Value::Map(vec![(Value::from("msg"), Value::from("allowed"))]),
+    ]);
+    rmpv::encode::write_value(&mut wire, &msg).expect("encode");
+    stream.write_all(&wire).await.expect("write");
+    stream.shutdown().await.expect("finish");
+    assert_eventually!(
+        s.receiver
+            .records()
+            .iter()
+            .any(|r| r.tag == "interop.after"),
+        ARRIVAL_TIMEOUT,
+        "the allowed record did not arrive"
+    );
+    let denied: Vec<_> = s
+        .receiver
+        .records()
+        .into_iter()
+        .filter(|r| r.tag.starts_with("audit."))
+        .collect();
+    assert!(denied.is_empty(), "denied tags arrived: {denied:?}");
 }

@@ -1,0 +1,131 @@
+//! Stamping records with the verified sender: the stamp's keys are
+//! encoded once per stream, and each record is copied pair by pair, minus
+//! any pair whose key the stamp sets, plus the stamp.
+
+use crate::scan::{self, split_value};
+use crate::FluentError;
+
+/// A stamp value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampValue {
+    /// A string.
+    Str(String),
+    /// A list of strings (roles).
+    List(Vec<String>),
+}
+
+/// The key/value pairs added to every record of one stream.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    /// The pairs, msgpack-encoded back to back.
+    pairs: Vec<u8>,
+    /// The keys, to drop pairs the app sent under them.
+    keys: Vec<Vec<u8>>,
+}
+
+impl Stamp {
+    /// A stamp of `fields` (key, value).
+    pub fn new(fields: &[(String, StampValue)]) -> Stamp {
+        let mut pairs = Vec::new();
+        for (k, v) in fields {
+            put_str(&mut pairs, k);
+            match v {
+                StampValue::Str(s) => put_str(&mut pairs, s),
+                StampValue::List(items) => {
+                    // Writing to a Vec cannot fail.
+                    let _ = rmp::encode::write_array_len(&mut pairs, items.len() as u32);
+                    for s in items {
+                        put_str(&mut pairs, s);
+                    }
+                }
+            }
+        }
+        Stamp {
+            pairs,
+            keys: fields.iter().map(|(k, _)| k.as_bytes().to_vec()).collect(),
+        }
+    }
+
+    /// Writes `record` (one msgpack map) stamped to `out`; returns how many
+    /// of the record's own pairs were dropped because the stamp sets their
+    /// key (a forgery, or a second pass through a router).
+    pub fn record(&self, record: &[u8], out: &mut Vec<u8>) -> Result<u32, FluentError> {
+        let (pairs, mut rest) =
+            scan::as_map(record).ok_or(FluentError::Malformed("a record must be a map"))?;
+        // map32 is a valid encoding of any map: its length is written once
+        // the pairs are counted, with no second pass.
+        let header = out.len();
+        out.extend_from_slice(&[0xdf, 0, 0, 0, 0]);
+        let mut kept: u32 = 0;
+        let mut dropped: u32 = 0;
+        for _ in 0..pairs {
+            let (k, r) = split_value(rest)?;
+            let (v, r) = split_value(r)?;
+            rest = r;
+            let ours = scan::as_str(k).is_some_and(|k| self.keys.iter().any(|s| s == k));
+            if ours {
+                dropped += 1;
+            } else {
+                out.extend_from_slice(k);
+                out.extend_from_slice(v);
+                kept += 1;
+            }
+        }
+        out.extend_from_slice(&self.pairs);
+        let total = kept + self.keys.len() as u32;
+        out[header + 1..header + 5].copy_from_slice(&total.to_be_bytes());
+        Ok(dropped)
+    }
+}
+
+/// Appends a msgpack str.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = rmp::encode::write_str(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value as V;
+
+    fn enc(v: &V) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, v).expect("encode");
+        out
+    }
+
+    #[test]
+    fn stamps_and_overwrites_forgeries() {
+        let stamp = Stamp::new(&[
+            ("darkport_identity".into(), StampValue::Str("app-1".into())),
+            (
+                "darkport_roles".into(),
+                StampValue::List(vec!["web".into(), "eu".into()]),
+            ),
+        ]);
+        let record = V::Map(vec![
+            (V::from("message"), V::from("hi")),
+            (V::from("darkport_identity"), V::from("admin")),
+            (V::from(7), V::from("odd key")),
+        ]);
+        let mut out = Vec::new();
+        let dropped = stamp.record(&enc(&record), &mut out).expect("stamp");
+        assert_eq!(dropped, 1);
+        let v = rmpv::decode::read_value(&mut &out[..]).expect("valid msgpack");
+        let map = v.as_map().expect("map");
+        assert_eq!(map.len(), 4);
+        let get = |k: &str| {
+            map.iter()
+                .find(|(a, _)| a.as_str() == Some(k))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("darkport_identity"), Some(V::from("app-1")));
+        assert_eq!(get("message"), Some(V::from("hi")));
+        assert_eq!(
+            get("darkport_roles"),
+            Some(V::Array(vec![V::from("web"), V::from("eu")]))
+        );
+        assert!(stamp.record(&enc(&V::from("not a map")), &mut out).is_err());
+    }
+}
