@@ -27,6 +27,11 @@ cleanup() {
 trap cleanup EXIT
 cd "$WORK"
 
+fail() { # $1 = what went wrong
+    echo "FAILED: $1; logs:" >&2
+    tail -n 20 ./*.log >&2 || true
+    exit 1
+}
 free_port() { # $1 = tcp|udp
     python3 -c "import socket,sys; t=socket.SOCK_STREAM if sys.argv[1]=='tcp' else socket.SOCK_DGRAM; s=socket.socket(socket.AF_INET,t); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])" "$1"
 }
@@ -58,8 +63,12 @@ wait_for "the controller" "$BIN/darkport-controller" identity list --data-dir ./
 echo "==> identities, service and policy"
 "$BIN/darkport-controller" identity create router-1 --kind router --token-out router-1.token --data-dir ./ctl
 "$BIN/darkport-controller" identity create app-1 --role log-writers --token-out app-1.token --data-dir ./ctl
-"$BIN/darkport-controller" service create fluentd --address "127.0.0.1:$FLUENTD_PORT" --data-dir ./ctl
-"$BIN/darkport-controller" policy create fluentd-writers --service-roles fluentd --identity-roles '#log-writers' --data-dir ./ctl
+# fluent-forward: the router stamps every record with the sender's verified
+# identity (and here its roles), and only lets it write quickstart.* tags.
+"$BIN/darkport-controller" service create fluentd --address "127.0.0.1:$FLUENTD_PORT" \
+    --protocol fluent-forward --stamp-roles-key darkport_roles --data-dir ./ctl
+"$BIN/darkport-controller" policy create fluentd-writers --service-roles fluentd --identity-roles '#log-writers' \
+    --tags 'quickstart.**' --data-dir ./ctl
 
 echo "==> edge router on 127.0.0.1:$ROUTER_PORT"
 "$BIN/darkport-edge-router" enroll --token router-1.token --identity router-1.id
@@ -77,15 +86,18 @@ echo
 "$BIN/darkport-controller" identity list --data-dir ./ctl
 echo
 
-echo "==> an app writes a Fluentd record to 127.0.0.1:$LOCAL_PORT"
+echo "==> an app writes two Fluentd records to 127.0.0.1:$LOCAL_PORT: one claiming to be"
+echo "    \"admin\", one under a tag its policy does not allow (audit.forged)"
 python3 - "$LOCAL_PORT" <<'PY'
 import socket, struct, sys, time
 def s(b): return bytes([0xa0 | len(b)]) + b  # msgpack fixstr
-# Forward protocol, Message mode: [tag, time, {"message": ...}]
-msg = b"\x93" + s(b"quickstart.app") + b"\xce" + struct.pack(">I", int(time.time())) \
-    + b"\x81" + s(b"message") + s(b"hello from the app host")
+now = b"\xce" + struct.pack(">I", int(time.time()))
+# Forward protocol, Message mode: [tag, time, {...}]
+forged = b"\x93" + s(b"quickstart.app") + now + b"\x82" + s(b"message") \
+    + s(b"hello from the app host") + s(b"darkport_identity") + s(b"admin")
+denied = b"\x93" + s(b"audit.forged") + now + b"\x81" + s(b"message") + s(b"not allowed")
 with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as c:
-    c.sendall(msg)
+    c.sendall(forged + denied)
     c.shutdown(socket.SHUT_WR)
     c.recv(1)
 PY
@@ -95,7 +107,13 @@ echo "==> the SDK example dials fluentd directly and waits for Fluentd's ack"
 
 wait_for "two records at the Fluentd receiver" sh -c "[ \$(wc -l < records.jsonl) -ge 2 ]"
 echo
-echo "==> records received by the private Fluentd receiver:"
+echo "==> records received by the private Fluentd receiver (stamped by the router):"
 cat records.jsonl
 echo
-echo "OK: Fluentd records crossed the Darkport tunnel (set KEEP=1 to keep $WORK)"
+# Every record carries the verified sender, the forgery is overwritten,
+# and the denied tag never arrived.
+[ "$(grep -c '"darkport_identity":"app-1"' records.jsonl)" -eq 2 ] || fail "records are not stamped with app-1"
+! grep -q '"admin"' records.jsonl || fail "a forged darkport_identity got through"
+! grep -q 'audit.forged' records.jsonl || fail "a denied tag got through"
+echo "OK: Fluentd records crossed the Darkport tunnel, stamped with the verified identity;"
+echo "    the forged identity was overwritten and the denied tag dropped (set KEEP=1 to keep $WORK)"

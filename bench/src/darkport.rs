@@ -139,6 +139,20 @@ impl Darkport {
             ]))
             .await?;
         }
+        // The same receiver, with Darkport speaking the forward protocol:
+        // every record stamped with the client's identity.
+        {
+            admin(ctl(&[
+                "service",
+                "create",
+                "fluentfw",
+                "--address",
+                &services.fluent.to_string(),
+                "--protocol",
+                "fluent-forward",
+            ]))
+            .await?;
+        }
         admin(ctl(&[
             "policy",
             "create",
@@ -178,6 +192,7 @@ impl Darkport {
             rr: free_tcp_port()?,
             echo: free_tcp_port()?,
             fluent: free_tcp_port()?,
+            fluentfw: free_tcp_port()?,
         };
         let mut d = Darkport {
             bins: bins.clone(),
@@ -238,6 +253,7 @@ impl Darkport {
             (forwards.rr, "rr"),
             (forwards.echo, "echo"),
             (forwards.fluent, "fluent"),
+            (forwards.fluentfw, "fluentfw"),
         ] {
             cmd.arg("--forward").arg(format!("{addr}={service}"));
         }

@@ -246,26 +246,23 @@ pub fn record_size() -> usize {
     record_entry(0).len()
 }
 
-/// Decodes complete msgpack values from the front of `buf`; returns them
-/// and how many bytes they took. A value cut short stays for later.
-fn take_values(buf: &[u8]) -> Result<(Vec<rmpv::Value>, usize)> {
-    let mut values = Vec::new();
+/// The acks at the front of `buf` (their chunk ids) and how many bytes
+/// they took, framed with the codec the router uses; a value cut short
+/// stays for later.
+fn take_acks(buf: &[u8]) -> Result<(Vec<String>, usize)> {
+    let mut acks = Vec::new();
     let mut used = 0;
-    while used < buf.len() {
-        let mut cur = &buf[used..];
-        let before = cur.len();
-        match rmpv::decode::read_value(&mut cur) {
-            Ok(v) => {
-                used += before - cur.len();
-                values.push(v);
-            }
-            Err(
-                rmpv::decode::Error::InvalidMarkerRead(e) | rmpv::decode::Error::InvalidDataRead(e),
-            ) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => bail!("the receiver sent something that is not msgpack: {e}"),
-        }
+    while let Some(n) = darkport_fluent::scan::value_len(&buf[used..])
+        .map_err(|e| anyhow::anyhow!("the receiver sent something that is not msgpack: {e}"))?
+    {
+        let v = &buf[used..used + n];
+        let chunk = darkport_fluent::ack::parse(v)
+            .and_then(darkport_fluent::scan::as_str)
+            .with_context(|| format!("expected {{\"ack\": chunk}}, got {v:?}"))?;
+        acks.push(String::from_utf8_lossy(chunk).into_owned());
+        used += n;
     }
-    Ok((values, used))
+    Ok((acks, used))
 }
 
 /// One connection sending `total` records in PackedForward batches of
@@ -310,15 +307,11 @@ pub async fn fluent(
                 bail!("the receiver closed the connection after {acked} of {batches} acks");
             }
             buf.extend_from_slice(&chunk[..n]);
-            let (values, used) = take_values(&buf)?;
+            let (acks, used) = take_acks(&buf)?;
             buf.drain(..used);
-            for v in values {
+            for got in acks {
                 let want = sent_rx.recv().await.context("an ack for nothing sent")?;
-                let got = v
-                    .as_map()
-                    .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("ack")))
-                    .and_then(|(_, c)| c.as_str());
-                ensure!(got == Some(want.as_str()), "expected ack {want}, got {v}");
+                ensure!(got == want, "expected ack {want}, got {got}");
                 acked += 1;
                 sem.add_permits(1);
             }

@@ -743,31 +743,44 @@ fn mem_key(n: usize, side: &str) -> String {
 
 async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<()> {
     let in_flight = 4;
-    for batch in [100usize, 1000] {
+    // (row, batch, fluent-forward?)
+    let rows = [
+        ("fluent100", 100usize, false),
+        ("fluent1000", 1000, false),
+        ("fluentfw100", 100, true),
+        ("fluentfw1000", 1000, true),
+    ];
+    for (key, batch, stamped) in rows {
+        let what = if stamped {
+            format!("Fluentd forward through a fluent-forward service (every record stamped), batches of {batch}, {in_flight} in flight, acked; stunnel and direct: plain")
+        } else {
+            format!("Fluentd forward, batches of {batch}, {in_flight} in flight, acked")
+        };
         report.row(
-            if batch == 100 {
-                "fluent100"
-            } else {
-                "fluent1000"
-            },
-            format!("Fluentd forward, batches of {batch}, {in_flight} in flight, acked"),
+            key,
+            what,
             "records/s",
             Better::Higher,
             vec![Target::VsStunnelAtLeast(1.0)],
         );
     }
-    report.row(
-        "fluent100_cpu",
-        "CPU per million records (batches of 100), both tunnel sides",
-        "s",
-        Better::Lower,
-        vec![],
-    );
-    report.missing(
-        "fluent100_cpu",
-        PathKind::Direct,
-        "no tunnel process on the direct path",
-    );
+    for (key, what) in [
+        (
+            "fluent100_cpu",
+            "CPU per million records (batches of 100), both tunnel sides",
+        ),
+        (
+            "fluentfw100_cpu",
+            "CPU per million records, fluent-forward service (batches of 100), both tunnel sides",
+        ),
+    ] {
+        report.row(key, what, "s", Better::Lower, vec![]);
+        report.missing(
+            key,
+            PathKind::Direct,
+            "no tunnel process on the direct path",
+        );
+    }
     eprintln!(
         "Fluentd forward: PackedForward, {} B records, {} records per measurement",
         load::record_size(),
@@ -777,19 +790,15 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
         for p in order(run) {
             let Some(t) = paths.targets(p) else { continue };
             paths.check_alive()?;
-            for batch in [100usize, 1000] {
-                let key = if batch == 100 {
-                    "fluent100"
-                } else {
-                    "fluent1000"
-                };
+            for (key, batch, stamped) in rows {
+                let target = if stamped { t.fluentfw } else { t.fluent };
                 let pids = paths.pids(p);
                 let before = pids
                     .iter()
                     .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
                     .collect::<Result<Vec<_>>>()?;
                 let (f, during) = measured(load::fluent(
-                    t.fluent,
+                    target,
                     batch,
                     params.fluent_records,
                     in_flight,
@@ -802,10 +811,15 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
                         cpu += sysinfo::cpu_seconds_since(*pid, before)?;
                     }
                     let per_million = cpu / (params.fluent_records as f64 / 1e6);
-                    report.push("fluent100_cpu", p, per_million, during);
+                    let cpu_key = if stamped {
+                        "fluentfw100_cpu"
+                    } else {
+                        "fluent100_cpu"
+                    };
+                    report.push(cpu_key, p, per_million, during);
                 }
                 progress(
-                    &format!("Fluentd, batches of {batch}"),
+                    &format!("Fluentd ({key})"),
                     p,
                     run,
                     params.runs,
@@ -872,6 +886,7 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
         rr: procs::free_tcp_port()?,
         echo: procs::free_tcp_port()?,
         fluent: procs::free_tcp_port()?,
+        fluentfw: procs::free_tcp_port()?,
     };
     let mut wan_client =
         paths

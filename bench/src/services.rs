@@ -34,6 +34,9 @@ pub struct Targets {
     pub echo: SocketAddr,
     /// Fluentd forward receiver.
     pub fluent: SocketAddr,
+    /// The same receiver behind a fluent-forward service (Darkport stamps
+    /// every record); elsewhere the same address as `fluent`.
+    pub fluentfw: SocketAddr,
 }
 
 /// The services' child process; it also exits when its stdin closes, so it
@@ -96,6 +99,7 @@ fn parse_targets(line: &str) -> Result<Targets> {
         rr: get("rr")?,
         echo: get("echo")?,
         fluent: get("fluent")?,
+        fluentfw: get("fluent")?,
     })
 }
 

@@ -55,17 +55,26 @@ impl Stunnel {
     /// Writes certificates and configs into `dir` and starts both sides.
     pub async fn start(bin: &Path, dir: &Path, services: &Targets) -> Result<Stunnel> {
         write_certs(dir)?;
-        let server_ports = Targets {
-            sink: free_tcp_port()?,
-            rr: free_tcp_port()?,
-            echo: free_tcp_port()?,
-            fluent: free_tcp_port()?,
+        let server_ports = {
+            let fluent = free_tcp_port()?;
+            Targets {
+                sink: free_tcp_port()?,
+                rr: free_tcp_port()?,
+                echo: free_tcp_port()?,
+                fluent,
+                fluentfw: fluent,
+            }
         };
-        let forwards = Targets {
-            sink: free_tcp_port()?,
-            rr: free_tcp_port()?,
-            echo: free_tcp_port()?,
-            fluent: free_tcp_port()?,
+        let forwards = {
+            let fluent = free_tcp_port()?;
+            Targets {
+                sink: free_tcp_port()?,
+                rr: free_tcp_port()?,
+                echo: free_tcp_port()?,
+                fluent,
+                // stunnel passes bytes: the same tunnel.
+                fluentfw: fluent,
+            }
         };
         let d = dir.display();
         let global =
