@@ -8,6 +8,12 @@
 //! is recounted; `chunk` is copied as sent, so the service's `{"ack": id}`
 //! is the client's ack. A compressed payload is sent on uncompressed.
 //!
+//! A PackedForward batch of [`PIECE`] bytes or more (not gzip) is passed on
+//! as it arrives, in pieces of whole entries, the last one carrying the
+//! batch's `chunk`: a large batch does not wait at the router for its last
+//! byte (measured: 2.0 → 2.4 M records/s at batches of 1,000,
+//! docs/benchmarks.md).
+//!
 //! A message whose tag no policy allows is dropped whole, and never
 //! reaches the service. What follows depends on the sender:
 //!
@@ -21,7 +27,8 @@
 //!   fails loudly; allowed chunks it sent after the denied one are not
 //!   acked either, and it sends them again (at least once, never lost).
 
-use crate::message::{self, Body, Entries};
+use crate::message::{self, Body};
+use crate::scan::split_value;
 use crate::stamp::Stamp;
 use crate::{scan, FluentError};
 use darkport_proto::tags::TagRules;
@@ -89,7 +96,31 @@ pub struct Filter {
     counts: Counts,
     /// A chunked message was denied: nothing more is forwarded.
     stopped: bool,
+    /// A PackedForward message being passed on entry by entry.
+    partial: Option<Partial>,
 }
+
+/// A PackedForward message whose header has been read and whose entries are
+/// being forwarded as they arrive (cut-through), so a large batch does not
+/// wait at the router until its last byte.
+#[derive(Debug)]
+struct Partial {
+    tag: String,
+    allowed: bool,
+    /// Payload bytes not yet taken.
+    left: usize,
+    /// Whether an option map follows the payload.
+    options: bool,
+    /// Entries taken so far (forwarded, or skipped if denied).
+    entries: u64,
+}
+
+/// A cut-through piece is sent once this many bytes of whole entries are
+/// in; less waits for more (or for the message's end).
+pub const PIECE: usize = 32 * 1024;
+
+/// Largest option map after a cut-through payload.
+const MAX_OPTIONS: usize = 64 * 1024;
 
 impl Filter {
     /// A filter stamping with `stamp` and allowing the tags of `tags`.
@@ -103,6 +134,7 @@ impl Filter {
             cache: Vec::new(),
             counts: Counts::default(),
             stopped: false,
+            partial: None,
         }
     }
 
@@ -132,26 +164,75 @@ impl Filter {
     /// Handles every whole message received so far: allowed ones are
     /// appended to `out`, denied ones returned.
     pub fn process(&mut self, out: &mut Vec<u8>) -> Result<Vec<Denial>, FluentError> {
+        let buf = std::mem::take(&mut self.buf);
+        let (result, used) = self.run(&buf, out);
+        self.buf = buf;
+        self.buf.drain(..used);
+        result
+    }
+
+    /// [`Filter::push`] then [`Filter::process`], without copying `data`
+    /// when nothing is pending: whole messages are read from `data` itself
+    /// and only an incomplete tail is kept.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Vec<Denial>, FluentError> {
+        if self.stopped {
+            return Ok(Vec::new());
+        }
+        if !self.buf.is_empty() {
+            self.push(data);
+            return self.process(out);
+        }
+        let (result, used) = self.run(data, out);
+        if !self.stopped {
+            self.buf.extend_from_slice(&data[used..]);
+        }
+        result
+    }
+
+    /// Handles the whole messages at the front of `input`; returns the
+    /// outcome and how many bytes were used.
+    fn run(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> (Result<Vec<Denial>, FluentError>, usize) {
         let mut denials = Vec::new();
         let mut start = 0;
         let result = loop {
             if self.stopped {
-                start = self.buf.len();
+                start = input.len();
                 break Ok(());
             }
-            let rest = &self.buf[start..];
+            let rest = &input[start..];
             if rest.is_empty() {
                 break Ok(());
             }
+            if self.partial.is_some() {
+                match self.continue_packed(rest, out, &mut denials) {
+                    Ok(0) => break Ok(()),
+                    Ok(used) => {
+                        start += used;
+                        continue;
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
             let n = match scan::value_len(rest) {
                 Ok(Some(n)) => n,
-                Ok(None) if rest.len() > self.limits.max_message => {
-                    break Err(FluentError::TooLarge {
-                        what: "message",
-                        limit: self.limits.max_message,
-                    })
-                }
-                Ok(None) => break Ok(()),
+                Ok(None) => match self.start_packed(rest) {
+                    Ok(Some(used)) => {
+                        start += used;
+                        continue;
+                    }
+                    Ok(None) if rest.len() > self.limits.max_message => {
+                        break Err(FluentError::TooLarge {
+                            what: "message",
+                            limit: self.limits.max_message,
+                        })
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
                 Err(e) => break Err(e),
             };
             if n > self.limits.max_message {
@@ -160,22 +241,23 @@ impl Filter {
                     limit: self.limits.max_message,
                 });
             }
-            // The message is read from `buf` while `plain` and `out` grow.
-            let msg = std::mem::take(&mut self.buf);
-            let r = self.message(&msg[start..start + n], out, &mut denials);
-            self.buf = msg;
-            if let Err(e) = r {
+            if let Err(e) = self.message(&rest[..n], out, &mut denials) {
                 break Err(e);
             }
             start += n;
         };
-        self.buf.drain(..start);
-        result.map(|()| denials)
+        (result.map(|()| denials), start)
     }
 
     /// Whether the stream may end here (no message cut short).
     pub fn finish(&self) -> Result<(), FluentError> {
-        if self.buf.is_empty() || self.stopped {
+        if self.stopped {
+            return Ok(());
+        }
+        if let Some(p) = &self.partial {
+            return Err(FluentError::Truncated(p.left + self.buf.len()));
+        }
+        if self.buf.is_empty() {
             Ok(())
         } else {
             Err(FluentError::Truncated(self.buf.len()))
@@ -233,6 +315,231 @@ impl Filter {
         r
     }
 
+    /// An incomplete message at the start of `rest`: if it is a
+    /// PackedForward whose header is in (and whose payload is not gzip),
+    /// begins passing it on entry by entry; returns the header's length.
+    fn start_packed(&mut self, rest: &[u8]) -> Result<Option<usize>, FluentError> {
+        let (len, after) = match rest {
+            [0x92, a @ ..] => (2, a),
+            [0x93, a @ ..] => (3, a),
+            _ => return Ok(None),
+        };
+        let Some(Some(tag_len)) = scan::value_len(after).ok() else {
+            return Ok(None);
+        };
+        let Some(tag) = scan::as_str(&after[..tag_len]) else {
+            return Ok(None);
+        };
+        let after_tag = &after[tag_len..];
+        let (head, payload) = match after_tag {
+            [0xc4 | 0xd9, n, ..] => (2, usize::from(*n)),
+            [0xc5 | 0xda, a, b, ..] => (3, usize::from(u16::from_be_bytes([*a, *b]))),
+            [0xc6 | 0xdb, a, b, c, d, ..] => (5, u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+            _ => return Ok(None),
+        };
+        // Small messages, and gzip payloads (0x1f 0x8b), are taken whole.
+        if payload < PIECE || after_tag.get(head) == Some(&0x1f) || after_tag.len() <= head {
+            return Ok(None);
+        }
+        if payload > self.limits.max_message {
+            return Err(FluentError::TooLarge {
+                what: "message",
+                limit: self.limits.max_message,
+            });
+        }
+        let tag = std::str::from_utf8(tag)
+            .map_err(|_| FluentError::Malformed("the tag is not UTF-8"))?
+            .to_string();
+        let allowed = self.allowed(&tag);
+        self.partial = Some(Partial {
+            tag,
+            allowed,
+            left: payload,
+            options: len == 3,
+            entries: 0,
+        });
+        Ok(Some(1 + tag_len + head))
+    }
+
+    /// Takes the whole entries at the start of `rest` for the message in
+    /// progress: a piece when enough are in, the last piece (with the
+    /// message's `chunk`) at its end. Returns the bytes used (0: wait).
+    fn continue_packed(
+        &mut self,
+        rest: &[u8],
+        out: &mut Vec<u8>,
+        denials: &mut Vec<Denial>,
+    ) -> Result<usize, FluentError> {
+        let Some(p) = self.partial.as_ref() else {
+            return Ok(0);
+        };
+        let avail = &rest[..rest.len().min(p.left)];
+        let mut end = 0;
+        while end < avail.len() {
+            match scan::value_len(&avail[end..])? {
+                Some(n) => end += n,
+                None => break,
+            }
+        }
+        if end < p.left {
+            if avail.len() == p.left {
+                return Err(FluentError::Malformed(
+                    "an entry runs past the end of the packed payload",
+                ));
+            }
+            // The payload goes on: a piece if there is enough (never the
+            // last entries, so the final piece is never empty).
+            if end < PIECE {
+                return Ok(0);
+            }
+            let entries = &avail[..end];
+            self.piece(entries, None, out)?;
+            return Ok(end);
+        }
+        // The payload is all in; the option map follows.
+        let opts_len = if p.options {
+            match scan::value_len(&rest[end..])? {
+                Some(n) => n,
+                None if rest.len() - end > MAX_OPTIONS => {
+                    return Err(FluentError::TooLarge {
+                        what: "option map",
+                        limit: MAX_OPTIONS,
+                    })
+                }
+                None => return Ok(0),
+            }
+        } else {
+            0
+        };
+        let options = if p.options {
+            crate::message::options(&rest[end..end + opts_len])?
+        } else {
+            crate::message::Options::default()
+        };
+        if options.compressed {
+            return Err(FluentError::Malformed(
+                "compressed: gzip, but the payload is not gzip",
+            ));
+        }
+        self.piece(&rest[..end], Some(options.chunk), out)?;
+        let Some(p) = self.partial.take() else {
+            return Ok(end + opts_len);
+        };
+        if !p.allowed {
+            self.counts.denied_messages += 1;
+            self.stopped = options.chunk.is_some();
+            denials.push(Denial {
+                tag: p.tag,
+                records: p.entries,
+                chunked: options.chunk.is_some(),
+            });
+        } else {
+            self.counts.messages += 1;
+        }
+        Ok(end + opts_len)
+    }
+
+    /// One piece of a cut-through message: its entries stamped as a
+    /// PackedForward of their own (`last` carries the message's chunk),
+    /// or counted as denied.
+    fn piece(
+        &mut self,
+        entries: &[u8],
+        last: Option<Option<&[u8]>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FluentError> {
+        let Some(p) = self.partial.as_mut() else {
+            return Ok(());
+        };
+        p.left -= entries.len();
+        if !p.allowed {
+            // Counted, not forwarded.
+            let mut rest = entries;
+            while !rest.is_empty() {
+                rest = split_value(rest)?.1;
+                p.entries += 1;
+                self.counts.denied_records += 1;
+            }
+            return Ok(());
+        }
+        let tag = p.tag.clone();
+        let mark = out.len();
+        out.push(0x93);
+        crate::stamp::put_str(out, &tag);
+        let bin = out.len();
+        out.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
+        let (n, overwritten) = match self.entries(entries, None, out) {
+            Ok(x) => x,
+            Err(e) => {
+                out.truncate(mark);
+                return Err(e);
+            }
+        };
+        let len = (out.len() - bin - 5) as u32;
+        out[bin + 1..bin + 5].copy_from_slice(&len.to_be_bytes());
+        let chunk = last.flatten();
+        let _ = rmp::encode::write_map_len(out, if chunk.is_some() { 2 } else { 1 });
+        crate::stamp::put_str(out, "size");
+        let _ = rmp::encode::write_uint(out, n);
+        if let Some(c) = chunk {
+            crate::stamp::put_str(out, "chunk");
+            out.extend_from_slice(c);
+        }
+        if let Some(p) = self.partial.as_mut() {
+            p.entries += n;
+        }
+        self.counts.records += n;
+        self.counts.overwritten += overwritten;
+        Ok(())
+    }
+
+    /// Stamps the entries `[time, record]` at `p` (`count` of them, or
+    /// until `p` ends) into `out`, framing and stamping each record in one
+    /// pass. Returns (entries, pairs dropped).
+    fn entries(
+        &self,
+        mut p: &[u8],
+        count: Option<u32>,
+        out: &mut Vec<u8>,
+    ) -> Result<(u64, u64), FluentError> {
+        let bad = FluentError::Malformed("an entry must be [time, record]");
+        let (mut n, mut overwritten) = (0u64, 0u64);
+        let mut left = count;
+        loop {
+            match left {
+                Some(0) => break,
+                Some(ref mut c) => *c -= 1,
+                None if p.is_empty() => break,
+                None => {}
+            }
+            let after = match p {
+                [0x92, rest @ ..] => rest,
+                [0xdc, 0, 2, rest @ ..] => rest,
+                [0xdd, 0, 0, 0, 2, rest @ ..] => rest,
+                _ => return Err(bad),
+            };
+            let (time, rest) = split_value(after)?;
+            if !scan::is_time(time) {
+                return Err(FluentError::Malformed(
+                    "an entry's time must be an integer or EventTime",
+                ));
+            }
+            out.push(0x92);
+            out.extend_from_slice(time);
+            let (used, dropped) = self.stamp.record_from(rest, out)?;
+            if used > self.limits.max_record {
+                return Err(FluentError::TooLarge {
+                    what: "record",
+                    limit: self.limits.max_record,
+                });
+            }
+            p = &rest[used..];
+            n += 1;
+            overwritten += u64::from(dropped);
+        }
+        Ok((n, overwritten))
+    }
+
     fn write(&mut self, msg: &message::Message<'_>, out: &mut Vec<u8>) -> Result<(), FluentError> {
         out.push(0x93);
         crate::stamp::put_str(out, msg.tag);
@@ -258,30 +565,24 @@ impl Filter {
         match msg.body {
             Body::Single { time, record } => one(time, record, out)?,
             Body::Forward { count, entries } => {
-                for e in Entries::forward(count, entries) {
-                    let (t, r) = e?;
-                    one(t, r, out)?;
-                }
+                let (k, o) = self.entries(entries, Some(count), out)?;
+                n += k;
+                overwritten += o;
             }
             Body::Packed(p) => {
-                for e in Entries::packed(p) {
-                    let (t, r) = e?;
-                    one(t, r, out)?;
-                }
+                let (k, o) = self.entries(p, None, out)?;
+                n += k;
+                overwritten += o;
             }
             Body::Compressed(gz) => {
                 let mut plain = std::mem::take(&mut self.plain);
-                let r =
-                    message::gunzip(gz, self.limits.max_decompressed, &mut plain).and_then(|()| {
-                        for e in Entries::packed(&plain) {
-                            let (t, r) = e?;
-                            one(t, r, out)?;
-                        }
-                        Ok(())
-                    });
+                let r = message::gunzip(gz, self.limits.max_decompressed, &mut plain)
+                    .and_then(|()| self.entries(&plain, None, out));
                 plain.clear();
                 self.plain = plain;
-                r?;
+                let (k, o) = r?;
+                n += k;
+                overwritten += o;
             }
         }
         let len = out.len() - bin - 5;
@@ -401,6 +702,29 @@ mod tests {
     }
 
     #[test]
+    fn feed_without_copies_gives_the_same_output_as_push_and_process() {
+        let mut wire = Vec::new();
+        for i in 0..5 {
+            wire.extend(enc(&V::Array(vec![
+                V::from("t"),
+                V::from(i),
+                rec("m", "x"),
+            ])));
+        }
+        let mut a = filter(None);
+        let mut b = filter(None);
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(7) {
+            a.push(piece);
+            a.process(&mut out_a).expect("process");
+            b.feed(piece, &mut out_b).expect("feed");
+        }
+        assert_eq!(out_a, out_b);
+        assert_eq!(decode(&out_b).len(), 5);
+        b.finish().expect("complete");
+    }
+
+    #[test]
     fn denied_tags_are_dropped_and_the_stream_goes_on_without_acks() {
         let mut f = filter(Some("app.${identity}.**"));
         let mut wire = enc(&V::Array(vec![
@@ -463,6 +787,123 @@ mod tests {
         f.push(&wire);
         assert!(f.process(&mut out).expect("ignored").is_empty());
         f.finish().expect("a stopped stream may end");
+    }
+
+    fn big_packed(records: usize, tag: &str, chunk: Option<&str>) -> Vec<u8> {
+        let packed: Vec<u8> = (0..records)
+            .flat_map(|i| {
+                enc(&V::Array(vec![
+                    V::from(i as u64),
+                    rec("message", &format!("record {i} {}", "x".repeat(100))),
+                ]))
+            })
+            .collect();
+        let mut opts = vec![(V::from("size"), V::from(records as u64))];
+        if let Some(c) = chunk {
+            opts.push((V::from("chunk"), V::from(c)));
+        }
+        enc(&V::Array(vec![
+            V::from(tag),
+            V::Binary(packed),
+            V::Map(opts),
+        ]))
+    }
+
+    #[test]
+    fn large_batches_are_passed_on_as_they_arrive_with_the_chunk_last() {
+        let wire = big_packed(1000, "app.app-1.big", Some("big-1"));
+        assert!(wire.len() > 3 * PIECE);
+        let mut f = filter(Some("app.${identity}.**"));
+        let mut out = Vec::new();
+        let mut pieces_before_end = 0;
+        for (i, part) in wire.chunks(20_000).enumerate() {
+            f.feed(part, &mut out).expect("feed");
+            if (i + 1) * 20_000 < wire.len() && !out.is_empty() {
+                pieces_before_end += 1;
+            }
+        }
+        f.finish().expect("complete");
+        assert!(
+            pieces_before_end > 0,
+            "entries went out before the batch ended"
+        );
+        let msgs = decode(&out);
+        assert!(msgs.len() > 1, "several pieces");
+        let total: usize = msgs.iter().map(|m| m.1.len()).sum();
+        assert_eq!(total, 1000);
+        let chunks: Vec<_> = msgs
+            .iter()
+            .filter(|m| {
+                m.2.as_map()
+                    .expect("opts")
+                    .iter()
+                    .any(|(k, _)| k.as_str() == Some("chunk"))
+            })
+            .collect();
+        assert_eq!(chunks.len(), 1, "one ack asked for, on the last piece");
+        assert!(std::ptr::eq(chunks[0], msgs.last().expect("last")));
+        assert!(
+            !msgs.last().expect("last").1.is_empty(),
+            "the last piece has records"
+        );
+        assert_eq!(f.counts().records, 1000);
+        assert_eq!(f.counts().messages, 1);
+    }
+
+    #[test]
+    fn a_large_denied_batch_sends_nothing() {
+        let wire = big_packed(1000, "audit.big", Some("big-2"));
+        let mut f = filter(Some("app.${identity}.**"));
+        let mut out = Vec::new();
+        let mut denied = Vec::new();
+        for part in wire.chunks(20_000) {
+            denied.extend(f.feed(part, &mut out).expect("feed"));
+        }
+        assert!(out.is_empty());
+        assert_eq!(denied.len(), 1);
+        assert_eq!(denied[0].records, 1000);
+        assert!(denied[0].chunked);
+        assert!(f.stopped());
+    }
+
+    #[test]
+    fn a_large_batch_cut_short_or_claiming_too_much_is_refused() {
+        let wire = big_packed(1000, "t", None);
+        let mut f = filter(None);
+        let mut out = Vec::new();
+        f.feed(&wire[..wire.len() / 2], &mut out).expect("half");
+        assert!(matches!(f.finish(), Err(FluentError::Truncated(_))));
+
+        let mut f = Filter::new(
+            Stamp::new(&[]),
+            None,
+            Limits {
+                max_message: 100_000,
+                ..Limits::default()
+            },
+        );
+        let mut head = vec![0x93, 0xa1, b't', 0xc6];
+        head.extend_from_slice(&200_000u32.to_be_bytes());
+        head.push(0x92);
+        assert!(matches!(
+            f.feed(&head, &mut Vec::new()),
+            Err(FluentError::TooLarge {
+                what: "message",
+                ..
+            })
+        ));
+
+        // An entry that runs past the payload's end.
+        let mut f = filter(None);
+        let mut m = vec![0x93, 0xa1, b't', 0xc6];
+        let payload: Vec<u8> = (0..400)
+            .flat_map(|i| enc(&V::Array(vec![V::from(i), rec("m", &"y".repeat(100))])))
+            .collect();
+        let cut = payload.len() - 3;
+        m.extend_from_slice(&(cut as u32).to_be_bytes());
+        m.extend_from_slice(&payload);
+        m.extend(enc(&V::Map(vec![])));
+        assert!(f.feed(&m, &mut Vec::new()).is_err());
     }
 
     #[test]

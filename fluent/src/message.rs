@@ -103,7 +103,8 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, FluentError> {
     Ok(Message { tag, body, options })
 }
 
-fn options(v: &[u8]) -> Result<Options<'_>, FluentError> {
+/// Parses an option map (one whole value; nil is no options).
+pub fn options(v: &[u8]) -> Result<Options<'_>, FluentError> {
     let bad = FluentError::Malformed;
     if v == [0xc0] {
         return Ok(Options::default());

@@ -50,31 +50,62 @@ impl Stamp {
     /// of the record's own pairs were dropped because the stamp sets their
     /// key (a forgery, or a second pass through a router).
     pub fn record(&self, record: &[u8], out: &mut Vec<u8>) -> Result<u32, FluentError> {
-        let (pairs, mut rest) =
-            scan::as_map(record).ok_or(FluentError::Malformed("a record must be a map"))?;
+        self.record_from(record, out).map(|(_, dropped)| dropped)
+    }
+
+    /// [`Stamp::record`] for the record at the start of `input` (which may
+    /// go on past it): returns the record's length and the pairs dropped.
+    /// One pass over the record: framing and stamping together.
+    pub fn record_from(
+        &self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, u32), FluentError> {
+        let not_map = FluentError::Malformed("a record must be a map");
+        let (pairs, head) = match input.first() {
+            Some(m @ 0x80..=0x8f) => (u32::from(m & 0x0f), 1),
+            Some(0xde) => match input.get(1..3) {
+                Some(b) => (u32::from(u16::from_be_bytes([b[0], b[1]])), 3),
+                None => return Err(FluentError::Malformed("a msgpack value is cut short")),
+            },
+            Some(0xdf) => match input.get(1..5) {
+                Some(b) => (u32::from_be_bytes([b[0], b[1], b[2], b[3]]), 5),
+                None => return Err(FluentError::Malformed("a msgpack value is cut short")),
+            },
+            _ => return Err(not_map),
+        };
+        let mut rest = &input[head..];
         // map32 is a valid encoding of any map: its length is written once
         // the pairs are counted, with no second pass.
         let header = out.len();
         out.extend_from_slice(&[0xdf, 0, 0, 0, 0]);
         let mut kept: u32 = 0;
         let mut dropped: u32 = 0;
+        // Pairs are copied in runs: one copy for a record with no
+        // forged key, whatever its size.
+        let body = rest;
+        let mut run = 0usize;
+        let mut pos = 0usize;
         for _ in 0..pairs {
             let (k, r) = split_value(rest)?;
             let (v, r) = split_value(r)?;
             rest = r;
+            let len = k.len() + v.len();
             let ours = scan::as_str(k).is_some_and(|k| self.keys.iter().any(|s| s == k));
             if ours {
+                out.extend_from_slice(&body[run..pos]);
+                run = pos + len;
                 dropped += 1;
             } else {
-                out.extend_from_slice(k);
-                out.extend_from_slice(v);
                 kept += 1;
             }
+            pos += len;
         }
+        out.extend_from_slice(&body[run..pos]);
         out.extend_from_slice(&self.pairs);
         let total = kept + self.keys.len() as u32;
         out[header + 1..header + 5].copy_from_slice(&total.to_be_bytes());
-        Ok(dropped)
+        Ok((head + pos, dropped))
     }
 }
 

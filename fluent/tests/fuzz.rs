@@ -78,6 +78,22 @@ fn message(rng: &mut StdRng) -> (Vec<u8>, usize) {
         ));
     }
     let tag = V::from("app.fuzz");
+    if rng.random_range(0..8) == 0 {
+        // A batch large enough to be passed on as it arrives (cut-through).
+        let n = rng.random_range(300..450);
+        let packed: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                enc(&V::Array(vec![
+                    time(rng),
+                    V::Map(vec![(V::from("m"), V::from(format!("{i:0>100}")))]),
+                ]))
+            })
+            .collect();
+        return (
+            enc(&V::Array(vec![tag, V::Binary(packed), V::Map(opts)])),
+            n,
+        );
+    }
     let v = match rng.random_range(0..4) {
         0 => {
             let mut a = vec![tag, time(rng), record(rng, 0)];
@@ -174,9 +190,14 @@ fn valid_streams_pass_whole_in_any_pieces() {
         let mut rest = &wire[..];
         while !rest.is_empty() {
             let k = rng.random_range(1..=rest.len());
-            f.push(&rest[..k]);
+            let denied = if rng.random::<bool>() {
+                f.feed(&rest[..k], &mut out)
+            } else {
+                f.push(&rest[..k]);
+                f.process(&mut out)
+            };
+            assert!(denied.expect("valid input").is_empty());
             rest = &rest[k..];
-            assert!(f.process(&mut out).expect("valid input").is_empty());
         }
         f.finish().expect("complete");
         assert_eq!(check_output(&out), want);
