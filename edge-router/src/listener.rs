@@ -623,6 +623,16 @@ async fn handle_stream(
     };
     let on_forward = |records, overwritten| {
         guard.metrics.fluent_records(&label, records, overwritten);
+        if overwritten > 0 {
+            // As it happens, not at the end of a stream that may last days.
+            budgeted_info!(
+                guard.refusals,
+                %peer,
+                service = %req.service,
+                keys = overwritten,
+                "records carried their own stamp keys (a forged sender?); overwritten with the verified identity"
+            );
+        }
     };
     let stats = crate::fluent::splice(
         tcp,
@@ -636,15 +646,6 @@ async fn handle_stream(
         &on_forward,
     )
     .await;
-    if stats.counts.overwritten > 0 {
-        budgeted_info!(
-            guard.refusals,
-            %peer,
-            service = %req.service,
-            keys = stats.counts.overwritten,
-            "records carried their own stamp keys; overwritten with the verified identity"
-        );
-    }
     use crate::fluent::FluentEnding;
     let (ended, reason) = match stats.ending {
         FluentEnding::Clean => ("clean", String::new()),
