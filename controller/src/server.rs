@@ -1262,7 +1262,9 @@ async fn router_sync(
             deliver(send, &ControlResponse::Error(refusal.error())).await;
             break;
         }
-        let frame = ControlResponse::Snapshot((*snapshot).clone());
+        // Shared keys only for the services this router may serve.
+        let frame =
+            ControlResponse::Snapshot(darkport_proto::policy::for_router(&snapshot, &peer.name));
         match tokio::time::timeout(
             SNAPSHOT_WRITE_TIMEOUT,
             write_frame(send, &frame, MAX_CONTROL_FRAME),

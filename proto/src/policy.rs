@@ -406,6 +406,30 @@ fn tag_patterns<'a>(
     Some(out)
 }
 
+/// The snapshot as `router` receives it: a fluent-forward service's shared
+/// key only goes to routers that may serve the service (the key is a
+/// credential for that service alone; a router that may not dial it has
+/// no use for it).
+pub fn for_router(snapshot: &PolicySnapshot, router: &IdentityName) -> PolicySnapshot {
+    let mut out = snapshot.clone();
+    let entry = snapshot.identity(Kind::Router, router);
+    for svc in &mut out.services {
+        if let ServiceProtocol::FluentForward(f) = &mut svc.protocol {
+            let serves = entry.is_some_and(|r| {
+                snapshot
+                    .services
+                    .iter()
+                    .find(|s| s.name == svc.name)
+                    .is_some_and(|s| snapshot.serve_policies(r, s).next().is_some())
+            });
+            if !serves {
+                f.shared_key = None;
+            }
+        }
+    }
+    out
+}
+
 /// What `policy explain` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -692,6 +716,41 @@ mod tests {
             NOW
         )
         .is_err());
+    }
+
+    #[test]
+    fn shared_keys_go_only_to_routers_that_may_serve_the_service() {
+        let mut s = snapshot();
+        for svc in &mut s.services {
+            svc.protocol = ServiceProtocol::FluentForward(FluentSettings {
+                shared_key: Some("k".into()),
+                ..FluentSettings::default()
+            });
+        }
+        let key = |s: &PolicySnapshot, name: &str| match &s
+            .services
+            .iter()
+            .find(|x| x.name.as_str() == name)
+            .expect("service")
+            .protocol
+        {
+            ServiceProtocol::FluentForward(f) => f.shared_key.clone(),
+            ServiceProtocol::Tcp => None,
+        };
+        for r in s.identities.iter().filter(|i| i.kind == Kind::Router) {
+            let mine = for_router(&s, &r.name);
+            for svc in &s.services {
+                let serves = s.serve_policies(r, svc).next().is_some();
+                assert_eq!(
+                    key(&mine, svc.name.as_str()).is_some(),
+                    serves,
+                    "router {} service {}",
+                    r.name,
+                    svc.name
+                );
+            }
+        }
+        assert_eq!(key(&for_router(&s, &n("no-such-router")), "fluentd"), None);
     }
 
     #[test]
