@@ -115,6 +115,62 @@ async fn the_readme_flow_with_the_binaries_on_ipv6() {
         "darkport-controller",
         &with_ctl(&["service", "create", "echo", "--address", &echo.to_string()]),
     );
+
+    // A fluent-forward service: a shared key readable by others is refused;
+    // a 0600 one is taken and never listed back; `service update` switches
+    // the protocol; bad tag patterns are refused, naming the pattern.
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("fluentd.key");
+    std::fs::write(&key, "s3cret\n").expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let args = with_ctl(&[
+        "service",
+        "create",
+        "logs",
+        "--address",
+        "127.0.0.1:24224",
+        "--protocol",
+        "fluent-forward",
+        "--shared-key-file",
+        "fluentd.key",
+    ]);
+    let refused = cli(dir, "darkport-controller", &args);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    ok(dir, "darkport-controller", &args);
+    let listed = ok(dir, "darkport-controller", &with_ctl(&["service", "list"]));
+    assert!(listed.contains("fluent-forward"), "{listed}");
+    let json = ok(
+        dir,
+        "darkport-controller",
+        &with_ctl(&["service", "list", "--json"]),
+    );
+    assert!(!json.contains("s3cret") && json.contains("(set)"), "{json}");
+    ok(
+        dir,
+        "darkport-controller",
+        &with_ctl(&["service", "update", "logs", "--protocol", "tcp"]),
+    );
+    let listed = ok(dir, "darkport-controller", &with_ctl(&["service", "list"]));
+    assert!(!listed.contains("fluent-forward"), "{listed}");
+    let bad = cli(
+        dir,
+        "darkport-controller",
+        &with_ctl(&[
+            "policy",
+            "create",
+            "bad",
+            "--service-roles",
+            "logs",
+            "--identity-roles",
+            "#all",
+            "--tags",
+            "app.{web",
+        ]),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("app.{web"));
     ok(
         dir,
         "darkport-controller",
