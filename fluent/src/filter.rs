@@ -113,6 +113,9 @@ struct Partial {
     options: bool,
     /// Entries taken so far (forwarded, or skipped if denied).
     entries: u64,
+    /// Bytes of whole entries already framed at the front of what is
+    /// pending, so a wait for more bytes does not frame them again.
+    framed: usize,
 }
 
 /// A cut-through piece is sent once this many bytes of whole entries are
@@ -357,6 +360,7 @@ impl Filter {
             left: payload,
             options: len == 3,
             entries: 0,
+            framed: 0,
         });
         Ok(Some(1 + tag_len + head))
     }
@@ -374,13 +378,19 @@ impl Filter {
             return Ok(0);
         };
         let avail = &rest[..rest.len().min(p.left)];
-        let mut end = 0;
+        let mut end = p.framed.min(avail.len());
         while end < avail.len() {
             match scan::value_len(&avail[end..])? {
                 Some(n) => end += n,
                 None => break,
             }
         }
+        if let Some(p) = self.partial.as_mut() {
+            p.framed = end;
+        }
+        let Some(p) = self.partial.as_ref() else {
+            return Ok(0);
+        };
         if end < p.left {
             if avail.len() == p.left {
                 return Err(FluentError::Malformed(
@@ -452,6 +462,7 @@ impl Filter {
             return Ok(());
         };
         p.left -= entries.len();
+        p.framed = 0;
         if !p.allowed {
             // Counted, not forwarded.
             let mut rest = entries;
