@@ -55,27 +55,19 @@ impl Stunnel {
     /// Writes certificates and configs into `dir` and starts both sides.
     pub async fn start(bin: &Path, dir: &Path, services: &Targets) -> Result<Stunnel> {
         write_certs(dir)?;
-        let server_ports = {
+        // stunnel passes bytes: `fluentfw` is the same tunnel as `fluent`.
+        let ports = || -> Result<Targets> {
             let fluent = free_tcp_port()?;
-            Targets {
+            Ok(Targets {
                 sink: free_tcp_port()?,
                 rr: free_tcp_port()?,
                 echo: free_tcp_port()?,
                 fluent,
                 fluentfw: fluent,
-            }
+            })
         };
-        let forwards = {
-            let fluent = free_tcp_port()?;
-            Targets {
-                sink: free_tcp_port()?,
-                rr: free_tcp_port()?,
-                echo: free_tcp_port()?,
-                fluent,
-                // stunnel passes bytes: the same tunnel.
-                fluentfw: fluent,
-            }
-        };
+        let server_ports = ports()?;
+        let forwards = ports()?;
         let d = dir.display();
         let global =
             "foreground = quiet\ndebug = err\nsyslog = no\npid =\nsslVersionMin = TLSv1.3\n";

@@ -118,6 +118,18 @@ pub fn init_logging(args: &LogArgs) -> Result<LogHandle, LogError> {
     })
 }
 
+/// The flags every long-running `run` shares: its config file and its
+/// metrics and health endpoint.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunCommon {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: config::ConfigArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: health::MetricsArgs,
+}
+
 /// What a binary does on SIGHUP: parse the command line and config file
 /// again (as [`config::parse`]), apply the log level, then `apply` the rest
 /// of what is safe to change. A config that does not parse is logged and

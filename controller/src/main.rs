@@ -52,9 +52,7 @@ struct AdminArgs {
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    config: darkport_cli::config::ConfigArgs,
-    #[command(flatten)]
-    metrics: darkport_cli::health::MetricsArgs,
+    common: darkport_cli::RunCommon,
     #[command(flatten)]
     dir: Dir,
     /// UDP address to listen on (default: the advertised address).
@@ -641,7 +639,7 @@ async fn real_main() -> Result<ExitCode> {
         Cmd::Run(RunArgs {
             dir,
             listen,
-            metrics: metrics_args,
+            common,
             ..
         }) => {
             let dd = DataDir::new(&dir.data_dir);
@@ -672,7 +670,7 @@ async fn real_main() -> Result<ExitCode> {
                 ready: Box::new(move || ready.ready()),
                 refresh: vec![],
             };
-            darkport_cli::health::start(&metrics_args, health, std::future::pending()).await?;
+            darkport_cli::health::start(&common.metrics, health, std::future::pending()).await?;
             let reload = darkport_cli::reload_on_hangup::<Cli>(log, |c| &c.log, |_| {});
             let signal = darkport_transport::endpoint::shutdown_signal(reload);
             darkport_cli::notify_ready();

@@ -61,9 +61,7 @@ enum Cmd {
 #[derive(clap::Args)]
 struct RunArgs {
     #[command(flatten)]
-    config: darkport_cli::config::ConfigArgs,
-    #[command(flatten)]
-    metrics: darkport_cli::health::MetricsArgs,
+    common: darkport_cli::RunCommon,
     /// Identity file from `enroll`.
     #[arg(long, env = "DARKPORT_IDENTITY")]
     identity: PathBuf,
@@ -252,7 +250,7 @@ async fn real_main() -> Result<()> {
                 ));
             }
             darkport_cli::health::start(
-                &args.metrics,
+                &args.common.metrics,
                 client_health(client.clone()),
                 std::future::pending(),
             )

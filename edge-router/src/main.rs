@@ -50,9 +50,7 @@ enum Cmd {
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    config: darkport_cli::config::ConfigArgs,
-    #[command(flatten)]
-    metrics: darkport_cli::health::MetricsArgs,
+    common: darkport_cli::RunCommon,
     /// Identity file from `enroll`.
     #[arg(long, env = "DARKPORT_IDENTITY")]
     identity: PathBuf,
@@ -159,7 +157,8 @@ async fn real_main() -> Result<()> {
                 ready: Box::new(move || ready.ready()),
                 refresh: vec![Box::new(move || refresh.refresh())],
             };
-            darkport_cli::health::start(&args.metrics, health, std::future::pending()).await?;
+            darkport_cli::health::start(&args.common.metrics, health, std::future::pending())
+                .await?;
             // Signals are handled from here on; socket bound, identity
             // loaded: ready, for systemd.
             let reload = darkport_cli::reload_on_hangup::<Cli>(
