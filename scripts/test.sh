@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the third-party Fluentd clients used by
 # the interop tests (PyPI fluent-logger, npm fluent-logger), builds the
-# binaries (the whole-system tests run them), then `cargo test --workspace`.
+# binaries (the whole-system tests run them), then `cargo test --workspace`,
+# then the whole-system tests again over the TCP transport.
 # Needs python3 with pip, node with npm, and for the Go client golang-go
 # with golang-github-fluent-fluent-logger-golang-dev (Debian).
 set -euo pipefail
@@ -13,3 +14,11 @@ echo "==> cargo build --workspace --bins (whole-system tests run the real binari
 cargo build --workspace --bins
 echo "==> cargo test --workspace"
 cargo test --workspace "$@"
+# The whole-system tests whose clients dial through routers, once more with
+# every client on TLS over TCP: everything they check must hold on both
+# transports (failover, revocation cuts, renewal, early data, half-close,
+# reset, fluent-forward).
+echo "==> the same whole-system tests over the TCP transport (DARKPORT_TEST_TRANSPORT=tcp)"
+DARKPORT_TEST_TRANSPORT=tcp cargo test -p darkport-tests \
+    --test tunnel --test lifecycle --test control_plane --test hardening \
+    --test security --test logs --test operations --test fluent_mode "$@"

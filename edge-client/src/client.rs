@@ -29,14 +29,14 @@ use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{ControlBody, ControlResponse, DialRequest, DialResponse, RouterInfo};
 use darkport_proto::token::fmt_time;
-use darkport_proto::{ProtoError, ALPN_DATA};
+use darkport_proto::{ProtoError, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
-use darkport_transport::splice::RESET_CODE;
-use darkport_transport::tls::{client_config, Trust};
-use darkport_transport::{close_code, stream_code};
-use darkport_transport::{control, describe_connection_error, unix_now};
+use darkport_transport::mux::{Conn, RemoteEnd, Transport, TransportMode};
+use darkport_transport::tls::{client_config, rustls_client_config, Trust};
+use darkport_transport::{close_code, control, unix_now};
 
+use crate::choice::{Memory, Plan, REMEMBER_TCP};
 use crate::{DialError, DialStream};
 
 /// Most application bytes [`Client::dial_from`] sends behind a dial
@@ -52,6 +52,9 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_millis(400);
 
 /// How long a router list from the controller is used before asking again.
 pub const ROUTER_LIST_TTL: Duration = Duration::from_secs(30);
+
+/// How long a failed dial over TCP waits for its connection's close code.
+const TCP_CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Time a background connect to a router may take.
 const BACKGROUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,6 +74,12 @@ pub struct ClientOptions {
     pub identity_path: Option<PathBuf>,
     /// How many routers to keep connections to (when that many exist).
     pub pool_size: usize,
+    /// Which transport reaches routers: QUIC, TCP, or `Auto` (race them,
+    /// prefer QUIC; see [`crate::choice`]).
+    pub transport: TransportMode,
+    /// In `Auto`, how long a router where only TCP got through is reached
+    /// over TCP before QUIC is tried again.
+    pub remember_tcp: Duration,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +88,8 @@ impl Default for ClientOptions {
             routers: vec![],
             identity_path: None,
             pool_size: 2,
+            transport: TransportMode::Auto,
+            remember_tcp: REMEMBER_TCP,
         }
     }
 }
@@ -92,15 +103,149 @@ pub struct RouterConnection {
     pub rtt: Duration,
     /// Largest UDP payload the path is known to carry (path MTU discovery
     /// starts at 1,200 bytes and probes up to
-    /// [`darkport_transport::endpoint::MAX_UDP_PAYLOAD`]).
+    /// [`darkport_transport::endpoint::MAX_UDP_PAYLOAD`]); 0 over TCP.
     pub path_mtu: u16,
+    /// QUIC or TCP.
+    pub transport: Transport,
 }
 
 /// A router connection.
 #[derive(Debug, Clone)]
 struct Live {
     router: String,
-    conn: quinn::Connection,
+    conn: Conn,
+}
+
+/// The TLS configurations of both transports for one identity.
+#[derive(Debug, Clone)]
+struct Configs {
+    quic: quinn::ClientConfig,
+    tcp: Arc<rustls::ClientConfig>,
+}
+
+impl Configs {
+    fn new(identity: &Identity) -> Result<Configs, DialError> {
+        let trust = || Trust::Ca(identity.ca.clone());
+        Ok(Configs {
+            quic: client_config(Some(identity), trust(), Kind::Router, ALPN_DATA)?,
+            tcp: Arc::new(rustls_client_config(
+                Some(identity),
+                trust(),
+                Kind::Router,
+                ALPN_DATA_TCP,
+            )?),
+        })
+    }
+}
+
+/// Makes router connections over the transport the mode and the
+/// [`Memory`] call for; shared by dials and the background maintenance.
+#[derive(Debug, Clone)]
+struct Connector {
+    endpoint: quinn::Endpoint,
+    mode: TransportMode,
+    remember_tcp: Duration,
+    memory: Arc<Mutex<Memory>>,
+}
+
+impl Connector {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn learned(&self, router: &str, won: Transport) {
+        let hold = self.remember_tcp;
+        self.memory().learned(router, won, Instant::now(), hold);
+    }
+
+    async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        let plan = self.memory().plan(self.mode, router, Instant::now());
+        match plan {
+            Plan::Quic => self.quic(configs, router).await,
+            Plan::Tcp => self.tcp(configs, router).await,
+            Plan::Race { tcp_after } => self.race(configs, router, tcp_after).await,
+        }
+    }
+
+    async fn quic(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        darkport_transport::endpoint::connect_any(
+            &self.endpoint,
+            configs.quic.clone(),
+            router,
+            ROUTER_NAME,
+        )
+        .await
+        .map(Conn::from)
+        .map_err(|e| router_error(router, format!("QUIC: {e}")))
+    }
+
+    async fn tcp(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_NAME)
+            .await
+            .map_err(|e| router_error(router, format!("TCP: {e}")))
+    }
+
+    /// QUIC first; TCP joins after `tcp_after` or when QUIC fails. The
+    /// first handshake to finish wins; the other attempt is dropped.
+    async fn race(
+        &self,
+        configs: &Configs,
+        router: &str,
+        tcp_after: Duration,
+    ) -> Result<Conn, DialError> {
+        let quic = self.quic(configs, router);
+        let tcp = async {
+            tokio::time::sleep(tcp_after).await;
+            self.tcp(configs, router).await
+        };
+        tokio::pin!(quic, tcp);
+        let (mut quic_failed, mut tcp_failed) = (None, None);
+        // TCP's head-start timer is skipped once QUIC has failed.
+        let tcp_now = self.tcp(configs, router);
+        tokio::pin!(tcp_now);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut quic, if quic_failed.is_none() => match r {
+                    Ok(c) => {
+                        self.learned(router, Transport::Quic);
+                        return Ok(c);
+                    }
+                    Err(e) => quic_failed = Some(e),
+                },
+                r = &mut tcp, if tcp_failed.is_none() && quic_failed.is_none() => match r {
+                    Ok(c) => {
+                        info!(router, "QUIC did not get through within {tcp_after:?}; using TCP");
+                        self.learned(router, Transport::Tcp);
+                        return Ok(c);
+                    }
+                    Err(e) => tcp_failed = Some(e),
+                },
+                r = &mut tcp_now, if tcp_failed.is_none() && quic_failed.is_some() => match r {
+                    Ok(c) => {
+                        info!(router, "QUIC failed; using TCP");
+                        self.learned(router, Transport::Tcp);
+                        return Ok(c);
+                    }
+                    Err(e) => tcp_failed = Some(e),
+                },
+            }
+            if let (Some(q), Some(t)) = (&quic_failed, &tcp_failed) {
+                return Err(router_error(router, format!("{q}; {t}")));
+            }
+        }
+    }
+}
+
+/// The server name a client asks routers for (the certificate check is
+/// on the identity URI, not on this name).
+const ROUTER_NAME: &str = "darkport-router";
+
+fn router_error(router: &str, reason: String) -> DialError {
+    DialError::Router {
+        router: router.to_string(),
+        reason,
+    }
 }
 
 /// A router the client may use, and which of its services it serves
@@ -115,8 +260,8 @@ struct Candidate {
 struct Pool {
     /// Identity the connections below were made with.
     identity: Arc<Identity>,
-    /// Data-plane TLS configuration for `identity`.
-    config: quinn::ClientConfig,
+    /// Data-plane TLS configurations for `identity`.
+    configs: Configs,
     /// Known routers.
     routers: Vec<Candidate>,
     /// When `routers` came from the controller.
@@ -130,7 +275,7 @@ struct Pool {
 pub struct Client {
     identity: watch::Receiver<Arc<Identity>>,
     options: ClientOptions,
-    endpoint: quinn::Endpoint,
+    connector: Connector,
     /// Held only to read or swap, never across an await.
     pool: Arc<Mutex<Pool>>,
     /// Single-flight gate for (re)connecting, so a burst of dials opens one
@@ -158,13 +303,13 @@ impl Client {
             warn!(identity = %identity.name, kind = %identity.kind, "dialing with a non-client identity; routers will refuse it");
         }
         let identity = Arc::new(identity);
-        let config = client_config(
-            Some(&identity),
-            Trust::Ca(identity.ca.clone()),
-            Kind::Router,
-            ALPN_DATA,
-        )?;
-        let endpoint = darkport_transport::endpoint::client(None)?;
+        let configs = Configs::new(&identity)?;
+        let connector = Connector {
+            endpoint: darkport_transport::endpoint::client(None)?,
+            mode: options.transport,
+            remember_tcp: options.remember_tcp,
+            memory: Arc::default(),
+        };
         let (id_tx, id_rx) = watch::channel(identity.clone());
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(path) = options.identity_path.clone() {
@@ -180,21 +325,21 @@ impl Client {
             .collect();
         let pool = Arc::new(Mutex::new(Pool {
             identity,
-            config,
+            configs,
             routers,
             fetched: None,
             conns: vec![],
         }));
         tasks.spawn(maintain(
             pool.clone(),
-            endpoint.clone(),
+            connector.clone(),
             options.clone(),
             id_rx.clone(),
         ));
         Ok(Client {
             identity: id_rx,
             options,
-            endpoint,
+            connector,
             pool,
             refill: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(tasks),
@@ -390,14 +535,9 @@ impl Client {
         if !Arc::ptr_eq(&pool.identity, &current) {
             // A renewed certificate: new connections present it. Existing
             // streams keep their connections until they end.
-            match client_config(
-                Some(&current),
-                Trust::Ca(current.ca.clone()),
-                Kind::Router,
-                ALPN_DATA,
-            ) {
+            match Configs::new(&current) {
                 Ok(c) => {
-                    pool.config = c;
+                    pool.configs = c;
                     pool.identity = current;
                     pool.conns.clear();
                 }
@@ -445,6 +585,27 @@ impl Client {
         &self,
         live: &Live,
         service: &str,
+        early: Option<&mut Early<'_>>,
+    ) -> Result<DialStream, DialError> {
+        let result = self.dial_on_inner(live, service, early).await;
+        match result {
+            Err(e @ DialError::Router { .. })
+                if live.conn.transport() == Transport::Tcp
+                    && live.conn.close_reason().is_none() =>
+            {
+                // Over TCP a stream can fail a moment before the end of its
+                // connection (and the router's close code) is known.
+                let _ = tokio::time::timeout(TCP_CLOSE_GRACE, live.conn.closed()).await;
+                Err(refused(&live.router, &live.conn).unwrap_or(e))
+            }
+            other => other,
+        }
+    }
+
+    async fn dial_on_inner(
+        &self,
+        live: &Live,
+        service: &str,
         mut early: Option<&mut Early<'_>>,
     ) -> Result<DialStream, DialError> {
         let lost = |reason: String| {
@@ -456,15 +617,11 @@ impl Client {
         let why_closed = |fallback: String| {
             live.conn
                 .close_reason()
-                .map(|e| describe_connection_error(&e))
+                .map(|e| e.to_string())
                 .unwrap_or(fallback)
         };
-        let rx_before = live.conn.stats().udp_rx.datagrams;
-        let (mut send, mut recv) = live
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| lost(describe_connection_error(&e)))?;
+        let rx_before = live.conn.heard();
+        let (mut send, mut recv) = live.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
         write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
             .await
             .map_err(|e| lost(why_closed(e.to_string())))?;
@@ -499,14 +656,14 @@ impl Client {
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            let _ = send.reset(stream_code(StreamCode::Refused));
+                            send.reset(StreamCode::Refused);
                             return Err(DialError::Io(e));
                         }
                     },
                     _ = tokio::time::sleep_until(check_at) => {
-                        if live.conn.stats().udp_rx.datagrams == rx_before {
-                            let _ = send.reset(stream_code(StreamCode::Refused));
-                            live.conn.close(close_code(CloseCode::Done), b"router not answering");
+                        if live.conn.heard() == rx_before {
+                            send.reset(StreamCode::Refused);
+                            live.conn.close(CloseCode::Done, b"router not answering");
                             return Err(lost(format!("no answer at all within {window:?}; taking it for dead")));
                         }
                         if started.elapsed() >= DIAL_TIMEOUT {
@@ -547,7 +704,7 @@ impl Client {
     async fn fill(&self) -> Result<(), DialError> {
         let _gate = self.refill.lock().await;
         self.refresh_routers().await;
-        let (config, targets) = {
+        let (configs, targets) = {
             let pool = self.pool();
             let have: Vec<String> = pool
                 .conns
@@ -562,7 +719,7 @@ impl Client {
                 .map(|r| r.addr.clone())
                 .filter(|a| !have.contains(a))
                 .collect();
-            (pool.config.clone(), (targets, want))
+            (pool.configs.clone(), (targets, want))
         };
         let (targets, want) = targets;
         if want == 0 {
@@ -573,17 +730,17 @@ impl Client {
         // answers. Later successes join the pool in the background.
         let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
         for addr in targets {
-            let (endpoint, config, tx, pool) = (
-                self.endpoint.clone(),
-                config.clone(),
+            let (connector, configs, tx, pool) = (
+                self.connector.clone(),
+                configs.clone(),
                 tx.clone(),
                 self.pool.clone(),
             );
             let size = self.options.pool_size;
             tokio::spawn(async move {
-                let result = connect(&endpoint, &config, &addr).await;
+                let result = connector.connect(&configs, &addr).await;
                 if let Ok(conn) = &result {
-                    info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
+                    info!(router = %addr, rtt = ?conn.rtt(), transport = %conn.transport(), "connected to router");
                     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
                     if pool.conns.len() < size {
                         pool.conns.push(Live {
@@ -591,7 +748,7 @@ impl Client {
                             conn: conn.clone(),
                         });
                     } else {
-                        conn.close(close_code(CloseCode::Done), b"enough routers");
+                        conn.close(CloseCode::Done, b"enough routers");
                     }
                 }
                 let _ = tx.send(result.map(|_| ())).await;
@@ -720,7 +877,8 @@ impl Client {
             .map(|l| RouterConnection {
                 router: l.router.clone(),
                 rtt: l.conn.rtt(),
-                path_mtu: l.conn.stats().path.current_mtu,
+                path_mtu: l.conn.path_mtu().unwrap_or(0),
+                transport: l.conn.transport(),
             })
             .collect();
         v.sort_by_key(|c| c.rtt);
@@ -729,9 +887,28 @@ impl Client {
 
     /// Closes router connections and waits briefly for the close to be sent.
     pub async fn close(&self) {
-        self.endpoint
+        let conns = std::mem::take(&mut self.pool().conns);
+        for l in &conns {
+            l.conn.close(CloseCode::Done, b"client closing");
+        }
+        self.connector
+            .endpoint
             .close(close_code(CloseCode::Done), b"client closing");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let flushed: Vec<_> = conns
+            .iter()
+            .map(|l| l.conn.flushed(Duration::from_secs(2)))
+            .collect();
+        drop(conns);
+        let tcp_flushed = async {
+            for f in flushed {
+                f.await;
+            }
+        };
+        let quic_idle = self.connector.endpoint.wait_idle();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            tokio::join!(tcp_flushed, quic_idle)
+        })
+        .await;
     }
 }
 
@@ -768,19 +945,23 @@ async fn read_early(early: &mut Option<&mut Early<'_>>) -> std::io::Result<Optio
 }
 
 /// Whether a read failed because the peer reset the stream with
-/// [`RESET_CODE`], which only a splice sends (a TCP reset carried across).
+/// [`StreamCode::Reset`], which only a splice sends (a TCP reset carried
+/// across).
 fn is_splice_reset(e: &std::io::Error) -> bool {
     matches!(
-        e.get_ref().and_then(|i| i.downcast_ref::<quinn::ReadError>()),
-        Some(quinn::ReadError::Reset(code)) if *code == RESET_CODE
+        e.get_ref().and_then(|i| i.downcast_ref::<RemoteEnd>()),
+        Some(RemoteEnd::Reset(code)) if *code == u64::from(StreamCode::Reset.code())
     )
 }
 
 /// The router's refusal of this identity, if it closed the connection with
 /// one of the codes that mean "this identity may not use the data plane"
 /// (see the router's listener).
-fn refused(router: &str, conn: &quinn::Connection) -> Option<DialError> {
-    match darkport_transport::peer_close_code(&conn.close_reason()?)? {
+fn refused(router: &str, conn: &Conn) -> Option<DialError> {
+    let RemoteEnd::Closed { code, reason } = conn.close_reason()? else {
+        return None;
+    };
+    match (CloseCode::from_code(code)?, reason) {
         (CloseCode::Forbidden | CloseCode::Revoked, reason) => Some(DialError::IdentityRefused {
             router: router.to_string(),
             reason,
@@ -828,8 +1009,7 @@ fn apply_router_list(
             pool.conns.retain(|l| {
                 let keep = listed.contains(&l.router);
                 if !keep {
-                    l.conn
-                        .close(close_code(CloseCode::Done), b"router no longer listed");
+                    l.conn.close(CloseCode::Done, b"router no longer listed");
                 }
                 keep
             });
@@ -858,20 +1038,6 @@ fn candidates_from(list: &[RouterInfo]) -> Vec<Candidate> {
             services: Some(r.services.iter().map(|s| s.to_string()).collect()),
         })
         .collect()
-}
-
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    config: &quinn::ClientConfig,
-    router: &str,
-) -> Result<quinn::Connection, DialError> {
-    let fail = |reason: String| DialError::Router {
-        router: router.to_string(),
-        reason,
-    };
-    darkport_transport::endpoint::connect_any(endpoint, config.clone(), router, "darkport-router")
-        .await
-        .map_err(|e| fail(e.to_string()))
 }
 
 /// A connection that receives nothing for this long (two and a half
@@ -908,7 +1074,7 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// dial has loaded a router list.
 async fn maintain(
     pool: Arc<Mutex<Pool>>,
-    endpoint: quinn::Endpoint,
+    connector: Connector,
     options: ClientOptions,
     identity: watch::Receiver<Arc<Identity>>,
 ) {
@@ -937,7 +1103,7 @@ async fn maintain(
     loop {
         tokio::time::sleep(MAINTAIN_EVERY).await;
         for l in lock(&pool, &mut retry_after) {
-            let rx = l.conn.stats().udp_rx.datagrams;
+            let rx = l.conn.heard();
             let entry = heard
                 .entry(l.conn.stable_id())
                 .or_insert((rx, Instant::now()));
@@ -945,16 +1111,16 @@ async fn maintain(
                 *entry = (rx, Instant::now());
             } else if entry.1.elapsed() >= DEAD_AFTER {
                 warn!(router = %l.router, "router silent for {DEAD_AFTER:?}; dropping the connection");
-                l.conn.close(close_code(CloseCode::Done), b"router silent");
+                l.conn.close(CloseCode::Done, b"router silent");
             }
         }
         let live = lock(&pool, &mut retry_after);
         heard.retain(|id, _| live.iter().any(|l| l.conn.stable_id() == *id));
-        let (config, routers, stale, asked) = {
+        let (configs, routers, stale, asked) = {
             let p = pool.lock().unwrap_or_else(|e| e.into_inner());
             let stale = list_stale(p.fetched, p.routers.is_empty());
             (
-                p.config.clone(),
+                p.configs.clone(),
                 p.routers.clone(),
                 stale,
                 p.fetched.is_some(),
@@ -976,6 +1142,7 @@ async fn maintain(
             }
             apply_router_list(&pool, cache.map(PathBuf::from).as_deref(), result);
         }
+        retry_quic(&pool, &connector, &configs, &live).await;
         let want = options.pool_size.saturating_sub(live.len());
         if want == 0 {
             continue;
@@ -987,11 +1154,11 @@ async fn maintain(
             .filter(|a| retry_after.get(a).is_none_or(|t| *t <= Instant::now()))
             .collect();
         let attempts = missing.into_iter().map(|addr| {
-            let (endpoint, config) = (endpoint.clone(), config.clone());
+            let (connector, configs) = (connector.clone(), configs.clone());
             async move {
                 let r = tokio::time::timeout(
                     BACKGROUND_CONNECT_TIMEOUT,
-                    connect(&endpoint, &config, &addr),
+                    connector.connect(&configs, &addr),
                 )
                 .await;
                 (addr, r)
@@ -1007,8 +1174,51 @@ async fn maintain(
                     info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
                     p.conns.push(Live { router: addr, conn });
                 } else {
-                    conn.close(close_code(CloseCode::Done), b"enough routers");
+                    conn.close(CloseCode::Done, b"enough routers");
                 }
+            }
+        }
+    }
+}
+
+/// For each live TCP connection whose router's TCP memory has expired
+/// (auto mode), tries QUIC again; if it gets through, the QUIC
+/// connection takes the TCP one's place for new dials (streams on the TCP
+/// connection carry on to their end), else TCP is remembered again.
+async fn retry_quic(pool: &Mutex<Pool>, connector: &Connector, configs: &Configs, live: &[Live]) {
+    let now = Instant::now();
+    let due: Vec<&Live> = live
+        .iter()
+        .filter(|l| l.conn.transport() == Transport::Tcp)
+        .filter(|l| {
+            connector
+                .memory()
+                .retry_quic(connector.mode, &l.router, now)
+        })
+        .collect();
+    for old in due {
+        let attempt = tokio::time::timeout(
+            BACKGROUND_CONNECT_TIMEOUT,
+            connector.quic(configs, &old.router),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                connector.learned(&old.router, Transport::Quic);
+                info!(router = %old.router, "QUIC gets through again; new dials use it instead of TCP");
+                let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+                match p
+                    .conns
+                    .iter_mut()
+                    .find(|l| l.conn.stable_id() == old.conn.stable_id())
+                {
+                    Some(slot) => slot.conn = conn,
+                    None => conn.close(CloseCode::Done, b"enough routers"),
+                }
+            }
+            _ => {
+                debug!(router = %old.router, "QUIC still does not get through; staying on TCP");
+                connector.learned(&old.router, Transport::Tcp);
             }
         }
     }

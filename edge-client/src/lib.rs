@@ -13,13 +13,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Each dial is one QUIC stream on a long-lived, mutually authenticated
-//! connection to a router, so a new dial costs one round trip and no
+//! Each dial is one stream on a long-lived, mutually authenticated
+//! connection to a router (QUIC, or TLS over TCP where UDP does not get
+//! through: [`choice`]), so a new dial costs one round trip and no
 //! handshake. The router answers every dial with a typed status before any
 //! payload flows; refusals become [`DialError`] variants that say who
 //! refused (policy, unknown service, or the private service itself).
 //!
 //! - [`client`]: [`Client`], router discovery and the connection it keeps.
+//! - [`choice`]: which transport reaches a router (pure, virtual time).
 //! - [`stream`]: [`DialStream`], the byte stream.
 //! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
 //!
@@ -27,12 +29,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod choice;
 pub mod client;
 pub mod error;
 pub mod forward;
 pub mod stream;
 
 pub use client::{Client, ClientOptions, RouterConnection};
+pub use darkport_transport::mux::{RecvHalf, SendHalf, Transport, TransportMode};
 pub use error::{describe_remote_end, DialError};
 pub use stream::DialStream;
 

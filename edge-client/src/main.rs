@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use darkport_proto::identity::Kind;
 use darkport_transport::splice::{splice_io, Ending};
-use edge_client::{enroll, read_token, Client, ClientOptions};
+use edge_client::{enroll, read_token, Client, ClientOptions, TransportMode};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,10 @@ enum Cmd {
         /// Router HOST:PORT to use instead of asking the controller (repeatable).
         #[arg(long = "router")]
         routers: Vec<String>,
+        /// How to reach routers: auto (QUIC, falling back to TLS over TCP
+        /// where UDP does not get through), quic or tcp.
+        #[arg(long, env = "DARKPORT_TRANSPORT", default_value = "auto")]
+        transport: TransportMode,
     },
 }
 
@@ -73,6 +77,11 @@ struct RunArgs {
     /// (repeatable; in a config file, a list).
     #[arg(long = "router")]
     routers: Vec<String>,
+    /// How to reach routers: auto (race QUIC and TLS over TCP, prefer
+    /// QUIC, remember TCP per router for 5 minutes where UDP does not get
+    /// through), quic or tcp.
+    #[arg(long, env = "DARKPORT_TRANSPORT", default_value = "auto")]
+    transport: TransportMode,
     /// On SIGTERM or Ctrl-C: stop accepting local connections and let
     /// the open ones finish for up to this long, then reset the rest.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -228,6 +237,7 @@ async fn real_main() -> Result<()> {
                 &args.identity,
                 ClientOptions {
                     routers: args.routers.clone(),
+                    transport: args.transport,
                     ..Default::default()
                 },
             )?);
@@ -288,11 +298,13 @@ async fn real_main() -> Result<()> {
             service,
             identity,
             routers,
+            transport,
         } => {
             let client = Client::from_identity_file(
                 &identity,
                 ClientOptions {
                     routers,
+                    transport,
                     ..Default::default()
                 },
             )?;
@@ -308,6 +320,9 @@ async fn real_main() -> Result<()> {
             .await;
             // Let the router see everything we sent before the process ends.
             let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+            // Over TCP, the close sends what is still queued once these
+            // are gone.
+            drop((send, recv));
             client.close().await;
             match stats.ending {
                 Ending::Clean => {}

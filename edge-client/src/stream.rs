@@ -6,9 +6,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use darkport_transport::splice::RESET_CODE;
+use darkport_proto::codes::StreamCode;
+use darkport_transport::mux::{RecvHalf, SendHalf};
 
-/// A connection to a service through Darkport: one QUIC stream.
+/// A connection to a service through Darkport: one stream (QUIC, or
+/// HTTP/2 over TLS over TCP).
 ///
 /// Writes go to the service, reads come from it. `shutdown` sends a
 /// half-close (the service sees end of stream and can still answer).
@@ -17,7 +19,7 @@ use darkport_transport::splice::RESET_CODE;
 #[derive(Debug)]
 pub struct DialStream {
     /// `None` only after [`DialStream::into_split`].
-    parts: Option<(quinn::SendStream, quinn::RecvStream)>,
+    parts: Option<(SendHalf, RecvHalf)>,
     /// Whether `shutdown` completed, so dropping is a clean close.
     finished: bool,
 }
@@ -27,17 +29,17 @@ fn split_error() -> io::Error {
 }
 
 impl DialStream {
-    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+    pub(crate) fn new(send: SendHalf, recv: RecvHalf) -> Self {
         DialStream {
             parts: Some((send, recv)),
             finished: false,
         }
     }
 
-    /// The two QUIC halves, for splicing or for use from separate tasks.
-    /// From here on, dropping the send half finishes it (quinn's rule);
-    /// call `reset` on it to abort instead.
-    pub fn into_split(mut self) -> (quinn::SendStream, quinn::RecvStream) {
+    /// The two halves, for splicing or for use from separate tasks.
+    /// From here on, dropping the send half finishes it; call `reset` on
+    /// it to abort instead.
+    pub fn into_split(mut self) -> (SendHalf, RecvHalf) {
         self.finished = true;
         match self.parts.take() {
             Some(p) => p,
@@ -50,8 +52,8 @@ impl DialStream {
 impl Drop for DialStream {
     fn drop(&mut self) {
         if let (false, Some((send, recv))) = (self.finished, self.parts.as_mut()) {
-            let _ = send.reset(RESET_CODE);
-            let _ = recv.stop(RESET_CODE);
+            send.reset(StreamCode::Reset);
+            recv.stop(StreamCode::Reset);
         }
     }
 }
@@ -76,7 +78,7 @@ impl AsyncWrite for DialStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut().parts.as_mut() {
-            Some((send, _)) => Pin::new(send).poll_write(cx, buf).map_err(io::Error::from),
+            Some((send, _)) => Pin::new(send).poll_write(cx, buf),
             None => Poll::Ready(Err(split_error())),
         }
     }

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
+use darkport_transport::mux::{RecvHalf, SendHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,8 +25,7 @@ use darkport_fluent::{scan, Filter, Limits, Stamp, StampValue, TagRules};
 use darkport_proto::codes::StreamCode;
 use darkport_proto::identity::IdentityName;
 use darkport_proto::policy::FluentSettings;
-use darkport_transport::splice::{Meter, CUT_CODE, RESET_CODE};
-use darkport_transport::stream_code;
+use darkport_transport::splice::Meter;
 
 /// Time the service has for each handshake message.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,8 +168,8 @@ pub struct FluentStats {
 #[allow(clippy::too_many_arguments)]
 pub async fn splice(
     tcp: TcpStream,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     leftover: Vec<u8>,
     plan: Plan,
     cancel: impl std::future::Future<Output = ()>,
@@ -188,7 +187,7 @@ pub async fn splice(
         let up = async {
             let mut out = Vec::with_capacity(READ);
             loop {
-                let chunk = match recv.read_chunk(READ, true).await {
+                let chunk = match recv.read_chunk(READ).await {
                     Ok(Some(c)) => c,
                     Ok(None) => {
                         if let Err(e) = filter.finish() {
@@ -199,8 +198,8 @@ pub async fn splice(
                     }
                     Err(_) => return FluentEnding::ClientReset,
                 };
-                from_client += chunk.bytes.len() as u64;
-                filter.push(&chunk.bytes);
+                from_client += chunk.len() as u64;
+                filter.push(&chunk);
                 let before = filter.counts();
                 let denials = match filter.process(&mut out) {
                     Ok(d) => d,
@@ -249,7 +248,7 @@ pub async fn splice(
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) => {
-                        let _ = send.finish();
+                        send.finish();
                         return FluentEnding::Clean;
                     }
                     Ok(n) => {
@@ -292,19 +291,19 @@ pub async fn splice(
     match &ending {
         FluentEnding::Clean => {}
         FluentEnding::Rejected(_) => {
-            let code = stream_code(StreamCode::Rejected);
-            let _ = send.finish();
-            let _ = recv.stop(code);
-            let _ = send.reset(code);
+            let code = StreamCode::Rejected;
+            send.finish();
+            recv.stop(code);
+            send.reset(code);
         }
         other => {
             let code = if *other == FluentEnding::Cut {
-                CUT_CODE
+                StreamCode::Cut
             } else {
-                RESET_CODE
+                StreamCode::Reset
             };
-            let _ = send.reset(code);
-            let _ = recv.stop(code);
+            send.reset(code);
+            recv.stop(code);
         }
     }
     if let Ok(tcp) = r.reunite(w) {

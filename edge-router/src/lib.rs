@@ -262,12 +262,48 @@ impl ClientRegistry {
 /// The shared registry.
 pub type Clients = Arc<ClientRegistry>;
 
-/// Runs the router on an already-bound UDP socket until `shutdown`.
+/// The sockets a router listens on: UDP for QUIC and, unless turned off,
+/// TCP for TLS over TCP (by default on the same port).
+#[derive(Debug)]
+pub struct Listeners {
+    /// QUIC.
+    pub udp: UdpSocket,
+    /// TLS over TCP; `None`: QUIC only.
+    pub tcp: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds UDP on `addr` and, with `tcp`, TCP on the same address and port.
+    pub fn bind(addr: std::net::SocketAddr, tcp: bool) -> std::io::Result<Listeners> {
+        if tcp {
+            let (udp, tcp) = darkport_transport::endpoint::bind_udp_and_tcp(addr)?;
+            Ok(Listeners {
+                udp,
+                tcp: Some(tcp),
+            })
+        } else {
+            Ok(Listeners {
+                udp: darkport_transport::endpoint::bind_udp(addr)?,
+                tcp: None,
+            })
+        }
+    }
+}
+
+impl From<UdpSocket> for Listeners {
+    /// QUIC only.
+    fn from(udp: UdpSocket) -> Listeners {
+        Listeners { udp, tcp: None }
+    }
+}
+
+/// Runs the router on already-bound sockets until `shutdown`.
 pub async fn run(
     config: RouterConfig,
-    socket: UdpSocket,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
+    let Listeners { udp: socket, tcp } = listeners.into();
     if config.identity.kind != Kind::Router {
         return Err(RouterError::NotRouter {
             name: config.identity.name.to_string(),
@@ -328,7 +364,7 @@ pub async fn run(
         });
     }
     let result = listener::run(
-        id_rx, socket, reset_key, snap_rx, clients, guard, &shards, shutdown,
+        id_rx, socket, tcp, reset_key, snap_rx, clients, guard, &shards, shutdown,
     )
     .await;
     background.shutdown().await;

@@ -16,12 +16,13 @@ use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
 use darkport_proto::policy::{authorize, check_peer, Denied, ServiceProtocol};
-use darkport_proto::{PeerIdentity, ALPN_DATA, PROTOCOL_VERSION};
+use darkport_proto::{PeerIdentity, ALPN_DATA, ALPN_DATA_TCP, PROTOCOL_VERSION};
 use darkport_transport::identity::Identity;
+use darkport_transport::mux::{Conn, RecvHalf, SendHalf};
 use darkport_transport::shards::Shards;
 use darkport_transport::splice::{splice_tcp_metered, Ending};
 use darkport_transport::tls::{self, ClientAuth};
-use darkport_transport::{close_code, stream_code, unix_now};
+use darkport_transport::{close_code, unix_now};
 
 use darkport_transport::budgeted_info;
 use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, LogBudget, Slot};
@@ -38,6 +39,11 @@ pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a dial answer to be written (a client that gives no
 /// stream credit has its stream reset then).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS over TCP handshakes in progress at once (each has
+/// [`darkport_transport::endpoint::HANDSHAKE_TIMEOUT`]); more new TCP
+/// connections are closed at once until one finishes.
+pub const MAX_TCP_HANDSHAKES: usize = 1024;
 
 /// Refusal log lines per interval before they are summarised.
 const REFUSAL_LINES: u32 = 20;
@@ -138,6 +144,7 @@ pub fn check_policy_age(age: Duration, max: Option<Duration>) -> Result<(), Stri
 pub async fn run(
     mut identity: watch::Receiver<Arc<Identity>>,
     socket: UdpSocket,
+    tcp: Option<std::net::TcpListener>,
     reset_key: Option<Vec<u8>>,
     snapshots: SnapshotRx,
     clients: Clients,
@@ -153,7 +160,22 @@ pub async fn run(
         let _shard = shards.first().enter();
         darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key.as_deref())?
     };
-    info!(addr = %endpoint.local_addr()?, router = %router, threads = shards.len(), "router listening");
+    let tcp = match tcp {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let _shard = shards.first().enter();
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => None,
+    };
+    let tcp_config = |id: &Identity| {
+        tls::rustls_server_config(id, ClientAuth::Required, ALPN_DATA_TCP)
+            .map(|c| darkport_transport::mux::TlsAcceptor::from(Arc::new(c)))
+    };
+    let mut acceptor = tcp_config(&id)?;
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_HANDSHAKES));
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    info!(addr = %endpoint.local_addr()?, tcp = ?tcp_addr, router = %router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
     conns.spawn(report_suppressed(guard.refusals.clone(), "refusals"));
@@ -166,6 +188,22 @@ pub async fn run(
                 // for this connection runs there too, beside its streams.
                 shards.spawn(&mut conns, handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone(), guard.clone()));
             }
+            accepted = accept_tcp(tcp.as_ref()) => {
+                let Ok((stream, remote)) = accepted else { continue };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    budgeted_info!(guard.refusals, %remote, "refusing TCP connection: {MAX_TCP_HANDSHAKES} handshakes already in progress");
+                    continue;
+                };
+                let (acceptor, router, snapshots, clients, guard) = (acceptor.clone(), router.clone(), snapshots.clone(), clients.clone(), guard.clone());
+                shards.spawn(&mut conns, async move {
+                    let conn = darkport_transport::mux::accept_tcp(stream, acceptor).await;
+                    drop(permit);
+                    match conn {
+                        Ok(conn) => serve_connection(conn, router, snapshots, clients, guard).await,
+                        Err(e) => budgeted_info!(guard.refusals, %remote, "client handshake over TCP failed: {e}"),
+                    }
+                });
+            }
             Ok(()) = identity.changed() => {
                 // A renewed certificate: new handshakes present it.
                 let id = identity.borrow_and_update().clone();
@@ -176,11 +214,15 @@ pub async fn run(
                     }
                     Err(e) => warn!("cannot use the renewed certificate: {e}"),
                 }
+                match tcp_config(&id) {
+                    Ok(a) => acceptor = a,
+                    Err(e) => warn!("cannot use the renewed certificate over TCP: {e}"),
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    drain(&endpoint, &guard, &mut conns).await;
+    drain(&endpoint, tcp.as_ref(), &guard, &mut conns).await;
     endpoint.close(close_code(CloseCode::Done), b"router shutting down");
     conns.shutdown().await;
     Ok(())
@@ -188,7 +230,22 @@ pub async fn run(
 
 /// Stops taking connections and dials, and lets the streams in flight
 /// finish for at most the grace period.
-async fn drain(endpoint: &quinn::Endpoint, guard: &Guard, conns: &mut JoinSet<()>) {
+/// The next TCP connection, if there is a TCP listener (else never).
+async fn accept_tcp(
+    tcp: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match tcp {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn drain(
+    endpoint: &quinn::Endpoint,
+    tcp: Option<&tokio::net::TcpListener>,
+    guard: &Guard,
+    conns: &mut JoinSet<()>,
+) {
     guard.draining.store(true, Ordering::Release);
     guard.metrics.set_draining();
     // New dials on open connections are answered `Draining`, and new
@@ -213,6 +270,8 @@ async fn drain(endpoint: &quinn::Endpoint, guard: &Guard, conns: &mut JoinSet<()
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             Some(incoming) = endpoint.accept() => incoming.refuse(),
+            // Closed at once: the client moves to another router.
+            Ok(_) = accept_tcp(tcp) => {}
         }
     }
     info!("drained: every stream finished");
@@ -252,26 +311,38 @@ async fn admit(snapshots: &mut SnapshotRx, peer: &PeerIdentity) -> Result<(), De
 async fn handle_connection(
     incoming: quinn::Incoming,
     router: IdentityName,
+    snapshots: SnapshotRx,
+    clients: Clients,
+    guard: Arc<Guard>,
+) {
+    let Some(conn) = darkport_transport::endpoint::accept(incoming, "client").await else {
+        return;
+    };
+    serve_connection(conn.into(), router, snapshots, clients, guard).await
+}
+
+/// Admits a client connection (either transport) and serves its streams.
+async fn serve_connection(
+    conn: Conn,
+    router: IdentityName,
     mut snapshots: SnapshotRx,
     clients: Clients,
     guard: Arc<Guard>,
 ) {
-    let remote = incoming.remote_address();
-    let Some(conn) = darkport_transport::endpoint::accept(incoming, "client").await else {
-        return;
-    };
+    let remote = conn.remote_address();
+    let transport = conn.transport();
     if let Some(reason) = guard.revoked() {
         conn.close(
-            close_code(CloseCode::RouterRevoked),
+            CloseCode::RouterRevoked,
             format!("this router was revoked: {reason}").as_bytes(),
         );
         return;
     }
-    let peer = match tls::peer_identity(&conn) {
+    let peer = match conn.peer_identity() {
         Ok(p) => p,
         Err(e) => {
             info!(%remote, "refusing client: {e}");
-            conn.close(close_code(CloseCode::Forbidden), e.to_string().as_bytes());
+            conn.close(CloseCode::Forbidden, e.to_string().as_bytes());
             return;
         }
     };
@@ -281,12 +352,12 @@ async fn handle_connection(
             peer.kind
         );
         budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
-        conn.close(close_code(CloseCode::Forbidden), reason.as_bytes());
+        conn.close(CloseCode::Forbidden, reason.as_bytes());
         return;
     }
     if let Err(d) = admit(&mut snapshots, &peer).await {
         budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {d}");
-        conn.close(close_code(CloseCode::Revoked), d.to_string().as_bytes());
+        conn.close(CloseCode::Revoked, d.to_string().as_bytes());
         return;
     }
     let _slot = match guard.conns.try_acquire(peer.name.clone()) {
@@ -297,13 +368,13 @@ async fn handle_connection(
                 peer.name
             );
             budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
-            conn.close(close_code(CloseCode::Busy), reason.as_bytes());
+            conn.close(CloseCode::Busy, reason.as_bytes());
             return;
         }
     };
     let mut revoked = guard.revoked.clone();
     let _open = guard.metrics.connection_open(peer.kind);
-    info!(%remote, %peer, "client connected");
+    info!(%remote, %peer, %transport, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
     // `admit` checked the snapshot it last marked seen; a newer one wakes
@@ -318,7 +389,7 @@ async fn handle_connection(
                     streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), guard.clone(), slot, send, recv));
                 }
                 Err(e) => {
-                    info!(%remote, %peer, "client disconnected: {}", darkport_transport::describe_connection_error(&e));
+                    info!(%remote, %peer, "client disconnected: {e}");
                     break;
                 }
             },
@@ -326,7 +397,7 @@ async fn handle_connection(
                 snapshots.borrow_and_update();
                 if let Err(d) = peer_allowed(&snapshots, &peer) {
                     info!(%remote, %peer, "closing connection: {d}");
-                    conn.close(close_code(CloseCode::Revoked), d.to_string().as_bytes());
+                    conn.close(CloseCode::Revoked, d.to_string().as_bytes());
                     break;
                 }
             }
@@ -334,7 +405,7 @@ async fn handle_connection(
             Ok(()) = revoked.changed() => {
                 if let Some(reason) = revoked.borrow_and_update().clone() {
                     conn.close(
-                        close_code(CloseCode::RouterRevoked),
+                        CloseCode::RouterRevoked,
                         format!("this router was revoked: {reason}").as_bytes(),
                     );
                     break;
@@ -418,26 +489,21 @@ fn decide(
 
 /// Writes a dial answer within [`RESPONSE_TIMEOUT`]; resets the stream
 /// if the client gives no credit for it.
-async fn respond(send: &mut quinn::SendStream, resp: &DialResponse) -> bool {
+async fn respond(send: &mut SendHalf, resp: &DialResponse) -> bool {
     match tokio::time::timeout(RESPONSE_TIMEOUT, write_frame(send, resp, MAX_DIAL_FRAME)).await {
         Ok(r) => r.is_ok(),
         Err(_) => {
-            let _ = send.reset(stream_code(StreamCode::Refused));
+            send.reset(StreamCode::Refused);
             false
         }
     }
 }
 
 /// Answers a dial with a refusal, and stops reading the stream.
-async fn refuse(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    status: DialStatus,
-    message: String,
-) {
+async fn refuse(send: &mut SendHalf, recv: &mut RecvHalf, status: DialStatus, message: String) {
     let _ = respond(send, &DialResponse { status, message }).await;
-    let _ = send.finish();
-    let _ = recv.stop(stream_code(StreamCode::Refused));
+    send.finish();
+    recv.stop(StreamCode::Refused);
 }
 
 /// Completes when a new snapshot no longer allows this dial; says why.
@@ -468,8 +534,8 @@ async fn handle_stream(
     snapshots: SnapshotRx,
     guard: Arc<Guard>,
     slot: Result<Slot<IdentityName>, CapExceeded>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) {
     let started = tokio::time::Instant::now();
     let req: DialRequest =
@@ -487,7 +553,7 @@ async fn handle_stream(
             }
             Err(_) => {
                 budgeted_info!(guard.refusals, %peer, "dial request timed out");
-                let _ = send.reset(stream_code(StreamCode::Refused));
+                send.reset(StreamCode::Refused);
                 return;
             }
         };
@@ -675,8 +741,8 @@ async fn unreachable(
     req: &DialRequest,
     address: &str,
     why: &str,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) {
     let message = format!("cannot reach service {} at {address}: {why}", req.service);
     warn!(%peer, "refused dial: {message}");

@@ -54,9 +54,13 @@ struct RunArgs {
     /// Identity file from `enroll`.
     #[arg(long, env = "DARKPORT_IDENTITY")]
     identity: PathBuf,
-    /// UDP address to listen on.
+    /// Address to listen on: UDP for QUIC, and TCP on the same port for
+    /// clients whose networks block UDP (TLS 1.3 over TCP).
     #[arg(long, env = "DARKPORT_LISTEN")]
     listen: SocketAddr,
+    /// Listen on UDP (QUIC) only, not on TCP.
+    #[arg(long, env = "DARKPORT_NO_TCP")]
+    no_tcp: bool,
     /// HOST:PORT clients use to reach this router (default: --listen).
     /// The last policy snapshot is kept in IDENTITY.snapshot, and the
     /// certificate is renewed in IDENTITY automatically.
@@ -137,7 +141,7 @@ async fn real_main() -> Result<()> {
                 }
                 None => args.listen.to_string(),
             };
-            let socket = darkport_transport::endpoint::bind_udp(args.listen)
+            let socket = darkport_edge_router::Listeners::bind(args.listen, !args.no_tcp)
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let mut config = RouterConfig::from_identity_file(args.identity.clone(), advertise)?;
             if let Some(n) = args.threads {

@@ -37,6 +37,9 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// ALPN for the data plane (client ⇄ router).
 pub const ALPN_DATA: &[u8] = b"darkport/1";
 
+/// ALPN of the data plane over TLS over TCP (streams in HTTP/2 framing).
+pub const ALPN_DATA_TCP: &[u8] = b"darkport-tcp/1";
+
 /// ALPN for the control plane (anything ⇄ controller).
 pub const ALPN_CONTROL: &[u8] = b"darkport-ctl/1";
 

@@ -90,6 +90,19 @@ pub struct DialResponse {
     pub message: String,
 }
 
+/// Over TLS over TCP, the one message on a connection's notice stream
+/// (the client's first stream): what the router says before it closes
+/// the connection, as QUIC's `CONNECTION_CLOSE` carries it (docs/protocol.md
+/// section 12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct CloseNotice {
+    /// The close code (`codes::CloseCode`).
+    pub code: u32,
+    /// Plain-words reason.
+    pub reason: String,
+}
+
 /// First message of every control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

@@ -23,7 +23,9 @@ use darkport_proto::codec::{
     decode_frame, encode_frame, from_bytes, from_bytes_within, to_bytes, ProtoError,
     MAX_CONTROL_FRAME, MAX_DIAL_FRAME, MAX_UNAUTHENTICATED_FRAME,
 };
-use darkport_proto::msg::{ControlRequest, ControlResponse, DialRequest, DialResponse};
+use darkport_proto::msg::{
+    CloseNotice, ControlRequest, ControlResponse, DialRequest, DialResponse,
+};
 use darkport_proto::policy::PolicySnapshot;
 use darkport_proto::token::{SignedToken, TokenClaims, TokenKey};
 
@@ -107,6 +109,7 @@ where
 fn decode_everything(bytes: &[u8]) {
     let _ = decode_frame::<DialRequest>(bytes, MAX_DIAL_FRAME);
     let _ = decode_frame::<DialResponse>(bytes, MAX_DIAL_FRAME);
+    let _ = decode_frame::<CloseNotice>(bytes, MAX_DIAL_FRAME);
     let _ = decode_frame::<ControlRequest>(bytes, MAX_UNAUTHENTICATED_FRAME);
     let _ = decode_frame::<ControlRequest>(bytes, MAX_CONTROL_FRAME);
     let _ = decode_frame::<ControlResponse>(bytes, MAX_CONTROL_FRAME);
@@ -125,7 +128,7 @@ fn structured_fuzzing_of_every_decoder() {
         rng.fill_bytes(&mut raw[..len]);
         decode_everything(&raw[..len]);
         let mut u = Unstructured::new(&raw[..len]);
-        let kind: u8 = rng.random_range(0..7);
+        let kind: u8 = rng.random_range(0..8);
         let r = match kind {
             0 => exercise::<DialRequest>(&mut u, &mut rng, MAX_DIAL_FRAME),
             1 => exercise::<DialResponse>(&mut u, &mut rng, MAX_DIAL_FRAME),
@@ -133,6 +136,7 @@ fn structured_fuzzing_of_every_decoder() {
             3 => exercise::<ControlRequest>(&mut u, &mut rng, MAX_CONTROL_FRAME),
             4 => exercise::<ControlResponse>(&mut u, &mut rng, MAX_CONTROL_FRAME),
             5 => exercise::<PolicySnapshot>(&mut u, &mut rng, MAX_CONTROL_FRAME),
+            6 => exercise::<CloseNotice>(&mut u, &mut rng, MAX_DIAL_FRAME),
             _ => (|| {
                 let mut claims: TokenClaims = u.arbitrary()?;
                 claims.expires_at = claims.expires_at.max(1);

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fluent;
+pub mod netns;
 pub mod ops;
 pub mod soak;
 
@@ -77,6 +78,8 @@ pub struct Fixture {
     pub controller_addr: SocketAddr,
     /// Router's UDP address.
     pub router_addr: SocketAddr,
+    /// The address controller and routers listen on.
+    ip: std::net::IpAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -96,10 +99,20 @@ impl Fixture {
 
     /// [`Fixture::start`] with another certificate lifetime.
     pub async fn start_with_cert_ttl(cert_ttl: Duration) -> Result<Fixture> {
+        Fixture::start_full(std::net::Ipv4Addr::LOCALHOST.into(), cert_ttl).await
+    }
+
+    /// [`Fixture::start`] with controller and router listening on `ip`
+    /// (port 0), not 127.0.0.1: reachable from a network namespace.
+    pub async fn start_at(ip: std::net::IpAddr) -> Result<Fixture> {
+        Fixture::start_full(ip, Duration::from_secs(3600)).await
+    }
+
+    async fn start_full(ip: std::net::IpAddr, cert_ttl: Duration) -> Result<Fixture> {
         init_logging();
         let dir = tempfile::tempdir()?;
         let data_dir = DataDir::new(dir.path().join("ctl"));
-        let ctl_socket = darkport_controller::server::bind("127.0.0.1:0".parse()?)?;
+        let ctl_socket = darkport_controller::server::bind(SocketAddr::new(ip, 0))?;
         let controller_addr = ctl_socket.local_addr()?;
         darkport_controller::init(
             &data_dir,
@@ -113,6 +126,7 @@ impl Fixture {
             data_dir: data_dir.clone(),
             controller_addr,
             router_addr: "127.0.0.1:1".parse()?,
+            ip,
             tasks: vec![],
         };
         let dd = data_dir.clone();
@@ -139,7 +153,7 @@ impl Fixture {
         identity: &std::path::Path,
         tune: impl FnOnce(&mut RouterConfig),
     ) -> Result<SocketAddr> {
-        let bind = "127.0.0.1:0".parse()?;
+        let bind = SocketAddr::new(self.ip, 0);
         let (addr, handle) =
             run_router_at(&self.data_dir, identity, bind, tune, std::future::pending()).await?;
         self.tasks.push(handle);
@@ -158,7 +172,7 @@ impl Fixture {
         let stop = async {
             let _ = stop_rx.await;
         };
-        let bind = "127.0.0.1:0".parse()?;
+        let bind = SocketAddr::new(self.ip, 0);
         let (addr, handle) = run_router_at(&self.data_dir, identity, bind, tune, stop).await?;
         Ok((addr, stop_tx, handle))
     }
@@ -257,7 +271,7 @@ impl Fixture {
             identity,
             ClientOptions {
                 routers: vec![self.router_addr.to_string()],
-                ..Default::default()
+                ..client_options()
             },
         )?))
     }
@@ -311,7 +325,12 @@ impl Fixture {
 
 /// A TCP echo server on 127.0.0.1: echoes until EOF, then half-closes.
 pub async fn echo_server() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    echo_server_at(std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`echo_server`] on `ip` (port 0).
+pub async fn echo_server_at(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
@@ -447,10 +466,18 @@ impl Drop for Node {
     }
 }
 
-/// A free UDP port on 127.0.0.1, chosen by the OS (bound, then released).
+/// A port on 127.0.0.1 free for both UDP and TCP, chosen by the OS (bound,
+/// then released). Routers and controllers bind QUIC and TLS/TCP on the same
+/// port, so a port free only for UDP would make a test flaky.
 pub fn free_udp_addr() -> Result<SocketAddr> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?)
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let addr = udp.local_addr()?;
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    bail!("no port on 127.0.0.1 was free for both UDP and TCP in 64 tries")
 }
 
 /// A controller data dir initialised for `addr`, in `dir`.
@@ -572,6 +599,27 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
     admin(data_dir, policy).await.expect("policy");
 }
 
+/// Which transport the whole-system tests' clients use:
+/// `DARKPORT_TEST_TRANSPORT` (`auto`, the default, `quic` or `tcp`).
+/// scripts/test.sh runs the tunnel and lifecycle tests once more with
+/// `tcp`, so everything they check holds on both transports.
+pub const ENV_TEST_TRANSPORT: &str = "DARKPORT_TEST_TRANSPORT";
+
+/// Client options for tests: the defaults, with the transport from
+/// [`ENV_TEST_TRANSPORT`].
+pub fn client_options() -> ClientOptions {
+    let transport = match std::env::var(ENV_TEST_TRANSPORT) {
+        Ok(t) => t
+            .parse()
+            .unwrap_or_else(|e| panic!("{ENV_TEST_TRANSPORT}: {e}")),
+        Err(_) => Default::default(),
+    };
+    ClientOptions {
+        transport,
+        ..Default::default()
+    }
+}
+
 /// Runs a router in this process on `bind` (port 0: chosen by the OS)
 /// with no snapshot cache and the configuration changed by `tune`, until
 /// `stop`; returns its address once the controller of `data_dir` lists it
@@ -583,8 +631,8 @@ pub async fn run_router_at(
     tune: impl FnOnce(&mut RouterConfig),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let socket = darkport_transport::endpoint::bind_udp(bind)?;
-    let addr = socket.local_addr()?;
+    let socket = darkport_edge_router::Listeners::bind(bind, true)?;
+    let addr = socket.udp.local_addr()?;
     let mut config = RouterConfig::from_identity_file(identity.to_path_buf(), addr.to_string())?;
     config.snapshot_path = None;
     tune(&mut config);

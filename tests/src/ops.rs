@@ -40,7 +40,24 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args`, its stderr in `log`.
     pub fn start(bin: &str, args: &[&str], log: &Path) -> Result<Proc> {
-        let child = std::process::Command::new(workspace_bin(bin))
+        Proc::spawn(
+            std::process::Command::new(workspace_bin(bin)),
+            bin,
+            args,
+            log,
+        )
+    }
+
+    /// Starts `bin` with `args` inside network namespace `netns` (`ip
+    /// netns exec` execs it, so the process is the binary itself).
+    pub fn start_in(netns: &str, bin: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(workspace_bin(bin));
+        Proc::spawn(cmd, bin, args, log)
+    }
+
+    fn spawn(mut cmd: std::process::Command, bin: &str, args: &[&str], log: &Path) -> Result<Proc> {
+        let child = cmd
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -90,20 +107,27 @@ impl Proc {
     /// The address of its metrics endpoint, from its JSON log (it listens
     /// on port 0).
     pub async fn metrics_addr(&self) -> Result<SocketAddr> {
+        self.logged_addr("serving /metrics, /ready and /live", "addr")
+            .await
+    }
+
+    /// An address its JSON log gave in `field` of the line saying
+    /// `message` (waits up to 15 s for it).
+    pub async fn logged_addr(&self, message: &str, field: &str) -> Result<SocketAddr> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             for line in self.log_text().lines() {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if v["fields"]["message"] == "serving /metrics, /ready and /live" {
-                    if let Some(a) = v["fields"]["addr"].as_str() {
+                if v["fields"]["message"] == message {
+                    if let Some(a) = v["fields"][field].as_str() {
                         return Ok(a.parse()?);
                     }
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("no metrics address in the log:\n{}", self.log_text());
+                bail!("no {field} of {message:?} in the log:\n{}", self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

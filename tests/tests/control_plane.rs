@@ -395,7 +395,7 @@ async fn kill_9_one_of_two_routers_fails_over_within_two_seconds() {
                 Identity::load(&app_id).expect("load"),
                 ClientOptions {
                     routers: vec![routers[victim].2.to_string()],
-                    ..Default::default()
+                    ..darkport_tests::client_options()
                 },
             )
             .expect("client"),
@@ -522,7 +522,7 @@ async fn certificates_renew_under_load_and_expired_ones_are_refused() {
         stale.clone(),
         ClientOptions {
             routers: vec![fx.router_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");

@@ -309,7 +309,7 @@ fn client_via(id: &std::path::Path, routers: Vec<String>) -> Client {
         id,
         ClientOptions {
             routers,
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client")

@@ -22,7 +22,7 @@ fn pinned(app: &std::path::Path, router: std::net::SocketAddr) -> Client {
         app,
         ClientOptions {
             routers: vec![router.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client")
@@ -65,7 +65,7 @@ async fn a_stopping_router_drains_new_dials_away_and_lets_streams_finish() {
         &app,
         ClientOptions {
             routers: vec![r2_addr.to_string(), fx.router_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");

@@ -50,7 +50,7 @@ async fn the_router_writes_one_json_access_line_per_stream() {
         &app,
         ClientOptions {
             routers: vec![addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");

@@ -313,7 +313,7 @@ async fn sighup_reloads_the_routers_limits() {
         &app,
         ClientOptions {
             routers: vec![addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -379,7 +379,7 @@ async fn sigterm_during_a_64_mib_transfer_finishes_it_and_moves_new_dials() {
         &app,
         ClientOptions {
             routers: vec![a_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client on a");
@@ -387,7 +387,7 @@ async fn sigterm_during_a_64_mib_transfer_finishes_it_and_moves_new_dials() {
         &app,
         ClientOptions {
             routers: vec![a_addr.to_string(), b_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client on both");

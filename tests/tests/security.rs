@@ -6,7 +6,7 @@ use darkport_proto::codec::{encode_frame, read_frame, MAX_DIAL_FRAME};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, ControlBody, DialResponse, DialStatus, EnrollRequest};
 use darkport_proto::token::SignedToken;
-use darkport_proto::{ALPN_CONTROL, ALPN_DATA};
+use darkport_proto::{ALPN_CONTROL, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_tests::{n, Fixture};
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{self, ClientAuth, Trust};
@@ -179,7 +179,7 @@ async fn other_ca_is_refused_everywhere() {
         b_identity,
         ClientOptions {
             routers: vec![a.router_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -193,7 +193,7 @@ async fn other_ca_is_refused_everywhere() {
         Identity::load(&b_id).expect("load"),
         ClientOptions {
             routers: vec![a.router_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -216,7 +216,7 @@ async fn identities_must_be_of_the_right_kind() {
         &router_id,
         ClientOptions {
             routers: vec![fx.router_addr.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -230,7 +230,7 @@ async fn identities_must_be_of_the_right_kind() {
         Identity::load(&app).expect("load"),
         ClientOptions {
             routers: vec![fake.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -248,7 +248,7 @@ async fn identities_must_be_of_the_right_kind() {
         Identity::load(&app).expect("load"),
         ClientOptions {
             routers: vec![fake.to_string()],
-            ..Default::default()
+            ..darkport_tests::client_options()
         },
     )
     .expect("client");
@@ -261,14 +261,31 @@ async fn identities_must_be_of_the_right_kind() {
     client.dial("echo").await.expect("real router");
 }
 
-/// A QUIC server on the data-plane ALPN with someone else's identity.
+/// A QUIC server on the data-plane ALPN with someone else's identity, and
+/// a TLS over TCP one on the same port.
 async fn serve_as_router(identity: &Identity) -> std::net::SocketAddr {
     let config =
         tls::server_config(identity, ClientAuth::Required, ALPN_DATA).expect("server config");
-    let socket =
-        darkport_transport::endpoint::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let (socket, tcp) =
+        darkport_transport::endpoint::bind_udp_and_tcp("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
     let endpoint = darkport_transport::endpoint::server(socket, config).expect("endpoint");
     let addr = endpoint.local_addr().expect("addr");
+    let tls = tls::rustls_server_config(identity, ClientAuth::Required, ALPN_DATA_TCP)
+        .expect("TCP server config");
+    let acceptor = darkport_transport::mux::TlsAcceptor::from(std::sync::Arc::new(tls));
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let tcp = tokio::net::TcpListener::from_std(tcp).expect("listener");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tcp.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = darkport_transport::mux::accept_tcp(stream, acceptor).await {
+                    let _ = conn.closed().await;
+                }
+            });
+        }
+    });
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(async move {
@@ -337,7 +354,7 @@ async fn dials_are_refused_with_typed_reasons() {
         std::io::ErrorKind::PermissionDenied
     );
     // And the controller refuses its certificate too.
-    let c2 = Client::from_identity_file(&writer, Default::default()).expect("client");
+    let c2 = Client::from_identity_file(&writer, darkport_tests::client_options()).expect("client");
     let err = c2
         .routers()
         .await

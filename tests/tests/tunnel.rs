@@ -195,7 +195,8 @@ async fn client_finds_routers_through_the_controller() {
     fx.policy("p", &["echo"], &["#all"]).await.expect("policy");
     let id = fx.enroll("app-1", Kind::Client, &[]).await.expect("enroll");
     // No router override: the client asks the controller.
-    let client = edge_client::Client::from_identity_file(&id, Default::default()).expect("client");
+    let client = edge_client::Client::from_identity_file(&id, darkport_tests::client_options())
+        .expect("client");
     assert_eq!(
         client.routers().await.expect("routers"),
         vec![fx.router_addr.to_string()]
@@ -224,7 +225,18 @@ async fn path_mtu_grows_to_the_bound_on_loopback() {
         .enroll("app-mtu", Kind::Client, &[])
         .await
         .expect("enroll");
-    let client = fx.client(&id).expect("client");
+    // A QUIC matter, whatever transport the other tests run on.
+    let client = std::sync::Arc::new(
+        edge_client::Client::from_identity_file(
+            &id,
+            edge_client::ClientOptions {
+                routers: vec![fx.router_addr.to_string()],
+                transport: edge_client::TransportMode::Quic,
+                ..Default::default()
+            },
+        )
+        .expect("client"),
+    );
     let fwd = fx.forward(client.clone(), "echo").await.expect("forward");
     let data = payload(4 * 1024 * 1024, 77);
     let back = roundtrip(TcpStream::connect(fwd).await.expect("connect"), &data)
@@ -283,7 +295,7 @@ async fn early_bytes_cross_once_also_after_a_refusing_router() {
             &app,
             edge_client::ClientOptions {
                 routers: vec![fx.router_addr.to_string(), r2_addr.to_string()],
-                ..Default::default()
+                ..darkport_tests::client_options()
             },
         )
         .expect("client"),

@@ -99,6 +99,40 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// Binds a UDP socket (as [`bind_udp`]) and a TCP listener on the same
+/// address and port: a router's QUIC and TCP listeners. With port 0, the
+/// port the system picks for UDP is taken for TCP too (tried a few times
+/// in case TCP has it in use).
+pub fn bind_udp_and_tcp(addr: SocketAddr) -> std::io::Result<(UdpSocket, std::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = bind_udp(addr)?;
+        let mut at = addr;
+        at.set_port(udp.local_addr()?.port());
+        match bind_tcp(at) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on TCP {at} (QUIC took UDP {at}): {e}; free the port, or pass --no-tcp"),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
+}
+
+/// A TCP listener with the backlog and address reuse a server wants.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// A server endpoint on an already-bound socket.
 pub fn server(socket: UdpSocket, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
     server_with_reset_key(socket, config, None)

@@ -8,7 +8,9 @@
 //!   becomes a [`darkport_proto::PeerIdentity`].
 //! - [`endpoint`]: QUIC endpoints with the transport settings a tunnel needs
 //!   (stream limits, windows, keep-alive, socket buffers).
-//! - [`splice`]: byte-exact copying between a TCP socket and a QUIC stream,
+//! - [`mux`]: one connection and stream API over QUIC and over TLS 1.3 on
+//!   TCP (HTTP/2 framing): the data plane's two transports.
+//! - [`splice`]: byte-exact copying between a TCP socket and a stream,
 //!   carrying half-close (FIN) and reset both ways.
 //! - [`control`]: one request/response exchange with the controller.
 //! - [`shards`]: single-threaded runtimes that each own whole connections.
@@ -22,6 +24,7 @@ pub mod endpoint;
 pub mod enroll;
 pub mod identity;
 pub mod limits;
+pub mod mux;
 pub mod renew;
 pub mod shards;
 pub mod splice;

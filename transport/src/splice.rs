@@ -1,4 +1,5 @@
-//! Byte-exact copying between a TCP connection and a QUIC stream.
+//! Byte-exact copying between a TCP connection and a Darkport stream
+//! (QUIC, or HTTP/2 over TLS over TCP: [`crate::mux`]).
 //!
 //! TCP → QUIC waits for data without a buffer, then reads into a
 //! [`BUF_SIZE`] buffer that is handed to quinn as is when it holds at least
@@ -19,26 +20,22 @@
 //! for a clean end of data.
 
 use bytes::Bytes;
-use quinn::{ReadError, RecvStream, SendStream, VarInt};
+use darkport_proto::codes::StreamCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-/// Largest local read, handed to quinn in one piece.
+pub use crate::mux::RemoteEnd;
+use crate::mux::{RecvHalf, SendHalf};
+
+/// Largest local read, handed to the transport in one piece.
 pub const BUF_SIZE: usize = 64 * 1024;
 
 /// Smallest local read buffer: what an idle connection waits on.
 pub const MIN_BUF: usize = 4 * 1024;
 
-/// Most received QUIC chunks (about one packet each) per local write.
+/// Most received chunks (about one packet each on QUIC) per local write.
 const CHUNKS: usize = 32;
-
-/// Application error code sent in QUIC RESET_STREAM / STOP_SENDING when the
-/// TCP side was reset.
-pub const RESET_CODE: VarInt = VarInt::from_u32(darkport_proto::codes::StreamCode::Reset.code());
-
-/// The code of a stream cut on purpose (a splice cancelled: revocation).
-pub const CUT_CODE: VarInt = VarInt::from_u32(darkport_proto::codes::StreamCode::Cut.code());
 
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,58 +44,10 @@ pub enum Ending {
     Clean,
     /// The local (TCP or stdio) side failed or was reset.
     LocalReset,
-    /// The QUIC stream was reset or its connection was lost.
+    /// The stream was reset or its connection was lost.
     RemoteReset,
     /// Cut on purpose (revocation, policy change): both sides were reset.
     Cancelled,
-}
-
-/// What the QUIC peer did, when the splice ended with
-/// [`Ending::RemoteReset`]: who cut the stream, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteEnd {
-    /// The peer reset its sending side with this code
-    /// ([`RESET_CODE`], [`CUT_CODE`], ...).
-    Reset(u64),
-    /// The peer stopped reading with this code.
-    Stopped(u64),
-    /// The peer closed the whole connection with this code and reason.
-    Closed {
-        /// Application close code (`darkport_proto::codes::CloseCode`).
-        code: u64,
-        /// The peer's reason text.
-        reason: String,
-    },
-    /// The connection failed (timeout, reset, transport error).
-    Lost(String),
-}
-
-impl RemoteEnd {
-    fn from_connection(e: &quinn::ConnectionError) -> RemoteEnd {
-        match e {
-            quinn::ConnectionError::ApplicationClosed(c) => RemoteEnd::Closed {
-                code: c.error_code.into_inner(),
-                reason: String::from_utf8_lossy(&c.reason).into_owned(),
-            },
-            other => RemoteEnd::Lost(crate::describe_connection_error(other)),
-        }
-    }
-
-    fn from_read(e: &ReadError) -> RemoteEnd {
-        match e {
-            ReadError::Reset(code) => RemoteEnd::Reset(code.into_inner()),
-            ReadError::ConnectionLost(c) => RemoteEnd::from_connection(c),
-            other => RemoteEnd::Lost(other.to_string()),
-        }
-    }
-
-    fn from_write(e: &quinn::WriteError) -> RemoteEnd {
-        match e {
-            quinn::WriteError::Stopped(code) => RemoteEnd::Stopped(code.into_inner()),
-            quinn::WriteError::ConnectionLost(c) => RemoteEnd::from_connection(c),
-            other => RemoteEnd::Lost(other.to_string()),
-        }
-    }
 }
 
 /// Bytes moved and how it ended.
@@ -116,7 +65,7 @@ pub struct SpliceStats {
 
 async fn local_to_quic<R: AsyncRead + Unpin>(
     r: &mut R,
-    send: &mut SendStream,
+    send: &mut SendHalf,
     count: &mut u64,
     remote: &mut Option<RemoteEnd>,
 ) -> Ending {
@@ -129,7 +78,7 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
         let mut buf = Vec::with_capacity(cap);
         match r.read_buf(&mut buf).await {
             Ok(0) => {
-                let _ = send.finish();
+                send.finish();
                 return Ending::Clean;
             }
             Ok(n) => {
@@ -139,7 +88,7 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
                     n.next_power_of_two().clamp(MIN_BUF, BUF_SIZE)
                 };
                 if let Err(e) = send.write_chunk(buf.into()).await {
-                    *remote = Some(RemoteEnd::from_write(&e));
+                    *remote = Some(e);
                     return Ending::RemoteReset;
                 }
                 *count += n as u64;
@@ -157,7 +106,7 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
 /// connection holds no buffer at all.
 async fn tcp_to_quic(
     r: &OwnedReadHalf,
-    send: &mut SendStream,
+    send: &mut SendHalf,
     count: &mut u64,
     meter: &Meter<'_>,
     remote: &mut Option<RemoteEnd>,
@@ -173,7 +122,7 @@ async fn tcp_to_quic(
             }
             match r.try_read_buf(&mut buf) {
                 Ok(0) => {
-                    let _ = send.finish();
+                    send.finish();
                     return Ending::Clean;
                 }
                 Ok(n) => {
@@ -185,7 +134,7 @@ async fn tcp_to_quic(
                         c
                     };
                     if let Err(e) = send.write_chunk(chunk).await {
-                        *remote = Some(RemoteEnd::from_write(&e));
+                        *remote = Some(e);
                         return Ending::RemoteReset;
                     }
                     *count += n as u64;
@@ -249,7 +198,7 @@ where
 }
 
 async fn quic_to_local<W: AsyncWrite + Unpin>(
-    recv: &mut RecvStream,
+    recv: &mut RecvHalf,
     w: &mut W,
     count: &mut u64,
     meter: &Meter<'_>,
@@ -280,7 +229,7 @@ async fn quic_to_local<W: AsyncWrite + Unpin>(
                 return Ending::Clean;
             }
             Err(e) => {
-                *remote = Some(RemoteEnd::from_read(&e));
+                *remote = Some(e);
                 return Ending::RemoteReset;
             }
         }
@@ -318,15 +267,15 @@ fn remote_end(ending: Ending, up: Option<RemoteEnd>, down: Option<RemoteEnd>) ->
         .flatten()
 }
 
-/// Resets both QUIC directions unless the splice ended cleanly.
-fn reset_quic(ending: Ending, send: &mut SendStream, recv: &mut RecvStream) {
+/// Resets both directions of the stream unless the splice ended cleanly.
+fn reset_quic(ending: Ending, send: &mut SendHalf, recv: &mut RecvHalf) {
     let code = match ending {
         Ending::Clean => return,
-        Ending::Cancelled => CUT_CODE,
-        Ending::LocalReset | Ending::RemoteReset => RESET_CODE,
+        Ending::Cancelled => StreamCode::Cut,
+        Ending::LocalReset | Ending::RemoteReset => StreamCode::Reset,
     };
-    let _ = send.reset(code);
-    let _ = recv.stop(code);
+    send.reset(code);
+    recv.stop(code);
 }
 
 /// Splices any local reader/writer pair with a QUIC stream until both
@@ -335,8 +284,8 @@ fn reset_quic(ending: Ending, send: &mut SendStream, recv: &mut RecvStream) {
 pub async fn splice_io<R, W>(
     r: &mut R,
     w: &mut W,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    send: &mut SendHalf,
+    recv: &mut RecvHalf,
     cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats
 where
@@ -361,7 +310,7 @@ where
 }
 
 /// Splices a TCP connection with a QUIC stream; see the module docs.
-pub async fn splice_tcp(tcp: TcpStream, send: SendStream, recv: RecvStream) -> SpliceStats {
+pub async fn splice_tcp(tcp: TcpStream, send: SendHalf, recv: RecvHalf) -> SpliceStats {
     splice_tcp_until(tcp, send, recv, std::future::pending()).await
 }
 
@@ -385,8 +334,8 @@ impl Meter<'static> {
 /// [`splice_tcp`], cut with resets on both sides when `cancel` completes.
 pub async fn splice_tcp_until(
     tcp: TcpStream,
-    send: SendStream,
-    recv: RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     cancel: impl std::future::Future<Output = ()>,
 ) -> SpliceStats {
     splice_tcp_metered(tcp, send, recv, cancel, &Meter::NONE).await
@@ -395,8 +344,8 @@ pub async fn splice_tcp_until(
 /// [`splice_tcp_until`], reporting bytes to `meter` as they cross.
 pub async fn splice_tcp_metered(
     tcp: TcpStream,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     cancel: impl std::future::Future<Output = ()>,
     meter: &Meter<'_>,
 ) -> SpliceStats {

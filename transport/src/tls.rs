@@ -192,6 +192,21 @@ pub fn server_config(
     client_auth: ClientAuth,
     alpn: &[u8],
 ) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = rustls_server_config(identity, client_auth, alpn)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(crate::endpoint::transport_config());
+    Ok(cfg)
+}
+
+/// The rustls server configuration under [`server_config`], also used
+/// as is for TLS over TCP.
+pub fn rustls_server_config(
+    identity: &Identity,
+    client_auth: ClientAuth,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
     let builder = WebPkiClientVerifier::builder_with_provider(roots(&identity.ca)?, provider());
     let verifier = match client_auth {
         ClientAuth::Required => builder.build()?,
@@ -208,11 +223,7 @@ pub fn server_config(
     // tunnels keep their connections for hours.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(crate::endpoint::transport_config());
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// A QUIC client configuration: trust `trust`, expect a server of kind
@@ -223,6 +234,22 @@ pub fn client_config(
     expected: Kind,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = rustls_client_config(identity, trust, expected, alpn)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(crate::endpoint::transport_config());
+    Ok(cfg)
+}
+
+/// The rustls client configuration under [`client_config`], also used
+/// as is for TLS over TCP.
+pub fn rustls_client_config(
+    identity: Option<&Identity>,
+    trust: Trust,
+    expected: Kind,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -234,11 +261,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     // See server_config: every handshake verifies both certificates.
     tls.resumption = rustls::client::Resumption::disabled();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(crate::endpoint::transport_config());
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// The configuration every enrolled identity uses to talk to its
@@ -303,6 +326,11 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, TlsError>
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(TlsError::NoPeerCertificate)?;
+    identity_from_chain(&certs)
+}
+
+/// The identity of a verified peer certificate chain (leaf first).
+pub fn identity_from_chain(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity, TlsError> {
     let leaf = certs.first().ok_or(TlsError::NoPeerCertificate)?;
     let (kind, name, _) = cert_identity(leaf)?;
     Ok(PeerIdentity {

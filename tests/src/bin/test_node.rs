@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
     if role == "client" {
         let client = edge_client::Client::from_identity_file(
             std::path::Path::new(path),
-            edge_client::ClientOptions::default(),
+            darkport_tests::client_options(),
         )?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -47,10 +47,10 @@ async fn main() -> Result<()> {
             .await?;
         return Ok(());
     }
-    let socket =
-        darkport_transport::endpoint::bind_udp(listen).with_context(|| format!("bind {listen}"))?;
     match role.as_str() {
         "controller" => {
+            let socket = darkport_transport::endpoint::bind_udp(listen)
+                .with_context(|| format!("bind {listen}"))?;
             darkport_controller::run(darkport_controller::DataDir::new(path), socket, stop).await?;
         }
         "router" => {
@@ -58,7 +58,15 @@ async fn main() -> Result<()> {
                 PathBuf::from(path),
                 listen.to_string(),
             )?;
-            darkport_edge_router::run(config, socket, stop).await?;
+            // The port was free for UDP when the test chose it; TCP may
+            // have it in use (an ephemeral port): QUIC only, then.
+            let listeners = darkport_edge_router::Listeners::bind(listen, true)
+                .or_else(|e| {
+                    eprintln!("no TCP listener on {listen} ({e}); QUIC only");
+                    darkport_edge_router::Listeners::bind(listen, false)
+                })
+                .with_context(|| format!("bind {listen}"))?;
+            darkport_edge_router::run(config, listeners, stop).await?;
         }
         other => bail!("unknown role {other:?}"),
     }
