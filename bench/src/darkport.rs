@@ -56,12 +56,20 @@ pub struct Darkport {
     pub controller: Proc,
     /// The router; `None` only while restarting.
     pub router: Option<Proc>,
-    /// The edge client; `None` only while restarting.
+    /// The edge client on QUIC (`--transport quic`); `None` only while
+    /// restarting.
     pub client: Option<Proc>,
-    /// Where the router listens.
+    /// The edge client on TLS over TCP (`--transport tcp`).
+    pub client_tcp: Option<Proc>,
+    /// Where the router listens (UDP and TCP).
     pub router_addr: SocketAddr,
-    /// The client's local forward ports, one per service.
+    /// The QUIC client's local forward ports, one per service.
     pub forwards: Targets,
+    /// The TCP client's local forward ports.
+    pub forwards_tcp: Targets,
+    /// How the router is started (inside the namespace with --netns).
+    router_cmd: std::path::PathBuf,
+    far: crate::topo::Far,
     /// Extra environment for router and client.
     env: Vec<(String, String)>,
 }
@@ -75,9 +83,10 @@ impl Darkport {
         dir: &Path,
         services: &Targets,
         env: Vec<(String, String)>,
+        topo: &crate::topo::Topology,
     ) -> Result<Darkport> {
-        let ctl_addr = free_udp_port()?;
-        let router_addr = free_udp_port()?;
+        let ctl_addr = SocketAddr::new(topo.near_ip(), free_udp_port()?.port());
+        let router_addr = SocketAddr::new(topo.far_ip(), free_udp_port()?.port());
         let ctl = |args: &[&str]| {
             let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             v.extend(["--data-dir".into(), "ctl".into()]);
@@ -187,21 +196,18 @@ impl Darkport {
             dir,
         )
         .await?;
-        let forwards = Targets {
-            sink: free_tcp_port()?,
-            rr: free_tcp_port()?,
-            echo: free_tcp_port()?,
-            fluent: free_tcp_port()?,
-            fluentfw: free_tcp_port()?,
-        };
         let mut d = Darkport {
             bins: bins.clone(),
             dir: dir.to_path_buf(),
             controller,
             router: None,
             client: None,
+            client_tcp: None,
             router_addr,
-            forwards,
+            forwards: local_ports()?,
+            forwards_tcp: local_ports()?,
+            router_cmd: bins.router.clone(),
+            far: topo.far_side(),
             env,
         };
         d.start_edges().await?;
@@ -212,7 +218,8 @@ impl Darkport {
     async fn start_edges(&mut self) -> Result<()> {
         self.router = Some(Proc::spawn(
             "edge router",
-            Command::new(&self.bins.router)
+            self.far
+                .command(&self.router_cmd)
                 .args([
                     "run",
                     "--identity",
@@ -233,21 +240,37 @@ impl Darkport {
             "edge client",
             &self.forwards,
             self.router_addr,
+            "quic",
             "client.log",
+        )?);
+        self.client_tcp = Some(self.spawn_client(
+            "edge client (TCP)",
+            &self.forwards_tcp,
+            self.router_addr,
+            "tcp",
+            "client-tcp.log",
         )?);
         self.wait_ready().await
     }
 
-    /// Starts an edge client forwarding `forwards` through `router`.
+    /// Starts an edge client forwarding `forwards` through `router` over
+    /// `transport` (`quic` or `tcp`).
     pub fn spawn_client(
         &self,
         name: &str,
         forwards: &Targets,
         router: SocketAddr,
+        transport: &str,
         log: &str,
     ) -> Result<Proc> {
         let mut cmd = Command::new(&self.bins.client);
-        cmd.args(["run", "--identity", "bench-client.id"]);
+        cmd.args([
+            "run",
+            "--identity",
+            "bench-client.id",
+            "--transport",
+            transport,
+        ]);
         for (addr, service) in [
             (forwards.sink, "sink"),
             (forwards.rr, "rr"),
@@ -268,19 +291,25 @@ impl Darkport {
     /// Waits until one request/reply crosses the tunnel (the router has
     /// its policy and the client its connection).
     pub async fn wait_ready(&mut self) -> Result<()> {
-        let rr = self.forwards.rr;
-        wait_until(
-            "a request to cross the Darkport tunnel",
-            Duration::from_secs(30),
-            || load::one_rr(rr),
-        )
-        .await?;
+        for (rr, what) in [
+            (
+                self.forwards.rr,
+                "a request to cross the Darkport tunnel (QUIC)",
+            ),
+            (
+                self.forwards_tcp.rr,
+                "a request to cross the Darkport tunnel (TCP)",
+            ),
+        ] {
+            wait_until(what, Duration::from_secs(30), || load::one_rr(rr)).await?;
+        }
         self.check_alive()
     }
 
     /// Kills and restarts router and client (fresh memory), then waits.
     pub async fn restart_edges(&mut self) -> Result<()> {
         self.client = None;
+        self.client_tcp = None;
         self.router = None;
         self.start_edges().await
     }
@@ -288,16 +317,21 @@ impl Darkport {
     /// Fails if a process died.
     pub fn check_alive(&mut self) -> Result<()> {
         self.controller.check_alive()?;
-        for p in [&mut self.router, &mut self.client].into_iter().flatten() {
+        for p in [&mut self.router, &mut self.client, &mut self.client_tcp]
+            .into_iter()
+            .flatten()
+        {
             p.check_alive()?;
         }
         Ok(())
     }
 
-    /// (label, pid) of the processes on the data path.
-    pub fn data_path_pids(&self) -> Vec<(&'static str, u32)> {
+    /// (label, pid) of the processes on the data path of the QUIC (`tcp`
+    /// false) or the TCP client.
+    pub fn data_path_pids(&self, tcp: bool) -> Vec<(&'static str, u32)> {
         let mut v = Vec::new();
-        if let Some(c) = &self.client {
+        let client = if tcp { &self.client_tcp } else { &self.client };
+        if let Some(c) = client {
             v.push(("client", c.pid()));
         }
         if let Some(r) = &self.router {
@@ -305,4 +339,15 @@ impl Darkport {
         }
         v
     }
+}
+
+/// Local forward ports, one per service.
+fn local_ports() -> Result<Targets> {
+    Ok(Targets {
+        sink: free_tcp_port()?,
+        rr: free_tcp_port()?,
+        echo: free_tcp_port()?,
+        fluent: free_tcp_port()?,
+        fluentfw: free_tcp_port()?,
+    })
 }

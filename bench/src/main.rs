@@ -29,6 +29,7 @@ mod report;
 mod services;
 mod stunnel;
 mod sysinfo;
+mod topo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +84,12 @@ struct Cli {
     /// Keep the working directory (configs, identities, logs).
     #[arg(long)]
     keep: bool,
+    /// Measure across a veth pair at MTU 1500 into a network namespace of
+    /// the bench's own (router, services and server stunnel inside; load,
+    /// edge clients and client stunnel outside), not on loopback, whose
+    /// 65,536-byte MTU flatters QUIC. Needs root, iproute2 and nftables.
+    #[arg(long)]
+    netns: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -91,14 +98,21 @@ struct Cli {
 enum Cmd {
     /// Internal: run the private services (started by the bench itself).
     #[command(hide = true)]
-    Serve,
+    Serve {
+        /// Address to listen on (port 0 each).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PathArg {
     Direct,
     Stunnel,
+    /// Darkport over QUIC.
     Darkport,
+    /// Darkport over TLS over TCP.
+    DarkportTcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,9 +186,10 @@ fn thousands(n: usize) -> String {
 
 /// The order of the paths in run `run`: rotated, so that no path is always
 /// first (cold) or last.
-fn order(run: usize) -> [PathKind; 3] {
+fn order(run: usize) -> [PathKind; 4] {
     let mut a = PathKind::ALL;
-    a.rotate_left(run % 3);
+    let n = a.len();
+    a.rotate_left(run % n);
     a
 }
 
@@ -204,6 +219,7 @@ impl Paths {
             PathKind::Direct => Some(self.services.targets),
             PathKind::Stunnel => self.stunnel.as_ref().map(|s| s.forwards),
             PathKind::Darkport => Some(self.darkport.forwards),
+            PathKind::DarkportTcp => Some(self.darkport.forwards_tcp),
         }
     }
 
@@ -216,7 +232,8 @@ impl Paths {
                 .as_ref()
                 .map(|s| s.data_path_pids())
                 .unwrap_or_default(),
-            PathKind::Darkport => self.darkport.data_path_pids(),
+            PathKind::Darkport => self.darkport.data_path_pids(false),
+            PathKind::DarkportTcp => self.darkport.data_path_pids(true),
         }
     }
 
@@ -228,7 +245,7 @@ impl Paths {
                 Some(s) => s.restart().await,
                 None => Ok(()),
             },
-            PathKind::Darkport => self.darkport.restart_edges().await,
+            PathKind::Darkport | PathKind::DarkportTcp => self.darkport.restart_edges().await,
         }
     }
 
@@ -262,8 +279,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Cmd::Serve) = cli.cmd {
-        return match rt.block_on(services::serve()) {
+    if let Some(Cmd::Serve { bind }) = cli.cmd {
+        return match rt.block_on(services::serve(bind)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -372,7 +389,14 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
     println!();
 
     eprintln!("starting services, Darkport and stunnel ...");
-    let services = Services::start(dir).await?;
+    let topo = if cli.netns {
+        topo::Topology::netns()?
+    } else {
+        topo::Topology::loopback()
+    };
+    println!("- network: {}", topo.describe());
+    println!();
+    let services = Services::start(dir, &topo).await?;
     let dp_dir = dir.join("darkport");
     std::fs::create_dir_all(&dp_dir)?;
     let mut edge_env = Vec::new();
@@ -389,12 +413,12 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         );
         println!();
     }
-    let darkport = Darkport::start(&bins, &dp_dir, &services.targets, edge_env).await?;
+    let darkport = Darkport::start(&bins, &dp_dir, &services.targets, edge_env, &topo).await?;
     let stunnel = match &stunnel_bin {
         Some(b) => {
             let st_dir = dir.join("stunnel");
             std::fs::create_dir_all(&st_dir)?;
-            Some(Stunnel::start(b, &st_dir, &services.targets).await?)
+            Some(Stunnel::start(b, &st_dir, &services.targets, &topo).await?)
         }
         None => None,
     };
@@ -408,6 +432,7 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
                         (PathArg::Direct, PathKind::Direct)
                             | (PathArg::Stunnel, PathKind::Stunnel)
                             | (PathArg::Darkport, PathKind::Darkport)
+                            | (PathArg::DarkportTcp, PathKind::DarkportTcp)
                     )
                 })
         })
@@ -442,6 +467,9 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
             Scenario::Setup => setup(&mut paths, params, &mut report).await?,
             Scenario::Memory => memory(&mut paths, params, &mut report, nofile).await?,
             Scenario::Fluent => fluent(&mut paths, params, &mut report).await?,
+            Scenario::Wan if topo.is_netns() => report.notes.push(
+                "the WAN-like check runs on loopback only (its relays sit on 127.0.0.1)".into(),
+            ),
             Scenario::Wan => wan(&mut paths, params, &mut report).await?,
         }
         eprintln!("  ({s:?} took {:.0} s)", t.elapsed().as_secs_f64());
@@ -890,10 +918,13 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
         fluent: procs::free_tcp_port()?,
         fluentfw: procs::free_tcp_port()?,
     };
-    let mut wan_client =
-        paths
-            .darkport
-            .spawn_client("edge client (WAN)", &wan_fwd, udp.addr, "client-wan.log")?;
+    let mut wan_client = paths.darkport.spawn_client(
+        "edge client (WAN)",
+        &wan_fwd,
+        udp.addr,
+        "quic",
+        "client-wan.log",
+    )?;
     procs::wait_until(
         "a request over the delayed path",
         Duration::from_secs(30),
@@ -929,6 +960,8 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
                     None => continue,
                 },
                 PathKind::Darkport => wan_fwd.sink,
+                // Its relay is UDP: QUIC only.
+                PathKind::DarkportTcp => continue,
             };
             paths.check_alive()?;
             wan_client.check_alive()?;

@@ -4,26 +4,37 @@ use std::fmt::Write as _;
 
 use crate::sysinfo::Interference;
 
-/// The three paths, in table order.
+/// The paths, in table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
     /// App straight to the service.
     Direct,
     /// App → client stunnel → server stunnel → service.
     Stunnel,
-    /// App → edge client → router → service.
+    /// App → edge client → (QUIC) → router → service.
     Darkport,
+    /// App → edge client → (TLS over TCP) → router → service.
+    DarkportTcp,
 }
+
+/// How many paths there are.
+const PATHS: usize = 4;
 
 impl PathKind {
     /// All paths.
-    pub const ALL: [PathKind; 3] = [PathKind::Direct, PathKind::Stunnel, PathKind::Darkport];
+    pub const ALL: [PathKind; PATHS] = [
+        PathKind::Direct,
+        PathKind::Stunnel,
+        PathKind::Darkport,
+        PathKind::DarkportTcp,
+    ];
 
     fn index(self) -> usize {
         match self {
             PathKind::Direct => 0,
             PathKind::Stunnel => 1,
             PathKind::Darkport => 2,
+            PathKind::DarkportTcp => 3,
         }
     }
 
@@ -32,7 +43,8 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Stunnel => "stunnel",
-            PathKind::Darkport => "darkport",
+            PathKind::Darkport => "dp-quic",
+            PathKind::DarkportTcp => "dp-tcp",
         }
     }
 }
@@ -88,11 +100,11 @@ pub struct Row {
     better: Better,
     targets: Vec<Target>,
     /// Per path, one value per run.
-    values: [Vec<f64>; 3],
+    values: [Vec<f64>; PATHS],
     /// Worst interference seen while measuring this row.
     interference: Interference,
     /// Why a path has no value, if it has none on purpose.
-    missing: [Option<String>; 3],
+    missing: [Option<String>; PATHS],
 }
 
 /// Everything measured.
@@ -195,9 +207,9 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| scenario | unit | direct | stunnel | Darkport | Darkport/direct | Darkport/stunnel | target | met |"
+            "| scenario | unit | direct | stunnel | Darkport QUIC | Darkport TCP | QUIC/stunnel | TCP/stunnel | target | met (QUIC, TCP) |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|---|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
         for r in &self.rows {
             let med: Vec<Option<f64>> = r.values.iter().map(|v| median(v)).collect();
             let cell = |i: usize| match (med[i], &r.missing[i]) {
@@ -205,7 +217,7 @@ impl Report {
                 (None, Some(_)) => "n/a".to_string(),
                 (None, None) => "—".to_string(),
             };
-            let ratio = |i: usize| match (med[2], med[i]) {
+            let ratio = |d: usize| match (med[d], med[1]) {
                 (Some(d), Some(o)) if o != 0.0 => format!("{:.2}×", d / o),
                 _ => "—".to_string(),
             };
@@ -215,7 +227,7 @@ impl Report {
                 .map(|t| t.describe(r.unit))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let met = match med[2] {
+            let met_by = |i: usize| match med[i] {
                 Some(d) if !r.targets.is_empty() => {
                     let checks: Vec<Option<bool>> =
                         r.targets.iter().map(|t| t.met(d, med[1])).collect();
@@ -229,10 +241,14 @@ impl Report {
                 }
                 _ => "",
             };
+            let met = match (met_by(2), met_by(3)) {
+                ("", "") => String::new(),
+                (q, t) => format!("{q}, {t}"),
+            };
             let busy = if r.interference.busy() { " ⚠" } else { "" };
             let _ = writeln!(
                 out,
-                "| {}{busy} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {}{busy} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 r.unit,
                 match r.better {
@@ -242,8 +258,9 @@ impl Report {
                 cell(0),
                 cell(1),
                 cell(2),
-                ratio(0),
-                ratio(1),
+                cell(3),
+                ratio(2),
+                ratio(3),
                 target,
                 met
             );
@@ -281,7 +298,10 @@ impl Report {
             }
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "Every run (direct | stunnel | Darkport):");
+        let _ = writeln!(
+            out,
+            "Every run (direct | stunnel | Darkport QUIC | Darkport TCP):"
+        );
         for r in &self.rows {
             let runs = |i: usize| {
                 r.values[i]
@@ -292,11 +312,12 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "  {:<44} {} | {} | {}",
+                "  {:<44} {} | {} | {} | {}",
                 format!("{} ({})", r.label, r.unit),
                 runs(0),
                 runs(1),
-                runs(2)
+                runs(2),
+                runs(3)
             );
         }
         out

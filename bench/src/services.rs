@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{anyhow, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -52,13 +52,15 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts `<this exe> serve` and reads the addresses it prints.
-    pub async fn start(dir: &Path) -> Result<Services> {
+    /// Starts `<this exe> serve` on the far side of `topo` and reads the
+    /// addresses it prints.
+    pub async fn start(dir: &Path, topo: &crate::topo::Topology) -> Result<Services> {
         let exe = std::env::current_exe().context("finding the bench executable")?;
         let log = dir.join("services.log");
         let err = std::fs::File::create(&log).context("creating services.log")?;
-        let mut child = Command::new(exe)
-            .arg("serve")
+        let mut child = topo
+            .far(&exe)
+            .args(["serve", "--bind", &topo.far_ip().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -105,8 +107,8 @@ fn parse_targets(line: &str) -> Result<Targets> {
 
 /// The `serve` subcommand: binds the services, prints their addresses on
 /// one line, and serves until stdin closes.
-pub async fn serve() -> Result<()> {
-    let bind = || TcpListener::bind("127.0.0.1:0");
+pub async fn serve(ip: std::net::IpAddr) -> Result<()> {
+    let bind = || TcpListener::bind(SocketAddr::new(ip, 0));
     let (sink, rr, echo, fluent) = (bind().await?, bind().await?, bind().await?, bind().await?);
     println!(
         "sink={} rr={} echo={} fluent={}",

@@ -40,6 +40,8 @@ pub fn find(given: Option<&Path>) -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct Stunnel {
     bin: PathBuf,
+    /// How the server side is started (inside the namespace with --netns).
+    server_cmd: Command,
     dir: PathBuf,
     /// The client-side stunnel.
     pub client: Option<Proc>,
@@ -53,21 +55,29 @@ pub struct Stunnel {
 
 impl Stunnel {
     /// Writes certificates and configs into `dir` and starts both sides.
-    pub async fn start(bin: &Path, dir: &Path, services: &Targets) -> Result<Stunnel> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        services: &Targets,
+        topo: &crate::topo::Topology,
+    ) -> Result<Stunnel> {
         write_certs(dir)?;
         // stunnel passes bytes: `fluentfw` is the same tunnel as `fluent`.
-        let ports = || -> Result<Targets> {
-            let fluent = free_tcp_port()?;
+        let ports = |ip: std::net::IpAddr| -> Result<Targets> {
+            let port = || free_tcp_port().map(|a| SocketAddr::new(ip, a.port()));
+            let fluent = port()?;
             Ok(Targets {
-                sink: free_tcp_port()?,
-                rr: free_tcp_port()?,
-                echo: free_tcp_port()?,
+                sink: port()?,
+                rr: port()?,
+                echo: port()?,
                 fluent,
                 fluentfw: fluent,
             })
         };
-        let server_ports = ports()?;
-        let forwards = ports()?;
+        // The server side listens where the router does (far); the client
+        // side on 127.0.0.1 beside the load generator.
+        let server_ports = ports(topo.far_ip())?;
+        let forwards = ports(std::net::Ipv4Addr::LOCALHOST.into())?;
         let d = dir.display();
         let global =
             "foreground = quiet\ndebug = err\nsyslog = no\npid =\nsslVersionMin = TLSv1.3\n";
@@ -83,8 +93,14 @@ impl Stunnel {
         }
         std::fs::write(dir.join("server.conf"), server).context("writing server.conf")?;
         std::fs::write(dir.join("client.conf"), client).context("writing client.conf")?;
+        let server_cmd = {
+            let mut c = topo.far(bin);
+            c.arg(dir.join("server.conf"));
+            c
+        };
         let mut s = Stunnel {
             bin: bin.to_path_buf(),
+            server_cmd,
             dir: dir.to_path_buf(),
             client: None,
             server: None,
@@ -114,7 +130,7 @@ impl Stunnel {
     async fn start_procs(&mut self) -> Result<()> {
         self.server = Some(Proc::spawn(
             "stunnel server",
-            Command::new(&self.bin).arg(self.dir.join("server.conf")),
+            &mut self.server_cmd,
             &self.dir.join("stunnel-server.log"),
         )?);
         self.client = Some(Proc::spawn(
