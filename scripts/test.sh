@@ -17,8 +17,9 @@ cargo test --workspace "$@"
 # The whole-system tests whose clients dial through routers, once more with
 # every client on TLS over TCP: everything they check must hold on both
 # transports (failover, revocation cuts, renewal, early data, half-close,
-# reset, fluent-forward).
+# reset, fluent-forward). --workspace (not -p) so cargo reuses the test
+# binaries built above instead of building them again with other features.
 echo "==> the same whole-system tests over the TCP transport (DARKPORT_TEST_TRANSPORT=tcp)"
-DARKPORT_TEST_TRANSPORT=tcp cargo test -p darkport-tests \
+DARKPORT_TEST_TRANSPORT=tcp cargo test --workspace \
     --test tunnel --test lifecycle --test control_plane --test hardening \
     --test security --test logs --test operations --test fluent_mode "$@"
