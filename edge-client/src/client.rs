@@ -37,6 +37,7 @@ use darkport_transport::tls::{client_config, rustls_client_config, Trust};
 use darkport_transport::{close_code, control, unix_now};
 
 use crate::choice::{Memory, Plan, REMEMBER_TCP};
+use crate::pool::{candidates_from, Asker, ConnId, Ended, Link, PoolState, DEAD_AFTER};
 use crate::{DialError, DialStream};
 
 /// Most application bytes [`Client::dial_from`] sends behind a dial
@@ -50,17 +51,13 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// sent (plus a few round trips), it is taken for dead.
 pub const LIVENESS_WINDOW: Duration = Duration::from_millis(400);
 
-/// How long a router list from the controller is used before asking again.
-pub const ROUTER_LIST_TTL: Duration = Duration::from_secs(30);
+pub use crate::pool::ROUTER_LIST_TTL;
 
 /// How long a failed dial over TCP waits for its connection's close code.
 const TCP_CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Time a background connect to a router may take.
 const BACKGROUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// After a failed refresh, ask the controller again this soon.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Options for [`Client`].
 #[derive(Debug, Clone)]
@@ -248,12 +245,34 @@ fn router_error(router: &str, reason: String) -> DialError {
     }
 }
 
-/// A router the client may use, and which of its services it serves
-/// (`None`: unknown, try it for anything).
-#[derive(Debug, Clone)]
-struct Candidate {
-    addr: String,
-    services: Option<Vec<String>>,
+/// The pool's decisions are made by [`PoolState`] on what it sees of a
+/// connection through this; the transport stays out of it.
+impl Link for Conn {
+    fn id(&self) -> ConnId {
+        self.stable_id()
+    }
+
+    fn rtt(&self) -> Duration {
+        Conn::rtt(self)
+    }
+
+    fn heard(&self) -> u64 {
+        Conn::heard(self)
+    }
+
+    fn ended(&self) -> Option<Ended> {
+        let end = self.close_reason()?;
+        Some(match refusal("", end) {
+            Some(_) => Ended::Refused,
+            None => Ended::Closed,
+        })
+    }
+}
+
+impl From<(String, Conn)> for Live {
+    fn from((router, conn): (String, Conn)) -> Live {
+        Live { router, conn }
+    }
 }
 
 #[derive(Debug)]
@@ -262,12 +281,8 @@ struct Pool {
     identity: Arc<Identity>,
     /// Data-plane TLS configurations for `identity`.
     configs: Configs,
-    /// Known routers.
-    routers: Vec<Candidate>,
-    /// When `routers` came from the controller.
-    fetched: Option<Instant>,
-    /// Live connections.
-    conns: Vec<Live>,
+    /// Routers, connections and the decisions about them.
+    state: PoolState<Conn>,
 }
 
 /// Dials services through routers; cheap to share behind an `Arc`.
@@ -315,20 +330,10 @@ impl Client {
         if let Some(path) = options.identity_path.clone() {
             tasks.spawn(darkport_transport::renew::run(path, id_tx));
         }
-        let routers = options
-            .routers
-            .iter()
-            .map(|a| Candidate {
-                addr: a.clone(),
-                services: None,
-            })
-            .collect();
         let pool = Arc::new(Mutex::new(Pool {
             identity,
             configs,
-            routers,
-            fetched: None,
-            conns: vec![],
+            state: PoolState::new(&options.routers),
         }));
         tasks.spawn(maintain(
             pool.clone(),
@@ -364,7 +369,7 @@ impl Client {
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pool)
     }
 
     /// Dials `service` through the best live router, failing over to the
@@ -539,46 +544,25 @@ impl Client {
                 Ok(c) => {
                     pool.configs = c;
                     pool.identity = current;
-                    pool.conns.clear();
+                    pool.state.take_all();
                 }
                 Err(e) => warn!("cannot use the renewed certificate: {e}"),
             }
         }
-        pool.conns.retain(|l| {
-            if l.conn.close_reason().is_none() {
-                return true;
-            }
-            if let Some(e) = refused(&l.router, &l.conn) {
+        for (router, conn) in pool.state.sweep(Instant::now()) {
+            if let Some(e) = refused(&router, &conn) {
                 *refusal = Some(e);
             }
-            false
-        });
-        let serves = |addr: &str| {
-            pool.routers
-                .iter()
-                .find(|r| r.addr == addr)
-                .and_then(|r| r.services.as_ref())
-                .is_none_or(|s| s.iter().any(|x| x == service))
-        };
-        let mut v: Vec<Live> = pool
-            .conns
-            .iter()
-            .filter(|l| serves(&l.router))
-            .cloned()
-            .collect();
-        if v.is_empty() {
-            // No router is known to serve it: ask any, to get the router's
-            // precise answer (unknown service, not authorized, ...).
-            v = pool.conns.clone();
         }
-        v.sort_by_key(|l| l.conn.rtt());
-        v
+        pool.state
+            .candidates_for(service)
+            .into_iter()
+            .map(Live::from)
+            .collect()
     }
 
     fn set_aside(&self, live: &Live) {
-        self.pool()
-            .conns
-            .retain(|l| l.conn.stable_id() != live.conn.stable_id());
+        self.pool().state.set_aside(live.conn.stable_id());
     }
 
     async fn dial_on(
@@ -706,23 +690,12 @@ impl Client {
         self.refresh_routers().await;
         let (configs, targets) = {
             let pool = self.pool();
-            let have: Vec<String> = pool
-                .conns
-                .iter()
-                .filter(|l| l.conn.close_reason().is_none())
-                .map(|l| l.router.clone())
-                .collect();
-            let want = self.options.pool_size.saturating_sub(have.len());
-            let targets: Vec<String> = pool
-                .routers
-                .iter()
-                .map(|r| r.addr.clone())
-                .filter(|a| !have.contains(a))
-                .collect();
-            (pool.configs.clone(), (targets, want))
+            let targets =
+                pool.state
+                    .to_connect(Instant::now(), self.options.pool_size, Asker::Dial);
+            (pool.configs.clone(), targets)
         };
-        let (targets, want) = targets;
-        if want == 0 {
+        if targets.is_empty() {
             return Ok(());
         }
         // Connect to every candidate at once and return as soon as one is
@@ -741,15 +714,7 @@ impl Client {
                 let result = connector.connect(&configs, &addr).await;
                 if let Ok(conn) = &result {
                     info!(router = %addr, rtt = ?conn.rtt(), transport = %conn.transport(), "connected to router");
-                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                    if pool.conns.len() < size {
-                        pool.conns.push(Live {
-                            router: addr,
-                            conn: conn.clone(),
-                        });
-                    } else {
-                        conn.close(CloseCode::Done, b"enough routers");
-                    }
+                    admit(&pool, addr, conn.clone(), size);
                 }
                 let _ = tx.send(result.map(|_| ())).await;
             });
@@ -765,7 +730,7 @@ impl Client {
                 }
             }
         }
-        if self.pool().conns.is_empty() {
+        if self.pool().state.is_empty() {
             return Err(last.unwrap_or(DialError::NoRouters));
         }
         Ok(())
@@ -778,18 +743,14 @@ impl Client {
         if !self.options.routers.is_empty() {
             return;
         }
-        let fresh = {
-            let p = self.pool();
-            !list_stale(p.fetched, p.routers.is_empty())
-        };
-        if fresh {
+        if !self.pool().state.list_stale(Instant::now()) {
             return;
         }
         // A cached list is used at once and refreshed in the background: a
         // controller that is down costs a new client nothing.
-        if self.pool().routers.is_empty() {
+        if !self.pool().state.has_routers() {
             if let Some(list) = self.cached_routers() {
-                self.pool().routers = candidates_from(&list);
+                self.pool().state.on_cached_list(&list);
             }
         }
         let (identity, pool, cache) = (self.identity(), self.pool.clone(), self.cache_path());
@@ -802,11 +763,11 @@ impl Client {
             .unwrap_or_else(|_| Err(DialError::NoRouters));
             apply_router_list(&pool, cache.as_deref(), result);
         };
-        if self.pool().routers.is_empty() {
+        if !self.pool().state.has_routers() {
             refresh.await;
         } else {
             // Not again until this one is done or has failed.
-            self.pool().fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
+            self.pool().state.defer_list(Instant::now());
             tokio::spawn(refresh);
         }
     }
@@ -841,18 +802,7 @@ impl Client {
     /// were given by address, so that is not known).
     pub async fn warm_up(&self) -> Result<Option<Vec<String>>, DialError> {
         self.fill().await?;
-        let pool = self.pool();
-        if pool.routers.iter().any(|r| r.services.is_none()) {
-            return Ok(None);
-        }
-        let mut v: Vec<String> = pool
-            .routers
-            .iter()
-            .flat_map(|r| r.services.clone().unwrap_or_default())
-            .collect();
-        v.sort();
-        v.dedup();
-        Ok(Some(v))
+        Ok(self.pool().state.services())
     }
 
     /// Router addresses: the configured ones, or the controller's list
@@ -871,14 +821,14 @@ impl Client {
     pub fn connections(&self) -> Vec<RouterConnection> {
         let mut v: Vec<RouterConnection> = self
             .pool()
-            .conns
-            .iter()
-            .filter(|l| l.conn.close_reason().is_none())
-            .map(|l| RouterConnection {
-                router: l.router.clone(),
-                rtt: l.conn.rtt(),
-                path_mtu: l.conn.path_mtu().unwrap_or(0),
-                transport: l.conn.transport(),
+            .state
+            .links()
+            .filter(|(_, conn)| conn.close_reason().is_none())
+            .map(|(router, conn)| RouterConnection {
+                router: router.to_string(),
+                rtt: conn.rtt(),
+                path_mtu: conn.path_mtu().unwrap_or(0),
+                transport: conn.transport(),
             })
             .collect();
         v.sort_by_key(|c| c.rtt);
@@ -887,16 +837,16 @@ impl Client {
 
     /// Closes router connections and waits briefly for the close to be sent.
     pub async fn close(&self) {
-        let conns = std::mem::take(&mut self.pool().conns);
-        for l in &conns {
-            l.conn.close(CloseCode::Done, b"client closing");
+        let conns = self.pool().state.take_all();
+        for c in &conns {
+            c.close(CloseCode::Done, b"client closing");
         }
         self.connector
             .endpoint
             .close(close_code(CloseCode::Done), b"client closing");
         let flushed: Vec<_> = conns
             .iter()
-            .map(|l| l.conn.flushed(Duration::from_secs(2)))
+            .map(|c| c.flushed(Duration::from_secs(2)))
             .collect();
         drop(conns);
         let tcp_flushed = async {
@@ -958,7 +908,12 @@ fn is_splice_reset(e: &std::io::Error) -> bool {
 /// one of the codes that mean "this identity may not use the data plane"
 /// (see the router's listener).
 fn refused(router: &str, conn: &Conn) -> Option<DialError> {
-    let RemoteEnd::Closed { code, reason } = conn.close_reason()? else {
+    refusal(router, conn.close_reason()?)
+}
+
+/// [`refused`], from how the connection ended.
+fn refusal(router: &str, end: RemoteEnd) -> Option<DialError> {
+    let RemoteEnd::Closed { code, reason } = end else {
         return None;
     };
     match (CloseCode::from_code(code)?, reason) {
@@ -987,6 +942,25 @@ async fn fetch_routers(identity: &Identity) -> Result<Vec<RouterInfo>, DialError
     Ok(list)
 }
 
+/// The pool, also after a panic elsewhere while it was held (its state is
+/// kept consistent between statements).
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds a new connection to `router` to the pool, or closes it when the
+/// pool has no place for it; says whether it joined.
+fn admit(pool: &Mutex<Pool>, router: String, conn: Conn, size: usize) -> bool {
+    let joined = lock(pool).state.on_connected(router, conn, size);
+    match joined {
+        Ok(()) => true,
+        Err(conn) => {
+            conn.close(CloseCode::Done, b"enough routers");
+            false
+        }
+    }
+}
+
 /// Takes a fresh router list (and caches it), or notes the failure.
 fn apply_router_list(
     pool: &Mutex<Pool>,
@@ -1000,69 +974,21 @@ fn apply_router_list(
                     let _ = darkport_transport::identity::write_private_file(path, &text, true);
                 }
             }
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.routers = candidates_from(&list);
-            pool.fetched = Some(Instant::now());
-            // A router the controller no longer lists (deleted, revoked) is
-            // not used for new connections.
-            let listed: Vec<String> = pool.routers.iter().map(|r| r.addr.clone()).collect();
-            pool.conns.retain(|l| {
-                let keep = listed.contains(&l.router);
-                if !keep {
-                    l.conn.close(CloseCode::Done, b"router no longer listed");
-                }
-                keep
-            });
+            let unlisted = lock(pool).state.on_router_list(&list, Instant::now());
+            for conn in unlisted {
+                conn.close(CloseCode::Done, b"router no longer listed");
+            }
         }
         Err(e) => {
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            // Try again soon, not on every dial.
-            pool.fetched = Instant::now().checked_sub(ROUTER_LIST_TTL - RETRY_AFTER_FAILURE);
-            if pool.routers.is_empty() {
-                warn!("cannot get routers from the controller: {e}");
-            } else {
+            let mut pool = lock(pool);
+            pool.state.defer_list(Instant::now());
+            if pool.state.has_routers() {
                 warn!("cannot refresh routers from the controller ({e}); using the known ones");
+            } else {
+                warn!("cannot get routers from the controller: {e}");
             }
         }
     }
-}
-
-fn candidates_from(list: &[RouterInfo]) -> Vec<Candidate> {
-    let mut list: Vec<&RouterInfo> = list.iter().collect();
-    // Online routers first; offline ones stay as a last resort (the
-    // controller may be the one that is down).
-    list.sort_by_key(|r| (!r.online, std::cmp::Reverse(r.services.len())));
-    list.into_iter()
-        .map(|r| Candidate {
-            addr: r.advertise.clone(),
-            services: Some(r.services.iter().map(|s| s.to_string()).collect()),
-        })
-        .collect()
-}
-
-/// A connection that receives nothing for this long (two and a half
-/// keep-alive intervals) is taken for dead.
-const DEAD_AFTER: Duration = Duration::from_secs(5);
-
-/// A router that refused this identity is not tried again for this long
-/// by the background maintenance (a dial may still try it).
-const REFUSED_RETRY: Duration = Duration::from_secs(30);
-
-/// A router that could not be reached is retried after this long.
-const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
-
-/// An empty router list from the controller is asked for again this soon:
-/// the client may have started before its routers.
-const EMPTY_LIST_RETRY: Duration = Duration::from_secs(1);
-
-/// Whether a router list fetched at `fetched` should be fetched again.
-fn list_stale(fetched: Option<Instant>, empty: bool) -> bool {
-    let ttl = if empty {
-        EMPTY_LIST_RETRY
-    } else {
-        ROUTER_LIST_TTL
-    };
-    fetched.is_none_or(|t| t.elapsed() >= ttl)
 }
 
 /// How often the pool is checked: dead connections dropped, missing ones
@@ -1071,67 +997,44 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps the pool at `pool_size` live connections and the router list
 /// fresh, for as long as the client lives. Does nothing until the first
-/// dial has loaded a router list.
+/// dial has loaded a router list. What to do is [`PoolState`]'s decision;
+/// this carries it out.
 async fn maintain(
     pool: Arc<Mutex<Pool>>,
     connector: Connector,
     options: ClientOptions,
     identity: watch::Receiver<Arc<Identity>>,
 ) {
-    // Routers not to try again before the given time: one that refused
-    // this identity, or could not be reached.
-    let mut retry_after: std::collections::HashMap<String, Instant> = Default::default();
-    let lock = |p: &Mutex<Pool>,
-                retry_after: &mut std::collections::HashMap<String, Instant>|
-     -> Vec<Live> {
-        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        p.conns.retain(|l| {
-            if l.conn.close_reason().is_none() {
-                return true;
-            }
-            if refused(&l.router, &l.conn).is_some() {
-                retry_after.insert(l.router.clone(), Instant::now() + REFUSED_RETRY);
-            }
-            false
-        });
-        p.conns.clone()
-    };
-    // Datagrams received per connection, and when that count last moved:
-    // a live router sends keep-alives, so a connection that has heard
-    // nothing for DEAD_AFTER is a router that died without a word.
-    let mut heard: std::collections::HashMap<usize, (u64, Instant)> = Default::default();
     loop {
         tokio::time::sleep(MAINTAIN_EVERY).await;
-        for l in lock(&pool, &mut retry_after) {
-            let rx = l.conn.heard();
-            let entry = heard
-                .entry(l.conn.stable_id())
-                .or_insert((rx, Instant::now()));
-            if entry.0 != rx {
-                *entry = (rx, Instant::now());
-            } else if entry.1.elapsed() >= DEAD_AFTER {
-                warn!(router = %l.router, "router silent for {DEAD_AFTER:?}; dropping the connection");
-                l.conn.close(CloseCode::Done, b"router silent");
-            }
+        let dead = {
+            let mut p = lock(&pool);
+            let now = Instant::now();
+            p.state.sweep(now);
+            p.state.dead(now)
+        };
+        for (router, conn) in dead {
+            warn!(router = %router, "router silent for {DEAD_AFTER:?}; dropping the connection");
+            conn.close(CloseCode::Done, b"router silent");
         }
-        let live = lock(&pool, &mut retry_after);
-        heard.retain(|id, _| live.iter().any(|l| l.conn.stable_id() == *id));
-        let (configs, routers, stale, asked) = {
-            let p = pool.lock().unwrap_or_else(|e| e.into_inner());
-            let stale = list_stale(p.fetched, p.routers.is_empty());
-            (
-                p.configs.clone(),
-                p.routers.clone(),
-                stale,
-                p.fetched.is_some(),
-            )
+        let (configs, live, idle, stale) = {
+            let mut p = lock(&pool);
+            let now = Instant::now();
+            p.state.sweep(now);
+            let live: Vec<Live> = p
+                .state
+                .links()
+                .map(|(router, conn)| Live::from((router.to_string(), conn.clone())))
+                .collect();
+            let (idle, stale) = (p.state.idle(now), p.state.list_stale(now));
+            (p.configs.clone(), live, idle, stale)
         };
         // Nothing to do until a dial (or warm_up) asked for routers; an
         // empty list is asked for again soon (routers may start later).
-        if routers.is_empty() && !(asked && stale && options.routers.is_empty()) {
+        if idle {
             continue;
         }
-        if stale && options.routers.is_empty() {
+        if stale {
             let id = identity.borrow().clone();
             let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, fetch_routers(&id))
                 .await
@@ -1143,16 +1046,10 @@ async fn maintain(
             apply_router_list(&pool, cache.map(PathBuf::from).as_deref(), result);
         }
         retry_quic(&pool, &connector, &configs, &live).await;
-        let want = options.pool_size.saturating_sub(live.len());
-        if want == 0 {
-            continue;
-        }
-        let missing: Vec<String> = routers
-            .iter()
-            .map(|r| r.addr.clone())
-            .filter(|a| !live.iter().any(|l| &l.router == a))
-            .filter(|a| retry_after.get(a).is_none_or(|t| *t <= Instant::now()))
-            .collect();
+        let missing =
+            lock(&pool)
+                .state
+                .to_connect(Instant::now(), options.pool_size, Asker::Background);
         let attempts = missing.into_iter().map(|addr| {
             let (connector, configs) = (connector.clone(), configs.clone());
             async move {
@@ -1165,17 +1062,14 @@ async fn maintain(
             }
         });
         for (addr, result) in futures_join_all(attempts).await {
-            if !matches!(result, Ok(Ok(_))) {
-                retry_after.insert(addr.clone(), Instant::now() + UNREACHABLE_RETRY);
-            }
-            if let Ok(Ok(conn)) = result {
-                let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
-                if p.conns.len() < options.pool_size && !p.conns.iter().any(|l| l.router == addr) {
-                    info!(router = %addr, rtt = ?conn.rtt(), "connected to router");
-                    p.conns.push(Live { router: addr, conn });
-                } else {
-                    conn.close(CloseCode::Done, b"enough routers");
+            match result {
+                Ok(Ok(conn)) => {
+                    let rtt = conn.rtt();
+                    if admit(&pool, addr.clone(), conn, options.pool_size) {
+                        info!(router = %addr, ?rtt, "connected to router");
+                    }
                 }
+                _ => lock(&pool).state.on_unreachable(&addr, Instant::now()),
             }
         }
     }
@@ -1206,14 +1100,9 @@ async fn retry_quic(pool: &Mutex<Pool>, connector: &Connector, configs: &Configs
             Ok(Ok(conn)) => {
                 connector.learned(&old.router, Transport::Quic);
                 info!(router = %old.router, "QUIC gets through again; new dials use it instead of TCP");
-                let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
-                match p
-                    .conns
-                    .iter_mut()
-                    .find(|l| l.conn.stable_id() == old.conn.stable_id())
-                {
-                    Some(slot) => slot.conn = conn,
-                    None => conn.close(CloseCode::Done, b"enough routers"),
+                let replaced = lock(pool).state.replace(old.conn.stable_id(), conn);
+                if let Err(conn) = replaced {
+                    conn.close(CloseCode::Done, b"enough routers");
                 }
             }
             _ => {

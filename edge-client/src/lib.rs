@@ -22,6 +22,9 @@
 //!
 //! - [`client`]: [`Client`], router discovery and the connection it keeps.
 //! - [`choice`]: which transport reaches a router (pure, virtual time).
+//! - `pool` (internal): the pool's decisions (which router, when to retry,
+//!   when a connection is dead, when the router list is stale), pure and
+//!   in virtual time like [`choice`].
 //! - [`stream`]: [`DialStream`], the byte stream.
 //! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
 //!
@@ -33,6 +36,7 @@ pub mod choice;
 pub mod client;
 pub mod error;
 pub mod forward;
+mod pool;
 pub mod stream;
 
 pub use client::{Client, ClientOptions, RouterConnection};
