@@ -41,9 +41,24 @@ pub enum TlsError {
     NoPeerCertificate,
 }
 
-/// The one crypto provider Darkport uses.
+/// The one crypto provider Darkport uses: ring, TLS 1.3 suites only, with
+/// AES-128-GCM first. rustls (like OpenSSL, so stunnel too) prefers
+/// AES-256-GCM; AES-128-GCM does 10 AES rounds instead of 14 for the same
+/// GHASH, and at MTU 1500 QUIC pays it on every 1,452-byte packet
+/// (docs/benchmarks.md, "What bounds QUIC at MTU 1500"). AES-128-GCM is
+/// TLS 1.3's mandatory suite and the one QUIC's Initial packets use; the
+/// other two stay for peers that want them.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
@@ -338,4 +353,25 @@ pub fn identity_from_chain(certs: &[CertificateDer<'_>]) -> Result<PeerIdentity,
         name,
         fingerprint: fingerprint(leaf),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends use [`provider`], and a rustls server takes the client's
+    /// order, so the first suite is the one every Darkport connection
+    /// negotiates: AES-128-GCM, and only TLS 1.3 suites.
+    #[test]
+    fn aes_128_gcm_is_preferred_and_only_tls13_suites_are_offered() {
+        let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(
+            suites,
+            vec![
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            ]
+        );
+    }
 }
