@@ -7,6 +7,8 @@
 //!   needed), admin commands (admin certificate), router sync (router
 //!   certificate; snapshots are pushed on every change) and router listing
 //!   (client certificate).
+//! - [`handlers`]: the admin API's handlers, one module per resource,
+//!   over the store, with the time passed in.
 //! - [`admin`]: the client side of the admin API, used by the CLI.
 //!
 //! The binary (`main.rs`) only parses arguments and calls into these.
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod ca;
 pub mod datadir;
+pub mod handlers;
 pub mod metrics;
 pub mod server;
 pub mod sqlite;

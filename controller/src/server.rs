@@ -22,9 +22,8 @@ use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
 use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
-    ControlResponse, EnrollRequest, IdentityInfo, RouterInfo, RouterReport,
+    ControlResponse, EnrollRequest, RouterReport,
 };
-use darkport_proto::policy::{PolicySnapshot, ServiceEntry};
 use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
 use darkport_transport::budgeted_info;
@@ -37,10 +36,9 @@ use darkport_transport::{close_code, stream_code, unix_now};
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
+use crate::handlers::{self, err, Caller, Env, Issuer, Presence};
 use crate::metrics::{result_label, Metrics};
-use crate::store::{
-    audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError, TokenRecord,
-};
+use crate::store::{audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError};
 
 /// Time allowed for a request to arrive once a stream is open.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,25 +141,6 @@ struct Ctx {
     /// Lines about refused peers and bad requests.
     refusals: Arc<LogBudget>,
     metrics: Metrics,
-}
-
-/// What the controller knows of a connected router.
-#[derive(Debug, Clone)]
-struct Presence {
-    /// Distinguishes sessions, so an old session ending does not mark a
-    /// newer one offline.
-    session: u64,
-    /// Snapshot version the router last reported.
-    snapshot_version: Option<u64>,
-    /// Clients connected to it, as last reported.
-    clients: Vec<IdentityName>,
-}
-
-fn err(code: ControlErrorCode, message: impl Into<String>) -> ControlError {
-    ControlError {
-        code,
-        message: message.into(),
-    }
 }
 
 impl From<StoreError> for ControlError {
@@ -509,7 +488,7 @@ async fn handle_stream(
                 router_sync(&ctx, p, advertise, &mut send).await;
                 return;
             }
-            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(list_routers(&ctx, Some(p))),
+            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(handlers::routers::list(&ctx.store, &ctx.online, Some(p))),
             (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
                 let r = renew(&ctx, p, &csr_der);
                 ctx.metrics.renewal(result_label(&r));
@@ -678,20 +657,6 @@ fn rate_limited(what: &str, rate: Rate, RetryAfter(wait): RetryAfter) -> Control
     )
 }
 
-fn not_found(what: &str, name: &IdentityName) -> ControlError {
-    err(
-        ControlErrorCode::NotFound,
-        format!("no {what} named {name}"),
-    )
-}
-
-fn exists(what: &str, name: &IdentityName) -> ControlError {
-    err(
-        ControlErrorCode::AlreadyExists,
-        format!("a {what} named {name} exists already"),
-    )
-}
-
 /// Keeps the newest certificate and older ones not yet expired, at most
 /// [`MAX_LIVE_CERTIFICATES`] in all (renewal spam cannot grow snapshots).
 fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
@@ -709,441 +674,26 @@ fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
     });
 }
 
-fn identity_info(ctx: &Ctx, i: &IdentityRecord) -> IdentityInfo {
-    let connected_to: Vec<IdentityName> = ctx
-        .online
-        .iter()
-        .filter(|p| p.clients.contains(&i.name))
-        .map(|p| p.key().clone())
-        .collect();
-    // Seen now if online (a router) or connected to an online router (a
-    // client); the stored time is written at most every few seconds.
-    let live = ctx.online.contains_key(&i.name) || !connected_to.is_empty();
-    IdentityInfo {
-        name: i.name.clone(),
-        kind: i.kind,
-        roles: i.roles.clone(),
-        fingerprint: i.current().map(|c| c.fingerprint.clone()),
-        cert_expires_at: i.current().map(|c| c.expires_at),
-        revoked_at: i.revoked_at,
-        last_seen: if live { Some(unix_now()) } else { i.last_seen },
-        connected_to,
-    }
-}
-
+/// Runs an admin request of `actor` at the current time.
 fn admin(
     ctx: &Ctx,
     actor: &IdentityName,
     req: AdminRequest,
 ) -> Result<AdminResponse, ControlError> {
-    let bad = |m: String| err(ControlErrorCode::BadRequest, m);
-    let actor = actor.as_str();
-    match req {
-        AdminRequest::CreateIdentity {
-            name,
-            kind,
-            roles,
-            token_ttl_secs,
-        } => {
-            if !matches!(kind, Kind::Client | Kind::Router) {
-                return Err(bad(format!(
-                    "identities are clients or routers, not {kind}"
-                )));
-            }
-            if token_ttl_secs == 0 || token_ttl_secs > MAX_TOKEN_TTL.as_secs() {
-                return Err(bad(format!(
-                    "token lifetime must be between 1 s and {} days",
-                    MAX_TOKEN_TTL.as_secs() / 86400
-                )));
-            }
-            let mut id = [0u8; 16];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-                .map_err(|_| err(ControlErrorCode::Internal, "random generator failed"))?;
-            let now = unix_now();
-            let claims = TokenClaims {
-                token_id: hex::encode(id),
-                identity: name.clone(),
-                kind,
-                controller: ctx.config.advertise.clone(),
-                ca_fingerprint: ctx.ca_fingerprint.clone(),
-                expires_at: now + token_ttl_secs,
-            };
-            let token = SignedToken::sign(claims.clone(), &ctx.token_key)
-                .and_then(|t| t.encode())
-                .map_err(|e| err(ControlErrorCode::Internal, e.to_string()))?;
-            ctx.store.update(
-                true,
-                audit(actor, format!("created {kind} identity {name}")),
-                |s| {
-                    if s.identities.contains_key(&name) {
-                        return Err(exists("identity", &name));
-                    }
-                    s.identities.insert(
-                        name.clone(),
-                        IdentityRecord {
-                            name: name.clone(),
-                            kind,
-                            roles,
-                            certificates: vec![],
-                            created_at: now,
-                            revoked_at: None,
-                            last_seen: None,
-                        },
-                    );
-                    s.tokens.insert(
-                        claims.token_id.clone(),
-                        TokenRecord {
-                            identity: name.clone(),
-                            expires_at: claims.expires_at,
-                            consumed_at: None,
-                        },
-                    );
-                    Ok(())
-                },
-            )?;
-            Ok(AdminResponse::Token {
-                token,
-                expires_at: claims.expires_at,
-            })
-        }
-        AdminRequest::ListIdentities => {
-            let state = ctx.store.read();
-            Ok(AdminResponse::Identities(
-                state
-                    .identities
-                    .values()
-                    .map(|i| identity_info(ctx, i))
-                    .collect(),
-            ))
-        }
-        AdminRequest::ShowIdentity { name } => {
-            let state = ctx.store.read();
-            let i = state
-                .identities
-                .get(&name)
-                .ok_or_else(|| not_found("identity", &name))?;
-            Ok(AdminResponse::Identity(identity_info(ctx, i)))
-        }
-        AdminRequest::UpdateIdentity {
-            name,
-            add_roles,
-            remove_roles,
-        } => {
-            let what = format!("updated roles of {name}: +{add_roles:?} -{remove_roles:?}");
-            ctx.store.update(true, audit(actor, what), |s| {
-                let i = s
-                    .identities
-                    .get_mut(&name)
-                    .ok_or_else(|| not_found("identity", &name))?;
-                i.roles.retain(|r| !remove_roles.contains(r));
-                for r in add_roles {
-                    if !i.roles.contains(&r) {
-                        i.roles.push(r);
-                    }
-                }
-                Ok(AdminResponse::Done)
-            })
-        }
-        AdminRequest::RevokeIdentity { name } => ctx.store.update(
-            true,
-            audit(actor, format!("revoked identity {name}")),
-            |s| {
-                let i = s
-                    .identities
-                    .get_mut(&name)
-                    .ok_or_else(|| not_found("identity", &name))?;
-                if i.kind == Kind::Admin {
-                    return Err(bad("the admin identity cannot be revoked".into()));
-                }
-                if i.revoked_at.is_none() {
-                    i.revoked_at = Some(unix_now());
-                }
-                s.tokens.retain(|_, t| t.identity != name);
-                Ok(AdminResponse::Done)
-            },
-        ),
-        AdminRequest::DeleteIdentity { name } => {
-            ctx.store.update(
-                true,
-                audit(actor, format!("deleted identity {name}")),
-                |s| {
-                    match s.identities.get(&name) {
-                        None => return Err(not_found("identity", &name)),
-                        Some(i) if i.kind == Kind::Admin => {
-                            return Err(bad("the admin identity cannot be deleted".into()))
-                        }
-                        Some(_) => {}
-                    }
-                    s.identities.remove(&name);
-                    s.routers.remove(&name);
-                    // Unused tokens must not enroll a later identity of the same name.
-                    s.tokens.retain(|_, t| t.identity != name);
-                    Ok(AdminResponse::Done)
-                },
-            )
-        }
-        AdminRequest::CreateService(svc) => {
-            if darkport_transport::endpoint::parse_host_port(&svc.address).is_none() {
-                return Err(bad(format!(
-                    "service address {:?} is not HOST:PORT",
-                    svc.address
-                )));
-            }
-            check_protocol(&svc.protocol)?;
-            let what = format!("created service {} at {}", svc.name, svc.address);
-            ctx.store.update(true, audit(actor, what), |s| {
-                if s.services.contains_key(&svc.name) {
-                    return Err(exists("service", &svc.name));
-                }
-                s.services.insert(svc.name.clone(), svc);
-                Ok(AdminResponse::Done)
-            })
-        }
-        AdminRequest::ListServices => Ok(AdminResponse::Services(
-            ctx.store
-                .read()
-                .services
-                .values()
-                .cloned()
-                .map(redact_shared_key)
-                .collect(),
-        )),
-        AdminRequest::DeleteService { name } => {
-            ctx.store
-                .update(true, audit(actor, format!("deleted service {name}")), |s| {
-                    s.services
-                        .remove(&name)
-                        .ok_or_else(|| not_found("service", &name))?;
-                    Ok(AdminResponse::Done)
-                })
-        }
-        AdminRequest::CreatePolicy {
-            name,
-            services,
-            identities,
-            tags,
-        } => {
-            if services.is_empty() || identities.is_empty() {
-                return Err(bad(
-                    "a policy needs at least one --service-roles and one --identity-roles selector"
-                        .into(),
-                ));
-            }
-            if tags.len() > darkport_proto::tags::MAX_PATTERNS {
-                return Err(bad(format!(
-                    "at most {} tag patterns per policy",
-                    darkport_proto::tags::MAX_PATTERNS
-                )));
-            }
-            for t in &tags {
-                darkport_proto::tags::check(t).map_err(|e| bad(e.to_string()))?;
-            }
-            ctx.store.update(
-                true,
-                audit(actor, format!("created service policy {name}")),
-                |s| {
-                    if s.policies.contains_key(&name) {
-                        return Err(exists("policy", &name));
-                    }
-                    s.policies.insert(
-                        name.clone(),
-                        darkport_proto::policy::PolicyEntry {
-                            name: name.clone(),
-                            services,
-                            identities,
-                            tags,
-                        },
-                    );
-                    Ok(AdminResponse::Done)
-                },
-            )
-        }
-        AdminRequest::ListPolicies => Ok(AdminResponse::Policies(
-            ctx.store.read().policies.values().cloned().collect(),
-        )),
-        AdminRequest::DeletePolicy { name } => ctx.store.update(
-            true,
-            audit(actor, format!("deleted service policy {name}")),
-            |s| {
-                s.policies
-                    .remove(&name)
-                    .ok_or_else(|| not_found("policy", &name))?;
-                Ok(AdminResponse::Done)
-            },
-        ),
-        AdminRequest::CreateRouterPolicy(p) => {
-            if p.routers.is_empty() || p.services.is_empty() {
-                return Err(bad(
-                    "a router policy needs at least one --router and one --service selector".into(),
-                ));
-            }
-            ctx.store.update(
-                true,
-                audit(actor, format!("created router policy {}", p.name)),
-                |s| {
-                    if s.router_policies.contains_key(&p.name) {
-                        return Err(exists("router policy", &p.name));
-                    }
-                    s.router_policies.insert(p.name.clone(), p);
-                    Ok(AdminResponse::Done)
-                },
-            )
-        }
-        AdminRequest::ListRouterPolicies => Ok(AdminResponse::RouterPolicies(
-            ctx.store.read().router_policies.values().cloned().collect(),
-        )),
-        AdminRequest::DeleteRouterPolicy { name } => ctx.store.update(
-            true,
-            audit(actor, format!("deleted router policy {name}")),
-            |s| {
-                s.router_policies
-                    .remove(&name)
-                    .ok_or_else(|| not_found("router policy", &name))?;
-                Ok(AdminResponse::Done)
-            },
-        ),
-        AdminRequest::Explain {
-            identity,
-            service,
-            tag,
-        } => Ok(AdminResponse::Explanation(darkport_proto::policy::explain(
-            &ctx.store.read().snapshot(unix_now()),
-            &identity,
-            &service,
-            tag.as_deref(),
-        ))),
-        AdminRequest::UpdateService {
-            name,
-            address,
-            protocol,
-        } => {
-            if let Some(a) = &address {
-                if darkport_transport::endpoint::parse_host_port(a).is_none() {
-                    return Err(bad(format!("service address {a:?} is not HOST:PORT")));
-                }
-            }
-            if let Some(p) = &protocol {
-                check_protocol(p)?;
-            }
-            let what = format!(
-                "updated service {name}{}{}",
-                address
-                    .as_ref()
-                    .map(|a| format!(" address {a}"))
-                    .unwrap_or_default(),
-                protocol
-                    .as_ref()
-                    .map(|p| format!(" protocol {}", p.name()))
-                    .unwrap_or_default()
-            );
-            ctx.store.update(true, audit(actor, what), |s| {
-                let svc = s
-                    .services
-                    .get_mut(&name)
-                    .ok_or_else(|| not_found("service", &name))?;
-                if let Some(a) = address {
-                    svc.address = a;
-                }
-                if let Some(p) = protocol {
-                    svc.protocol = p;
-                }
-                Ok(AdminResponse::Done)
-            })
-        }
-        AdminRequest::ListRouters => Ok(AdminResponse::Routers(list_routers(ctx, None))),
-        AdminRequest::Audit { limit } => {
-            Ok(AdminResponse::Audit(ctx.store.audit(limit.min(10_000))?))
-        }
-    }
-}
-
-/// A listed service says whether it has a shared key, never which.
-fn redact_shared_key(mut s: ServiceEntry) -> ServiceEntry {
-    if let darkport_proto::policy::ServiceProtocol::FluentForward(f) = &mut s.protocol {
-        if f.shared_key.is_some() {
-            f.shared_key = Some("(set)".into());
-        }
-    }
-    s
-}
-
-/// Stamp keys are record keys: 1 to 128 printable characters, no two the
-/// same; a shared key is 1 to 1024 bytes.
-fn check_protocol(p: &darkport_proto::policy::ServiceProtocol) -> Result<(), ControlError> {
-    let darkport_proto::policy::ServiceProtocol::FluentForward(f) = p else {
-        return Ok(());
+    let env = Env {
+        store: &ctx.store,
+        online: &ctx.online,
+        issuer: Issuer {
+            key: &ctx.token_key,
+            controller: &ctx.config.advertise,
+            ca_fingerprint: &ctx.ca_fingerprint,
+        },
     };
-    let keys: Vec<&String> = std::iter::once(&f.identity_key)
-        .chain(f.roles_key.iter())
-        .chain(f.router_key.iter())
-        .collect();
-    for k in &keys {
-        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
-            return Err(err(
-                ControlErrorCode::BadRequest,
-                format!("stamp key {k:?} must be 1 to 128 printable characters"),
-            ));
-        }
-    }
-    for (i, k) in keys.iter().enumerate() {
-        if keys[..i].contains(k) {
-            return Err(err(
-                ControlErrorCode::BadRequest,
-                format!("stamp key {k:?} is used twice"),
-            ));
-        }
-    }
-    if f.shared_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > 1024)
-    {
-        return Err(err(
-            ControlErrorCode::BadRequest,
-            "a shared key is 1 to 1024 bytes".to_string(),
-        ));
-    }
-    Ok(())
-}
-
-/// Routers with what they may serve. For a client, only the services it
-/// may dial are listed (a router serving none of them is still listed, so
-/// the client gets the router's precise refusal rather than no router).
-fn list_routers(ctx: &Ctx, asker: Option<&PeerIdentity>) -> Vec<RouterInfo> {
-    let state = ctx.store.read();
-    let snapshot = ctx.store.snapshot();
-    let client = asker
-        .filter(|p| p.kind == Kind::Client)
-        .and_then(|p| snapshot.identity(Kind::Client, &p.name));
-    state
-        .routers
-        .iter()
-        .filter_map(|(name, r)| {
-            let router = snapshot.identity(Kind::Router, name)?;
-            let services = served(&snapshot, router, client);
-            let presence = ctx.online.get(name);
-            Some(RouterInfo {
-                name: name.clone(),
-                advertise: r.advertise.clone(),
-                online: presence.is_some(),
-                snapshot_version: presence.and_then(|p| p.snapshot_version),
-                services,
-            })
-        })
-        .collect()
-}
-
-fn served(
-    snapshot: &PolicySnapshot,
-    router: &darkport_proto::policy::IdentityEntry,
-    client: Option<&darkport_proto::policy::IdentityEntry>,
-) -> Vec<IdentityName> {
-    snapshot
-        .services
-        .iter()
-        .filter(|svc| snapshot.serve_policies(router, svc).next().is_some())
-        .filter(|svc| client.is_none_or(|c| snapshot.dial_policies(c, svc).next().is_some()))
-        .map(|svc| svc.name.clone())
-        .collect()
+    let by = Caller {
+        actor: actor.as_str(),
+        now: unix_now(),
+    };
+    handlers::dispatch(&env, by, req)
 }
 
 fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, String), ControlError> {

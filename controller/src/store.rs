@@ -8,7 +8,8 @@
 //! version and is pushed through a `watch` channel.
 //!
 //! The backend is a trait so a highly available deployment can later put
-//! the state in PostgreSQL; today it is SQLite ([`crate::sqlite`]).
+//! the state in PostgreSQL; today it is SQLite ([`crate::sqlite`]), and
+//! [`MemoryBackend`] for tests.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -173,6 +174,52 @@ pub trait Backend: Send {
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+/// A [`Backend`] that keeps the state and the audit log in memory and
+/// loses them when dropped.
+///
+/// It is the reference behaviour of the trait: unit tests run the admin
+/// handlers on it (no file, no SQLite), and another backend (PostgreSQL)
+/// can be checked against it by running the same changes on both and
+/// comparing what `load` and `audit` return.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBackend {
+    state: State,
+    audit: Vec<AuditEntry>,
+}
+
+impl MemoryBackend {
+    /// Starts from `state` with an empty audit log.
+    pub fn with_state(state: State) -> MemoryBackend {
+        MemoryBackend {
+            state,
+            audit: Vec::new(),
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn load(&mut self) -> Result<State, StoreError> {
+        Ok(self.state.clone())
+    }
+
+    fn commit(
+        &mut self,
+        _old: &State,
+        new: &State,
+        audit: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        self.state = new.clone();
+        self.audit.extend_from_slice(audit);
+        Ok(())
+    }
+
+    fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let from = self.audit.len().saturating_sub(limit);
+        Ok(self.audit[from..].to_vec())
+    }
+}
+
 struct Inner {
     backend: Box<dyn Backend>,
     /// Shared with readers: a read is a reference count, never a copy of
@@ -300,4 +347,70 @@ pub fn audit(actor: impl Into<String>, action: impl Into<String>) -> Option<Audi
         actor: actor.into(),
         action: action.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(at: u64) -> AuditEntry {
+        AuditEntry {
+            at,
+            actor: "root".into(),
+            action: format!("change {at}"),
+        }
+    }
+
+    #[test]
+    fn memory_backend_loads_what_was_committed() {
+        let mut b = MemoryBackend::default();
+        let old = b.load().expect("load");
+        assert_eq!(old, State::default());
+        let new = State {
+            version: 7,
+            ..State::default()
+        };
+        b.commit(&old, &new, &[entry(1)]).expect("commit");
+        assert_eq!(b.load().expect("load"), new);
+    }
+
+    #[test]
+    fn memory_backend_audit_is_the_newest_oldest_first() {
+        let mut b = MemoryBackend::default();
+        let s = State::default();
+        b.commit(&s, &s, &[entry(1), entry(2)]).expect("commit");
+        b.commit(&s, &s, &[entry(3)]).expect("commit");
+        assert_eq!(b.audit(2).expect("audit"), vec![entry(2), entry(3)]);
+        assert_eq!(b.audit(10).expect("audit").len(), 3);
+        assert!(b.audit(0).expect("audit").is_empty());
+    }
+
+    /// A change that fails is neither persisted nor audited, and the
+    /// version does not move.
+    #[test]
+    fn store_on_memory_backend_drops_failed_changes() {
+        let store = Store::new(Box::new(MemoryBackend::default())).expect("store");
+        let r: Result<(), StoreError> = store.update(true, audit("root", "bump"), |s| {
+            s.version += 10;
+            Ok(())
+        });
+        r.expect("update");
+        let failed: Result<(), StoreError> = store.update(true, audit("root", "fail"), |s| {
+            s.version += 100;
+            Err(StoreError::Corrupt {
+                path: PathBuf::from("test"),
+                reason: "refused".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.read().version, 11);
+        assert_eq!(store.snapshot().version, 11);
+        let actions: Vec<String> = store
+            .audit(10)
+            .expect("audit")
+            .into_iter()
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(actions, ["bump"]);
+    }
 }

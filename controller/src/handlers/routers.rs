@@ -1,0 +1,197 @@
+//! Registered routers, whether they are online, and what they may serve.
+
+use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
+use darkport_proto::msg::RouterInfo;
+use darkport_proto::policy::{IdentityEntry, PolicySnapshot};
+use dashmap::DashMap;
+
+use crate::store::Store;
+
+/// What the controller knows of a connected router.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// Distinguishes sessions, so an old session ending does not mark a
+    /// newer one offline.
+    pub session: u64,
+    /// Snapshot version the router last reported.
+    pub snapshot_version: Option<u64>,
+    /// Clients connected to it, as last reported.
+    pub clients: Vec<IdentityName>,
+}
+
+/// Routers with what they may serve. For a client, only the services it
+/// may dial are listed (a router serving none of them is still listed, so
+/// the client gets the router's precise refusal rather than no router).
+/// Routers revoked or deleted since they registered are left out.
+pub fn list(
+    store: &Store,
+    online: &DashMap<IdentityName, Presence>,
+    asker: Option<&PeerIdentity>,
+) -> Vec<RouterInfo> {
+    let state = store.read();
+    let snapshot = store.snapshot();
+    let client = asker
+        .filter(|p| p.kind == Kind::Client)
+        .and_then(|p| snapshot.identity(Kind::Client, &p.name));
+    state
+        .routers
+        .iter()
+        .filter_map(|(name, r)| {
+            let router = snapshot.identity(Kind::Router, name)?;
+            let services = served(&snapshot, router, client);
+            let presence = online.get(name);
+            Some(RouterInfo {
+                name: name.clone(),
+                advertise: r.advertise.clone(),
+                online: presence.is_some(),
+                snapshot_version: presence.and_then(|p| p.snapshot_version),
+                services,
+            })
+        })
+        .collect()
+}
+
+/// The services `router` may serve (and, with `client`, that it may dial).
+fn served(
+    snapshot: &PolicySnapshot,
+    router: &IdentityEntry,
+    client: Option<&IdentityEntry>,
+) -> Vec<IdentityName> {
+    snapshot
+        .services
+        .iter()
+        .filter(|svc| snapshot.serve_policies(router, svc).next().is_some())
+        .filter(|svc| client.is_none_or(|c| snapshot.dial_policies(c, svc).next().is_some()))
+        .map(|svc| svc.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{name, Fixture, T0};
+    use crate::store::{CertRecord, IdentityRecord, RouterRecord, State};
+    use darkport_proto::msg::{AdminRequest, AdminResponse};
+    use darkport_proto::policy::{
+        PolicyEntry, RouterPolicyEntry, Selector, ServiceEntry, ServiceProtocol,
+    };
+
+    fn identity(n: &str, kind: Kind, revoked: bool) -> IdentityRecord {
+        IdentityRecord {
+            name: name(n),
+            kind,
+            roles: vec![],
+            certificates: vec![CertRecord {
+                fingerprint: format!("fp-{n}"),
+                issued_at: T0,
+                expires_at: u64::MAX,
+            }],
+            created_at: T0,
+            revoked_at: revoked.then_some(T0),
+            last_seen: None,
+        }
+    }
+
+    /// Routers r1 (online) and r2 (offline) serve everything; r3 is
+    /// revoked. Client alice may dial db only.
+    fn fixture() -> Fixture {
+        let mut s = State::default();
+        for (n, kind, revoked) in [
+            ("r1", Kind::Router, false),
+            ("r2", Kind::Router, false),
+            ("r3", Kind::Router, true),
+            ("alice", Kind::Client, false),
+        ] {
+            s.identities.insert(name(n), identity(n, kind, revoked));
+            if kind == Kind::Router {
+                s.routers.insert(
+                    name(n),
+                    RouterRecord {
+                        advertise: format!("{n}.test:443"),
+                        last_seen: T0,
+                    },
+                );
+            }
+        }
+        for svc in ["db", "web"] {
+            s.services.insert(
+                name(svc),
+                ServiceEntry {
+                    name: name(svc),
+                    address: format!("{svc}:1"),
+                    roles: vec![],
+                    protocol: ServiceProtocol::Tcp,
+                },
+            );
+        }
+        s.router_policies.insert(
+            name("all"),
+            RouterPolicyEntry {
+                name: name("all"),
+                routers: vec![Selector::All],
+                services: vec![Selector::All],
+            },
+        );
+        s.policies.insert(
+            name("p"),
+            PolicyEntry {
+                name: name("p"),
+                services: vec![Selector::Name(name("db"))],
+                identities: vec![Selector::Name(name("alice"))],
+                tags: vec![],
+            },
+        );
+        let f = Fixture::with(s);
+        f.online.insert(
+            name("r1"),
+            Presence {
+                session: 1,
+                snapshot_version: Some(4),
+                clients: vec![],
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn admin_sees_every_unrevoked_router_and_all_it_serves() {
+        let f = fixture();
+        let Ok(AdminResponse::Routers(list)) = f.run(T0, AdminRequest::ListRouters) else {
+            panic!("expected routers");
+        };
+        assert_eq!(
+            list,
+            vec![
+                RouterInfo {
+                    name: name("r1"),
+                    advertise: "r1.test:443".into(),
+                    online: true,
+                    snapshot_version: Some(4),
+                    services: vec![name("db"), name("web")],
+                },
+                RouterInfo {
+                    name: name("r2"),
+                    advertise: "r2.test:443".into(),
+                    online: false,
+                    snapshot_version: None,
+                    services: vec![name("db"), name("web")],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_sees_only_the_services_it_may_dial() {
+        let f = fixture();
+        let alice = PeerIdentity {
+            kind: Kind::Client,
+            name: name("alice"),
+            fingerprint: "fp-alice".into(),
+        };
+        let list = list(&f.store, &f.online, Some(&alice));
+        assert_eq!(list.len(), 2);
+        for r in list {
+            assert_eq!(r.services, vec![name("db")], "{}", r.name);
+        }
+    }
+}

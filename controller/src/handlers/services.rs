@@ -1,0 +1,346 @@
+//! Services: the private `host:port` endpoints routers connect to.
+
+use darkport_proto::identity::IdentityName;
+use darkport_proto::msg::{AdminResponse, ControlError};
+use darkport_proto::policy::{ServiceEntry, ServiceProtocol};
+
+use super::{bad, insert_new, not_found, remove_named, Caller};
+use crate::store::Store;
+
+/// Creates a service.
+pub fn create(store: &Store, by: Caller, svc: ServiceEntry) -> Result<AdminResponse, ControlError> {
+    check_address(&svc.address)?;
+    check_protocol(&svc.protocol)?;
+    let what = format!("created service {} at {}", svc.name, svc.address);
+    store.update(true, by.audit(what), |s| {
+        insert_new(&mut s.services, "service", svc.name.clone(), svc)?;
+        Ok(AdminResponse::Done)
+    })
+}
+
+/// Every service, shared keys redacted.
+pub fn list(store: &Store) -> AdminResponse {
+    AdminResponse::Services(
+        store
+            .read()
+            .services
+            .values()
+            .cloned()
+            .map(redact_shared_key)
+            .collect(),
+    )
+}
+
+/// Changes a service's address, protocol, or both.
+pub fn update(
+    store: &Store,
+    by: Caller,
+    name: IdentityName,
+    address: Option<String>,
+    protocol: Option<ServiceProtocol>,
+) -> Result<AdminResponse, ControlError> {
+    if let Some(a) = &address {
+        check_address(a)?;
+    }
+    if let Some(p) = &protocol {
+        check_protocol(p)?;
+    }
+    let what = format!(
+        "updated service {name}{}{}",
+        address
+            .as_ref()
+            .map(|a| format!(" address {a}"))
+            .unwrap_or_default(),
+        protocol
+            .as_ref()
+            .map(|p| format!(" protocol {}", p.name()))
+            .unwrap_or_default()
+    );
+    store.update(true, by.audit(what), |s| {
+        let svc = s
+            .services
+            .get_mut(&name)
+            .ok_or_else(|| not_found("service", &name))?;
+        if let Some(a) = address {
+            svc.address = a;
+        }
+        if let Some(p) = protocol {
+            svc.protocol = p;
+        }
+        Ok(AdminResponse::Done)
+    })
+}
+
+/// Deletes a service.
+pub fn delete(
+    store: &Store,
+    by: Caller,
+    name: IdentityName,
+) -> Result<AdminResponse, ControlError> {
+    store.update(true, by.audit(format!("deleted service {name}")), |s| {
+        remove_named(&mut s.services, "service", &name)
+    })
+}
+
+/// Routers dial the address as given: it must be `HOST:PORT`.
+fn check_address(address: &str) -> Result<(), ControlError> {
+    if darkport_transport::endpoint::parse_host_port(address).is_none() {
+        return Err(bad(format!("service address {address:?} is not HOST:PORT")));
+    }
+    Ok(())
+}
+
+/// A listed service says whether it has a shared key, never which.
+fn redact_shared_key(mut s: ServiceEntry) -> ServiceEntry {
+    if let ServiceProtocol::FluentForward(f) = &mut s.protocol {
+        if f.shared_key.is_some() {
+            f.shared_key = Some("(set)".into());
+        }
+    }
+    s
+}
+
+/// Stamp keys are record keys: 1 to 128 printable characters, no two the
+/// same; a shared key is 1 to 1024 bytes.
+fn check_protocol(p: &ServiceProtocol) -> Result<(), ControlError> {
+    let ServiceProtocol::FluentForward(f) = p else {
+        return Ok(());
+    };
+    let keys: Vec<&String> = std::iter::once(&f.identity_key)
+        .chain(f.roles_key.iter())
+        .chain(f.router_key.iter())
+        .collect();
+    for k in &keys {
+        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
+            return Err(bad(format!(
+                "stamp key {k:?} must be 1 to 128 printable characters"
+            )));
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].contains(k) {
+            return Err(bad(format!("stamp key {k:?} is used twice")));
+        }
+    }
+    if f.shared_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 1024)
+    {
+        return Err(bad("a shared key is 1 to 1024 bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{done, fails, name, Fixture, T0};
+    use darkport_proto::msg::{AdminRequest, ControlErrorCode};
+    use darkport_proto::policy::FluentSettings;
+
+    fn svc(n: &str, address: &str, protocol: ServiceProtocol) -> ServiceEntry {
+        ServiceEntry {
+            name: name(n),
+            address: address.into(),
+            roles: vec![name("logs")],
+            protocol,
+        }
+    }
+
+    fn fluent(f: impl FnOnce(&mut FluentSettings)) -> ServiceProtocol {
+        let mut s = FluentSettings::default();
+        f(&mut s);
+        ServiceProtocol::FluentForward(s)
+    }
+
+    #[test]
+    fn create_then_list_redacts_the_shared_key() {
+        let f = Fixture::new();
+        let p = fluent(|s| s.shared_key = Some("secret".into()));
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc("logs", "10.0.0.1:24224", p.clone())),
+        ));
+        assert_eq!(
+            f.store.read().services[&name("logs")].protocol,
+            p,
+            "the key is stored"
+        );
+        let Ok(AdminResponse::Services(list)) = f.run(T0, AdminRequest::ListServices) else {
+            panic!("expected services");
+        };
+        assert_eq!(
+            list,
+            vec![svc(
+                "logs",
+                "10.0.0.1:24224",
+                fluent(|s| s.shared_key = Some("(set)".into()))
+            )]
+        );
+        let a = &f.audit()[0];
+        assert_eq!(
+            (a.at, a.action.as_str()),
+            (T0, "created service logs at 10.0.0.1:24224")
+        );
+    }
+
+    #[test]
+    fn create_refuses_duplicates() {
+        let f = Fixture::new();
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc("db", "db:5432", ServiceProtocol::Tcp)),
+        ));
+        let m = fails(
+            f.run(
+                T0,
+                AdminRequest::CreateService(svc("db", "db2:5432", ServiceProtocol::Tcp)),
+            ),
+            ControlErrorCode::AlreadyExists,
+        );
+        assert_eq!(m, "a service named db exists already");
+        assert_eq!(f.store.read().services[&name("db")].address, "db:5432");
+        assert_eq!(f.audit().len(), 1);
+    }
+
+    #[test]
+    fn create_refuses_bad_addresses_and_protocols() {
+        let f = Fixture::new();
+        let cases = [
+            (
+                svc("a", "no-port", ServiceProtocol::Tcp),
+                "service address \"no-port\" is not HOST:PORT",
+            ),
+            (
+                svc("a", "h:1", fluent(|s| s.identity_key = String::new())),
+                "stamp key \"\" must be 1 to 128 printable characters",
+            ),
+            (
+                svc("a", "h:1", fluent(|s| s.roles_key = Some("x\ny".into()))),
+                "stamp key \"x\\ny\" must be 1 to 128 printable characters",
+            ),
+            (
+                svc("a", "h:1", fluent(|s| s.router_key = Some("k".repeat(129)))),
+                &format!(
+                    "stamp key {:?} must be 1 to 128 printable characters",
+                    "k".repeat(129)
+                ),
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| s.router_key = Some(s.identity_key.clone())),
+                ),
+                "stamp key \"darkport_identity\" is used twice",
+            ),
+            (
+                svc("a", "h:1", fluent(|s| s.shared_key = Some(String::new()))),
+                "a shared key is 1 to 1024 bytes",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| s.shared_key = Some("k".repeat(1025))),
+                ),
+                "a shared key is 1 to 1024 bytes",
+            ),
+        ];
+        for (s, want) in cases {
+            let m = fails(
+                f.run(T0, AdminRequest::CreateService(s)),
+                ControlErrorCode::BadRequest,
+            );
+            assert_eq!(m, want);
+        }
+        assert!(f.store.read().services.is_empty());
+        // The limits themselves are allowed.
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc(
+                "a",
+                "h:1",
+                fluent(|s| {
+                    s.router_key = Some("k".repeat(128));
+                    s.shared_key = Some("k".repeat(1024));
+                }),
+            )),
+        ));
+    }
+
+    #[test]
+    fn update_changes_what_is_given_and_audits_it() {
+        let f = Fixture::new();
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc("db", "db:5432", ServiceProtocol::Tcp)),
+        ));
+        let update = |address: Option<&str>, protocol| AdminRequest::UpdateService {
+            name: name("db"),
+            address: address.map(String::from),
+            protocol,
+        };
+        done(f.run(T0 + 1, update(Some("db2:5432"), None)));
+        done(f.run(T0 + 2, update(None, Some(fluent(|_| {})))));
+        let s = f.store.read();
+        assert_eq!(
+            s.services[&name("db")],
+            svc("db", "db2:5432", fluent(|_| {}))
+        );
+        let actions: Vec<(u64, String)> = f.audit().into_iter().map(|a| (a.at, a.action)).collect();
+        assert_eq!(
+            actions[1..],
+            [
+                (T0 + 1, "updated service db address db2:5432".to_string()),
+                (
+                    T0 + 2,
+                    "updated service db protocol fluent-forward".to_string()
+                )
+            ]
+        );
+        let m = fails(
+            f.run(T0, update(Some("nope"), None)),
+            ControlErrorCode::BadRequest,
+        );
+        assert_eq!(m, "service address \"nope\" is not HOST:PORT");
+        let m = fails(
+            f.run(
+                T0,
+                update(None, Some(fluent(|s| s.shared_key = Some(String::new())))),
+            ),
+            ControlErrorCode::BadRequest,
+        );
+        assert_eq!(m, "a shared key is 1 to 1024 bytes");
+        let m = fails(
+            f.run(
+                T0,
+                AdminRequest::UpdateService {
+                    name: name("web"),
+                    address: None,
+                    protocol: None,
+                },
+            ),
+            ControlErrorCode::NotFound,
+        );
+        assert_eq!(m, "no service named web");
+        assert_eq!(f.audit().len(), 3);
+    }
+
+    #[test]
+    fn delete_removes_and_refuses_unknown_names() {
+        let f = Fixture::new();
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc("db", "db:5432", ServiceProtocol::Tcp)),
+        ));
+        done(f.run(T0, AdminRequest::DeleteService { name: name("db") }));
+        assert!(f.store.read().services.is_empty());
+        assert_eq!(f.audit()[1].action, "deleted service db");
+        let m = fails(
+            f.run(T0, AdminRequest::DeleteService { name: name("db") }),
+            ControlErrorCode::NotFound,
+        );
+        assert_eq!(m, "no service named db");
+    }
+}
