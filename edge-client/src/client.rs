@@ -508,7 +508,7 @@ impl Client {
                     // carry on (a router that is merely slow, or may not
                     // serve this service, is still fine for them).
                     self.set_aside(&live);
-                    *last = Some(e);
+                    keep_telling(last, e);
                 }
                 Err(e) => return Err(e),
             }
@@ -907,6 +907,18 @@ fn is_splice_reset(e: &std::io::Error) -> bool {
 /// The router's refusal of this identity, if it closed the connection with
 /// one of the codes that mean "this identity may not use the data plane"
 /// (see the router's listener).
+/// Records `new` as the error a failed dial reports, unless it is a bare
+/// router error and `last` already says why a router refused (revoked,
+/// refused identity, draining...): a stream cut while a refusing router
+/// closes says less than the refusal heard a moment before.
+fn keep_telling(last: &mut Option<DialError>, new: DialError) {
+    let vague = matches!(new, DialError::Router { .. });
+    let telling = matches!(last, Some(e) if !matches!(e, DialError::Router { .. }));
+    if !(vague && telling) {
+        *last = Some(new);
+    }
+}
+
 fn refused(router: &str, conn: &Conn) -> Option<DialError> {
     refusal(router, conn.close_reason()?)
 }
@@ -1135,3 +1147,33 @@ where
 
 /// Shares a client between tasks.
 pub type SharedClient = Arc<Client>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vague() -> DialError {
+        DialError::Router {
+            router: "r:1".into(),
+            reason: "stream error received: stream no longer needed".into(),
+        }
+    }
+
+    fn revoked() -> DialError {
+        DialError::RouterRevoked {
+            router: "r:1".into(),
+            reason: "this router was revoked".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_not_replaced_by_a_vaguer_router_error() {
+        let mut last = None;
+        keep_telling(&mut last, vague());
+        assert!(matches!(last, Some(DialError::Router { .. })));
+        keep_telling(&mut last, revoked());
+        assert!(matches!(last, Some(DialError::RouterRevoked { .. })));
+        keep_telling(&mut last, vague());
+        assert!(matches!(last, Some(DialError::RouterRevoked { .. })));
+    }
+}
