@@ -552,6 +552,12 @@ impl Client {
         for (router, conn) in pool.state.sweep(Instant::now()) {
             if let Some(e) = refused(&router, &conn) {
                 *refusal = Some(e);
+            } else if let (None, Some(end)) = (&*refusal, conn.close_reason()) {
+                // A connection that ended before a dial could use it (a
+                // router refusing our certificate ends it right after the
+                // handshake): how it ended is the dial's answer, not
+                // "no router".
+                *refusal = Some(router_error(&router, end.to_string()));
             }
         }
         pool.state
