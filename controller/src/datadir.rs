@@ -292,15 +292,15 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
         true,
         crate::store::audit("init", format!("initialized, advertise {}", opts.advertise)),
         |s| {
-            if let Some(admin) = admin_record {
-                s.identities.insert(admin.name.clone(), admin);
+            if let Some(admin) = &admin_record {
+                s.identities.insert(admin.name.clone(), admin.clone());
             }
             // Every router may serve every service until the admin narrows it:
             // a visible, deletable default rather than an implicit rule.
             s.router_policies.insert(
                 all_routers.clone(),
                 darkport_proto::policy::RouterPolicyEntry {
-                    name: all_routers,
+                    name: all_routers.clone(),
                     routers: vec![darkport_proto::policy::Selector::All],
                     services: vec![darkport_proto::policy::Selector::All],
                 },

@@ -20,7 +20,8 @@ use darkport_proto::msg::AuditEntry;
 use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
 use crate::store::{
-    Backend, CertRecord, IdentityRecord, RouterRecord, State, StoreError, TokenRecord,
+    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
+    TokenRecord,
 };
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
@@ -66,6 +67,12 @@ CREATE TABLE audit (
     r#"
 ALTER TABLE services ADD COLUMN protocol TEXT NOT NULL DEFAULT '"Tcp"';
 ALTER TABLE service_policies ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+"#,
+    // Version 3: a generation bumped by every commit, and the controllers
+    // sharing the state (kept here too, so `migrate` carries them).
+    r#"
+INSERT INTO meta (key, value) VALUES ('generation', 0);
+CREATE TABLE controllers (name TEXT PRIMARY KEY, advertise TEXT NOT NULL, last_seen INTEGER NOT NULL);
 "#,
 ];
 
@@ -158,6 +165,22 @@ fn text_rows3(
     rows.collect::<Result<Vec<_>, _>>().map_err(&err)
 }
 
+/// `name, advertise, last_seen` rows of the routers or controllers table.
+fn address_rows(
+    c: &Connection,
+    path: &Path,
+    table: &str,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let err = db_err(path);
+    let mut q = c
+        .prepare(&format!("SELECT name, advertise, last_seen FROM {table}"))
+        .map_err(&err)?;
+    let rows = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(&err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -201,16 +224,16 @@ impl Backend for SqliteBackend {
         let p = p.as_path();
         let err = db_err(p);
         let c = &self.conn;
-        let mut state = State {
-            version: u(c
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'snapshot_version'",
-                    [],
-                    |r| r.get(0),
-                )
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            Ok(u(c
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
                 .map_err(&err)?
-                .unwrap_or(0)),
+                .unwrap_or(0)))
+        };
+        let mut state = State {
+            version: meta("snapshot_version")?,
+            generation: meta("generation")?,
             ..State::default()
         };
         let mut q = c
@@ -347,23 +370,19 @@ impl Backend for SqliteBackend {
                 },
             );
         }
-        let mut q = c
-            .prepare("SELECT name, advertise, last_seen FROM routers")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (n, advertise, seen) = row.map_err(&err)?;
+        for (n, advertise, seen) in address_rows(c, p, "routers")? {
             state.routers.insert(
                 name(p, n)?,
                 RouterRecord {
+                    advertise,
+                    last_seen: u(seen),
+                },
+            );
+        }
+        for (n, advertise, seen) in address_rows(c, p, "controllers")? {
+            state.controllers.insert(
+                name(p, n)?,
+                ControllerRecord {
                     advertise,
                     last_seen: u(seen),
                 },
@@ -381,6 +400,13 @@ impl Backend for SqliteBackend {
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'snapshot_version'",
                 params![i(new.version)],
+            )
+            .map_err(&err)?;
+        }
+        if old.generation != new.generation {
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'generation'",
+                params![i(new.generation)],
             )
             .map_err(&err)?;
         }
@@ -522,6 +548,26 @@ impl Backend for SqliteBackend {
                 .map_err(&err)
             },
         )?;
+        sync(
+            &old.controllers,
+            &new.controllers,
+            |k| {
+                tx.execute(
+                    "DELETE FROM controllers WHERE name = ?1",
+                    params![k.as_str()],
+                )
+                .map(drop)
+                .map_err(&err)
+            },
+            |k, v| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO controllers (name, advertise, last_seen) VALUES (?1, ?2, ?3)",
+                    params![k.as_str(), v.advertise, i(v.last_seen)],
+                )
+                .map(drop)
+                .map_err(&err)
+            },
+        )?;
         for a in audit {
             tx.execute(
                 "INSERT INTO audit (at, actor, action) VALUES (?1, ?2, ?3)",
@@ -530,6 +576,10 @@ impl Backend for SqliteBackend {
             .map_err(&err)?;
         }
         tx.commit().map_err(&err)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
     }
 
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {

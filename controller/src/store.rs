@@ -30,7 +30,7 @@ pub enum StoreError {
     /// The database failed.
     #[error("state database {path}: {reason}")]
     Db {
-        /// File.
+        /// File, or the database URL without its password.
         path: PathBuf,
         /// Cause.
         reason: String,
@@ -38,7 +38,28 @@ pub enum StoreError {
     /// The database holds something this version cannot read.
     #[error("state database {path} is not usable: {reason}")]
     Corrupt {
-        /// File.
+        /// File, or the database URL without its password.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
+    /// Another controller changed the state since it was loaded (the
+    /// stored generation is not the one the change was made from). The
+    /// store reloads and applies the change again.
+    #[error("state database {path}: another controller changed the state first (generation {seen} expected, {found} found)")]
+    Conflict {
+        /// File, or the database URL without its password.
+        path: PathBuf,
+        /// The generation the change was made from.
+        seen: u64,
+        /// The generation the database holds.
+        found: u64,
+    },
+    /// The database cannot be reached (down, refused, timed out). Nothing
+    /// was changed; the request can be retried.
+    #[error("state database {path} is unavailable: {reason}; nothing was changed; the controller keeps retrying, try again when the database is back")]
+    Unavailable {
+        /// The database URL without its password.
         path: PathBuf,
         /// Cause.
         reason: String,
@@ -112,11 +133,28 @@ pub struct RouterRecord {
     pub last_seen: u64,
 }
 
+/// A controller sharing the store (high availability): what routers and
+/// clients are told to use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerRecord {
+    /// Advertised `host:port`.
+    pub advertise: String,
+    /// Last heartbeat, Unix seconds.
+    pub last_seen: u64,
+}
+
 /// Everything the controller persists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     /// Snapshot version; bumped on every change routers care about.
     pub version: u64,
+    /// Bumped by every commit, whatever it changes. A backend shared by
+    /// several controllers refuses a commit made from another generation
+    /// than the stored one ([`StoreError::Conflict`]): optimistic
+    /// concurrency over the whole state.
+    pub generation: u64,
+    /// Controllers sharing this state, by name.
+    pub controllers: BTreeMap<IdentityName, ControllerRecord>,
     /// Identities by name.
     pub identities: BTreeMap<IdentityName, IdentityRecord>,
     /// Services by name.
@@ -164,14 +202,29 @@ impl State {
 }
 
 /// Where state is persisted.
+///
+/// The methods block (a short database round trip); the [`Store`] calls
+/// them under its lock.
 pub trait Backend: Send {
     /// Reads the whole state.
     fn load(&mut self) -> Result<State, StoreError>;
     /// Persists the change from `old` to `new`, plus audit entries, in one
-    /// transaction.
+    /// transaction. `new.generation` is `old.generation + 1`; a backend
+    /// shared by several controllers fails with [`StoreError::Conflict`]
+    /// (changing nothing) when the stored generation is not
+    /// `old.generation`.
     fn commit(&mut self, old: &State, new: &State, audit: &[AuditEntry]) -> Result<(), StoreError>;
     /// The newest `limit` audit entries, oldest first.
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Tells of commits made by other controllers: a message on the
+    /// returned channel whenever the stored state may have changed (the
+    /// store then reloads it). `None` for a backend only this process
+    /// writes. Called once.
+    fn changes(&mut self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        None
+    }
+    /// Where the state is, for messages (no password).
+    fn describe(&self) -> String;
 }
 
 /// A [`Backend`] that keeps the state and the audit log in memory and
@@ -218,7 +271,15 @@ impl Backend for MemoryBackend {
         let from = self.audit.len().saturating_sub(limit);
         Ok(self.audit[from..].to_vec())
     }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
 }
+
+/// How many times a change is applied again after another controller
+/// committed first, before the caller gets [`StoreError::Conflict`].
+pub const CONFLICT_RETRIES: u32 = 8;
 
 struct Inner {
     backend: Box<dyn Backend>,
@@ -294,34 +355,87 @@ impl Store {
     /// Applies `change` to a copy of the state; if it returns `Ok`, the copy
     /// is persisted with `audit` and becomes the state (and, with `bump`, a
     /// new snapshot is published). The lock is held throughout, so changes
-    /// serialise. The lock is a std mutex held for a short synchronous
-    /// database write, never across an await.
+    /// of this controller serialise. The lock is a std mutex held for a
+    /// short synchronous database write, never across an await.
+    ///
+    /// When another controller committed first ([`StoreError::Conflict`]),
+    /// the state is reloaded and `change` runs again on it (so a check
+    /// inside `change`, such as "this token is unused", sees the other
+    /// controller's commit), up to [`CONFLICT_RETRIES`] times.
     pub fn update<T, E>(
         &self,
         bump: bool,
         audit: Option<AuditEntry>,
-        change: impl FnOnce(&mut State) -> Result<T, E>,
+        mut change: impl FnMut(&mut State) -> Result<T, E>,
     ) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let mut guard = self.lock();
-        let mut next = State::clone(&guard.state);
-        let out = change(&mut next)?;
-        if bump {
-            next.version += 1;
+        let mut tries = 0;
+        loop {
+            let mut next = State::clone(&guard.state);
+            let out = change(&mut next)?;
+            if bump {
+                next.version += 1;
+            }
+            next.generation += 1;
+            let inner = &mut *guard;
+            match self.timed("commit", || {
+                inner.backend.commit(&inner.state, &next, audit.as_slice())
+            }) {
+                Ok(()) => {
+                    inner.state = Arc::new(next);
+                    if bump {
+                        self.publish(&inner.state);
+                    }
+                    return Ok(out);
+                }
+                Err(StoreError::Conflict { .. }) if tries < CONFLICT_RETRIES => {
+                    tries += 1;
+                    self.reload_locked(inner)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let inner = &mut *guard;
-        self.timed("commit", || {
-            inner.backend.commit(&inner.state, &next, audit.as_slice())
-        })?;
-        inner.state = Arc::new(next);
-        if bump {
-            self.snapshots.send_replace(Arc::new(
-                inner.state.snapshot(darkport_transport::unix_now()),
-            ));
+    }
+
+    fn publish(&self, state: &State) {
+        self.snapshots
+            .send_replace(Arc::new(state.snapshot(darkport_transport::unix_now())));
+    }
+
+    fn reload_locked(&self, inner: &mut Inner) -> Result<bool, StoreError> {
+        let fresh = self.timed("load", || inner.backend.load())?;
+        if fresh.generation == inner.state.generation {
+            return Ok(false);
         }
-        Ok(out)
+        let republish = fresh.version != inner.state.version;
+        inner.state = Arc::new(fresh);
+        if republish {
+            self.publish(&inner.state);
+        }
+        Ok(true)
+    }
+
+    /// Reloads the state from the backend if another controller changed
+    /// it, publishing a snapshot if routers care. Returns whether anything
+    /// changed.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        let mut guard = self.lock();
+        self.reload_locked(&mut guard)
+    }
+
+    /// The backend's feed of other controllers' commits (see
+    /// [`Backend::changes`]); `None` after the first call or for a backend
+    /// only this process writes.
+    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        self.lock().backend.changes()
+    }
+
+    /// Where the state is, for messages.
+    pub fn describe(&self) -> String {
+        self.lock().backend.describe()
     }
 
     /// The newest audit entries.

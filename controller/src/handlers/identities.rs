@@ -68,7 +68,7 @@ pub fn create(
             let record = IdentityRecord {
                 name: name.clone(),
                 kind,
-                roles,
+                roles: roles.clone(),
                 certificates: vec![],
                 created_at: by.now,
                 revoked_at: None,
@@ -134,9 +134,9 @@ pub fn update(
             .get_mut(&name)
             .ok_or_else(|| not_found("identity", &name))?;
         i.roles.retain(|r| !remove.contains(r));
-        for r in add {
-            if !i.roles.contains(&r) {
-                i.roles.push(r);
+        for r in &add {
+            if !i.roles.contains(r) {
+                i.roles.push(r.clone());
             }
         }
         Ok(AdminResponse::Done)

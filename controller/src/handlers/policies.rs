@@ -28,7 +28,7 @@ pub fn create(store: &Store, by: Caller, p: PolicyEntry) -> Result<AdminResponse
         true,
         by.audit(format!("created service policy {}", p.name)),
         |s| {
-            insert_new(&mut s.policies, "policy", p.name.clone(), p)?;
+            insert_new(&mut s.policies, "policy", p.name.clone(), p.clone())?;
             Ok(AdminResponse::Done)
         },
     )
@@ -67,7 +67,12 @@ pub fn create_router_policy(
         true,
         by.audit(format!("created router policy {}", p.name)),
         |s| {
-            insert_new(&mut s.router_policies, "router policy", p.name.clone(), p)?;
+            insert_new(
+                &mut s.router_policies,
+                "router policy",
+                p.name.clone(),
+                p.clone(),
+            )?;
             Ok(AdminResponse::Done)
         },
     )

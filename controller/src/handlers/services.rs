@@ -13,7 +13,7 @@ pub fn create(store: &Store, by: Caller, svc: ServiceEntry) -> Result<AdminRespo
     check_protocol(&svc.protocol)?;
     let what = format!("created service {} at {}", svc.name, svc.address);
     store.update(true, by.audit(what), |s| {
-        insert_new(&mut s.services, "service", svc.name.clone(), svc)?;
+        insert_new(&mut s.services, "service", svc.name.clone(), svc.clone())?;
         Ok(AdminResponse::Done)
     })
 }
@@ -61,11 +61,11 @@ pub fn update(
             .services
             .get_mut(&name)
             .ok_or_else(|| not_found("service", &name))?;
-        if let Some(a) = address {
-            svc.address = a;
+        if let Some(a) = &address {
+            svc.address = a.clone();
         }
-        if let Some(p) = protocol {
-            svc.protocol = p;
+        if let Some(p) = &protocol {
+            svc.protocol = p.clone();
         }
         Ok(AdminResponse::Done)
     })
