@@ -10,6 +10,7 @@
 //! - [`handlers`]: the admin API's handlers, one module per resource,
 //!   over the store, with the time passed in.
 //! - [`admin`]: the client side of the admin API, used by the CLI.
+//! - [`print`]: how the CLI shows admin answers, as tables or JSON.
 //!
 //! The binary (`main.rs`) only parses arguments and calls into these.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod ca;
 pub mod datadir;
 pub mod handlers;
 pub mod metrics;
+pub mod print;
 pub mod server;
 pub mod sqlite;
 pub mod store;

@@ -1,5 +1,6 @@
 //! `darkport-controller`: parse arguments, then call the library.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -421,176 +422,11 @@ async fn call(admin: &AdminArgs, req: AdminRequest) -> Result<AdminResponse> {
     Ok(a.call(req).await?)
 }
 
-fn join<T: std::fmt::Display>(v: &[T], prefix: &str) -> String {
-    if v.is_empty() {
-        return "-".into();
-    }
-    v.iter()
-        .map(|x| format!("{prefix}{x}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn print(resp: AdminResponse, json: Json) -> Result<()> {
-    if json.json {
-        let v = match resp {
-            AdminResponse::Identities(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Services(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Policies(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Routers(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Identity(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::RouterPolicies(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Explanation(v) => serde_json::to_string_pretty(&v)?,
-            AdminResponse::Audit(v) => serde_json::to_string_pretty(&v)?,
-            _ => "null".into(),
-        };
-        println!("{v}");
-        return Ok(());
-    }
-    match resp {
-        AdminResponse::Identities(v) => {
-            println!(
-                "{:<20} {:<7} {:<20} {:<17} {:<21} {:<8} {:<21} CONNECTED TO",
-                "NAME", "KIND", "ROLES", "FINGERPRINT", "CERT EXPIRES", "STATE", "LAST SEEN"
-            );
-            for i in v {
-                let fp = i
-                    .fingerprint
-                    .as_deref()
-                    .map(|f| &f[..16.min(f.len())])
-                    .unwrap_or("(not enrolled)");
-                let exp = i
-                    .cert_expires_at
-                    .map(fmt_time)
-                    .unwrap_or_else(|| "-".into());
-                let state = if i.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                let seen = i.last_seen.map(fmt_time).unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<20} {:<7} {:<20} {:<17} {:<21} {:<8} {:<21} {}",
-                    i.name,
-                    i.kind,
-                    join(&i.roles, "#"),
-                    fp,
-                    exp,
-                    state,
-                    seen,
-                    join(&i.connected_to, "")
-                );
-            }
-        }
-        AdminResponse::Identity(i) => {
-            println!("name:          {}", i.name);
-            println!("kind:          {}", i.kind);
-            println!("roles:         {}", join(&i.roles, "#"));
-            println!(
-                "fingerprint:   {}",
-                i.fingerprint.as_deref().unwrap_or("(not enrolled)")
-            );
-            println!(
-                "cert expires:  {}",
-                i.cert_expires_at
-                    .map(fmt_time)
-                    .unwrap_or_else(|| "-".into())
-            );
-            println!(
-                "revoked:       {}",
-                i.revoked_at.map(fmt_time).unwrap_or_else(|| "no".into())
-            );
-            println!(
-                "last seen:     {}",
-                i.last_seen.map(fmt_time).unwrap_or_else(|| "never".into())
-            );
-            println!("connected to:  {}", join(&i.connected_to, ""));
-        }
-        AdminResponse::Services(v) => {
-            println!("{:<24} {:<32} {:<15} ROLES", "NAME", "ADDRESS", "PROTOCOL");
-            for s in v {
-                println!(
-                    "{:<24} {:<32} {:<15} {}",
-                    s.name,
-                    s.address,
-                    s.protocol.name(),
-                    join(&s.roles, "#")
-                );
-            }
-        }
-        AdminResponse::Policies(v) => {
-            println!(
-                "{:<24} {:<32} {:<32} TAGS",
-                "NAME", "SERVICES", "IDENTITIES"
-            );
-            for p in v {
-                println!(
-                    "{:<24} {:<32} {:<32} {}",
-                    p.name,
-                    join(&p.services, ""),
-                    join(&p.identities, ""),
-                    if p.tags.is_empty() {
-                        "(any)".to_string()
-                    } else {
-                        p.tags.join(",")
-                    }
-                );
-            }
-        }
-        AdminResponse::RouterPolicies(v) => {
-            println!("{:<24} {:<32} SERVICES", "NAME", "ROUTERS");
-            for p in v {
-                println!(
-                    "{:<24} {:<32} {}",
-                    p.name,
-                    join(&p.routers, ""),
-                    join(&p.services, "")
-                );
-            }
-        }
-        AdminResponse::Routers(v) => {
-            println!(
-                "{:<24} {:<24} {:<8} {:<9} SERVES",
-                "NAME", "ADVERTISE", "STATE", "SNAPSHOT"
-            );
-            for r in v {
-                let version = r
-                    .snapshot_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "-".into());
-                let state = if r.online { "online" } else { "offline" };
-                println!(
-                    "{:<24} {:<24} {:<8} {:<9} {}",
-                    r.name,
-                    r.advertise,
-                    state,
-                    version,
-                    join(&r.services, "")
-                );
-            }
-        }
-        AdminResponse::Explanation(e) => {
-            println!("{}", if e.allowed { "ALLOWED" } else { "DENIED" });
-            for r in &e.reasons {
-                println!("  - {r}");
-            }
-            if !e.dial_policies.is_empty() {
-                println!("service policies: {}", join(&e.dial_policies, ""));
-            }
-            for (router, policies) in &e.routers {
-                println!(
-                    "router {router} may serve it (router policies: {})",
-                    join(policies, "")
-                );
-            }
-        }
-        AdminResponse::Audit(v) => {
-            for a in v {
-                println!("{}  {:<12} {}", fmt_time(a.at), a.actor, a.action);
-            }
-        }
-        AdminResponse::Token { .. } | AdminResponse::Done => {}
-    }
+/// Shows an admin answer on stdout, as a table or as JSON.
+fn print(resp: &AdminResponse, json: Json) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    darkport_controller::print::response(&mut out, resp, json.json)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -721,7 +557,7 @@ async fn real_main() -> Result<ExitCode> {
             }
         }
         Cmd::Identity(IdentityCmd::List { json, admin }) => {
-            print(call(&admin, AdminRequest::ListIdentities).await?, json)?
+            print(&call(&admin, AdminRequest::ListIdentities).await?, json)?
         }
         Cmd::Identity(IdentityCmd::Delete { name: n, admin }) => {
             call(&admin, AdminRequest::DeleteIdentity { name: name(&n)? }).await?;
@@ -762,7 +598,7 @@ async fn real_main() -> Result<ExitCode> {
             eprintln!("updated service {n}");
         }
         Cmd::Service(ServiceCmd::List { json, admin }) => {
-            print(call(&admin, AdminRequest::ListServices).await?, json)?
+            print(&call(&admin, AdminRequest::ListServices).await?, json)?
         }
         Cmd::Service(ServiceCmd::Delete { name: n, admin }) => {
             call(&admin, AdminRequest::DeleteService { name: name(&n)? }).await?;
@@ -789,21 +625,21 @@ async fn real_main() -> Result<ExitCode> {
             eprintln!("created policy {n}");
         }
         Cmd::Policy(PolicyCmd::List { json, admin }) => {
-            print(call(&admin, AdminRequest::ListPolicies).await?, json)?
+            print(&call(&admin, AdminRequest::ListPolicies).await?, json)?
         }
         Cmd::Policy(PolicyCmd::Delete { name: n, admin }) => {
             call(&admin, AdminRequest::DeletePolicy { name: name(&n)? }).await?;
             eprintln!("deleted policy {n}");
         }
         Cmd::Router(RouterCmd::List { json, admin }) => {
-            print(call(&admin, AdminRequest::ListRouters).await?, json)?
+            print(&call(&admin, AdminRequest::ListRouters).await?, json)?
         }
         Cmd::Identity(IdentityCmd::Show {
             name: n,
             json,
             admin,
         }) => print(
-            call(&admin, AdminRequest::ShowIdentity { name: name(&n)? }).await?,
+            &call(&admin, AdminRequest::ShowIdentity { name: name(&n)? }).await?,
             json,
         )?,
         Cmd::Identity(IdentityCmd::Update {
@@ -841,7 +677,7 @@ async fn real_main() -> Result<ExitCode> {
             )
             .await?;
             let denied = matches!(&resp, AdminResponse::Explanation(e) if !e.allowed);
-            print(resp, json)?;
+            print(&resp, json)?;
             if denied {
                 // Scripts can test the answer: exit status 1 for DENIED.
                 return Ok(ExitCode::FAILURE);
@@ -862,14 +698,14 @@ async fn real_main() -> Result<ExitCode> {
             eprintln!("created router policy {n}");
         }
         Cmd::RouterPolicy(RouterPolicyCmd::List { json, admin }) => {
-            print(call(&admin, AdminRequest::ListRouterPolicies).await?, json)?
+            print(&call(&admin, AdminRequest::ListRouterPolicies).await?, json)?
         }
         Cmd::RouterPolicy(RouterPolicyCmd::Delete { name: n, admin }) => {
             call(&admin, AdminRequest::DeleteRouterPolicy { name: name(&n)? }).await?;
             eprintln!("deleted router policy {n}");
         }
         Cmd::Audit { limit, json, admin } => {
-            print(call(&admin, AdminRequest::Audit { limit }).await?, json)?
+            print(&call(&admin, AdminRequest::Audit { limit }).await?, json)?
         }
     }
     Ok(ExitCode::SUCCESS)
