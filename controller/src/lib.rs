@@ -20,6 +20,7 @@ pub mod ca;
 pub mod datadir;
 pub mod handlers;
 pub mod metrics;
+pub mod postgres;
 pub mod print;
 pub mod server;
 pub mod sqlite;
