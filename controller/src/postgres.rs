@@ -285,6 +285,22 @@ fn corrupt(path: &str, reason: impl Into<String>) -> StoreError {
     }
 }
 
+/// `e` and its causes, `: `-separated (the driver's own message leaves
+/// the cause, such as "Connection refused", to `source()`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Sorts a driver error: the database unreachable, shutting down, out of
 /// resources or too slow is [`StoreError::Unavailable`] (retry later);
 /// an error the server reports about the statement is [`StoreError::Db`].
@@ -296,16 +312,16 @@ fn pg_err(path: &str, e: tokio_postgres::Error) -> StoreError {
             // operator intervention (shutdown, statement timeout), 58
             // system error.
             if matches!(class, "08" | "53" | "57" | "58") {
-                unavailable(path, e.to_string())
+                unavailable(path, chain(&e))
             } else {
                 StoreError::Db {
                     path: path_buf(path),
-                    reason: e.to_string(),
+                    reason: chain(&e),
                 }
             }
         }
         // No server error: the connection failed, closed or timed out.
-        None => unavailable(path, e.to_string()),
+        None => unavailable(path, chain(&e)),
     }
 }
 
@@ -1168,7 +1184,7 @@ async fn listen_once(
     let (client, mut connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
         .await
         .map_err(|_| format!("connecting timed out after {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     // The connection must be polled for the client's queries to progress
     // and to hear notifications: a task of its own.
     let notify = tx.clone();
@@ -1182,7 +1198,7 @@ async fn listen_once(
                     let _ = notify.try_send(());
                 }
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return chain(&e),
             }
         }
         "connection closed".to_string()
@@ -1194,7 +1210,7 @@ async fn listen_once(
         )
         .await
         .map_err(|_| "LISTEN timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
         *connected = true;
         // Commits made before this connection listened were not heard.
         let _ = tx.try_send(());
@@ -1208,7 +1224,7 @@ async fn listen_once(
                     tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query(""))
                         .await
                         .map_err(|_| "ping timed out".to_string())?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| chain(&e))?;
                 }
             }
         }
@@ -1255,8 +1271,9 @@ mod tests {
     }
 
     #[test]
-    fn errors_without_a_server_are_unavailable() {
-        // A malformed-looking host still parses; what matters is the class.
+    fn a_pool_timeout_is_unavailable() {
+        // Waiting for a pooled connection too long means the database is
+        // not answering: retry later, not a database error.
         let e = pool_err(
             "p",
             PoolError::Timeout(deadpool_postgres::TimeoutType::Wait),

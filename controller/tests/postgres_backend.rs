@@ -39,7 +39,13 @@ fn server() -> Option<String> {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{msg} (CI=true: not skipping)");
             }
-            eprintln!("\n*** {msg} ***\n");
+            // Straight to stderr: libtest captures eprintln! of passing
+            // tests, and a skip must be seen. Once per test binary.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "\n*** {msg} ***\n");
+            });
             None
         }
     }
@@ -614,4 +620,45 @@ async fn works_from_inside_a_tokio_runtime() {
     assert_eq!(a.audit(10).expect("audit"), Vec::<AuditEntry>::new());
     // Dropping a store (and its backend thread) inside the runtime is fine.
     drop(b);
+}
+
+/// The listener's connection dies (here: terminated by the server); it
+/// reconnects, says so with a message (commits may have been missed) and
+/// hears the next commit.
+#[test]
+fn the_change_feed_survives_a_lost_connection() {
+    let Some(url) = fresh_db() else { return };
+    let server = server().expect("server");
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let mut a = connect(&url);
+    let mut b = connect(&url);
+    let mut rx = b.changes().expect("changes");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let recv_within = |rx: &mut tokio::sync::mpsc::Receiver<()>, secs: u64, what: &str| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(secs), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what} within {secs} s"))
+                .expect("channel open");
+        })
+    };
+    recv_within(&mut rx, 5, "listener up");
+    admin_sql(
+        &server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND query LIKE 'LISTEN%'"
+        ),
+    );
+    recv_within(&mut rx, 5, "a message after the listener reconnected");
+    let old = a.load().expect("load");
+    let new = State {
+        generation: old.generation + 1,
+        ..old.clone()
+    };
+    a.commit(&old, &new, &[]).expect("commit");
+    recv_within(&mut rx, 1, "the next commit heard");
 }
