@@ -3,6 +3,7 @@
 #
 #   scripts/postgres.sh start DIR   # prints postgres://postgres@127.0.0.1:PORT/postgres
 #   scripts/postgres.sh stop DIR
+#   scripts/postgres.sh restart DIR   # starts a stopped server again, same port
 #
 # `start` makes DIR (owned by the server's user), runs initdb there with
 # trust authentication (local socket and 127.0.0.1 only: a test server, never
@@ -21,7 +22,7 @@ set -euo pipefail
 log() { echo "postgres.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-usage() { die "usage: $0 start|stop DIR"; }
+usage() { die "usage: $0 start|stop|restart DIR"; }
 [ $# -eq 2 ] || usage
 CMD="$1"
 DIR="$2"
@@ -54,6 +55,22 @@ DATA="$DIR/data"
 SOCK="$DIR/socket"
 LOG="$DIR/postgres.log"
 
+# Starts the server in $DATA on $PORT and prints its URL.
+serve() {
+    log "starting on 127.0.0.1:$PORT (log $LOG)"
+    as_user "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 \
+        -o "-c listen_addresses=127.0.0.1 -p $PORT -k $SOCK -c max_connections=200 -c fsync=off" \
+        start >&2 || { tail -20 "$LOG" >&2 || true; die "the server did not start"; }
+    for _ in $(seq 1 100); do
+        if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
+            echo "postgres://postgres@127.0.0.1:$PORT/postgres"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the server did not accept connections within 10 s (log $LOG)"
+}
+
 case "$CMD" in
 start)
     mkdir -p "$DIR"
@@ -77,18 +94,13 @@ EOF
     fi
     as_user mkdir -p "$SOCK"
     PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    log "starting on 127.0.0.1:$PORT (log $LOG)"
-    as_user "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 \
-        -o "-c listen_addresses=127.0.0.1 -p $PORT -k $SOCK -c max_connections=200 -c fsync=off" \
-        start >&2 || { tail -20 "$LOG" >&2 || true; die "the server did not start"; }
-    for _ in $(seq 1 100); do
-        if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
-            echo "postgres://postgres@127.0.0.1:$PORT/postgres"
-            exit 0
-        fi
-        sleep 0.1
-    done
-    die "the server did not accept connections within 10 s (log $LOG)"
+    echo "$PORT" > "$DIR/port"
+    serve
+    ;;
+restart)
+    [ -f "$DIR/port" ] || die "no server was started in $DIR"
+    PORT="$(cat "$DIR/port")"
+    serve
     ;;
 stop)
     [ -d "$DATA" ] || die "no server data in $DIR"

@@ -21,7 +21,7 @@ use darkport_proto::identity::{IdentityName, Kind};
 use darkport_transport::identity::{write_private_file, IdentityFile, IDENTITY_FILE_VERSION};
 
 use crate::ca::Ca;
-use crate::store::{CertRecord, IdentityRecord, Store};
+use crate::store::{Backend, CertRecord, IdentityRecord, Store};
 
 /// Why the data dir could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +61,36 @@ pub struct Config {
     pub advertise: String,
     /// Lifetime of identity certificates, seconds.
     pub cert_ttl_secs: u64,
+    /// Where the state is: absent for `state.db` (SQLite) in the data dir,
+    /// or a `postgres://` URL shared by several controllers. The file is
+    /// 0600 since a URL may carry a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// Options for [`init`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InitOptions {
     /// See [`Config::advertise`].
     pub advertise: String,
     /// See [`Config::cert_ttl_secs`].
     pub cert_ttl: Duration,
+    /// See [`Config::store`].
+    pub store: Option<String>,
+}
+
+/// Options for [`join`].
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// This controller's `host:port`.
+    pub advertise: String,
+    /// This controller's name, unique among the controllers.
+    pub name: IdentityName,
+    /// The shared store (a `postgres://` URL).
+    pub store: String,
+    /// A directory holding `ca.pem`, `ca.key` and `token.key` copied from
+    /// an existing controller's data dir.
+    pub from: PathBuf,
 }
 
 /// Paths inside a data dir.
@@ -159,6 +180,20 @@ impl DataDir {
         })
     }
 
+    /// Opens the state: `store` (a `postgres://` URL) when given, else
+    /// the config's, else `state.db` in the data dir.
+    pub fn open_store(&self, config: &Config) -> Result<Store, DataDirError> {
+        match config.store.as_deref() {
+            Some(url) => open_url(url),
+            None => {
+                if !self.state().exists() {
+                    return Err(DataDirError::NotInitialized(self.root.clone()));
+                }
+                Ok(Store::open(&self.state())?)
+            }
+        }
+    }
+
     /// Loads the CA.
     pub fn load_ca(&self) -> Result<Ca, DataDirError> {
         let cert = String::from_utf8_lossy(&self.read(&self.ca_cert())?).into_owned();
@@ -202,8 +237,251 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 const LOCAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// Opens a shared store by URL.
+pub fn open_url(url: &str) -> Result<Store, DataDirError> {
+    if !crate::postgres::is_postgres_url(url) {
+        return Err(DataDirError::Invalid(format!(
+            "store {:?} is not a postgres:// or postgresql:// URL; leave it out to keep state in state.db (SQLite) in the data dir",
+            crate::postgres::redact(url)
+        )));
+    }
+    Ok(Store::new(Box::new(crate::postgres::PgBackend::connect(
+        url,
+    )?))?)
+}
+
+fn check_advertise(advertise: &str) -> Result<(), DataDirError> {
+    if darkport_transport::endpoint::parse_host_port(advertise).is_none() {
+        return Err(DataDirError::Invalid(format!(
+            "--advertise {advertise:?} is not HOST:PORT"
+        )));
+    }
+    Ok(())
+}
+
+fn make_private_dir(root: &Path) -> Result<(), DataDirError> {
+    std::fs::create_dir_all(root).map_err(|e| file_err(root)(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| file_err(root)(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Writes this controller's identity (`controller.id`, named `name`) and
+/// an admin identity (`admin.id`, named `admin`) signed by `ca`; returns
+/// the admin certificate's record, for the state.
+fn local_identities(
+    dir: &DataDir,
+    ca: &Ca,
+    name: &IdentityName,
+    advertise: &str,
+) -> Result<CertRecord, DataDirError> {
+    let admin = IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    let mut admin_cert = None;
+    for (kind, name, path) in [
+        (Kind::Controller, name, dir.controller_identity()),
+        (Kind::Admin, &admin, dir.admin_identity()),
+    ] {
+        let (cert_pem, key_pem, der) = ca.issue_local(kind, name, LOCAL_TTL)?;
+        let file = IdentityFile {
+            version: IDENTITY_FILE_VERSION,
+            name: name.clone(),
+            kind,
+            controller: advertise.to_string(),
+            key_pem,
+            cert_pem,
+            ca_pem: ca.cert_pem.clone(),
+        };
+        file.save(&path, false)
+            .map_err(|e| file_err(&path)(e.to_string()))?;
+        if kind == Kind::Admin {
+            let now = darkport_transport::unix_now();
+            admin_cert = Some(CertRecord {
+                fingerprint: darkport_proto::identity::fingerprint(&der),
+                issued_at: now,
+                expires_at: now + LOCAL_TTL.as_secs(),
+            });
+        }
+    }
+    admin_cert.ok_or_else(|| DataDirError::Invalid("no admin certificate was made".into()))
+}
+
+/// Writes `config.json` (0600); `replace` an existing one or fail.
+fn write_config(dir: &DataDir, config: &Config, replace: bool) -> Result<(), DataDirError> {
+    let text =
+        serde_json::to_vec_pretty(config).map_err(|e| file_err(&dir.config())(e.to_string()))?;
+    write_private_file(&dir.config(), &text, replace)
+        .map_err(|e| file_err(&dir.config())(e.to_string()))
+}
+
+/// Adds a controller to a deployment whose state is in a shared store:
+/// makes `opts.name`'s data dir from the CA and token secret copied from
+/// an existing controller (`opts.from`), issues this controller's own
+/// certificate and admin certificate locally (their keys never leave this
+/// host), and records the admin certificate in the shared state.
+pub fn join(dir: &DataDir, opts: &JoinOptions) -> Result<(), DataDirError> {
+    if dir.ca_key().exists() || dir.config().exists() {
+        return Err(DataDirError::AlreadyInitialized(dir.root.clone()));
+    }
+    check_advertise(&opts.advertise)?;
+    let from = DataDir::new(&opts.from);
+    let ca = from.load_ca()?;
+    let token_key = from.read_secret(&from.token_key())?;
+    from.load_token_key()?;
+    let store = open_url(&opts.store)?;
+    {
+        let state = store.read();
+        if state.generation == 0 {
+            return Err(DataDirError::Invalid(format!(
+                "the store {} holds no deployment yet; initialize the first controller with darkport-controller init --store URL, then join others",
+                store.describe()
+            )));
+        }
+        if state.controllers.contains_key(&opts.name) {
+            return Err(DataDirError::Invalid(format!(
+                "a controller named {} is already in the store; pick another --name",
+                opts.name
+            )));
+        }
+    }
+    make_private_dir(&dir.root)?;
+    let ca_key = from.read_secret(&from.ca_key())?;
+    write_private_file(&dir.ca_key(), &ca_key, false)
+        .map_err(|e| file_err(&dir.ca_key())(e.to_string()))?;
+    std::fs::write(dir.ca_cert(), &ca.cert_pem)
+        .map_err(|e| file_err(&dir.ca_cert())(e.to_string()))?;
+    write_private_file(&dir.token_key(), &token_key, false)
+        .map_err(|e| file_err(&dir.token_key())(e.to_string()))?;
+    let admin_cert = local_identities(dir, &ca, &opts.name, &opts.advertise)?;
+    let admin = IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    store.update(
+        false,
+        crate::store::audit(
+            "join",
+            format!(
+                "controller {} joined, advertise {}",
+                opts.name, opts.advertise
+            ),
+        ),
+        |s| {
+            let now = darkport_transport::unix_now();
+            let record = s
+                .identities
+                .entry(admin.clone())
+                .or_insert_with(|| IdentityRecord {
+                    name: admin.clone(),
+                    kind: Kind::Admin,
+                    roles: vec![],
+                    certificates: vec![],
+                    created_at: now,
+                    revoked_at: None,
+                    last_seen: None,
+                });
+            record.certificates.push(admin_cert.clone());
+            s.controllers.insert(
+                opts.name.clone(),
+                crate::store::ControllerRecord {
+                    advertise: opts.advertise.clone(),
+                    last_seen: now,
+                },
+            );
+            Ok::<_, DataDirError>(())
+        },
+    )?;
+    write_config(
+        dir,
+        &Config {
+            advertise: opts.advertise.clone(),
+            cert_ttl_secs: from_config_ttl(&from).unwrap_or(DEFAULT_CERT_TTL.as_secs()),
+            store: Some(opts.store.clone()),
+        },
+        false,
+    )
+}
+
+/// The certificate lifetime of the controller copied from, if its
+/// `config.json` was copied too.
+fn from_config_ttl(from: &DataDir) -> Option<u64> {
+    from.load_config().ok().map(|c| c.cert_ttl_secs)
+}
+
+/// What [`migrate`] moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// Identities.
+    pub identities: usize,
+    /// Services.
+    pub services: usize,
+    /// Service and router policies.
+    pub policies: usize,
+    /// Enrollment tokens, used or not.
+    pub tokens: usize,
+    /// Audit entries.
+    pub audit: usize,
+}
+
+/// Moves a controller's state from `state.db` (SQLite) into the empty
+/// shared store at `url` (PostgreSQL), in one transaction: identities
+/// with their certificates, services, policies, tokens (a used token
+/// stays used), routers, controllers and the whole audit log. Then the
+/// data dir's config names the store, and `state.db` is renamed
+/// `state.db.migrated` (kept as a backup, no longer read). Run it with the
+/// controller stopped.
+pub fn migrate(dir: &DataDir, url: &str) -> Result<Migrated, DataDirError> {
+    let mut config = dir.load_config()?;
+    if let Some(current) = &config.store {
+        return Err(DataDirError::Invalid(format!(
+            "{} already keeps its state in {}; nothing to migrate",
+            dir.root.display(),
+            crate::postgres::redact(current)
+        )));
+    }
+    if !dir.state().exists() {
+        return Err(DataDirError::NotInitialized(dir.root.clone()));
+    }
+    if !crate::postgres::is_postgres_url(url) {
+        return Err(DataDirError::Invalid(format!(
+            "--to {:?} is not a postgres:// or postgresql:// URL",
+            crate::postgres::redact(url)
+        )));
+    }
+    let mut from = crate::sqlite::SqliteBackend::open(&dir.state())?;
+    let state = from.load()?;
+    let audit = from.audit(u32::MAX)?;
+    let mut to = crate::postgres::PgBackend::connect(url)?;
+    let empty = to.load()?;
+    if empty.generation != 0 || !empty.identities.is_empty() {
+        return Err(DataDirError::Invalid(format!(
+            "the store {} already holds a deployment; migrate into an empty database",
+            to.describe()
+        )));
+    }
+    let mut moved = state.clone();
+    moved.generation = empty.generation + 1;
+    to.commit(&empty, &moved, &audit)?;
+    // Closed first: SQLite folds its write-ahead log back into the file.
+    drop(from);
+    config.store = Some(url.to_string());
+    write_config(dir, &config, true)?;
+    let backup = dir.root.join("state.db.migrated");
+    std::fs::rename(dir.state(), &backup).map_err(|e| file_err(&backup)(e.to_string()))?;
+    Ok(Migrated {
+        identities: state.identities.len(),
+        services: state.services.len(),
+        policies: state.policies.len() + state.router_policies.len(),
+        tokens: state.tokens.len(),
+        audit: audit.len(),
+    })
+}
+
+/// Default lifetime of identity certificates (7 days).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Creates a data dir: CA, controller and admin identities, token secret,
-/// empty state.
+/// empty state (in `state.db`, or in the shared store `opts.store`).
 pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
     if dir.ca_key().exists() || dir.state().exists() {
         return Err(DataDirError::AlreadyInitialized(dir.root.clone()));
@@ -215,19 +493,22 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
             MAX_CERT_TTL.as_secs() / 86400
         )));
     }
-    if darkport_transport::endpoint::parse_host_port(&opts.advertise).is_none() {
-        return Err(DataDirError::Invalid(format!(
-            "--advertise {:?} is not HOST:PORT",
-            opts.advertise
-        )));
-    }
-    std::fs::create_dir_all(&dir.root).map_err(|e| file_err(&dir.root)(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| file_err(&dir.root)(e.to_string()))?;
-    }
+    check_advertise(&opts.advertise)?;
+    // A shared store must be empty: a second controller joins instead.
+    let shared = match &opts.store {
+        Some(url) => {
+            let store = open_url(url)?;
+            if store.read().generation != 0 {
+                return Err(DataDirError::Invalid(format!(
+                    "the store {} already holds a deployment; add this controller with darkport-controller join, or use an empty database",
+                    store.describe()
+                )));
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    make_private_dir(&dir.root)?;
     let (ca, ca_key_pem) = Ca::generate()?;
     write_private_file(&dir.ca_key(), ca_key_pem.as_bytes(), false)
         .map_err(|e| file_err(&dir.ca_key())(e.to_string()))?;
@@ -240,52 +521,34 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
     write_private_file(&dir.token_key(), &secret, false)
         .map_err(|e| file_err(&dir.token_key())(e.to_string()))?;
 
-    let mut admin_record = None;
-    for (kind, name, path) in [
-        (Kind::Controller, "controller", dir.controller_identity()),
-        (Kind::Admin, "admin", dir.admin_identity()),
-    ] {
-        let name = IdentityName::new(name).map_err(|e| DataDirError::Invalid(e.to_string()))?;
-        let (cert_pem, key_pem, der) = ca.issue_local(kind, &name, LOCAL_TTL)?;
-        let file = IdentityFile {
-            version: IDENTITY_FILE_VERSION,
-            name: name.clone(),
-            kind,
-            controller: opts.advertise.clone(),
-            key_pem,
-            cert_pem,
-            ca_pem: ca.cert_pem.clone(),
-        };
-        file.save(&path, false)
-            .map_err(|e| file_err(&path)(e.to_string()))?;
-        if kind == Kind::Admin {
-            let now = darkport_transport::unix_now();
-            admin_record = Some(IdentityRecord {
-                name,
-                kind,
-                roles: vec![],
-                certificates: vec![CertRecord {
-                    fingerprint: darkport_proto::identity::fingerprint(&der),
-                    issued_at: now,
-                    expires_at: now + LOCAL_TTL.as_secs(),
-                }],
-                created_at: now,
-                revoked_at: None,
-                last_seen: None,
-            });
-        }
-    }
+    let controller =
+        IdentityName::new("controller").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    let admin_cert = local_identities(dir, &ca, &controller, &opts.advertise)?;
+    let now = darkport_transport::unix_now();
+    let admin_record = Some(IdentityRecord {
+        name: IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?,
+        kind: Kind::Admin,
+        roles: vec![],
+        certificates: vec![admin_cert],
+        created_at: now,
+        revoked_at: None,
+        last_seen: None,
+    });
 
-    let config = Config {
-        advertise: opts.advertise.clone(),
-        cert_ttl_secs: opts.cert_ttl.as_secs(),
+    write_config(
+        dir,
+        &Config {
+            advertise: opts.advertise.clone(),
+            cert_ttl_secs: opts.cert_ttl.as_secs(),
+            store: opts.store.clone(),
+        },
+        false,
+    )?;
+
+    let store = match shared {
+        Some(s) => s,
+        None => Store::open(&dir.state())?,
     };
-    let text =
-        serde_json::to_vec_pretty(&config).map_err(|e| file_err(&dir.config())(e.to_string()))?;
-    write_private_file(&dir.config(), &text, false)
-        .map_err(|e| file_err(&dir.config())(e.to_string()))?;
-
-    let store = Store::open(&dir.state())?;
     let all_routers = IdentityName::new(DEFAULT_ROUTER_POLICY)
         .map_err(|e| DataDirError::Invalid(e.to_string()))?;
     store.update(
@@ -295,6 +558,13 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
             if let Some(admin) = &admin_record {
                 s.identities.insert(admin.name.clone(), admin.clone());
             }
+            s.controllers.insert(
+                controller.clone(),
+                crate::store::ControllerRecord {
+                    advertise: opts.advertise.clone(),
+                    last_seen: now,
+                },
+            );
             // Every router may serve every service until the admin narrows it:
             // a visible, deletable default rather than an implicit rule.
             s.router_policies.insert(

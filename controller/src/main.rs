@@ -59,6 +59,11 @@ struct RunArgs {
     /// UDP address to listen on (default: the advertised address).
     #[arg(long, env = "DARKPORT_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Keep the state in this PostgreSQL database
+    /// (postgres://USER:PASSWORD@HOST/DB) instead of where the data dir's
+    /// config.json says (set there by init --store, join or migrate).
+    #[arg(long, env = "DARKPORT_STORE")]
+    store: Option<String>,
 }
 
 /// `--json` of read commands.
@@ -88,6 +93,39 @@ enum Cmd {
         /// clients renew theirs automatically at two thirds of it.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         cert_ttl: Duration,
+        /// Keep the state in this empty PostgreSQL database
+        /// (postgres://USER:PASSWORD@HOST/DB), so that more controllers can
+        /// join; default: state.db (SQLite) in the data dir.
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Add a controller to a deployment whose state is in PostgreSQL: a new
+    /// data dir with this controller's own certificates, sharing the CA.
+    Join {
+        #[command(flatten)]
+        dir: Dir,
+        /// HOST:PORT that routers and clients use to reach this controller.
+        #[arg(long)]
+        advertise: String,
+        /// This controller's name, unique among the controllers.
+        #[arg(long)]
+        name: String,
+        /// The deployment's PostgreSQL database (postgres://USER:PASSWORD@HOST/DB).
+        #[arg(long)]
+        store: String,
+        /// Directory holding ca.pem, ca.key and token.key copied (mode 0600)
+        /// from an existing controller's data dir.
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Move this controller's state from state.db (SQLite) into an empty
+    /// PostgreSQL database; run it with the controller stopped.
+    Migrate {
+        #[command(flatten)]
+        dir: Dir,
+        /// The PostgreSQL database (postgres://USER:PASSWORD@HOST/DB).
+        #[arg(long)]
+        to: String,
     },
     /// Serve enrollment, admin and router sync.
     Run(RunArgs),
@@ -450,10 +488,54 @@ async fn real_main() -> Result<ExitCode> {
             darkport_cli::generate_assets(Cli::command(), &dir)
                 .with_context(|| format!("cannot write to {}", dir.display()))?;
         }
+        Cmd::Join {
+            dir,
+            advertise,
+            name: n,
+            store,
+            from,
+        } => {
+            let dd = DataDir::new(&dir.data_dir);
+            darkport_controller::datadir::join(
+                &dd,
+                &darkport_controller::datadir::JoinOptions {
+                    advertise: advertise.clone(),
+                    name: name(&n)?,
+                    store,
+                    from,
+                },
+            )?;
+            println!(
+                "joined as controller {n} (advertise {advertise}); the CA key and token key are in {}",
+                dir.data_dir.display()
+            );
+            println!(
+                "delete the copies in the --from directory, then start it with: darkport-controller run --data-dir {}",
+                dir.data_dir.display()
+            );
+        }
+        Cmd::Migrate { dir, to } => {
+            let dd = DataDir::new(&dir.data_dir);
+            let m = darkport_controller::datadir::migrate(&dd, &to)?;
+            println!(
+                "moved {} identities, {} services, {} policies, {} tokens and {} audit entries to {}",
+                m.identities,
+                m.services,
+                m.policies,
+                m.tokens,
+                m.audit,
+                darkport_controller::postgres::redact(&to)
+            );
+            println!(
+                "{} now names that database; the old file is kept as state.db.migrated; start the controller again",
+                dd.config().display()
+            );
+        }
         Cmd::Init {
             dir,
             advertise,
             cert_ttl,
+            store,
         } => {
             let dd = DataDir::new(&dir.data_dir);
             darkport_controller::init(
@@ -461,6 +543,7 @@ async fn real_main() -> Result<ExitCode> {
                 &InitOptions {
                     advertise: advertise.clone(),
                     cert_ttl,
+                    store,
                 },
             )?;
             println!(
@@ -476,6 +559,7 @@ async fn real_main() -> Result<ExitCode> {
             dir,
             listen,
             common,
+            store,
             ..
         }) => {
             let dd = DataDir::new(&dir.data_dir);
@@ -514,7 +598,8 @@ async fn real_main() -> Result<ExitCode> {
                 signal.await;
                 darkport_cli::notify_stopping();
             };
-            darkport_controller::run_with_metrics(dd, socket, stopping, metrics).await?;
+            darkport_controller::server::run_with_store(dd, socket, stopping, metrics, store)
+                .await?;
         }
         Cmd::Identity(IdentityCmd::Create {
             name: n,

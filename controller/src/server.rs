@@ -121,6 +121,8 @@ pub enum ServerError {
 }
 
 struct Ctx {
+    /// This controller's identity name (its row in `State::controllers`).
+    name: IdentityName,
     store: Store,
     ca: Ca,
     ca_fingerprint: String,
@@ -170,21 +172,33 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
     metrics: Metrics,
 ) -> Result<(), ServerError> {
-    let config = dir.load_config()?;
+    run_with_store(dir, socket, shutdown, metrics, None).await
+}
+
+/// [`run_with_metrics`] with the state in `store` (a `postgres://` URL)
+/// instead of where the data dir's config says.
+pub async fn run_with_store(
+    dir: DataDir,
+    socket: UdpSocket,
+    shutdown: impl Future<Output = ()>,
+    metrics: Metrics,
+    store: Option<String>,
+) -> Result<(), ServerError> {
+    let mut config = dir.load_config()?;
+    if store.is_some() {
+        config.store = store;
+    }
     let ca = dir.load_ca()?;
     let ca_fingerprint = crate::datadir::pem_fingerprint(&ca.cert_pem)?;
     let identity = Identity::load(&dir.controller_identity())?;
-    if !dir.state().exists() && dir.root().join("state.json").exists() {
+    if config.store.is_none() && !dir.state().exists() && dir.root().join("state.json").exists() {
         return Err(DataDirError::Invalid(format!(
             "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
             dir.root().display()
         ))
         .into());
     }
-    if !dir.state().exists() {
-        return Err(DataDirError::NotInitialized(dir.root().to_path_buf()).into());
-    }
-    let store = Store::open(&dir.state()).map_err(DataDirError::from)?;
+    let store = dir.open_store(&config)?;
     {
         let m = metrics.clone();
         store.observe(Box::new(move |op, took| m.store_op(op, took)));
@@ -197,6 +211,7 @@ pub async fn run_with_metrics(
         expiry(&identity.ca),
     );
     let ctx = Arc::new(Ctx {
+        name: identity.name.clone(),
         metrics: metrics.clone(),
         store,
         ca,
@@ -238,6 +253,11 @@ pub async fn run_with_metrics(
     tokio::pin!(shutdown);
     let mut tasks = JoinSet::new();
     tasks.spawn(report_suppressed(ctx.refusals.clone(), "refusals"));
+    heartbeat(&ctx).map_err(DataDirError::from)?;
+    tasks.spawn(heartbeats(ctx.clone()));
+    if let Some(changes) = ctx.store.changes() {
+        tasks.spawn(follow_changes(ctx.clone(), changes));
+    }
     metrics.set_ready(true);
     loop {
         tokio::select! {
@@ -269,6 +289,89 @@ pub async fn run_with_metrics(
     endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// How often a controller records that it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A controller not heard from for this long is left out of the lists
+/// routers and clients get.
+pub const CONTROLLER_LIVE: Duration = Duration::from_secs(30);
+
+/// Records this controller (and its advertised address) as alive; an
+/// audit entry when it is new or moved.
+fn heartbeat(ctx: &Ctx) -> Result<(), StoreError> {
+    let now = unix_now();
+    let advertise = &ctx.config.advertise;
+    let moved = ctx
+        .store
+        .read()
+        .controllers
+        .get(&ctx.name)
+        .is_none_or(|c| &c.advertise != advertise);
+    let what = moved
+        .then(|| {
+            crate::store::audit(
+                ctx.name.as_str(),
+                format!("controller {} serves at {advertise}", ctx.name),
+            )
+        })
+        .flatten();
+    ctx.store.update(false, what, |s| {
+        s.controllers.insert(
+            ctx.name.clone(),
+            crate::store::ControllerRecord {
+                advertise: advertise.clone(),
+                last_seen: now,
+            },
+        );
+        Ok::<_, StoreError>(())
+    })
+}
+
+async fn heartbeats(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = ctx.clone();
+        match tokio::task::spawn_blocking(move || heartbeat(&c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("controller heartbeat not recorded: {e}"),
+            Err(e) => warn!("controller heartbeat task failed: {e}"),
+        }
+    }
+}
+
+/// Reloads the state whenever the backend says another controller
+/// committed, so that routers synced to this controller get every change
+/// made through any other.
+async fn follow_changes(ctx: Arc<Ctx>, mut changes: tokio::sync::mpsc::Receiver<()>) {
+    while changes.recv().await.is_some() {
+        let c = ctx.clone();
+        match tokio::task::spawn_blocking(move || c.store.refresh()).await {
+            Ok(Ok(true)) => debug!("state changed by another controller: reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!("reloading state changed by another controller failed: {e}; retrying on the next change"),
+            Err(e) => warn!("state reload task failed: {e}"),
+        }
+    }
+}
+
+/// The controllers routers and clients should know, as advertised
+/// addresses: `me` first, then every other heard from within
+/// [`CONTROLLER_LIVE`], by name.
+pub fn live_controllers(state: &State, me: &IdentityName, now: u64) -> Vec<String> {
+    let mine = state.controllers.get(me).map(|c| c.advertise.clone());
+    let others = state
+        .controllers
+        .iter()
+        .filter(|(name, c)| {
+            *name != me && c.last_seen.saturating_add(CONTROLLER_LIVE.as_secs()) >= now
+        })
+        .map(|(_, c)| c.advertise.clone());
+    mine.into_iter().chain(others).collect()
 }
 
 /// Binds the control socket for `run` (UDP, large buffers).
@@ -488,11 +591,14 @@ async fn handle_stream(
                 router_sync(&ctx, p, advertise, &mut send).await;
                 return;
             }
-            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(handlers::routers::list(&ctx.store, &ctx.online, Some(p))),
+            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(handlers::routers::list(&ctx.store, &ctx.online, Some(p), unix_now())),
             (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
                 let r = renew(&ctx, p, &csr_der);
                 ctx.metrics.renewal(result_label(&r));
                 respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
+            }
+            (ControlBody::ListControllers, Some(_)) => {
+                ControlResponse::Controllers(live_controllers(&ctx.store.read(), &ctx.name, unix_now()))
             }
             (ControlBody::RouterReport(r), Some(p)) if p.kind == Kind::Router => {
                 respond(router_report(&ctx, p, r), |()| ControlResponse::Ack)
@@ -551,6 +657,7 @@ fn body_name(b: &ControlBody) -> &'static str {
         ControlBody::ListRouters => "list routers",
         ControlBody::Renew { .. } => "renew",
         ControlBody::RouterReport(_) => "router report",
+        ControlBody::ListControllers => "list controllers",
     }
 }
 
@@ -680,12 +787,19 @@ fn admin(
     actor: &IdentityName,
     req: AdminRequest,
 ) -> Result<AdminResponse, ControlError> {
+    // Tokens name every live controller: any of them redeems it.
+    let controllers = live_controllers(&ctx.store.read(), &ctx.name, unix_now());
+    let controllers = if controllers.is_empty() {
+        ctx.config.advertise.clone()
+    } else {
+        controllers.join(",")
+    };
     let env = Env {
         store: &ctx.store,
         online: &ctx.online,
         issuer: Issuer {
             key: &ctx.token_key,
-            controller: &ctx.config.advertise,
+            controller: &controllers,
             ca_fingerprint: &ctx.ca_fingerprint,
         },
     };
@@ -869,4 +983,41 @@ fn rand_session() -> u64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ControllerRecord;
+
+    fn n(s: &str) -> IdentityName {
+        IdentityName::new(s).expect("name")
+    }
+
+    /// The answering controller first, then the others heard from
+    /// recently; one silent longer than CONTROLLER_LIVE is left out.
+    #[test]
+    fn live_controllers_name_me_first_and_drop_the_silent() {
+        let live = CONTROLLER_LIVE.as_secs();
+        let mut state = State::default();
+        for (name, addr, seen) in [
+            ("a", "a:1", 1000),
+            ("b", "b:1", 1000 - live),
+            ("c", "c:1", 1000 - live - 1),
+            ("me", "me:1", 10),
+        ] {
+            state.controllers.insert(
+                n(name),
+                ControllerRecord {
+                    advertise: addr.into(),
+                    last_seen: seen,
+                },
+            );
+        }
+        assert_eq!(
+            live_controllers(&state, &n("me"), 1000),
+            ["me:1", "a:1", "b:1"]
+        );
+        assert_eq!(live_controllers(&state, &n("x"), 1000), ["a:1", "b:1"]);
+    }
 }

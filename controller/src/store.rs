@@ -228,48 +228,77 @@ pub trait Backend: Send {
 }
 
 /// A [`Backend`] that keeps the state and the audit log in memory and
-/// loses them when dropped.
+/// loses them when the last clone is dropped.
 ///
 /// It is the reference behaviour of the trait: unit tests run the admin
-/// handlers on it (no file, no SQLite), and another backend (PostgreSQL)
-/// can be checked against it by running the same changes on both and
-/// comparing what `load` and `audit` return.
+/// handlers on it (no file, no database), and another backend
+/// (PostgreSQL) is checked against it by running the same changes on both
+/// and comparing what `load` and `audit` return. Clones share one state,
+/// like controllers sharing a database: a commit made from a stale
+/// generation is refused with [`StoreError::Conflict`], and every clone's
+/// [`Backend::changes`] hears of every commit.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
     state: State,
     audit: Vec<AuditEntry>,
+    listeners: Vec<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl MemoryBackend {
     /// Starts from `state` with an empty audit log.
     pub fn with_state(state: State) -> MemoryBackend {
         MemoryBackend {
-            state,
-            audit: Vec::new(),
+            shared: Arc::new(Mutex::new(Shared {
+                state,
+                ..Shared::default()
+            })),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Backend for MemoryBackend {
     fn load(&mut self) -> Result<State, StoreError> {
-        Ok(self.state.clone())
+        Ok(self.lock().state.clone())
     }
 
-    fn commit(
-        &mut self,
-        _old: &State,
-        new: &State,
-        audit: &[AuditEntry],
-    ) -> Result<(), StoreError> {
-        self.state = new.clone();
-        self.audit.extend_from_slice(audit);
+    fn commit(&mut self, old: &State, new: &State, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut shared = self.lock();
+        if shared.state.generation != old.generation {
+            return Err(StoreError::Conflict {
+                path: PathBuf::from("memory"),
+                seen: old.generation,
+                found: shared.state.generation,
+            });
+        }
+        shared.state = new.clone();
+        shared.audit.extend_from_slice(audit);
+        shared.listeners.retain(|l| !l.is_closed());
+        for l in &shared.listeners {
+            let _ = l.try_send(());
+        }
         Ok(())
     }
 
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let shared = self.lock();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let from = self.audit.len().saturating_sub(limit);
-        Ok(self.audit[from..].to_vec())
+        let from = shared.audit.len().saturating_sub(limit);
+        Ok(shared.audit[from..].to_vec())
+    }
+
+    fn changes(&mut self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        self.lock().listeners.push(tx);
+        Some(rx)
     }
 
     fn describe(&self) -> String {
@@ -497,6 +526,81 @@ mod tests {
         assert_eq!(b.audit(2).expect("audit"), vec![entry(2), entry(3)]);
         assert_eq!(b.audit(10).expect("audit").len(), 3);
         assert!(b.audit(0).expect("audit").is_empty());
+    }
+
+    fn token(id: &str) -> (String, TokenRecord) {
+        (
+            id.to_string(),
+            TokenRecord {
+                identity: IdentityName::new("app").expect("name"),
+                expires_at: 100,
+                consumed_at: None,
+            },
+        )
+    }
+
+    /// Two stores on one backend (two controllers on one database): a
+    /// change on the second made after the first consumed a token sees the
+    /// consumption (conflict, reload, retry) and is refused.
+    #[test]
+    fn a_stale_store_reloads_and_reapplies_its_change() {
+        let shared = MemoryBackend::with_state(State {
+            tokens: [token("t1")].into(),
+            ..State::default()
+        });
+        let a = Store::new(Box::new(shared.clone())).expect("store a");
+        let b = Store::new(Box::new(shared.clone())).expect("store b");
+        let consume = |s: &mut State| -> Result<(), StoreError> {
+            let t = s.tokens.get_mut("t1").expect("token");
+            if t.consumed_at.is_some() {
+                return Err(StoreError::Corrupt {
+                    path: PathBuf::from("test"),
+                    reason: "token already used".into(),
+                });
+            }
+            t.consumed_at = Some(5);
+            Ok(())
+        };
+        a.update(true, audit("a", "consume"), consume)
+            .expect("a wins");
+        let lost = b.update(true, audit("b", "consume"), consume);
+        assert!(
+            matches!(&lost, Err(StoreError::Corrupt { reason, .. }) if reason == "token already used"),
+            "{lost:?}"
+        );
+        // B now holds A's state, and its snapshot followed.
+        assert_eq!(b.read().generation, a.read().generation);
+        assert_eq!(b.snapshot().version, 1);
+        // A change on B that does not conflict lands after A's.
+        b.update(true, audit("b", "other"), |s| {
+            s.tokens.extend([token("t2")]);
+            Ok::<_, StoreError>(())
+        })
+        .expect("b");
+        assert!(a.refresh().expect("refresh"));
+        assert_eq!(a.read().tokens.len(), 2);
+        assert_eq!(a.snapshot().version, 2);
+        assert!(!a.refresh().expect("refresh again"));
+    }
+
+    /// A store hears of the other's commits through `changes`.
+    #[tokio::test]
+    async fn changes_tell_of_other_commits() {
+        let shared = MemoryBackend::default();
+        let a = Store::new(Box::new(shared.clone())).expect("store a");
+        let b = Store::new(Box::new(shared.clone())).expect("store b");
+        let mut heard = b.changes().expect("memory tells of changes");
+        a.update(false, None, |s| {
+            s.tokens.extend([token("t1")]);
+            Ok::<_, StoreError>(())
+        })
+        .expect("a");
+        tokio::time::timeout(std::time::Duration::from_secs(1), heard.recv())
+            .await
+            .expect("told within 1 s")
+            .expect("open");
+        assert!(b.refresh().expect("refresh"));
+        assert!(b.read().tokens.contains_key("t1"));
     }
 
     /// A change that fails is neither persisted nor audited, and the

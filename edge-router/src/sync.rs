@@ -72,11 +72,23 @@ pub async fn run(
     status: Status,
 ) {
     let mut backoff = BACKOFF_START;
+    // The controllers to try, refreshed from each one the router syncs
+    // with (it names itself first); the identity file's list (refreshed
+    // at renewal) is merged in behind.
+    let mut known = identity.borrow().controller.clone();
     loop {
         let started = tokio::time::Instant::now();
         let id = identity.borrow().clone();
+        known = control::merge_controllers(
+            &control::addresses(&known)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            &id.controller,
+        );
         let end = session(
             &id,
+            &mut known,
             &advertise,
             &tx,
             cache.as_deref(),
@@ -104,9 +116,16 @@ pub async fn run(
                     backoff = BACKOFF_START;
                 }
                 warn!(
-                    "control session with the controller at {} failed: {e}; retrying in {:?} (serving with the last policy meanwhile)",
-                    id.controller, backoff
+                    "control session with the controller at {known} failed: {e}; retrying in {:?} (serving with the last policy meanwhile)",
+                    backoff
                 );
+                // The controller that failed (first: it named itself
+                // first) is tried last next time.
+                let mut list = control::addresses(&known);
+                if list.len() > 1 {
+                    list.rotate_left(1);
+                }
+                known = list.join(",");
             }
         }
         tokio::time::sleep(jitter(backoff)).await;
@@ -123,6 +142,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn session(
     identity: &Identity,
+    known: &mut String,
     advertise: &str,
     tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
     cache: Option<&std::path::Path>,
@@ -137,7 +157,7 @@ async fn session(
         Ok(e) => e,
         Err(e) => return SessionEnd::Failed(e.to_string()),
     };
-    let conn = match control::connect(&endpoint, &identity.controller, config).await {
+    let conn = match control::connect(&endpoint, known, config).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };
@@ -152,7 +172,15 @@ async fn session(
         Ok(r) => r,
         Err(e) => return e.into(),
     };
-    info!(controller = %identity.controller, %advertise, "registered with the controller");
+    // Which controllers exist, from this one (it names itself first).
+    if let Ok((ControlResponse::Controllers(live), _)) =
+        control::request(&conn, ControlBody::ListControllers).await
+    {
+        if !live.is_empty() {
+            *known = control::merge_controllers(&live, known);
+        }
+    }
+    info!(controller = %conn.remote_address(), controllers = %known, %advertise, "registered with the controller");
     let mut next = Some(first);
     let mut report = tokio::time::interval(REPORT_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

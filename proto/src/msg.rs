@@ -147,6 +147,10 @@ pub enum ControlBody {
     },
     /// A router reports its state: answered with [`ControlResponse::Ack`].
     RouterReport(RouterReport),
+    /// Which controllers share this one's state (high availability):
+    /// answered with [`ControlResponse::Controllers`]. Needs any current
+    /// certificate. Routers and clients keep the list to fail over.
+    ListControllers,
 }
 
 /// What a router tells the controller about itself, every few seconds.
@@ -294,6 +298,9 @@ pub enum ControlResponse {
     Ack,
     /// The request failed.
     Error(ControlError),
+    /// Advertised `host:port` of every live controller, the answering one
+    /// first.
+    Controllers(Vec<String>),
 }
 
 /// A refused or failed control request.

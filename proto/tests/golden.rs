@@ -92,6 +92,7 @@ fn control_body_and_response_indices() {
             }),
             5,
         ),
+        (ControlBody::ListControllers, 6),
     ];
     for (body, index) in bodies {
         assert_eq!(to_bytes(&body).expect("encode")[..4], index.to_be_bytes());
@@ -114,6 +115,7 @@ fn control_body_and_response_indices() {
             }),
             5,
         ),
+        (ControlResponse::Controllers(vec![]), 6),
     ];
     for (resp, index) in responses {
         assert_eq!(to_bytes(&resp).expect("encode")[..4], index.to_be_bytes());

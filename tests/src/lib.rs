@@ -119,6 +119,7 @@ impl Fixture {
             &InitOptions {
                 advertise: controller_addr.to_string(),
                 cert_ttl,
+                store: test_store()?,
             },
         )?;
         let mut fx = Fixture {
@@ -493,6 +494,7 @@ pub fn init_controller(
         &InitOptions {
             advertise: addr.to_string(),
             cert_ttl,
+            store: test_store()?,
         },
     )?;
     Ok(data_dir)
@@ -643,4 +645,142 @@ pub async fn run_router_at(
     });
     wait_router_online(data_dir, addr, Duration::from_secs(10)).await?;
     Ok((addr, handle))
+}
+
+/// The store new test controllers use: `None` (SQLite in the data dir)
+/// unless `DARKPORT_TEST_BACKEND=postgres`, then a fresh database on the
+/// server `DARKPORT_TEST_POSTGRES` names (scripts/test.sh runs the
+/// control-plane tests once more that way).
+pub fn test_store() -> Result<Option<String>> {
+    if std::env::var("DARKPORT_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return Ok(None);
+    }
+    let Some(server) = pg::server_url("DARKPORT_TEST_BACKEND=postgres") else {
+        bail!("DARKPORT_TEST_BACKEND=postgres needs DARKPORT_TEST_POSTGRES (scripts/postgres.sh start DIR prints one)");
+    };
+    Ok(Some(pg::fresh_database(&server)?))
+}
+
+/// A real PostgreSQL for tests: the server `.ci/run` (or the developer,
+/// with `scripts/postgres.sh start DIR`) started, and private servers a
+/// test can stop and start.
+pub mod pg {
+    use anyhow::{bail, Context, Result};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The server URL in `DARKPORT_TEST_POSTGRES`. Without it: `None`
+    /// after a loud SKIPPED line naming `test`, or a panic under `CI=true`
+    /// (a test that needs PostgreSQL must not pass silently in CI).
+    pub fn server_url(test: &str) -> Option<String> {
+        match std::env::var("DARKPORT_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("{test} needs PostgreSQL and CI=true: set DARKPORT_TEST_POSTGRES (.ci/run starts one with scripts/postgres.sh)");
+                }
+                eprintln!("SKIPPED: {test}: no PostgreSQL; set DARKPORT_TEST_POSTGRES to the URL scripts/postgres.sh start DIR prints");
+                None
+            }
+        }
+    }
+
+    /// `url` with its database replaced by `db`.
+    pub fn with_database(url: &str, db: &str) -> String {
+        let (base, _) = match url.rsplit_once('/') {
+            Some((b, tail)) if !b.ends_with('/') => (b, tail),
+            _ => (url.trim_end_matches('/'), ""),
+        };
+        format!("{base}/{db}")
+    }
+
+    fn psql(url: &str, sql: &str) -> Result<()> {
+        let out = Command::new("psql")
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-d", url, "-c", sql])
+            .output()
+            .context("running psql (Debian package postgresql-client)")?;
+        if !out.status.success() {
+            bail!(
+                "psql {sql:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates an empty database with a unique name on `server`; returns
+    /// its URL.
+    pub fn fresh_database(server: &str) -> Result<String> {
+        let mut b = [0u8; 8];
+        rand::fill(&mut b);
+        let name = format!("dp_test_{}", hex::encode(b));
+        psql(server, &format!("CREATE DATABASE {name}"))?;
+        Ok(with_database(server, &name))
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh")
+    }
+
+    /// A PostgreSQL server of a test's own (scripts/postgres.sh), stopped
+    /// on drop: for tests that stop the database.
+    pub struct Server {
+        dir: tempfile::TempDir,
+        /// Server URL (database `postgres`).
+        pub url: String,
+    }
+
+    impl Server {
+        /// Starts a new server in a temporary directory, or `None` (with a
+        /// loud SKIPPED line, or a panic under CI=true) where PostgreSQL is
+        /// not installed.
+        pub fn start(test: &str) -> Result<Option<Server>> {
+            if server_url(test).is_none() {
+                return Ok(None);
+            }
+            let dir = tempfile::Builder::new().prefix("dp-pg").tempdir()?;
+            let out = Command::new("bash")
+                .arg(script())
+                .arg("start")
+                .arg(dir.path())
+                .output()
+                .context("running scripts/postgres.sh")?;
+            if !out.status.success() {
+                bail!(
+                    "scripts/postgres.sh start failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Ok(Some(Server { dir, url }))
+        }
+
+        /// Stops the server (fast shutdown: clients are disconnected).
+        pub fn stop(&self) -> Result<()> {
+            self.run("stop")
+        }
+
+        /// Starts the stopped server again, on the same port.
+        pub fn restart(&self) -> Result<()> {
+            self.run("restart")
+        }
+
+        fn run(&self, verb: &str) -> Result<()> {
+            let status = Command::new("bash")
+                .arg(script())
+                .arg(verb)
+                .arg(self.dir.path())
+                .status()?;
+            if !status.success() {
+                bail!("scripts/postgres.sh {verb} failed");
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.run("stop");
+        }
+    }
 }

@@ -179,6 +179,7 @@ async fn private_keys_readable_by_others_are_refused_at_start() {
             &darkport_controller::InitOptions {
                 advertise: socket.local_addr().unwrap().to_string(),
                 cert_ttl: Duration::from_secs(3600),
+                ..Default::default()
             },
         )
         .expect("init");

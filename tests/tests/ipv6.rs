@@ -40,6 +40,7 @@ async fn the_whole_flow_works_over_ipv6() {
         &InitOptions {
             advertise: ctl_addr.to_string(),
             cert_ttl: Duration::from_secs(3600),
+            ..Default::default()
         },
     )
     .expect("init");

@@ -11,6 +11,9 @@ use darkport_proto::ProtoError;
 
 use crate::endpoint::HANDSHAKE_TIMEOUT;
 
+/// How long a one-shot exchange waits for its close to be delivered.
+pub const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 /// How long to wait for the controller to answer one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,7 +53,21 @@ pub enum ControlClientError {
     Refused(ControlError),
 }
 
+/// The controller addresses in `list`: `host:port`, or several separated
+/// by commas (controllers sharing one state), in order, blanks dropped.
+pub fn addresses(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
 /// Connects to the controller with `config`, with a handshake timeout.
+///
+/// `addr` may list several controllers (`a:4433,b:4433`): every address
+/// of every one is tried, a new attempt every
+/// [`crate::endpoint::ATTEMPT_DELAY`] in the order given, and the first
+/// handshake wins, so a dead controller costs one attempt delay.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: &str,
@@ -61,7 +78,23 @@ pub async fn connect(
         source,
     };
     use crate::endpoint::ConnectError;
-    match crate::endpoint::connect_any(endpoint, config, addr, "darkport-controller").await {
+    let mut resolved = Vec::new();
+    let mut unresolved = None;
+    for a in addresses(addr) {
+        match crate::endpoint::resolve_all(a).await {
+            Ok(all) => resolved.extend(all),
+            Err(e) => unresolved = Some(e),
+        }
+    }
+    if resolved.is_empty() {
+        return Err(io(unresolved.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no controller address given",
+            )
+        })));
+    }
+    match crate::endpoint::connect_addrs(endpoint, config, resolved, "darkport-controller").await {
         Ok(conn) => Ok(conn),
         Err(ConnectError::Resolve(e)) => Err(io(e)),
         Err(ConnectError::Timeout { .. }) => Err(ControlClientError::Timeout {
@@ -145,16 +178,88 @@ pub async fn one_shot(
     config: quinn::ClientConfig,
     body: ControlBody,
 ) -> Result<ControlResponse, ControlClientError> {
+    one_shot_and_controllers(addr, config, body, false)
+        .await
+        .map(|(r, _)| r)
+}
+
+/// Most controller addresses kept in an identity file.
+pub const MAX_CONTROLLERS: usize = 8;
+
+/// The controller list to keep: the live ones a controller just named
+/// (`live`), then the ones known before that it did not name (a
+/// controller down for a moment stays known), at most
+/// [`MAX_CONTROLLERS`], comma-separated.
+pub fn merge_controllers(live: &[String], known: &str) -> String {
+    let mut all: Vec<&str> = Vec::new();
+    for a in live
+        .iter()
+        .map(|a| a.trim())
+        .chain(addresses(known))
+        .filter(|a| !a.is_empty() && !a.contains(','))
+    {
+        if !all.contains(&a) && all.len() < MAX_CONTROLLERS {
+            all.push(a);
+        }
+    }
+    all.join(",")
+}
+
+/// [`one_shot`], then, when `controllers` is set and the request
+/// succeeded, asks the same controller which controllers are live
+/// (`None` if it could not say, as an older controller cannot).
+pub async fn one_shot_and_controllers(
+    addr: &str,
+    config: quinn::ClientConfig,
+    body: ControlBody,
+    controllers: bool,
+) -> Result<(ControlResponse, Option<Vec<String>>), ControlClientError> {
     let endpoint = crate::endpoint::client(None).map_err(|source| ControlClientError::Io {
         addr: addr.to_string(),
         source,
     })?;
     let conn = connect(&endpoint, addr, config).await?;
-    let result = request(&conn, body).await.map(|(r, _)| r);
+    let mut result = request(&conn, body).await.map(|(r, _)| (r, None));
+    if let (Ok((_, list)), true) = (&mut result, controllers) {
+        if let Ok((ControlResponse::Controllers(live), _)) =
+            request(&conn, ControlBody::ListControllers).await
+        {
+            *list = Some(live);
+        }
+    }
     conn.close(
         crate::close_code(darkport_proto::codes::CloseCode::Done),
         b"done",
     );
-    endpoint.wait_idle().await;
+    // Delivers the close to the controller; attempts to other controllers
+    // abandoned by the connect may drain for 3 PTO (seconds for a dead
+    // one), which nobody waits for.
+    let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_on_commas_and_drop_blanks() {
+        assert_eq!(addresses("a:1"), ["a:1"]);
+        assert_eq!(addresses(" a:1, [::1]:2 ,,"), ["a:1", "[::1]:2"]);
+        assert!(addresses("").is_empty());
+    }
+
+    #[test]
+    fn merged_controllers_put_the_live_first_keep_the_rest_and_stay_bounded() {
+        let live = vec!["b:1".to_string(), "c:1".to_string()];
+        assert_eq!(merge_controllers(&live, "a:1,b:1"), "b:1,c:1,a:1");
+        assert_eq!(merge_controllers(&[], "a:1"), "a:1");
+        // A comma inside one answer cannot smuggle in a second entry.
+        assert_eq!(merge_controllers(&["x:1,y:1".to_string()], "a:1"), "a:1");
+        let many: Vec<String> = (0..20).map(|i| format!("h{i}:1")).collect();
+        assert_eq!(
+            addresses(&merge_controllers(&many, "a:1")).len(),
+            MAX_CONTROLLERS
+        );
+    }
 }

@@ -59,6 +59,28 @@ pub fn control_transport_config() -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
+/// Keep-alive interval of connections to a controller.
+pub const CONTROL_CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(250);
+
+/// Idle timeout of connections to a controller: a controller that died
+/// (kill -9, host gone) is noticed this soon, and routers fail over to
+/// another within the 2 s the HA design promises. QUIC stretches it to
+/// 3 PTO on slow paths (RFC 9000 §10.1), so a long round trip does not
+/// cut healthy sessions.
+pub const CONTROL_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The transport settings of routers, clients and the CLI towards a
+/// controller: [`control_transport_config`]'s few streams, with frequent
+/// keep-alives and a short idle timeout.
+pub fn control_client_transport_config() -> Arc<TransportConfig> {
+    let mut t = base_transport(MAX_CONTROL_STREAMS);
+    t.keep_alive_interval(Some(CONTROL_CLIENT_KEEP_ALIVE));
+    if let Ok(idle) = IdleTimeout::try_from(CONTROL_CLIENT_IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
 /// The transport settings every Darkport endpoint uses.
 pub fn transport_config() -> Arc<TransportConfig> {
     transport_config_with_streams(MAX_STREAMS)

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use darkport_proto::msg::{ControlBody, ControlResponse};
 use darkport_proto::token::fmt_time;
 
-use crate::control::one_shot;
+use crate::control::{merge_controllers, one_shot_and_controllers};
 use crate::identity::{Identity, IdentityFile, IDENTITY_FILE_VERSION};
 use crate::tls::cert_validity;
 
@@ -62,15 +62,21 @@ pub async fn renew(identity: &Identity, path: &Path) -> Result<Identity, RenewEr
     let body = ControlBody::Renew {
         csr_der: csr.der().to_vec(),
     };
-    let (cert_pem, ca_pem) = match one_shot(&identity.controller, config, body).await? {
-        ControlResponse::Enrolled { cert_pem, ca_pem } => (cert_pem, ca_pem),
-        _ => return Err(RenewError::BadAnswer("not a certificate".into())),
+    // The controllers' list is refreshed with every renewal.
+    let (cert_pem, ca_pem, live) =
+        match one_shot_and_controllers(&identity.controller, config, body, true).await? {
+            (ControlResponse::Enrolled { cert_pem, ca_pem }, live) => (cert_pem, ca_pem, live),
+            _ => return Err(RenewError::BadAnswer("not a certificate".into())),
+        };
+    let controller = match live {
+        Some(live) if !live.is_empty() => merge_controllers(&live, &identity.controller),
+        _ => identity.controller.clone(),
     };
     let file = IdentityFile {
         version: IDENTITY_FILE_VERSION,
         name: identity.name.clone(),
         kind: identity.kind,
-        controller: identity.controller.clone(),
+        controller,
         key_pem: key.serialize_pem(),
         cert_pem,
         ca_pem,

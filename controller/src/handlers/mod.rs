@@ -152,7 +152,7 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
             tag.as_deref(),
         )),
         AdminRequest::ListRouters => Ok(AdminResponse::Routers(routers::list(
-            store, env.online, None,
+            store, env.online, None, by.now,
         ))),
         AdminRequest::Audit { limit } => audit::list(store, limit),
     }

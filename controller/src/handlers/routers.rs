@@ -19,17 +19,34 @@ pub struct Presence {
     pub clients: Vec<IdentityName>,
 }
 
+/// A router synced to another controller (high availability) counts as
+/// online while its `last_seen` (written at most every 5 s) is this
+/// recent.
+pub const ELSEWHERE_ONLINE_SECS: u64 = 15;
+
 /// Routers with what they may serve. For a client, only the services it
 /// may dial are listed (a router serving none of them is still listed, so
 /// the client gets the router's precise refusal rather than no router).
-/// Routers revoked or deleted since they registered are left out.
+/// Routers revoked or deleted since they registered are left out. A
+/// router is online when it has a session with this controller, or was
+/// seen by another within [`ELSEWHERE_ONLINE_SECS`] of `now` (when more
+/// than one controller is alive).
 pub fn list(
     store: &Store,
     online: &DashMap<IdentityName, Presence>,
     asker: Option<&PeerIdentity>,
+    now: u64,
 ) -> Vec<RouterInfo> {
     let state = store.read();
     let snapshot = store.snapshot();
+    // Other controllers serve routers only when more than one is alive.
+    let live = crate::server::CONTROLLER_LIVE.as_secs();
+    let shared = state
+        .controllers
+        .values()
+        .filter(|c| c.last_seen.saturating_add(live) >= now)
+        .count()
+        > 1;
     let client = asker
         .filter(|p| p.kind == Kind::Client)
         .and_then(|p| snapshot.identity(Kind::Client, &p.name));
@@ -43,7 +60,8 @@ pub fn list(
             Some(RouterInfo {
                 name: name.clone(),
                 advertise: r.advertise.clone(),
-                online: presence.is_some(),
+                online: presence.is_some()
+                    || (shared && r.last_seen.saturating_add(ELSEWHERE_ONLINE_SECS) >= now),
                 snapshot_version: presence.and_then(|p| p.snapshot_version),
                 services,
             })
@@ -188,7 +206,7 @@ mod tests {
             name: name("alice"),
             fingerprint: "fp-alice".into(),
         };
-        let list = list(&f.store, &f.online, Some(&alice));
+        let list = list(&f.store, &f.online, Some(&alice), T0);
         assert_eq!(list.len(), 2);
         for r in list {
             assert_eq!(r.services, vec![name("db")], "{}", r.name);

@@ -1,0 +1,558 @@
+//! High availability: several controllers on one PostgreSQL, with the
+//! real binaries as an operator runs them (`init --store`, `join`, `run`,
+//! `migrate`) and a real PostgreSQL (scripts/postgres.sh).
+//!
+//! - kill -9 one controller: enrollment, admin commands, renewal and
+//!   router sync carry on through the other within 2 s;
+//! - a revocation made on A cuts a live stream on a router synced to B
+//!   within 1 s;
+//! - one token redeemed at A and at B at the same instant: exactly one
+//!   wins;
+//! - with the database stopped: clear errors, the data plane carries on,
+//!   and everything recovers when it returns;
+//! - a SQLite deployment migrated to PostgreSQL keeps every identity,
+//!   policy and consumed token.
+//!
+//! Without PostgreSQL (`DARKPORT_TEST_POSTGRES` unset) each test skips
+//! loudly, and fails under `CI=true`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use darkport_controller::DataDir;
+use darkport_proto::identity::Kind;
+use darkport_proto::msg::{
+    AdminRequest, AdminResponse, ControlBody, ControlErrorCode, ControlResponse, EnrollRequest,
+};
+use darkport_proto::policy::ServiceEntry;
+use darkport_tests::ops::{workspace_bin, Proc};
+use darkport_tests::{
+    admin, assert_eventually, echo_server, echo_service_for_all, free_udp_addr, n, payload, pg,
+    roundtrip, run_router_at, sha256, wait_admin,
+};
+use darkport_transport::identity::Identity;
+use edge_client::{Client, ClientOptions};
+
+/// Runs a CLI command; its stdout, or a panic with its stderr.
+fn ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(workspace_bin("darkport-controller"))
+        .args(args)
+        .output()
+        .expect("run darkport-controller");
+    assert!(
+        out.status.success(),
+        "darkport-controller {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Two controllers, A (`init --store`) and B (`join`), on one database,
+/// both running (`darkport-controller run`).
+struct Pair {
+    dir: tempfile::TempDir,
+    a: DataDir,
+    b: DataDir,
+    a_proc: Proc,
+    _b_proc: Proc,
+}
+
+impl Pair {
+    async fn start(url: &str) -> Pair {
+        let dir = tempfile::tempdir().expect("dir");
+        let (a_addr, b_addr) = (free_udp_addr().expect("a"), free_udp_addr().expect("b"));
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        ok(&[
+            "init",
+            "--data-dir",
+            s(&a),
+            "--advertise",
+            &a_addr.to_string(),
+            "--store",
+            url,
+        ]);
+        // What the operator copies from A to B's host (scp -p): the CA
+        // certificate and key, and the token secret.
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).expect("bundle dir");
+        for f in ["ca.pem", "ca.key", "token.key"] {
+            std::fs::copy(a.join(f), bundle.join(f)).expect("copy");
+        }
+        ok(&[
+            "join",
+            "--data-dir",
+            s(&b),
+            "--advertise",
+            &b_addr.to_string(),
+            "--name",
+            "controller-b",
+            "--store",
+            url,
+            "--from",
+            s(&bundle),
+        ]);
+        let run = |d: &Path, log: &str| {
+            Proc::start(
+                "darkport-controller",
+                &["run", "--data-dir", s(d)],
+                &dir.path().join(log),
+            )
+            .expect("controller")
+        };
+        let a_proc = run(&a, "a.log");
+        let b_proc = run(&b, "b.log");
+        let (a, b) = (DataDir::new(a), DataDir::new(b));
+        wait_admin(&a).await;
+        wait_admin(&b).await;
+        Pair {
+            dir,
+            a,
+            b,
+            a_proc,
+            _b_proc: b_proc,
+        }
+    }
+
+    /// Creates and enrolls an identity through controller `via`.
+    async fn enroll(&self, via: &DataDir, name: &str, kind: Kind) -> PathBuf {
+        let token = token(via, name, kind).await;
+        let path = self.dir.path().join(format!("{name}.id"));
+        edge_client::enroll(&token, kind, &path)
+            .await
+            .unwrap_or_else(|e| panic!("enrolling {name}: {e}"));
+        path
+    }
+
+    /// A router enrolled through `via` (so it syncs with `via` first),
+    /// running in this process until the test ends.
+    async fn router(&self, via: &DataDir, name: &str) -> SocketAddr {
+        let id = self.enroll(via, name, Kind::Router).await;
+        let (addr, _task) = run_router_at(
+            via,
+            &id,
+            "127.0.0.1:0".parse().expect("addr"),
+            |_| {},
+            std::future::pending(),
+        )
+        .await
+        .expect("router");
+        addr
+    }
+}
+
+async fn token(via: &DataDir, name: &str, kind: Kind) -> String {
+    let req = AdminRequest::CreateIdentity {
+        name: n(name),
+        kind,
+        roles: vec![],
+        token_ttl_secs: 3600,
+    };
+    match admin(via, req).await.expect("create identity") {
+        AdminResponse::Token { token, .. } => token,
+        other => panic!("no token: {other:?}"),
+    }
+}
+
+fn client(id: &Path, router: SocketAddr) -> Arc<Client> {
+    Arc::new(
+        Client::from_identity_file(
+            id,
+            ClientOptions {
+                routers: vec![router.to_string()],
+                ..darkport_tests::client_options()
+            },
+        )
+        .expect("client"),
+    )
+}
+
+async fn forward(client: Arc<Client>, service: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let service = service.to_string();
+    tokio::spawn(async move {
+        let _ =
+            edge_client::forward::forward(client, listener, service, std::future::pending()).await;
+    });
+    addr
+}
+
+async fn echo_ok(fwd: SocketAddr) {
+    let data = payload(64 * 1024, 7);
+    let tcp = TcpStream::connect(fwd).await.expect("connect");
+    let back = roundtrip(tcp, &data).await.expect("roundtrip");
+    assert_eq!(sha256(&back), sha256(&data));
+}
+
+/// Whether a byte goes through the forwarder at `fwd` and comes back.
+async fn serves(fwd: SocketAddr) -> bool {
+    match TcpStream::connect(fwd).await {
+        Ok(t) => roundtrip(t, b"x").await.is_ok_and(|b| b == b"x"),
+        Err(e) => {
+            eprintln!("forwarder {fwd}: {e}");
+            false
+        }
+    }
+}
+
+async fn create_service(via: &DataDir, name: &str, address: SocketAddr) {
+    admin(
+        via,
+        AdminRequest::CreateService(ServiceEntry {
+            name: n(name),
+            address: address.to_string(),
+            roles: vec![],
+            protocol: Default::default(),
+        }),
+    )
+    .await
+    .expect("create service");
+}
+
+/// Redeems `token` at the controller at `addr` (not the ones the token
+/// names), with a fresh key: the raw enrollment request.
+async fn redeem_at(addr: &str, token: &str) -> ControlResponse {
+    let claims = darkport_proto::token::SignedToken::parse(token)
+        .expect("token")
+        .claims;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr");
+    let config = darkport_transport::tls::client_config(
+        None,
+        darkport_transport::tls::Trust::Pinned(claims.ca_fingerprint),
+        Kind::Controller,
+        darkport_proto::ALPN_CONTROL,
+    )
+    .expect("config");
+    let body = ControlBody::Enroll(EnrollRequest {
+        token: token.to_string(),
+        csr_der: csr.der().to_vec(),
+    });
+    match darkport_transport::control::one_shot(addr, config, body).await {
+        Ok(r) => r,
+        Err(darkport_transport::control::ControlClientError::Refused(e)) => {
+            ControlResponse::Error(e)
+        }
+        Err(e) => panic!("enrollment at {addr} failed to run: {e}"),
+    }
+}
+
+fn advertise(dd: &DataDir) -> String {
+    dd.load_config().expect("config").advertise
+}
+
+/// Keeps a TCP connection busy until it fails; when it failed.
+fn busy(mut tcp: TcpStream) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        let chunk = payload(16 * 1024, 1);
+        let mut back = vec![0u8; chunk.len()];
+        loop {
+            if tcp.write_all(&chunk).await.is_err() || tcp.read_exact(&mut back).await.is_err() {
+                return Instant::now();
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_one_controller_and_the_other_carries_on_within_2s() {
+    let Some(server) = pg::server_url("ha::kill9") else {
+        return;
+    };
+    let url = pg::fresh_database(&server).expect("database");
+    let pair = Pair::start(&url).await;
+    echo_service_for_all(&pair.a).await;
+    // The router syncs with A (enrolled there, A is first in its list).
+    let router = pair.router(&pair.a, "router-1").await;
+    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
+    let fwd = forward(client(&app, router), "echo").await;
+    echo_ok(fwd).await;
+    // Minted by A before it dies: redeemable at B.
+    let early = token(&pair.a, "early", Kind::Client).await;
+    let identity = Identity::load(&app).expect("identity");
+    assert!(
+        identity.controller.contains(&advertise(&pair.b)),
+        "the identity file lists both controllers: {}",
+        identity.controller
+    );
+
+    pair.a_proc.signal("-KILL");
+    let killed = Instant::now();
+
+    // Admin commands through B at once; the change reaches the router
+    // (which has to notice A is gone and sync with B) within 2 s.
+    let echo = echo_server().await.expect("echo");
+    create_service(&pair.b, "late", echo).await;
+    let late = forward(client(&app, router), "late").await;
+    assert_eventually!(
+        serves(late).await,
+        Duration::from_secs(2).saturating_sub(killed.elapsed()),
+        "a service created through B was not served by the router (synced to the dead A) within 2 s of the kill"
+    );
+    eprintln!(
+        "router synced with B, change enforced {:?} after kill -9 of A",
+        killed.elapsed()
+    );
+
+    // Enrollment with A's token, through B.
+    let start = Instant::now();
+    edge_client::enroll(&early, Kind::Client, &pair.dir.path().join("early.id"))
+        .await
+        .expect("A's token redeemed through B");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // A new identity through B.
+    pair.enroll(&pair.b, "late-app", Kind::Client).await;
+    // Renewal through B; the file's controller list is refreshed, B first.
+    let start = Instant::now();
+    let renewed = darkport_transport::renew::renew(&identity, &app)
+        .await
+        .expect("renewed through B");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_ne!(renewed.chain, identity.chain);
+    assert!(
+        renewed.controller.starts_with(&advertise(&pair.b)),
+        "{}",
+        renewed.controller
+    );
+    echo_ok(fwd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
+    let Some(server) = pg::server_url("ha::revocation") else {
+        return;
+    };
+    let url = pg::fresh_database(&server).expect("database");
+    let pair = Pair::start(&url).await;
+    echo_service_for_all(&pair.a).await;
+    let router = pair.router(&pair.b, "router-b").await;
+    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
+    let fwd = forward(client(&app, router), "echo").await;
+    echo_ok(fwd).await;
+    let task = busy(TcpStream::connect(fwd).await.expect("connect"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the stream should be busy");
+    let start = Instant::now();
+    admin(&pair.a, AdminRequest::RevokeIdentity { name: n("app") })
+        .await
+        .expect("revoke on A");
+    let cut = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stream not cut within 5 s")
+        .expect("task");
+    let delay = cut.duration_since(start);
+    eprintln!("revocation on A cut the stream on B's router after {delay:?}");
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_at_a_and_b_at_once_exactly_one_wins() {
+    let Some(server) = pg::server_url("ha::token_race") else {
+        return;
+    };
+    let url = pg::fresh_database(&server).expect("database");
+    let pair = Pair::start(&url).await;
+    let (a, b) = (advertise(&pair.a), advertise(&pair.b));
+    for i in 0..8 {
+        let token = token(&pair.a, &format!("raced-{i}"), Kind::Client).await;
+        let (at_a, at_b) = tokio::join!(redeem_at(&a, &token), redeem_at(&b, &token));
+        let won = [&at_a, &at_b]
+            .iter()
+            .filter(|r| matches!(r, ControlResponse::Enrolled { .. }))
+            .count();
+        assert_eq!(won, 1, "round {i}: A {at_a:?}, B {at_b:?}");
+        let lost = if matches!(at_a, ControlResponse::Enrolled { .. }) {
+            at_b
+        } else {
+            at_a
+        };
+        assert!(
+            matches!(&lost, ControlResponse::Error(e) if e.code == ControlErrorCode::TokenRejected && e.message.contains("already used")),
+            "round {i}: the loser must be told the token was used: {lost:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_clear_errors_data_plane_on_and_recovery() {
+    let Some(db) = pg::Server::start("ha::database_down").expect("postgres") else {
+        return;
+    };
+    let url = pg::fresh_database(&db.url).expect("database");
+    let pair = Pair::start(&url).await;
+    echo_service_for_all(&pair.a).await;
+    let router = pair.router(&pair.b, "router-b").await;
+    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
+    let fwd = forward(client(&app, router), "echo").await;
+    echo_ok(fwd).await;
+
+    db.stop().expect("stop postgres");
+    // Admin commands fail, saying why and that nothing changed.
+    let echo = echo_server().await.expect("echo");
+    let err = admin(
+        &pair.a,
+        AdminRequest::CreateService(ServiceEntry {
+            name: n("during"),
+            address: echo.to_string(),
+            roles: vec![],
+            protocol: Default::default(),
+        }),
+    )
+    .await
+    .expect_err("no database, no change");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("unavailable") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    // The data plane carries on: new streams on the cached policy.
+    for _ in 0..3 {
+        echo_ok(fwd).await;
+    }
+
+    db.restart().expect("restart postgres");
+    let start = Instant::now();
+    let svc = |name: &'static str| ServiceEntry {
+        name: n(name),
+        address: echo.to_string(),
+        roles: vec![],
+        protocol: Default::default(),
+    };
+    // A change through A (retried: each failure changes nothing).
+    assert_eventually!(
+        admin(&pair.a, AdminRequest::CreateService(svc("after")))
+            .await
+            .is_ok(),
+        Duration::from_secs(20),
+        "controller A did not recover when the database returned"
+    );
+    eprintln!(
+        "a change through A landed {:?} after the database returned",
+        start.elapsed()
+    );
+    // It reaches the router synced to B: B's listener reconnected.
+    let after = forward(client(&app, router), "after").await;
+    assert_eventually!(
+        serves(after).await,
+        Duration::from_secs(20),
+        "a change through A did not reach B's router after the database returned"
+    );
+    echo_ok(fwd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_postgres_migration_keeps_everything() {
+    let Some(server) = pg::server_url("ha::migrate") else {
+        return;
+    };
+    let url = pg::fresh_database(&server).expect("database");
+    let dir = tempfile::tempdir().expect("dir");
+    let ctl = dir.path().join("ctl");
+    let addr = free_udp_addr().expect("addr");
+    ok(&[
+        "init",
+        "--data-dir",
+        s(&ctl),
+        "--advertise",
+        &addr.to_string(),
+    ]);
+    let run = |log: &str| {
+        Proc::start(
+            "darkport-controller",
+            &["run", "--data-dir", s(&ctl)],
+            &dir.path().join(log),
+        )
+        .expect("controller")
+    };
+    let dd = DataDir::new(&ctl);
+    let proc = run("before.log");
+    wait_admin(&dd).await;
+    echo_service_for_all(&dd).await;
+    let used = token(&dd, "app", Kind::Client).await;
+    let app = dir.path().join("app.id");
+    edge_client::enroll(&used, Kind::Client, &app)
+        .await
+        .expect("enroll");
+    let unused = token(&dd, "later", Kind::Client).await;
+    let _ = token(&dd, "gone", Kind::Client).await;
+    admin(&dd, AdminRequest::RevokeIdentity { name: n("gone") })
+        .await
+        .expect("revoke");
+    let _ = token(&dd, "router-1", Kind::Router).await;
+    let listing = |r: AdminResponse| format!("{r:?}");
+    let before = (
+        listing(admin(&dd, AdminRequest::ListIdentities).await.expect("ids")),
+        listing(admin(&dd, AdminRequest::ListServices).await.expect("svcs")),
+        listing(admin(&dd, AdminRequest::ListPolicies).await.expect("pols")),
+        listing(
+            admin(&dd, AdminRequest::ListRouterPolicies)
+                .await
+                .expect("rps"),
+        ),
+    );
+    drop(proc);
+
+    let out = ok(&["migrate", "--data-dir", s(&ctl), "--to", &url]);
+    eprintln!("{out}");
+    assert!(!ctl.join("state.db").exists(), "state.db is set aside");
+    assert!(ctl.join("state.db.migrated").exists());
+    let _proc = run("after.log");
+    wait_admin(&dd).await;
+    let after = (
+        listing(admin(&dd, AdminRequest::ListIdentities).await.expect("ids")),
+        listing(admin(&dd, AdminRequest::ListServices).await.expect("svcs")),
+        listing(admin(&dd, AdminRequest::ListPolicies).await.expect("pols")),
+        listing(
+            admin(&dd, AdminRequest::ListRouterPolicies)
+                .await
+                .expect("rps"),
+        ),
+    );
+    assert_eq!(before, after, "the same identities, services and policies");
+    // The consumed token stays consumed; the unused one still works.
+    let again = redeem_at(&addr.to_string(), &used).await;
+    assert!(
+        matches!(&again, ControlResponse::Error(e) if e.code == ControlErrorCode::TokenRejected),
+        "{again:?}"
+    );
+    edge_client::enroll(&unused, Kind::Client, &dir.path().join("later.id"))
+        .await
+        .expect("the unused token still enrolls");
+    // The certificate issued before the migration is still current.
+    Client::from_identity_file(&app, ClientOptions::default())
+        .expect("client")
+        .routers()
+        .await
+        .expect("the enrolled client's certificate is still current");
+    // A second migration is refused with a reason.
+    let out = std::process::Command::new(workspace_bin("darkport-controller"))
+        .args(["migrate", "--data-dir", s(&ctl), "--to", &url])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already keeps its state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
