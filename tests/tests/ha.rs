@@ -556,3 +556,110 @@ async fn sqlite_to_postgres_migration_keeps_everything() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs a CLI command that must fail; its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = std::process::Command::new(workspace_bin("darkport-controller"))
+        .args(args)
+        .output()
+        .expect("run darkport-controller");
+    assert!(
+        !out.status.success(),
+        "darkport-controller {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `init --store`, `join` and `migrate` refuse what would mix or lose
+/// deployments, each with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_join_and_migrate_refuse_what_they_must() {
+    let Some(server) = pg::server_url("ha::refusals") else {
+        return;
+    };
+    let url = pg::fresh_database(&server).expect("database");
+    let tmp = tempfile::tempdir().expect("dir");
+    let dir = tmp.path();
+    let addr = free_udp_addr().expect("addr").to_string();
+    let p = |name: &str| dir.join(name).to_str().expect("utf-8").to_string();
+    let join = |data: &str, name: &str, url: &str, from: &str| {
+        vec![
+            "join".to_string(),
+            "--data-dir".into(),
+            p(data),
+            "--advertise".into(),
+            addr.clone(),
+            "--name".into(),
+            name.into(),
+            "--store".into(),
+            url.into(),
+            "--from".into(),
+            p(from),
+        ]
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    // Joining an empty database: nothing to join.
+    let fresh = pg::fresh_database(&server).expect("database");
+    ok(&[
+        "init",
+        "--data-dir",
+        &p("a"),
+        "--advertise",
+        &addr,
+        "--store",
+        &url,
+    ]);
+    let bundle = dir.join("bundle");
+    std::fs::create_dir(&bundle).expect("bundle");
+    for f in ["ca.pem", "ca.key", "token.key"] {
+        std::fs::copy(dir.join("a").join(f), bundle.join(f)).expect("copy");
+    }
+    let err = refused(&args(&join("b0", "ctl-b", &fresh, "bundle")));
+    assert!(err.contains("holds no deployment yet"), "{err}");
+    // A second init on the same database.
+    let err = refused(&[
+        "init",
+        "--data-dir",
+        &p("a2"),
+        "--advertise",
+        &addr,
+        "--store",
+        &url,
+    ]);
+    assert!(err.contains("already holds a deployment"), "{err}");
+    // A name already taken (the first controller is "controller").
+    let err = refused(&args(&join("b1", "controller", &url, "bundle")));
+    assert!(err.contains("already in the store"), "{err}");
+    // A CA key others may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = bundle.join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = refused(&args(&join("b2", "ctl-b", &url, "bundle")));
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    // Not a PostgreSQL URL.
+    let err = refused(&args(&join("b3", "ctl-b", "mysql://x/y", "bundle")));
+    assert!(err.contains("not a postgres://"), "{err}");
+    // None of the refused joins left a data dir half made.
+    for d in ["b0", "b1", "b2", "b3"] {
+        assert!(!dir.join(d).join("ca.key").exists(), "{d} was half made");
+    }
+    // And the right one works.
+    ok(&args(&join("b", "ctl-b", &url, "bundle")));
+    assert!(dir.join("b").join("controller.id").exists());
+
+    // Migrating a SQLite deployment into a database that holds one.
+    ok(&["init", "--data-dir", &p("lite"), "--advertise", &addr]);
+    let err = refused(&["migrate", "--data-dir", &p("lite"), "--to", &url]);
+    assert!(err.contains("already holds a deployment"), "{err}");
+    assert!(
+        dir.join("lite").join("state.db").exists(),
+        "state.db untouched"
+    );
+}
