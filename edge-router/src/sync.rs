@@ -13,6 +13,7 @@ use darkport_proto::msg::{
 };
 use darkport_proto::policy::PolicySnapshot;
 use darkport_transport::control;
+use darkport_transport::endpoint::CONTROLLER_SILENCE;
 use darkport_transport::identity::Identity;
 use darkport_transport::unix_now;
 
@@ -23,6 +24,14 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+/// Delay (50–100 % of it) before syncing with another controller after
+/// the one in use went away: failover is not a retry of the same one.
+const FAILOVER_DELAY: Duration = Duration::from_millis(100);
+
+/// How often the session checks that its controller is still heard from
+/// (`CONTROLLER_SILENCE`).
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -46,6 +55,9 @@ enum SessionEnd {
     Revoked(String),
     /// Anything else: try again.
     Failed(String),
+    /// The session was registered, then the controller went away (died,
+    /// or the path to it did): try another controller at once.
+    Lost(String),
 }
 
 impl From<control::ControlClientError> for SessionEnd {
@@ -110,7 +122,18 @@ pub async fn run(
                 status.revoked.send_replace(Some(reason));
                 return;
             }
-            SessionEnd::Failed(e) => {
+            SessionEnd::Lost(e) if control::addresses(&known).len() > 1 => {
+                warn!(
+                    "lost the control session with the controller at {known}: {e}; syncing with the next controller (serving with the last policy meanwhile)"
+                );
+                let mut list = control::addresses(&known);
+                list.rotate_left(1);
+                known = list.join(",");
+                backoff = BACKOFF_START;
+                tokio::time::sleep(jitter(FAILOVER_DELAY)).await;
+                continue;
+            }
+            SessionEnd::Failed(e) | SessionEnd::Lost(e) => {
                 // A session that lived a while was healthy: start over quickly.
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = BACKOFF_START;
@@ -149,10 +172,11 @@ async fn session(
     clients: &Clients,
     policy: &Arc<PolicyClock>,
 ) -> SessionEnd {
-    let config = match darkport_transport::tls::controller_client_config(identity) {
+    let mut config = match darkport_transport::tls::controller_client_config(identity) {
         Ok(c) => c,
         Err(e) => return SessionEnd::Failed(e.to_string()),
     };
+    config.transport_config(darkport_transport::endpoint::sync_transport_config());
     let endpoint = match darkport_transport::endpoint::client(None) {
         Ok(e) => e,
         Err(e) => return SessionEnd::Failed(e.to_string()),
@@ -184,6 +208,9 @@ async fn session(
     let mut next = Some(first);
     let mut report = tokio::time::interval(REPORT_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(WATCHDOG_TICK);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Heard::new(conn.stats().udp_rx.datagrams, tokio::time::Instant::now());
     loop {
         let msg = match next.take() {
             Some(m) => m,
@@ -195,11 +222,21 @@ async fn session(
                             .close_reason()
                             .map(|r| darkport_transport::describe_connection_error(&r))
                             .unwrap_or_else(|| e.to_string());
-                        return SessionEnd::Failed(why);
+                        return SessionEnd::Lost(why);
                     }
                 },
                 _ = report.tick() => {
                     send_report(&conn, tx, clients, policy);
+                    continue;
+                }
+                now = watchdog.tick() => {
+                    if heard.silent(conn.stats().udp_rx.datagrams, now) > CONTROLLER_SILENCE {
+                        conn.close(darkport_transport::close_code(darkport_proto::codes::CloseCode::Done), b"controller silent");
+                        return SessionEnd::Lost(format!(
+                            "no packet from the controller for {} ms",
+                            CONTROLLER_SILENCE.as_millis()
+                        ));
+                    }
                     continue;
                 }
                 _ = clients.changed() => {
@@ -231,6 +268,30 @@ async fn session(
     }
 }
 
+/// When the controller was last heard from: the count of datagrams
+/// received, and when it last grew. Pure, so it is tested in virtual
+/// time.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    datagrams: u64,
+    at: tokio::time::Instant,
+}
+
+impl Heard {
+    fn new(datagrams: u64, now: tokio::time::Instant) -> Heard {
+        Heard { datagrams, at: now }
+    }
+
+    /// How long the controller has been silent at `now`, given the
+    /// datagram count now.
+    fn silent(&mut self, datagrams: u64, now: tokio::time::Instant) -> Duration {
+        if datagrams != self.datagrams {
+            *self = Heard::new(datagrams, now);
+        }
+        now.saturating_duration_since(self.at)
+    }
+}
+
 fn send_report(
     conn: &quinn::Connection,
     tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
@@ -253,4 +314,23 @@ fn send_report(
             Err(e) => debug!("report not delivered: {e}"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Silence is time since the received-datagram count last moved.
+    #[test]
+    fn silence_counts_from_the_last_datagram() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = Heard::new(10, t0);
+        assert_eq!(h.silent(10, t0 + ms(300)), ms(300));
+        assert_eq!(h.silent(11, t0 + ms(400)), Duration::ZERO);
+        assert_eq!(h.silent(11, t0 + ms(1500)), ms(1100));
+        assert!(h.silent(11, t0 + ms(1500)) > CONTROLLER_SILENCE);
+        // A clock that does not move forward is no silence.
+        assert_eq!(h.silent(11, t0), Duration::ZERO);
+    }
 }

@@ -253,11 +253,7 @@ pub fn client_config(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(if expected == Kind::Controller {
-        crate::endpoint::control_client_transport_config()
-    } else {
-        crate::endpoint::transport_config()
-    });
+    cfg.transport_config(crate::endpoint::transport_config());
     Ok(cfg)
 }
 
