@@ -608,6 +608,34 @@ fn new_shared(certs: Vec<CertificateDer<'static>>, remote: SocketAddr) -> Arc<Sh
     })
 }
 
+/// How long a refused TLS handshake's socket reads what the client sent
+/// before it is closed, and how much of it.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// See [`LINGER`].
+pub const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a TCP connection whose TLS handshake we refused, after its alert
+/// was written: a FIN, then reading (and dropping) what the client sent
+/// until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`].
+/// Closing a socket with unread bytes makes the kernel send a reset, which
+/// can overtake the alert: the client would see "connection reset" instead
+/// of why it was refused (a certificate from another CA, a revoked one).
+async fn linger_close(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while read < LINGER_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// Completes a TLS over TCP handshake from a client and starts serving
 /// HTTP/2 on it, all within [`HANDSHAKE_TIMEOUT`].
 pub async fn accept_tcp(
@@ -619,10 +647,13 @@ pub async fn accept_tcp(
         .map_err(|e| format!("TCP connection without a peer: {e}"))?;
     tune(&tcp);
     let work = async {
-        let tls = acceptor
-            .accept(tcp)
-            .await
-            .map_err(|e| format!("TLS handshake: {}", describe_tls(&e)))?;
+        let tls = match acceptor.accept(tcp).into_fallible().await {
+            Ok(tls) => tls,
+            Err((e, tcp)) => {
+                linger_close(tcp).await;
+                return Err(format!("TLS handshake: {}", describe_tls(&e)));
+            }
+        };
         let certs = tls
             .get_ref()
             .1
