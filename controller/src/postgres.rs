@@ -58,7 +58,6 @@
 //! for `sslmode=require` fails to connect rather than silently going
 //! without.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::mpsc as std_mpsc;
@@ -75,8 +74,8 @@ use darkport_proto::msg::AuditEntry;
 use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
 use crate::store::{
-    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
-    TokenRecord,
+    certificates, sync, Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State,
+    StoreError, TokenRecord,
 };
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
@@ -378,35 +377,6 @@ fn get_json<T: serde::de::DeserializeOwned>(
 
 fn to_json<T: serde::Serialize>(path: &str, v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| corrupt(path, e.to_string()))
-}
-
-/// Applies the difference between two maps: deletes, then upserts.
-fn sync<K: Ord, V: PartialEq>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    mut delete: impl FnMut(&K) -> Result<(), StoreError>,
-    mut upsert: impl FnMut(&K, &V) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        delete(k)?;
-    }
-    for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-        upsert(k, v)?;
-    }
-    Ok(())
-}
-
-fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usize, CertRecord)> {
-    state
-        .identities
-        .values()
-        .flat_map(|i| {
-            i.certificates
-                .iter()
-                .enumerate()
-                .map(|(seq, c)| (c.fingerprint.clone(), (i.name.clone(), seq, c.clone())))
-        })
-        .collect()
 }
 
 fn text(s: &str) -> Box<dyn ToSql + Send + Sync> {

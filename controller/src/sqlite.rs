@@ -10,7 +10,6 @@
 //! an older file in place, in one transaction per step. Changes are written
 //! as row-level differences between the old and new in-memory state.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -20,8 +19,8 @@ use darkport_proto::msg::AuditEntry;
 use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
 use crate::store::{
-    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
-    TokenRecord,
+    certificates, sync, Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State,
+    StoreError, TokenRecord,
 };
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
@@ -187,35 +186,6 @@ fn u(v: i64) -> u64 {
 
 fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
-}
-
-/// Applies the difference between two maps: deletes, then upserts.
-fn sync<K: Ord, V: PartialEq>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    mut delete: impl FnMut(&K) -> Result<(), StoreError>,
-    mut upsert: impl FnMut(&K, &V) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        delete(k)?;
-    }
-    for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-        upsert(k, v)?;
-    }
-    Ok(())
-}
-
-fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usize, CertRecord)> {
-    state
-        .identities
-        .values()
-        .flat_map(|i| {
-            i.certificates
-                .iter()
-                .enumerate()
-                .map(|(seq, c)| (c.fingerprint.clone(), (i.name.clone(), seq, c.clone())))
-        })
-        .collect()
 }
 
 impl Backend for SqliteBackend {

@@ -149,6 +149,27 @@ impl Pair {
     }
 }
 
+/// What the tests run traffic through: an `echo` service every identity
+/// may dial (made through A), a router enrolled through `router_via` (so
+/// it syncs with that controller), a client `app` enrolled through A, and
+/// a forwarder to `echo` that works.
+struct Traffic {
+    router: SocketAddr,
+    app: PathBuf,
+    fwd: SocketAddr,
+}
+
+impl Pair {
+    async fn traffic(&self, router_via: &DataDir, router_name: &str) -> Traffic {
+        echo_service_for_all(&self.a).await;
+        let router = self.router(router_via, router_name).await;
+        let app = self.enroll(&self.a, "app", Kind::Client).await;
+        let fwd = forward(client(&app, router), "echo").await;
+        echo_ok(fwd).await;
+        Traffic { router, app, fwd }
+    }
+}
+
 async fn token(via: &DataDir, name: &str, kind: Kind) -> String {
     let req = AdminRequest::CreateIdentity {
         name: n(name),
@@ -273,12 +294,8 @@ async fn kill9_one_controller_and_the_other_carries_on_within_2s() {
     };
     let url = pg::fresh_database(&server).expect("database");
     let pair = Pair::start(&url).await;
-    echo_service_for_all(&pair.a).await;
     // The router syncs with A (enrolled there, A is first in its list).
-    let router = pair.router(&pair.a, "router-1").await;
-    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
-    let fwd = forward(client(&app, router), "echo").await;
-    echo_ok(fwd).await;
+    let Traffic { router, app, fwd } = pair.traffic(&pair.a, "router-1").await;
     // Minted by A before it dies: redeemable at B.
     let early = token(&pair.a, "early", Kind::Client).await;
     let identity = Identity::load(&app).expect("identity");
@@ -344,11 +361,7 @@ async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
     };
     let url = pg::fresh_database(&server).expect("database");
     let pair = Pair::start(&url).await;
-    echo_service_for_all(&pair.a).await;
-    let router = pair.router(&pair.b, "router-b").await;
-    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
-    let fwd = forward(client(&app, router), "echo").await;
-    echo_ok(fwd).await;
+    let Traffic { fwd, .. } = pair.traffic(&pair.b, "router-b").await;
     let task = busy(TcpStream::connect(fwd).await.expect("connect"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "the stream should be busy");
@@ -400,11 +413,7 @@ async fn database_down_clear_errors_data_plane_on_and_recovery() {
     };
     let url = pg::fresh_database(&db.url).expect("database");
     let pair = Pair::start(&url).await;
-    echo_service_for_all(&pair.a).await;
-    let router = pair.router(&pair.b, "router-b").await;
-    let app = pair.enroll(&pair.a, "app", Kind::Client).await;
-    let fwd = forward(client(&app, router), "echo").await;
-    echo_ok(fwd).await;
+    let Traffic { router, app, fwd } = pair.traffic(&pair.b, "router-b").await;
 
     db.stop().expect("stop postgres");
     // Admin commands fail, saying why and that nothing changed.
