@@ -63,6 +63,17 @@ pub struct SpliceStats {
     pub remote: Option<RemoteEnd>,
 }
 
+/// The local side ended cleanly: finishes the stream (the FIN goes out at
+/// once) and returns when the peer has read it to completion (or stopped
+/// it, or the connection ended). Until then the data is only in our send
+/// buffer, so the stream is still in flight: a draining router that closed
+/// its connections as soon as its splices returned would throw it away.
+async fn finish(send: &mut SendHalf) -> Ending {
+    send.finish();
+    send.stopped().await;
+    Ending::Clean
+}
+
 async fn local_to_quic<R: AsyncRead + Unpin>(
     r: &mut R,
     send: &mut SendHalf,
@@ -77,10 +88,7 @@ async fn local_to_quic<R: AsyncRead + Unpin>(
     loop {
         let mut buf = Vec::with_capacity(cap);
         match r.read_buf(&mut buf).await {
-            Ok(0) => {
-                send.finish();
-                return Ending::Clean;
-            }
+            Ok(0) => return finish(send).await,
             Ok(n) => {
                 cap = if n >= cap {
                     (cap * 2).min(BUF_SIZE)
@@ -121,10 +129,7 @@ async fn tcp_to_quic(
                 buf.reserve_exact(BUF_SIZE);
             }
             match r.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    send.finish();
-                    return Ending::Clean;
-                }
+                Ok(0) => return finish(send).await,
                 Ok(n) => {
                     let chunk = if n >= BUF_SIZE / 2 {
                         Bytes::from(std::mem::take(&mut buf))
