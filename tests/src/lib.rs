@@ -679,7 +679,13 @@ pub mod pg {
                 if std::env::var("CI").as_deref() == Ok("true") {
                     panic!("{test} needs PostgreSQL and CI=true: set DARKPORT_TEST_POSTGRES (.ci/run starts one with scripts/postgres.sh)");
                 }
-                eprintln!("SKIPPED: {test}: no PostgreSQL; set DARKPORT_TEST_POSTGRES to the URL scripts/postgres.sh start DIR prints");
+                // Straight to stderr: libtest captures eprintln! of passing
+                // tests, and a skip must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {test}: no PostgreSQL; set DARKPORT_TEST_POSTGRES to the URL scripts/postgres.sh start DIR prints"
+                );
                 None
             }
         }
@@ -706,6 +712,13 @@ pub mod pg {
             );
         }
         Ok(())
+    }
+
+    /// A fresh database on the test server for `test`, or `None` where
+    /// there is no PostgreSQL (see [`server_url`]).
+    pub fn test_database(test: &str) -> Option<String> {
+        let server = server_url(test)?;
+        Some(fresh_database(&server).expect("a fresh test database"))
     }
 
     /// Creates an empty database with a unique name on `server`; returns

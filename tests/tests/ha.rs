@@ -289,10 +289,9 @@ fn busy(mut tcp: TcpStream) -> tokio::task::JoinHandle<Instant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_controller_and_the_other_carries_on_within_2s() {
-    let Some(server) = pg::server_url("ha::kill9") else {
+    let Some(url) = pg::test_database("ha::kill9") else {
         return;
     };
-    let url = pg::fresh_database(&server).expect("database");
     let pair = Pair::start(&url).await;
     // The router syncs with A (enrolled there, A is first in its list).
     let Traffic { router, app, fwd } = pair.traffic(&pair.a, "router-1").await;
@@ -356,10 +355,9 @@ async fn kill9_one_controller_and_the_other_carries_on_within_2s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
-    let Some(server) = pg::server_url("ha::revocation") else {
+    let Some(url) = pg::test_database("ha::revocation") else {
         return;
     };
-    let url = pg::fresh_database(&server).expect("database");
     let pair = Pair::start(&url).await;
     let Traffic { fwd, .. } = pair.traffic(&pair.b, "router-b").await;
     let task = busy(TcpStream::connect(fwd).await.expect("connect"));
@@ -380,10 +378,9 @@ async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_token_at_a_and_b_at_once_exactly_one_wins() {
-    let Some(server) = pg::server_url("ha::token_race") else {
+    let Some(url) = pg::test_database("ha::token_race") else {
         return;
     };
-    let url = pg::fresh_database(&server).expect("database");
     let pair = Pair::start(&url).await;
     let (a, b) = (advertise(&pair.a), advertise(&pair.b));
     for i in 0..8 {
@@ -471,10 +468,9 @@ async fn database_down_clear_errors_data_plane_on_and_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_to_postgres_migration_keeps_everything() {
-    let Some(server) = pg::server_url("ha::migrate") else {
+    let Some(url) = pg::test_database("ha::migrate") else {
         return;
     };
-    let url = pg::fresh_database(&server).expect("database");
     let dir = tempfile::tempdir().expect("dir");
     let ctl = dir.path().join("ctl");
     let addr = free_udp_addr().expect("addr");
@@ -583,10 +579,9 @@ fn refused(args: &[&str]) -> String {
 /// deployments, each with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_join_and_migrate_refuse_what_they_must() {
-    let Some(server) = pg::server_url("ha::refusals") else {
+    let Some(url) = pg::test_database("ha::refusals") else {
         return;
     };
-    let url = pg::fresh_database(&server).expect("database");
     let tmp = tempfile::tempdir().expect("dir");
     let dir = tmp.path();
     let addr = free_udp_addr().expect("addr").to_string();
@@ -611,7 +606,7 @@ async fn init_join_and_migrate_refuse_what_they_must() {
     }
 
     // Joining an empty database: nothing to join.
-    let fresh = pg::fresh_database(&server).expect("database");
+    let fresh = pg::test_database("ha::refusals").expect("a second database");
     ok(&[
         "init",
         "--data-dir",
