@@ -38,7 +38,7 @@ cargo test --workspace "$@"
 echo "==> the same whole-system tests over the TCP transport (DARKPORT_TEST_TRANSPORT=tcp)"
 DARKPORT_TEST_TRANSPORT=tcp cargo test --workspace \
     --test tunnel --test lifecycle --test control_plane --test hardening \
-    --test security --test logs --test operations --test fluent_mode "$@"
+    --test security --test logs --test operations --test fluent_mode --test fluent_real_peers "$@"
 # The control-plane tests once more with every controller on PostgreSQL
 # (a fresh database per controller): everything they check must hold on
 # both backends.

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use darkport_controller::{DataDir, InitOptions};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{
-    FluentSettings, RouterPolicyEntry, Selector, ServiceEntry, ServiceProtocol,
+    AppHandshake, EventTimeForm, FluentSettings, FluentUser, RouterPolicyEntry, Selector,
+    ServiceEntry, ServiceProtocol,
 };
 use darkport_proto::token::fmt_time;
 
@@ -304,6 +305,63 @@ struct ProtocolArgs {
     /// shared_key; routers do the handshake, apps never see the key.
     #[arg(long, value_name = "FILE")]
     shared_key_file: Option<PathBuf>,
+    /// fluent-forward: a user of the service's <security> <user> sections,
+    /// for a Fluentd with user authentication (with --shared-key-file and
+    /// --service-password-file).
+    #[arg(long, value_name = "NAME", requires = "service_password_file")]
+    service_username: Option<String>,
+    /// fluent-forward: a file (0600) holding that user's password.
+    #[arg(long, value_name = "FILE", requires = "service_username")]
+    service_password_file: Option<PathBuf>,
+    /// fluent-forward: what to do with Fluent Bit 5's [EventTime, {metadata}]
+    /// times, which Fluentd up to 1.19.3 cannot read: unwrap (default)
+    /// sends the plain EventTime, keep sends them as they came.
+    #[arg(long, value_enum, value_name = "FORM")]
+    event_time: Option<EventTimeArg>,
+    /// fluent-forward, with --event-time unwrap: carry a non-empty
+    /// metadata map in the record under KEY (default: dropped).
+    #[arg(long, value_name = "KEY")]
+    metadata_key: Option<String>,
+    /// fluent-forward: answer the <security> handshake of apps that keep
+    /// their own shared_key: off (default), or any-key (let any key in,
+    /// logged once; apps that check the server's PONG, like Fluentd's
+    /// out_forward, need --app-shared-key-file).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        conflicts_with = "app_shared_key_file"
+    )]
+    app_handshake: Option<AppHandshakeArg>,
+    /// fluent-forward: answer apps' <security> handshake, and let in only
+    /// apps whose shared_key is the one in FILE (0600).
+    #[arg(long, value_name = "FILE")]
+    app_shared_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EventTimeArg {
+    /// Send the plain EventTime on.
+    Unwrap,
+    /// Send times on as the app sent them.
+    Keep,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AppHandshakeArg {
+    /// Apps speak without <security> (their identity is their certificate).
+    Off,
+    /// Answer apps' handshake and let any key in.
+    AnyKey,
+}
+
+/// Reads a secret (shared key, password) from a 0600 file: one line of
+/// UTF-8 text, its line end dropped.
+fn read_secret_file(path: &Path) -> Result<String> {
+    let bytes = darkport_transport::identity::read_private_file(path, 4096)?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -320,29 +378,55 @@ impl ProtocolArgs {
         let fluent_flags = self.stamp_identity_key.is_some()
             || self.stamp_roles_key.is_some()
             || self.stamp_router_key.is_some()
-            || self.shared_key_file.is_some();
+            || self.shared_key_file.is_some()
+            || self.service_username.is_some()
+            || self.event_time.is_some()
+            || self.metadata_key.is_some()
+            || self.app_handshake.is_some()
+            || self.app_shared_key_file.is_some();
         match (self.protocol, fluent_flags) {
             (None, false) => Ok(None),
             (Some(ProtocolArg::Tcp), false) => Ok(Some(ServiceProtocol::Tcp)),
             (Some(ProtocolArg::Tcp), true) => {
-                bail!("--stamp-*-key and --shared-key-file apply to --protocol fluent-forward only")
+                bail!("--stamp-*-key, --shared-key-file, --service-*, --event-time, --metadata-key and --app-* apply to --protocol fluent-forward only")
             }
             (Some(ProtocolArg::FluentForward), _) | (None, true) => {
-                let mut f = FluentSettings::default();
-                if let Some(k) = &self.stamp_identity_key {
-                    f.identity_key = k.clone();
-                }
-                f.roles_key = self.stamp_roles_key.clone();
-                f.router_key = self.stamp_router_key.clone();
-                if let Some(path) = &self.shared_key_file {
-                    let bytes = darkport_transport::identity::read_private_file(path, 4096)?;
-                    let key = String::from_utf8(bytes)
-                        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-                    f.shared_key = Some(key.trim_end_matches(['\n', '\r']).to_string());
-                }
-                Ok(Some(ServiceProtocol::FluentForward(f)))
+                Ok(Some(ServiceProtocol::FluentForward(self.fluent()?)))
             }
         }
+    }
+
+    /// The fluent-forward settings the flags give.
+    fn fluent(&self) -> Result<FluentSettings> {
+        let mut f = FluentSettings::default();
+        if let Some(k) = &self.stamp_identity_key {
+            f.identity_key = k.clone();
+        }
+        f.roles_key = self.stamp_roles_key.clone();
+        f.router_key = self.stamp_router_key.clone();
+        f.shared_key = self
+            .shared_key_file
+            .as_deref()
+            .map(read_secret_file)
+            .transpose()?;
+        if let (Some(username), Some(path)) = (&self.service_username, &self.service_password_file)
+        {
+            f.service_user = Some(FluentUser {
+                username: username.clone(),
+                password: read_secret_file(path)?,
+            });
+        }
+        f.event_time = match self.event_time {
+            Some(EventTimeArg::Keep) => EventTimeForm::Keep,
+            Some(EventTimeArg::Unwrap) | None => EventTimeForm::Unwrap,
+        };
+        f.metadata_key = self.metadata_key.clone();
+        f.app_handshake = match (&self.app_shared_key_file, self.app_handshake) {
+            (Some(path), _) => AppHandshake::SharedKey(read_secret_file(path)?),
+            (None, Some(AppHandshakeArg::AnyKey)) => AppHandshake::AnyKey,
+            (None, Some(AppHandshakeArg::Off) | None) => AppHandshake::Off,
+        };
+        Ok(f)
     }
 }
 
@@ -672,7 +756,7 @@ async fn real_main() -> Result<ExitCode> {
         }) => {
             let protocol = protocol.protocol()?;
             if address.is_none() && protocol.is_none() {
-                bail!("nothing to change: give --address, --protocol or a --stamp-*/--shared-key-file flag");
+                bail!("nothing to change: give --address, --protocol or a fluent-forward flag (--stamp-*, --shared-key-file, --event-time, …)");
             }
             let req = AdminRequest::UpdateService {
                 name: name(&n)?,

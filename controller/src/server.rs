@@ -568,7 +568,7 @@ async fn handle_stream(
             budgeted_info!(ctx.refusals, %remote, "bad control request: {e}");
             ControlResponse::Error(err(ControlErrorCode::BadRequest, e.to_string()))
         }
-        Ok(req) if req.version != PROTOCOL_VERSION => ControlResponse::Error(err(
+        Ok(req) if !req.body.accepts_version(req.version) => ControlResponse::Error(err(
             ControlErrorCode::BadRequest,
             format!(
                 "protocol version {} is not supported (controller speaks {PROTOCOL_VERSION}); upgrade the older side",

@@ -3,31 +3,45 @@
 //!
 //! Client to service, every message goes through `darkport_fluent::Filter`:
 //! framed, checked against the policies' tag patterns, each record stamped
-//! with the verified sender, sent on as PackedForward with its `chunk`
-//! kept. Service to client, bytes are copied untouched: they are the
-//! service's `{"ack": chunk}` answers, so a client is acked only by the
-//! service, only for what the service stored.
+//! with the verified sender, event times unwrapped (Fluent Bit 5's
+//! `[EventTime, {metadata}]`, unless the service keeps them), sent on as
+//! PackedForward with its `chunk` and `fluent_signal` kept. Service to
+//! client, bytes are copied untouched: they are the service's
+//! `{"ack": chunk}` answers, so a client is acked only by the service, only
+//! for what the service stored.
 //!
 //! With a shared key, the router does the `<security>` handshake with the
 //! service (HELO, PING, PONG) before it answers the dial: a service that
-//! refuses the key makes the dial fail with `ServiceUnreachable`. Clients
-//! never see the key and speak the protocol without security: their
-//! identity is the verified certificate.
+//! refuses the key makes the dial fail with `ServiceUnreachable`, naming
+//! the reason (`shared_key mismatch`, `username/password mismatch`).
+//! Clients never see that key.
+//!
+//! Apps whose own config keeps a `shared_key` wait for a HELO: with
+//! `app_handshake` on, the router plays the server's part towards them
+//! after the dial ([`app_handshake`]), checking the app's PING against the
+//! service's app-side key, or letting any key in.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use darkport_transport::mux::{RecvHalf, SendHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use darkport_fluent::handshake::{Helo, Ping, Pong, MAX_HANDSHAKE};
-use darkport_fluent::{scan, Filter, Limits, Stamp, StampValue, TagRules};
+use darkport_fluent::handshake::{
+    HandshakeError, Helo, Ping, Pong, Refusal, ServerAuth, User, MAX_HANDSHAKE,
+};
+use darkport_fluent::{
+    scan, Denial, DenialReason, EventTime, Filter, FluentError, Limits, Stamp, StampValue, TagRules,
+};
 use darkport_proto::codes::StreamCode;
 use darkport_proto::identity::IdentityName;
-use darkport_proto::policy::FluentSettings;
+use darkport_proto::policy::{AppHandshake, EventTimeForm, FluentSettings};
 use darkport_transport::splice::Meter;
+use tracing::warn;
 
-/// Time the service has for each handshake message.
+/// Time the peer has for each handshake message.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After a denied chunk, how long the service has to ack what it already
@@ -37,24 +51,39 @@ pub const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from either side at a time.
 const READ: usize = 64 * 1024;
 
+/// Services whose "any key" warning was logged: at most this many are
+/// remembered (then the warning may repeat, never grow memory).
+const WARNED_SERVICES: usize = 4096;
+
 /// How one fluent-forward stream is handled: built at dial time from the
 /// service's settings and the permit.
 pub struct Plan {
+    service: String,
     stamp: Stamp,
     tags: Option<TagRules>,
     shared_key: Option<String>,
+    service_user: Option<User>,
+    event_time: EventTime,
+    app: AppHandshake,
 }
 
+/// A policy's tag patterns that do not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy's tag patterns do not compile: {0}")]
+pub struct PlanError(#[from] darkport_fluent::PatternError);
+
 impl Plan {
-    /// The plan for `identity` (with `roles`) through `router`, under the
-    /// tag patterns of the policies that allowed it (`None`: any tag).
+    /// The plan for `identity` (with `roles`) through `router` to
+    /// `service`, under the tag patterns of the policies that allowed it
+    /// (`None`: any tag).
     pub fn new(
+        service: &str,
         settings: &FluentSettings,
         identity: &IdentityName,
         roles: &[IdentityName],
         router: &IdentityName,
         tags: Option<Vec<&str>>,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, PlanError> {
         let mut fields = vec![(
             settings.identity_key.clone(),
             StampValue::Str(identity.to_string()),
@@ -70,42 +99,128 @@ impl Plan {
         }
         let tags = tags
             .map(|t| TagRules::new(t, identity.as_str()))
-            .transpose()
-            .map_err(|e| format!("the policy's tag patterns do not compile: {e}"))?;
+            .transpose()?;
+        let event_time = match settings.event_time {
+            EventTimeForm::Keep => EventTime::Keep,
+            EventTimeForm::Unwrap => EventTime::Unwrap {
+                metadata_key: settings.metadata_key.clone(),
+            },
+        };
         Ok(Plan {
+            service: service.to_string(),
             stamp: Stamp::new(&fields),
             tags,
             shared_key: settings.shared_key.clone(),
+            service_user: settings.service_user.clone(),
+            event_time,
+            app: settings.app_handshake.clone(),
         })
     }
 }
 
-/// Reads one msgpack value (a handshake message) from `tcp`.
-async fn read_message(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, String> {
-    loop {
-        if let Some(n) = scan::value_len(buf).map_err(|e| e.to_string())? {
-            let msg = buf[..n].to_vec();
-            buf.drain(..n);
-            return Ok(msg);
-        }
-        if buf.len() > MAX_HANDSHAKE {
-            return Err(format!("handshake message over {MAX_HANDSHAKE} bytes"));
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.read(&mut chunk))
-            .await
-            .map_err(|_| {
-                format!(
-                    "no handshake message within {} s (is <security> with a shared_key on at the service?)",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the service closed the connection during the handshake".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// Why a handshake (with the service, or with the app) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// The peer broke the handshake's protocol, or refused us.
+    #[error("{0}")]
+    Protocol(#[from] FluentError),
+    /// No whole handshake message in time.
+    #[error("no handshake message within {} s{hint}", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout {
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The peer closed the connection.
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
+    /// A handshake message over [`MAX_HANDSHAKE`].
+    #[error("a handshake message over {MAX_HANDSHAKE} bytes")]
+    TooLarge,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl HandshakeFailure {
+    /// The failure with what the operator should do about it, for the
+    /// dial error and the log.
+    pub fn advice(&self, service: &str) -> String {
+        let hint = match self {
+            HandshakeFailure::Protocol(FluentError::Handshake(HandshakeError::Refused(r))) => {
+                match r {
+                    Refusal::SharedKeyMismatch => format!(
+                        "; give the service's shared_key with `service update {service} --shared-key-file FILE`"
+                    ),
+                    Refusal::UserMismatch => format!(
+                        "; give one of the service's <user> sections with `service update {service} --service-username NAME --service-password-file FILE`"
+                    ),
+                    _ => String::new(),
+                }
+            }
+            HandshakeFailure::Protocol(FluentError::Handshake(HandshakeError::WrongDigest)) => {
+                format!("; the service holds another shared_key than `service update {service} --shared-key-file` gave")
+            }
+            _ => String::new(),
+        };
+        format!("{self}{hint}")
     }
+}
+
+/// Where handshake messages come from.
+trait Source {
+    /// Appends what arrives next; false at the end of the stream.
+    async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure>;
+}
+
+impl Source for TcpStream {
+    async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure> {
+        let mut chunk = [0u8; 1024];
+        let n = self
+            .read(&mut chunk)
+            .await
+            .map_err(|e| HandshakeFailure::Io(e.to_string()))?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+}
+
+impl Source for RecvHalf {
+    async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure> {
+        match self.read_chunk(MAX_HANDSHAKE).await {
+            Ok(Some(c)) => {
+                buf.extend_from_slice(&c);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(HandshakeFailure::Io(e.to_string())),
+        }
+    }
+}
+
+/// Reads one msgpack value (a handshake message) into the front of
+/// `buf`, within [`HANDSHAKE_TIMEOUT`]; returns its length.
+async fn read_message(
+    from: &mut impl Source,
+    buf: &mut Vec<u8>,
+    hint: &'static str,
+) -> Result<usize, HandshakeFailure> {
+    let wait = async {
+        loop {
+            if let Some(n) = scan::value_len(buf)? {
+                return Ok(n);
+            }
+            if buf.len() > MAX_HANDSHAKE {
+                return Err(HandshakeFailure::TooLarge);
+            }
+            if !from.more(buf).await? {
+                return Err(HandshakeFailure::Closed);
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, wait)
+        .await
+        .map_err(|_| HandshakeFailure::Timeout { hint })?
 }
 
 /// The `<security>` handshake with the service, as its client; returns
@@ -114,22 +229,106 @@ pub async fn handshake(
     tcp: &mut TcpStream,
     plan: &Plan,
     router: &IdentityName,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, HandshakeFailure> {
     let Some(key) = &plan.shared_key else {
         return Ok(Vec::new());
     };
+    let hint = " (is <security> with a shared_key on at the service?)";
     let mut buf = Vec::new();
-    let helo = Helo::parse(&read_message(tcp, &mut buf).await?).map_err(|e| e.to_string())?;
-    if !helo.auth.is_empty() {
-        return Err("the service asks for user authentication (<user> in <security>), which Darkport does not support; use the shared key alone".into());
-    }
+    let n = read_message(tcp, &mut buf, hint).await?;
+    let helo = Helo::parse(&buf[..n])?;
+    buf.drain(..n);
     let salt: [u8; 16] = rand::random();
-    let ping = Ping::new(&helo, router.as_str(), &salt, key);
+    let ping = Ping::new(
+        &helo,
+        router.as_str(),
+        &salt,
+        key,
+        plan.service_user.as_ref(),
+    );
     tcp.write_all(&ping.encode())
         .await
-        .map_err(|e| format!("sending PING: {e}"))?;
-    let pong = Pong::parse(&read_message(tcp, &mut buf).await?).map_err(|e| e.to_string())?;
-    pong.check(&helo, &ping, key).map_err(|e| e.to_string())?;
+        .map_err(|e| HandshakeFailure::Io(format!("sending PING: {e}")))?;
+    let n = read_message(tcp, &mut buf, hint).await?;
+    let pong = Pong::parse(&buf[..n])?;
+    buf.drain(..n);
+    pong.check(&helo, &ping, key).map_err(FluentError::from)?;
+    Ok(buf)
+}
+
+/// Logs once per service (per router process) that apps' keys are let in
+/// unchecked.
+fn warn_any_key(service: &str) {
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let warned = WARNED.get_or_init(Default::default);
+    let mut set = warned.lock().unwrap_or_else(|p| p.into_inner());
+    if set.contains(service) {
+        return;
+    }
+    if set.len() >= WARNED_SERVICES {
+        set.clear();
+    }
+    set.insert(service.to_string());
+    warn!(
+        service,
+        "apps' own shared_key is not checked for this service (app handshake: any-key): their identity is their certificate; set an app-side key with `service update {service} --app-shared-key-file FILE` to check it"
+    );
+}
+
+/// The server side of `<security>` towards an app that keeps its own
+/// `shared_key`: HELO, the app's PING checked (or, with any-key, let in),
+/// PONG. Returns what the app sent after its PING (its first events).
+/// Nothing happens with the app handshake off.
+pub async fn app_handshake(
+    send: &mut SendHalf,
+    recv: &mut RecvHalf,
+    plan: &Plan,
+    router: &IdentityName,
+) -> Result<Vec<u8>, HandshakeFailure> {
+    let key = match &plan.app {
+        AppHandshake::Off => return Ok(Vec::new()),
+        AppHandshake::AnyKey => None,
+        AppHandshake::SharedKey(k) => Some(k.as_str()),
+    };
+    let helo = Helo {
+        nonce: rand::random::<[u8; 16]>().to_vec(),
+        auth: Vec::new(),
+        keepalive: true,
+    };
+    let io = |e: std::io::Error| HandshakeFailure::Io(e.to_string());
+    send.write_all(&helo.encode()).await.map_err(io)?;
+    let mut buf = Vec::new();
+    let hint =
+        " (does the app's forward output have a shared_key? with the app handshake on, it must)";
+    let n = read_message(recv, &mut buf, hint).await?;
+    let ping = match Ping::parse(&buf[..n]) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = send
+                .write_all(&Pong::refuse(&Refusal::InvalidPing).encode())
+                .await;
+            return Err(e.into());
+        }
+    };
+    buf.drain(..n);
+    let pong = match key {
+        Some(k) => ServerAuth {
+            shared_key: k.to_string(),
+            users: Vec::new(),
+        }
+        .answer(&helo, &ping, router.as_str()),
+        None => {
+            warn_any_key(&plan.service);
+            // The router does not know the app's key, so this digest
+            // proves nothing: apps that check it need SharedKey.
+            Pong::accept(&helo, &ping, router.as_str(), "")
+        }
+    };
+    send.write_all(&pong.encode()).await.map_err(io)?;
+    if !pong.ok {
+        let why = Refusal::from_reason(&pong.reason);
+        return Err(FluentError::from(HandshakeError::Refused(why)).into());
+    }
     Ok(buf)
 }
 
@@ -144,8 +343,24 @@ pub enum FluentEnding {
     ServiceReset,
     /// Cut on purpose (revocation, policy change).
     Cut,
-    /// The router refused the client's data; why.
-    Rejected(String),
+    /// The router refused the client's data.
+    Rejected(Rejection),
+}
+
+/// Why the router refused a client's data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A message that asked for an ack was denied (its tag, or not logs):
+    /// the service may still ack what it had before.
+    #[error("tag {:?}: {}, and the message asked for an ack", .0.tag, .0.reason)]
+    Denied(Denial),
+    /// Data that is not the forward protocol, or over a limit.
+    #[error("{0}")]
+    Invalid(FluentError),
+    /// The app's own `<security>` handshake failed.
+    #[error("the app's <security> handshake failed: {0}")]
+    AppHandshake(String),
 }
 
 /// What one stream did.
@@ -161,59 +376,81 @@ pub struct FluentStats {
     pub ending: FluentEnding,
 }
 
+/// Bytes read past a handshake, to be handled first.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// From the service, after its PONG (to the client).
+    pub from_service: Vec<u8>,
+    /// From the app, after its PING (through the filter).
+    pub from_client: Vec<u8>,
+}
+
+/// Who hears of a stream's records as they go (logs, live metrics).
+pub struct Hooks<'a> {
+    /// Each denied message.
+    pub on_denial: &'a (dyn Fn(&Denial) + Sync),
+    /// Records forwarded and keys overwritten.
+    pub on_forward: &'a (dyn Fn(u64, u64) + Sync),
+}
+
 /// Runs a fluent-forward stream until both sides end, one fails, the
-/// client's data is refused, or `cancel`. `on_denial` hears of each denied
-/// message, `on_forward` of records forwarded and keys overwritten as they
-/// go (for logs and live metrics).
+/// client's data is refused, or `cancel`.
 #[allow(clippy::too_many_arguments)]
 pub async fn splice(
     tcp: TcpStream,
     mut send: SendHalf,
     mut recv: RecvHalf,
-    leftover: Vec<u8>,
+    leftovers: Leftovers,
     plan: Plan,
     cancel: impl std::future::Future<Output = ()>,
     meter: &Meter<'_>,
-    on_denial: &(dyn Fn(&darkport_fluent::Denial) + Sync),
-    on_forward: &(dyn Fn(u64, u64) + Sync),
+    hooks: &Hooks<'_>,
 ) -> FluentStats {
     let _ = tcp.set_nodelay(true);
     darkport_transport::splice::abort_on_drop(&tcp);
     let (mut r, mut w) = tcp.into_split();
-    let mut filter = Filter::new(plan.stamp, plan.tags, Limits::default());
+    let mut filter =
+        Filter::new(plan.stamp, plan.tags, Limits::default()).with_event_time(plan.event_time);
     let mut from_client = 0u64;
     let mut to_client = 0u64;
+    let Leftovers {
+        from_service: leftover,
+        from_client: mut first,
+    } = leftovers;
     let ending = {
         let up = async {
             let mut out = Vec::with_capacity(READ);
             loop {
-                let chunk = match recv.read_chunk(READ).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => {
-                        if let Err(e) = filter.finish() {
-                            return FluentEnding::Rejected(e.to_string());
+                let chunk = if !first.is_empty() {
+                    bytes::Bytes::from(std::mem::take(&mut first))
+                } else {
+                    match recv.read_chunk(READ).await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            if let Err(e) = filter.finish() {
+                                return FluentEnding::Rejected(Rejection::Invalid(e));
+                            }
+                            let _ = w.shutdown().await;
+                            return FluentEnding::Clean;
                         }
-                        let _ = w.shutdown().await;
-                        return FluentEnding::Clean;
+                        Err(_) => return FluentEnding::ClientReset,
                     }
-                    Err(_) => return FluentEnding::ClientReset,
                 };
                 from_client += chunk.len() as u64;
-                filter.push(&chunk);
                 let before = filter.counts();
-                let denials = match filter.process(&mut out) {
+                let denials = match filter.feed(&chunk, &mut out) {
                     Ok(d) => d,
-                    Err(e) => return FluentEnding::Rejected(e.to_string()),
+                    Err(e) => return FluentEnding::Rejected(Rejection::Invalid(e)),
                 };
                 let after = filter.counts();
                 if after.records > before.records {
-                    on_forward(
+                    (hooks.on_forward)(
                         after.records - before.records,
                         after.overwritten - before.overwritten,
                     );
                 }
                 for d in &denials {
-                    on_denial(d);
+                    (hooks.on_denial)(d);
                 }
                 if !out.is_empty() {
                     if w.write_all(&out).await.is_err() {
@@ -223,17 +460,15 @@ pub async fn splice(
                     out.clear();
                 }
                 if filter.stopped() {
-                    let tag = denials
-                        .iter()
-                        .rev()
-                        .find(|d| d.chunked)
-                        .map(|d| d.tag.clone())
-                        .unwrap_or_default();
                     // Let the service ack what it has: end what it receives.
                     let _ = w.shutdown().await;
-                    return FluentEnding::Rejected(format!(
-                    "tag {tag:?} is not allowed for this identity, and the message asked for an ack"
-                ));
+                    let denial = denials.into_iter().rev().find(|d| d.chunked);
+                    return FluentEnding::Rejected(Rejection::Denied(denial.unwrap_or(Denial {
+                        tag: String::new(),
+                        records: 0,
+                        chunked: true,
+                        reason: DenialReason::Tag,
+                    })));
                 }
             }
         };
@@ -267,8 +502,8 @@ pub async fn splice(
         loop {
             tokio::select! {
                 e = &mut up, if up_end.is_none() => {
-                    if let FluentEnding::Rejected(_) = &e {
-                        if filter_stopped_gracefully(&e) {
+                    if let FluentEnding::Rejected(why) = &e {
+                        if matches!(why, Rejection::Denied(_)) {
                             // Acks of what was forwarded may still come.
                             let _ = tokio::time::timeout(ACK_DRAIN_TIMEOUT, &mut down).await;
                         }
@@ -288,7 +523,25 @@ pub async fn splice(
             }
         }
     };
-    match &ending {
+    close(&ending, &mut send, &mut recv);
+    if let Ok(tcp) = r.reunite(w) {
+        if ending == FluentEnding::Clean {
+            let _ = socket2::SockRef::from(&tcp).set_linger(None);
+        } else {
+            darkport_transport::splice::reset_tcp(tcp);
+        }
+    }
+    FluentStats {
+        from_client,
+        to_client,
+        counts: filter.counts(),
+        ending,
+    }
+}
+
+/// Ends the client's stream as `ending` says.
+pub fn close(ending: &FluentEnding, send: &mut SendHalf, recv: &mut RecvHalf) {
+    match ending {
         FluentEnding::Clean => {}
         FluentEnding::Rejected(_) => {
             let code = StreamCode::Rejected;
@@ -306,23 +559,4 @@ pub async fn splice(
             recv.stop(code);
         }
     }
-    if let Ok(tcp) = r.reunite(w) {
-        if ending == FluentEnding::Clean {
-            let _ = socket2::SockRef::from(&tcp).set_linger(None);
-        } else {
-            darkport_transport::splice::reset_tcp(tcp);
-        }
-    }
-    FluentStats {
-        from_client,
-        to_client,
-        counts: filter.counts(),
-        ending,
-    }
-}
-
-/// Whether the data was refused because of a denied chunk (the service
-/// may still ack earlier chunks) rather than bad data.
-fn filter_stopped_gracefully(e: &FluentEnding) -> bool {
-    matches!(e, FluentEnding::Rejected(why) if why.starts_with("tag "))
 }

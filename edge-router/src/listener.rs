@@ -434,7 +434,7 @@ fn decide(
     req: &DialRequest,
 ) -> Result<Dialed, DialResponse> {
     let refuse = |status, message: String| DialResponse { status, message };
-    if req.version != PROTOCOL_VERSION {
+    if !darkport_proto::msg::dial_version_supported(req.version) {
         return Err(refuse(
             DialStatus::BadRequest,
             format!(
@@ -463,13 +463,14 @@ fn decide(
                 ServiceProtocol::Tcp => None,
                 ServiceProtocol::FluentForward(settings) => Some(
                     crate::fluent::Plan::new(
+                        &req.service,
                         settings,
                         &peer.name,
                         &permit.identity.roles,
                         router,
                         permit.tags.clone(),
                     )
-                    .map_err(|m| refuse(DialStatus::NotAuthorized, m))?,
+                    .map_err(|e| refuse(DialStatus::NotAuthorized, e.to_string()))?,
                 ),
             };
             Ok(Dialed {
@@ -614,7 +615,7 @@ async fn handle_stream(
             Err(why) => {
                 guard.metrics.dial(label, DialStatus::ServiceUnreachable);
                 darkport_transport::splice::reset_tcp(tcp);
-                let why = format!("Fluentd handshake failed: {why}");
+                let why = format!("Fluentd handshake failed: {}", why.advice(&req.service));
                 return unreachable(&peer, &req, &address, &why, send, recv).await;
             }
         },
@@ -674,7 +675,7 @@ async fn handle_stream(
         return;
     };
     let on_denial = |d: &darkport_fluent::Denial| {
-        guard.metrics.fluent_denied(&label, d.records);
+        guard.metrics.fluent_denied(&label, d.records, d.reason);
         budgeted_info!(
             guard.refusals,
             %peer,
@@ -682,9 +683,11 @@ async fn handle_stream(
             tag = %d.tag,
             records = d.records,
             acked = d.chunked,
-            "dropped a Fluentd message: no policy lets {} write tag {:?}",
+            reason = d.reason.as_str(),
+            "dropped a Fluentd message from {} with tag {:?}: {}",
             peer.name,
-            d.tag
+            d.tag,
+            d.reason
         );
     };
     let on_forward = |records, overwritten| {
@@ -700,16 +703,45 @@ async fn handle_stream(
             );
         }
     };
+    let hooks = crate::fluent::Hooks {
+        on_denial: &on_denial,
+        on_forward: &on_forward,
+    };
+    let leftovers = crate::fluent::Leftovers {
+        from_service: leftover,
+        from_client: match crate::fluent::app_handshake(&mut send, &mut recv, &plan, &router).await
+        {
+            Ok(first) => first,
+            Err(why) => {
+                guard.metrics.fluent_app_handshake_failed(&label);
+                darkport_transport::splice::reset_tcp(tcp);
+                // The PONG that says why goes out before the end: a FIN,
+                // not a reset, which would drop it.
+                send.finish();
+                recv.stop(StreamCode::Rejected);
+                let _ = tokio::time::timeout(RESPONSE_TIMEOUT, send.stopped()).await;
+                budgeted_info!(guard.refusals, %peer, service = %req.service, "refused an app: its <security> handshake failed: {why}");
+                info!(
+                    identity = %peer.name,
+                    service = %req.service,
+                    %router,
+                    ended = "rejected",
+                    reason = %why,
+                    "stream"
+                );
+                return;
+            }
+        },
+    };
     let stats = crate::fluent::splice(
         tcp,
         send,
         recv,
-        leftover,
+        leftovers,
         plan,
         watch_policy,
         &meter,
-        &on_denial,
-        &on_forward,
+        &hooks,
     )
     .await;
     use crate::fluent::FluentEnding;
@@ -718,7 +750,7 @@ async fn handle_stream(
         FluentEnding::ServiceReset => ("service_reset", String::new()),
         FluentEnding::ClientReset => ("client_reset", String::new()),
         FluentEnding::Cut => ("cut", cut_rx.await.unwrap_or_default()),
-        FluentEnding::Rejected(why) => ("rejected", why),
+        FluentEnding::Rejected(why) => ("rejected", why.to_string()),
     };
     info!(
         identity = %peer.name,

@@ -58,6 +58,7 @@ pub struct RouterMetrics {
     connections: Family<KindLabels, Gauge>,
     fluent_records: Family<DialLabels, Counter>,
     fluent_overwritten: Family<ServiceLabels, Counter>,
+    fluent_app_handshakes: Family<ServiceLabels, Counter>,
     snapshot_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     session_up: Gauge,
@@ -90,6 +91,7 @@ impl Default for RouterMetrics {
             connections: Family::default(),
             fluent_records: Family::default(),
             fluent_overwritten: Family::default(),
+            fluent_app_handshakes: Family::default(),
             snapshot_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             session_up: Gauge::default(),
@@ -135,8 +137,13 @@ impl RouterMetrics {
         );
         r.register(
             "fluent_records",
-            "Records of fluent-forward services, by service and result (forwarded, denied)",
+            "Records of fluent-forward services, by service and result (forwarded; denied: by tag policy; refused_signal: metrics or traces, which cannot be stamped)",
             self.fluent_records.clone(),
+        );
+        r.register(
+            "fluent_app_handshake_failures",
+            "Apps refused because their own <security> handshake failed (wrong shared_key, no PING)",
+            self.fluent_app_handshakes.clone(),
         );
         r.register(
             "fluent_overwritten_keys",
@@ -251,13 +258,30 @@ impl RouterMetrics {
         self.dial_duration.observe(took.as_secs_f64());
     }
 
-    pub(crate) fn fluent_denied(&self, service: &str, records: u64) {
+    pub(crate) fn fluent_denied(
+        &self,
+        service: &str,
+        records: u64,
+        reason: darkport_fluent::DenialReason,
+    ) {
+        let result = match reason {
+            darkport_fluent::DenialReason::Signal(_) => "refused_signal",
+            _ => "denied",
+        };
         self.fluent_records
             .get_or_create(&DialLabels {
                 service: service.to_string(),
-                result: "denied",
+                result,
             })
             .inc_by(records);
+    }
+
+    pub(crate) fn fluent_app_handshake_failed(&self, service: &str) {
+        self.fluent_app_handshakes
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn fluent_records(&self, service: &str, records: u64, overwritten: u64) {

@@ -63,6 +63,61 @@ pub struct Denial {
     pub records: u64,
     /// Whether the sender asked for an ack (it will not get one).
     pub chunked: bool,
+    /// Why.
+    pub reason: DenialReason,
+}
+
+/// Why a message was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DenialReason {
+    /// No policy lets this identity write the tag.
+    #[error("no policy lets this identity write the tag")]
+    Tag,
+    /// Not log events: Fluent Bit's `fluent_signal` says metrics (1),
+    /// traces (2) or another kind. Their payloads are not `[time, record]`
+    /// entries, so they cannot be stamped, and the router never passes on
+    /// what it cannot stamp.
+    #[error("fluent_signal {0} (not logs: 1 is metrics, 2 traces) cannot be stamped with the sender's identity; send only logs to this service")]
+    Signal(u64),
+}
+
+impl DenialReason {
+    /// A short name for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialReason::Tag => "tag",
+            DenialReason::Signal(_) => "signal",
+        }
+    }
+}
+
+/// What the router does with Fluent Bit's event times.
+///
+/// Since 5.0.5, Fluent Bit's forward output sends each entry's time as
+/// `[EventTime, {metadata}]` (forward protocol v1.5), which Fluentd up to
+/// 1.19.3 cannot read: its `in_forward` drops such entries. `Unwrap` (the
+/// default) turns the time back into the plain `EventTime`, in every mode,
+/// compressed ones included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTime {
+    /// Times go on as sent.
+    Keep,
+    /// `[time, {metadata}]` goes on as `time`. A non-empty metadata map is
+    /// carried in the record under `metadata_key`, if set (replacing a
+    /// pair of the record's own under that key); otherwise it is dropped.
+    /// An empty map (what Fluent Bit sends unless a filter set metadata)
+    /// is always dropped.
+    Unwrap {
+        /// The record key for the metadata map.
+        metadata_key: Option<String>,
+    },
+}
+
+impl Default for EventTime {
+    fn default() -> Self {
+        EventTime::Unwrap { metadata_key: None }
+    }
 }
 
 /// Counts since the stream began.
@@ -98,6 +153,10 @@ pub struct Filter {
     stopped: bool,
     /// A PackedForward message being passed on entry by entry.
     partial: Option<Partial>,
+    /// Unwrap `[time, {metadata}]` times.
+    unwrap: bool,
+    /// Under `Unwrap`, the metadata key encoded as a msgpack str.
+    metadata_key: Option<Vec<u8>>,
 }
 
 /// A PackedForward message whose header has been read and whose entries are
@@ -138,7 +197,29 @@ impl Filter {
             counts: Counts::default(),
             stopped: false,
             partial: None,
+            unwrap: true,
+            metadata_key: None,
         }
+    }
+
+    /// Sets what happens to `[time, {metadata}]` event times (default:
+    /// unwrap, metadata dropped).
+    pub fn with_event_time(mut self, form: EventTime) -> Filter {
+        match form {
+            EventTime::Keep => {
+                self.unwrap = false;
+                self.metadata_key = None;
+            }
+            EventTime::Unwrap { metadata_key } => {
+                self.unwrap = true;
+                self.metadata_key = metadata_key.map(|k| {
+                    let mut key = Vec::with_capacity(k.len() + 5);
+                    crate::stamp::put_str(&mut key, &k);
+                    key
+                });
+            }
+        }
+        self
     }
 
     /// Whether a denied message asked for an ack, so the stream must end
@@ -293,7 +374,12 @@ impl Filter {
             return Ok(());
         }
         let msg = message::parse(raw)?;
-        if !self.allowed(msg.tag) {
+        let refused = match msg.options.non_log_signal() {
+            Some(n) => Some(DenialReason::Signal(n)),
+            None if !self.allowed(msg.tag) => Some(DenialReason::Tag),
+            None => None,
+        };
+        if let Some(reason) = refused {
             let records = match msg.body {
                 Body::Single { .. } => 1,
                 Body::Forward { count, .. } => u64::from(count),
@@ -307,6 +393,7 @@ impl Filter {
                 tag: msg.tag.to_string(),
                 records,
                 chunked: msg.options.chunk.is_some(),
+                reason,
             });
             return Ok(());
         }
@@ -340,8 +427,12 @@ impl Filter {
             [0xc6 | 0xdb, a, b, c, d, ..] => (5, u32::from_be_bytes([*a, *b, *c, *d]) as usize),
             _ => return Ok(None),
         };
-        // Small messages, and gzip payloads (0x1f 0x8b), are taken whole.
-        if payload < PIECE || after_tag.get(head) == Some(&0x1f) || after_tag.len() <= head {
+        // Small messages are taken whole, and so is any payload that does
+        // not start with an entry (an array): gzip (0x1f 0x8b), or Fluent
+        // Bit's metrics and traces (maps), whose `fluent_signal` in the
+        // option map after the payload decides what happens to them.
+        let entry_first = matches!(after_tag.get(head), Some(0x92 | 0xdc | 0xdd));
+        if payload < PIECE || !entry_first {
             return Ok(None);
         }
         if payload > self.limits.max_message {
@@ -431,7 +522,12 @@ impl Filter {
                 "compressed: gzip, but the payload is not gzip",
             ));
         }
-        self.piece(&rest[..end], Some(options.chunk), out)?;
+        if options.non_log_signal().is_some() {
+            return Err(FluentError::Malformed(
+                "fluent_signal says these are not logs, but the payload holds log entries",
+            ));
+        }
+        self.piece(&rest[..end], Some(options), out)?;
         let Some(p) = self.partial.take() else {
             return Ok(end + opts_len);
         };
@@ -442,6 +538,7 @@ impl Filter {
                 tag: p.tag,
                 records: p.entries,
                 chunked: options.chunk.is_some(),
+                reason: DenialReason::Tag,
             });
         } else {
             self.counts.messages += 1;
@@ -455,7 +552,7 @@ impl Filter {
     fn piece(
         &mut self,
         entries: &[u8],
-        last: Option<Option<&[u8]>>,
+        last: Option<message::Options<'_>>,
         out: &mut Vec<u8>,
     ) -> Result<(), FluentError> {
         let Some(p) = self.partial.as_mut() else {
@@ -488,14 +585,7 @@ impl Filter {
         };
         let len = (out.len() - bin - 5) as u32;
         out[bin + 1..bin + 5].copy_from_slice(&len.to_be_bytes());
-        let chunk = last.flatten();
-        let _ = rmp::encode::write_map_len(out, if chunk.is_some() { 2 } else { 1 });
-        crate::stamp::put_str(out, "size");
-        let _ = rmp::encode::write_uint(out, n);
-        if let Some(c) = chunk {
-            crate::stamp::put_str(out, "chunk");
-            out.extend_from_slice(c);
-        }
+        write_options(out, n, &last.unwrap_or_default());
         if let Some(p) = self.partial.as_mut() {
             p.entries += n;
         }
@@ -530,14 +620,7 @@ impl Filter {
                 _ => return Err(bad),
             };
             let (time, rest) = split_value(after)?;
-            if !scan::is_time(time) {
-                return Err(FluentError::Malformed(
-                    "an entry's time must be an integer or EventTime",
-                ));
-            }
-            out.push(0x92);
-            out.extend_from_slice(time);
-            let (used, dropped) = self.stamp.record_from(rest, out)?;
+            let (used, dropped) = self.entry(time, rest, out)?;
             if used > self.limits.max_record {
                 return Err(FluentError::TooLarge {
                     what: "record",
@@ -549,6 +632,34 @@ impl Filter {
             overwritten += u64::from(dropped);
         }
         Ok((n, overwritten))
+    }
+
+    /// One entry out: `[time, record]` with the time as [`EventTime`]
+    /// says and the record (at the start of `record`) stamped. Returns
+    /// the record's length and the pairs dropped.
+    fn entry(
+        &self,
+        time: &[u8],
+        record: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, u32), FluentError> {
+        if !scan::is_time(time) {
+            return Err(FluentError::Malformed(
+                "an entry's time must be an integer or EventTime",
+            ));
+        }
+        out.push(0x92);
+        if !self.unwrap {
+            out.extend_from_slice(time);
+            return self.stamp.record_from(record, out);
+        }
+        let (time, meta) = scan::split_time(time);
+        out.extend_from_slice(time);
+        let extra = match (&self.metadata_key, meta) {
+            (Some(key), Some(meta)) if meta != [0x80] => Some((key.as_slice(), meta)),
+            _ => None,
+        };
+        self.stamp.record_with(record, extra, out)
     }
 
     fn write(&mut self, msg: &message::Message<'_>, out: &mut Vec<u8>) -> Result<(), FluentError> {
@@ -567,9 +678,7 @@ impl Filter {
                     limit: max_record,
                 });
             }
-            out.push(0x92);
-            out.extend_from_slice(time);
-            overwritten += u64::from(self.stamp.record(record, out)?);
+            overwritten += u64::from(self.entry(time, record, out)?.1);
             n += 1;
             Ok(())
         };
@@ -602,18 +711,29 @@ impl Filter {
             limit: u32::MAX as usize,
         })?;
         out[bin + 1..bin + 5].copy_from_slice(&len.to_be_bytes());
-        let options = if msg.options.chunk.is_some() { 2 } else { 1 };
-        let _ = rmp::encode::write_map_len(out, options);
-        crate::stamp::put_str(out, "size");
-        let _ = rmp::encode::write_uint(out, n);
-        if let Some(chunk) = msg.options.chunk {
-            crate::stamp::put_str(out, "chunk");
-            out.extend_from_slice(chunk);
-        }
+        write_options(out, n, &msg.options);
         self.counts.messages += 1;
         self.counts.records += n;
         self.counts.overwritten += overwritten;
         Ok(())
+    }
+}
+
+/// The option map of a message going out: `size` recounted, `chunk` and
+/// `fluent_signal` as the sender wrote them (`compressed` is gone: what
+/// goes out is never compressed).
+fn write_options(out: &mut Vec<u8>, size: u64, options: &message::Options<'_>) {
+    let pairs = 1 + u32::from(options.chunk.is_some()) + u32::from(options.signal.is_some());
+    let _ = rmp::encode::write_map_len(out, pairs);
+    crate::stamp::put_str(out, "size");
+    let _ = rmp::encode::write_uint(out, size);
+    if let Some(chunk) = options.chunk {
+        crate::stamp::put_str(out, "chunk");
+        out.extend_from_slice(chunk);
+    }
+    if let Some(signal) = options.signal {
+        crate::stamp::put_str(out, "fluent_signal");
+        out.extend_from_slice(signal);
     }
 }
 
@@ -756,7 +876,8 @@ mod tests {
             [Denial {
                 tag: "audit.other-team".into(),
                 records: 1,
-                chunked: false
+                chunked: false,
+                reason: DenialReason::Tag,
             }]
         );
         assert!(!f.stopped());

@@ -28,7 +28,7 @@ pub mod scan;
 pub mod stamp;
 
 pub use darkport_proto::tags::{PatternError, TagRules};
-pub use filter::{Counts, Denial, Filter, Limits};
+pub use filter::{Counts, Denial, DenialReason, EventTime, Filter, Limits};
 pub use stamp::{Stamp, StampValue};
 
 /// Why a forward-protocol stream was refused.
@@ -54,5 +54,5 @@ pub enum FluentError {
     Truncated(usize),
     /// The shared-key handshake failed.
     #[error("forward-protocol handshake: {0}")]
-    Handshake(String),
+    Handshake(#[from] handshake::HandshakeError),
 }

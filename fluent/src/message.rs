@@ -41,6 +41,26 @@ pub struct Options<'a> {
     pub size: Option<u64>,
     /// `compressed: "gzip"`.
     pub compressed: bool,
+    /// `fluent_signal` (Fluent Bit): what kind of events the message
+    /// holds, the raw msgpack value kept byte for byte.
+    pub signal: Option<&'a [u8]>,
+}
+
+/// `fluent_signal` of logs (Fluent Bit's `FLB_EVENT_TYPE_LOGS`); 1 is
+/// metrics and 2 traces.
+pub const SIGNAL_LOGS: u64 = 0;
+
+impl Options<'_> {
+    /// The kind of events, if the sender said and it is not logs: the
+    /// `fluent_signal` value (`u64::MAX` if it is not an unsigned integer).
+    pub fn non_log_signal(&self) -> Option<u64> {
+        let v = self.signal?;
+        match scan::as_uint(v) {
+            Some(SIGNAL_LOGS) => None,
+            Some(n) => Some(n),
+            None => Some(u64::MAX),
+        }
+    }
 }
 
 /// A parsed message: slices of the bytes it was parsed from.
@@ -120,6 +140,7 @@ pub fn options(v: &[u8]) -> Result<Options<'_>, FluentError> {
             Some(b"size") => o.size = scan::as_uint(val),
             // The spec: other values are ignored (Fluentd sends "text").
             Some(b"compressed") => o.compressed = scan::as_str(val) == Some(b"gzip"),
+            Some(b"fluent_signal") => o.signal = Some(val),
             // Fluentd ignores options it does not know.
             _ => {}
         }

@@ -182,6 +182,19 @@ pub fn is_time(v: &[u8]) -> bool {
     }
 }
 
+/// Splits an event time (one whole value that [`is_time`] accepts) into
+/// the time itself and, for `[time, {metadata}]`, the metadata map.
+pub fn split_time(v: &[u8]) -> (&[u8], Option<&[u8]>) {
+    if v.first() == Some(&0x92) {
+        if let Ok((t, rest)) = split_value(&v[1..]) {
+            if let Ok((meta, _)) = split_value(rest) {
+                return (t, Some(meta));
+            }
+        }
+    }
+    (v, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

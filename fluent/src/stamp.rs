@@ -61,6 +61,21 @@ impl Stamp {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(usize, u32), FluentError> {
+        self.record_with(input, None, out)
+    }
+
+    /// [`Stamp::record_from`], with one more pair `extra` (a msgpack str
+    /// key and a msgpack value, both encoded) written before the stamp: a
+    /// pair of the record's own under the same key is dropped, so the key
+    /// appears once. It carries Fluent Bit's event metadata (see
+    /// [`crate::EventTime`]).
+    pub fn record_with(
+        &self,
+        input: &[u8],
+        extra: Option<(&[u8], &[u8])>,
+        out: &mut Vec<u8>,
+    ) -> Result<(usize, u32), FluentError> {
+        let extra_key = extra.and_then(|(k, _)| scan::as_str(k));
         let not_map = FluentError::Malformed("a record must be a map");
         let (pairs, head) = match input.first() {
             Some(m @ 0x80..=0x8f) => (u32::from(m & 0x0f), 1),
@@ -91,19 +106,26 @@ impl Stamp {
             let (v, r) = split_value(r)?;
             rest = r;
             let len = k.len() + v.len();
-            let ours = scan::as_str(k).is_some_and(|k| self.keys.iter().any(|s| s == k));
-            if ours {
+            let key = scan::as_str(k);
+            let stamped = key.is_some_and(|k| self.keys.iter().any(|s| s == k));
+            if stamped || (extra_key.is_some() && key == extra_key) {
                 out.extend_from_slice(&body[run..pos]);
                 run = pos + len;
-                dropped += 1;
+                // Only a stamp key counts as overwritten (a forgery).
+                dropped += u32::from(stamped);
             } else {
                 kept += 1;
             }
             pos += len;
         }
         out.extend_from_slice(&body[run..pos]);
+        let mut total = kept + self.keys.len() as u32;
+        if let Some((k, v)) = extra {
+            out.extend_from_slice(k);
+            out.extend_from_slice(v);
+            total += 1;
+        }
         out.extend_from_slice(&self.pairs);
-        let total = kept + self.keys.len() as u32;
         out[header + 1..header + 5].copy_from_slice(&total.to_be_bytes());
         Ok((head + pos, dropped))
     }

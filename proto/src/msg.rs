@@ -124,6 +124,10 @@ impl ControlRequest {
 }
 
 /// The kinds of control requests.
+// One request is decoded per control stream and lives for that request
+// only: its size on the stack does not matter, and a Box would only add an
+// allocation (the wire is the same either way).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ControlBody {
@@ -151,6 +155,36 @@ pub enum ControlBody {
     /// answered with [`ControlResponse::Controllers`]. Needs any current
     /// certificate. Routers and clients keep the list to fail over.
     ListControllers,
+}
+
+impl ControlBody {
+    /// The oldest protocol version that may carry this request: the ones
+    /// whose request and answer did not change since
+    /// [`crate::OLDEST_COMPATIBLE_VERSION`] accept it; admin requests and
+    /// router sync (which carry services and snapshots) need the current
+    /// version.
+    pub fn oldest_version(&self) -> u16 {
+        match self {
+            ControlBody::Enroll(_)
+            | ControlBody::Renew { .. }
+            | ControlBody::ListRouters
+            | ControlBody::ListControllers => crate::OLDEST_COMPATIBLE_VERSION,
+            ControlBody::Admin(_)
+            | ControlBody::RouterSync { .. }
+            | ControlBody::RouterReport(_) => PROTOCOL_VERSION,
+        }
+    }
+
+    /// Whether a request of `version` may carry this body.
+    pub fn accepts_version(&self, version: u16) -> bool {
+        (self.oldest_version()..=PROTOCOL_VERSION).contains(&version)
+    }
+}
+
+/// Whether a dial request of `version` is understood: the dial messages
+/// are the same bytes from [`crate::OLDEST_COMPATIBLE_VERSION`] on.
+pub fn dial_version_supported(version: u16) -> bool {
+    (crate::OLDEST_COMPATIBLE_VERSION..=PROTOCOL_VERSION).contains(&version)
 }
 
 /// What a router tells the controller about itself, every few seconds.

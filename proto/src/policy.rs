@@ -140,6 +140,97 @@ pub struct FluentSettings {
     /// The service's `<security> shared_key`: the router speaks the
     /// handshake with the service; clients never see the key.
     pub shared_key: Option<String>,
+    /// The service's `<user>` credentials, for a Fluentd with user
+    /// authentication (with `shared_key` only).
+    #[serde(default)]
+    pub service_user: Option<FluentUser>,
+    /// What the router does with `[EventTime, {metadata}]` times (Fluent
+    /// Bit 5), which Fluentd up to 1.19.3 cannot read.
+    #[serde(default)]
+    pub event_time: EventTimeForm,
+    /// With `event_time` unwrap: the record key that carries a non-empty
+    /// metadata map; `None` drops it.
+    #[serde(default)]
+    pub metadata_key: Option<String>,
+    /// Whether the router answers the app's own `<security>` handshake
+    /// (apps whose config keeps a `shared_key`).
+    #[serde(default)]
+    pub app_handshake: AppHandshake,
+}
+
+/// A `<user>` of a Fluentd `<security>` section.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct FluentUser {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for FluentUser {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FluentUser")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the router does with Fluent Bit's `[EventTime, {metadata}]` times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum EventTimeForm {
+    /// Send the plain EventTime on (what every Fluentd reads).
+    #[default]
+    Unwrap,
+    /// Send times on as the app sent them.
+    Keep,
+}
+
+impl EventTimeForm {
+    /// The name the CLI uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventTimeForm::Unwrap => "unwrap",
+            EventTimeForm::Keep => "keep",
+        }
+    }
+}
+
+/// Whether the router speaks the server side of `<security>` to apps.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum AppHandshake {
+    /// Apps speak the protocol without security (the default): their
+    /// identity is their certificate.
+    #[default]
+    Off,
+    /// The router sends HELO and lets in any PING, whatever key the app
+    /// holds (logged once per service). Its PONG cannot prove a key it
+    /// does not know: apps that check it (Fluentd's out_forward) need
+    /// `SharedKey`.
+    AnyKey,
+    /// The router sends HELO and lets in only a PING made with this key.
+    SharedKey(String),
+}
+
+impl AppHandshake {
+    /// The name the CLI uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AppHandshake::Off => "off",
+            AppHandshake::AnyKey => "any-key",
+            AppHandshake::SharedKey(_) => "shared-key",
+        }
+    }
+}
+
+impl std::fmt::Debug for AppHandshake {
+    // The key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The default identity key.
@@ -152,6 +243,10 @@ impl Default for FluentSettings {
             roles_key: None,
             router_key: None,
             shared_key: None,
+            service_user: None,
+            event_time: EventTimeForm::Unwrap,
+            metadata_key: None,
+            app_handshake: AppHandshake::Off,
         }
     }
 }
@@ -164,6 +259,10 @@ impl std::fmt::Debug for FluentSettings {
             .field("roles_key", &self.roles_key)
             .field("router_key", &self.router_key)
             .field("shared_key", &self.shared_key.as_ref().map(|_| "(set)"))
+            .field("service_user", &self.service_user)
+            .field("event_time", &self.event_time)
+            .field("metadata_key", &self.metadata_key)
+            .field("app_handshake", &self.app_handshake)
             .finish()
     }
 }

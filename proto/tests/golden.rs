@@ -19,8 +19,8 @@ fn name(s: &str) -> IdentityName {
 }
 
 #[test]
-fn protocol_version_is_three() {
-    assert_eq!(PROTOCOL_VERSION, 3);
+fn protocol_version_is_four() {
+    assert_eq!(PROTOCOL_VERSION, 4);
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn close_and_stream_codes() {
 fn worked_examples_of_protocol_md() {
     assert_eq!(
         hex(&encode_frame(&DialRequest::new("fluentd"), MAX_DIAL_FRAME).expect("encode")),
-        "00000011".to_owned() + "0003" + "0000000000000007" + "666c75656e7464"
+        "00000011".to_owned() + "0004" + "0000000000000007" + "666c75656e7464"
     );
     let ok = DialResponse {
         status: DialStatus::Ok,
@@ -166,7 +166,7 @@ fn worked_examples_of_protocol_md() {
             MAX_CONTROL_FRAME
         )
         .expect("encode")),
-        "00000006".to_owned() + "0003" + "00000003"
+        "00000006".to_owned() + "0004" + "00000003"
     );
     let report = ControlRequest::new(ControlBody::RouterReport(RouterReport {
         snapshot_version: 7,
@@ -175,7 +175,7 @@ fn worked_examples_of_protocol_md() {
     assert_eq!(
         hex(&encode_frame(&report, MAX_CONTROL_FRAME).expect("encode")),
         "00000023".to_owned()
-            + "0003"
+            + "0004"
             + "00000005"
             + "0000000000000007"
             + "0000000000000001"
@@ -190,4 +190,69 @@ fn worked_examples_of_protocol_md() {
         hex(&to_bytes(&Selector::Role(name("logs"))).expect("encode")),
         "00000001".to_owned() + "0000000000000004" + "6c6f6773"
     );
+}
+
+/// docs/protocol.md, section 6.2: `FluentSettings` as of version 4, and the
+/// version window: what a version-3 peer may still ask.
+#[test]
+fn fluent_settings_of_version_four() {
+    use darkport_proto::policy::{AppHandshake, EventTimeForm, FluentSettings, FluentUser};
+    assert_eq!(
+        to_bytes(&EventTimeForm::Unwrap).expect("encode"),
+        [0, 0, 0, 0]
+    );
+    assert_eq!(
+        to_bytes(&EventTimeForm::Keep).expect("encode"),
+        [0, 0, 0, 1]
+    );
+    assert_eq!(to_bytes(&AppHandshake::Off).expect("encode"), [0, 0, 0, 0]);
+    assert_eq!(
+        to_bytes(&AppHandshake::AnyKey).expect("encode"),
+        [0, 0, 0, 1]
+    );
+    let s = FluentSettings {
+        identity_key: "id".into(),
+        roles_key: None,
+        router_key: None,
+        shared_key: Some("k".into()),
+        service_user: Some(FluentUser {
+            username: "u".into(),
+            password: "p".into(),
+        }),
+        event_time: EventTimeForm::Keep,
+        metadata_key: None,
+        app_handshake: AppHandshake::SharedKey("a".into()),
+    };
+    assert_eq!(
+        hex(&to_bytes(&s).expect("encode")),
+        "0000000000000002".to_owned()
+            + "6964" // identity_key "id"
+            + "00" // roles_key None
+            + "00" // router_key None
+            + "01" + "0000000000000001" + "6b" // shared_key Some("k")
+            + "01" + "0000000000000001" + "75" + "0000000000000001" + "70" // service_user
+            + "00000001" // event_time Keep
+            + "00" // metadata_key None
+            + "00000002" + "0000000000000001" + "61" // app_handshake SharedKey("a")
+    );
+}
+
+#[test]
+fn version_three_peers_may_still_dial_enroll_and_renew() {
+    use darkport_proto::msg::dial_version_supported;
+    assert!(dial_version_supported(3));
+    assert!(dial_version_supported(4));
+    assert!(!dial_version_supported(2));
+    assert!(!dial_version_supported(5));
+    let renew = ControlBody::Renew { csr_der: vec![] };
+    assert!(renew.accepts_version(3) && renew.accepts_version(4));
+    assert!(!renew.accepts_version(2));
+    assert!(ControlBody::ListRouters.accepts_version(3));
+    let admin = ControlBody::Admin(AdminRequest::ListIdentities);
+    assert!(!admin.accepts_version(3), "admin requests carry services");
+    assert!(admin.accepts_version(4));
+    let sync = ControlBody::RouterSync {
+        advertise: String::new(),
+    };
+    assert!(!sync.accepts_version(3), "snapshots carry services");
 }

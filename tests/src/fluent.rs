@@ -12,15 +12,28 @@
 //!   `compressed: "gzip"` (one or more concatenated gzip members)
 //!
 //! `time` is an integer (seconds) or the `EventTime` ext type (type 0,
-//! 8 bytes: big-endian seconds then nanoseconds); nanoseconds are dropped.
+//! 8 bytes: big-endian seconds then nanoseconds), kept to the nanosecond.
 //! Like Fluentd, a nil time means "now", and a float is accepted and
 //! truncated. When the option map carries `chunk`, the receiver answers
 //! `{"ack": chunk}` once the message's records have been handed over.
 //!
-//! Not supported: the handshake phase (shared key / user auth), heartbeats
-//! and TLS. A connection that sends anything the decoder cannot make sense
-//! of is closed; nothing on the wire can make the receiver panic or buffer
-//! more than [`MAX_MESSAGE`] bytes (plus one read) per connection.
+//! It is as strict as Fluentd 1.16.11's `in_forward`, not kinder (the
+//! fixtures in `fluent/tests/fixtures/forward-wire` show what the real one
+//! does):
+//! - a time of `[EventTime, {metadata}]` (Fluent Bit 5's default) fails the
+//!   way Fluentd fails (`undefined method 'to_i' for [EventTime, {}]:Array`):
+//!   the message is dropped unacked and the connection closed;
+//! - with `<security>`, every HELO carries a fresh 16-byte user-auth salt,
+//!   with or without users; the PING must be exactly
+//!   `["PING", hostname, salt, digest, username, password digest]`, its
+//!   digest is checked against the key, and the username and password only
+//!   when users are configured; a failure is answered
+//!   `["PONG", false, reason, "", ""]` and the connection closed.
+//!
+//! Not supported: heartbeats over UDP and TLS. A connection that sends
+//! anything the decoder cannot make sense of is closed; nothing on the wire
+//! can make the receiver panic or buffer more than [`MAX_MESSAGE`] bytes
+//! (plus one read) per connection.
 //!
 //! [`Decoder`] is the socket-free, incremental part; [`serve`] runs it on
 //! every accepted connection; [`FluentReceiver`] is a ready-made receiver
@@ -32,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use darkport_fluent::handshake::{ServerAuth, User};
 use rmpv::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,6 +71,8 @@ pub struct Record {
     pub tag: String,
     /// Unix time in seconds.
     pub time: u64,
+    /// Nanoseconds of an EventTime (0 for an integer time).
+    pub nanos: u32,
     /// The record (a msgpack map).
     pub record: Value,
 }
@@ -175,9 +191,11 @@ impl Decoder {
             if !record.is_map() {
                 bail!("a record must be a map, got {}", kind(&record));
             }
+            let (time, nanos) = event_time(&read_one(time)?)?;
             records.push(Record {
                 tag: tag.clone(),
-                time: event_time(&read_one(time)?)?,
+                time,
+                nanos,
                 record,
             });
             Ok(())
@@ -229,25 +247,34 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Seconds of an integer, `EventTime`, float or nil (now) time, or of
-/// `[time, {metadata}]` (forward protocol v1.5).
-fn event_time(v: &Value) -> Result<u64> {
+/// Seconds and nanoseconds of an integer, `EventTime`, float or nil (now)
+/// time. An array time (`[EventTime, {metadata}]`, forward protocol v1.5
+/// as Fluent Bit 5 sends it) is refused, as Fluentd 1.16 refuses it.
+fn event_time(v: &Value) -> Result<(u64, u32)> {
     match v {
-        Value::Array(a) if a.len() == 2 && a[1].is_map() => event_time(&a[0]),
-        Value::Integer(i) => i.as_u64().ok_or_else(|| anyhow!("negative event time {i}")),
-        Value::Ext(0, data) => {
-            let secs: [u8; 4] = match data.as_slice() {
-                [a, b, c, d, _, _, _, _] => [*a, *b, *c, *d],
-                _ => bail!("EventTime must be 8 bytes, got {}", data.len()),
-            };
-            Ok(u64::from(u32::from_be_bytes(secs)))
-        }
-        Value::F64(f) if f.is_finite() && *f >= 0.0 => Ok(*f as u64),
-        Value::F32(f) if f.is_finite() && *f >= 0.0 => Ok(*f as u64),
-        Value::Nil => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)),
+        Value::Array(_) => bail!(
+            "NoMethodError: undefined method 'to_i' for [EventTime, {{}}]:Array (Fluentd up to 1.19.3 cannot read an array event time)"
+        ),
+        Value::Integer(i) => Ok((
+            i.as_u64().ok_or_else(|| anyhow!("negative event time {i}"))?,
+            0,
+        )),
+        Value::Ext(0, data) => match data.as_slice() {
+            [a, b, c, d, e, f, g, h] => Ok((
+                u64::from(u32::from_be_bytes([*a, *b, *c, *d])),
+                u32::from_be_bytes([*e, *f, *g, *h]),
+            )),
+            _ => bail!("EventTime must be 8 bytes, got {}", data.len()),
+        },
+        Value::F64(f) if f.is_finite() && *f >= 0.0 => Ok((*f as u64, 0)),
+        Value::F32(f) if f.is_finite() && *f >= 0.0 => Ok((*f as u64, 0)),
+        Value::Nil => Ok((
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            0,
+        )),
         Value::Ext(ty, _) => bail!("event time has ext type {ty}, expected EventTime (0)"),
         other => bail!(
             "event time must be an integer or EventTime, got {}",
@@ -279,7 +306,7 @@ async fn serve_counting(
     listener: TcpListener,
     on_record: OnRecord,
     acks: Arc<AtomicUsize>,
-    shared_key: Option<Arc<str>>,
+    security: Option<Arc<ServerAuth>>,
 ) {
     // Dropping this future (e.g. aborting its task) drops the set, which
     // aborts every connection task.
@@ -301,9 +328,9 @@ async fn serve_counting(
                 }
                 let on_record = on_record.clone();
                 let acks = acks.clone();
-                let key = shared_key.clone();
+                let security = security.clone();
                 conns.spawn(async move {
-                    match connection(tcp, &*on_record, &acks, key.as_deref()).await {
+                    match connection(tcp, &*on_record, &acks, security.as_deref()).await {
                         Ok(()) => debug!(%peer, "fluent connection closed"),
                         Err(e) => warn!(%peer, "fluent connection closed: {e:#}"),
                     }
@@ -319,12 +346,12 @@ async fn connection(
     mut tcp: TcpStream,
     on_record: &(dyn Fn(Record) + Send + Sync),
     acks: &AtomicUsize,
-    shared_key: Option<&str>,
+    security: Option<&ServerAuth>,
 ) -> Result<()> {
     let mut decoder = Decoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
-    if let Some(key) = shared_key {
-        let rest = handshake(&mut tcp, key).await?;
+    if let Some(security) = security {
+        let rest = handshake(&mut tcp, security).await?;
         decoder.feed(&rest);
     }
     loop {
@@ -363,15 +390,17 @@ async fn connection(
     }
 }
 
-/// The server side of `<security> shared_key`, as Fluentd's in_forward
-/// does it: HELO first, then PING checked, PONG answered (a failed check
-/// gets `["PONG", false, reason, "", ""]` and the connection closes).
-/// Returns bytes that followed the PING.
-async fn handshake(tcp: &mut TcpStream, key: &str) -> Result<Vec<u8>> {
-    use darkport_fluent::handshake::{Helo, Ping, Pong, MAX_HANDSHAKE};
+/// The server side of `<security>`, as Fluentd 1.16's in_forward does it:
+/// HELO first, with a fresh user-auth salt whether or not users are
+/// configured; then the PING checked (exactly 6 elements, the key's
+/// digest, users only if there are any); PONG answered (a failure gets
+/// `["PONG", false, reason, "", ""]` and the connection closes). Returns
+/// bytes that followed the PING.
+async fn handshake(tcp: &mut TcpStream, security: &ServerAuth) -> Result<Vec<u8>> {
+    use darkport_fluent::handshake::{Helo, Ping, Pong, Refusal, MAX_HANDSHAKE};
     let helo = Helo {
         nonce: rand::random::<[u8; 16]>().to_vec(),
-        auth: vec![],
+        auth: rand::random::<[u8; 16]>().to_vec(),
         keepalive: true,
     };
     tcp.write_all(&helo.encode())
@@ -394,14 +423,22 @@ async fn handshake(tcp: &mut TcpStream, key: &str) -> Result<Vec<u8>> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let ping = Ping::parse(&buf[..len])
-        .context("expected PING (is the sender configured for the shared key?)")?;
-    let pong = Pong::answer(&helo, &ping, RECEIVER_HOSTNAME, key);
-    tcp.write_all(&pong.encode())
+    let pong = match Ping::parse(&buf[..len]) {
+        Ok(ping) => (
+            security.answer(&helo, &ping, RECEIVER_HOSTNAME),
+            ping.hostname_lossy(),
+        ),
+        Err(_) => (Pong::refuse(&Refusal::InvalidPing), String::new()),
+    };
+    tcp.write_all(&pong.0.encode())
         .await
         .context("sending PONG")?;
-    if !pong.ok {
-        bail!("PING from {:?} failed: {}", ping.hostname, pong.reason);
+    if !pong.0.ok {
+        bail!(
+            "PING from {:?} failed: {}",
+            pong.1,
+            String::from_utf8_lossy(&pong.0.reason)
+        );
     }
     Ok(buf[len..].to_vec())
 }
@@ -425,10 +462,26 @@ impl FluentReceiver {
     /// [`FluentReceiver::start`], with `<security> shared_key` on: every
     /// connection must complete the handshake with `key` first.
     pub async fn start_with_shared_key(key: &str) -> Result<FluentReceiver> {
-        FluentReceiver::start_with(Some(Arc::from(key))).await
+        FluentReceiver::start_with_security(key, &[]).await
     }
 
-    async fn start_with(shared_key: Option<Arc<str>>) -> Result<FluentReceiver> {
+    /// [`FluentReceiver::start_with_shared_key`], with `<user>` sections
+    /// too: (username, password) pairs, of which the PING must name one.
+    pub async fn start_with_security(key: &str, users: &[(&str, &str)]) -> Result<FluentReceiver> {
+        let security = ServerAuth {
+            shared_key: key.to_string(),
+            users: users
+                .iter()
+                .map(|(u, p)| User {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                })
+                .collect(),
+        };
+        FluentReceiver::start_with(Some(Arc::new(security))).await
+    }
+
+    async fn start_with(security: Option<Arc<ServerAuth>>) -> Result<FluentReceiver> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the fluent receiver")?;
@@ -439,12 +492,7 @@ impl FluentReceiver {
         let on_record: OnRecord = Arc::new(move |r: Record| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         });
-        let task = tokio::spawn(serve_counting(
-            listener,
-            on_record,
-            acks.clone(),
-            shared_key,
-        ));
+        let task = tokio::spawn(serve_counting(listener, on_record, acks.clone(), security));
         Ok(FluentReceiver {
             addr,
             records,
@@ -471,6 +519,61 @@ impl Drop for FluentReceiver {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Reads msgpack values (acks, handshake messages) from a stream, keeping
+/// what one read brought past a value for the next: a PONG and the first
+/// ack can arrive in one read.
+pub struct ValueReader<S> {
+    /// The stream, for writing too.
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> ValueReader<S> {
+    /// Reads from `stream`.
+    pub fn new(stream: S) -> ValueReader<S> {
+        ValueReader {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next value within `within`: `None` on timeout, `Err` if the
+    /// stream fails, ends first, or sends more than 64 KiB without a value.
+    pub async fn next(&mut self, within: Duration) -> Option<std::result::Result<Value, String>> {
+        let mut chunk = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match darkport_fluent::scan::value_len(&self.buf) {
+                Ok(Some(n)) => {
+                    let v = read_one(&self.buf[..n]).map_err(|e| e.to_string());
+                    self.buf.drain(..n);
+                    return Some(v);
+                }
+                Ok(None) if self.buf.len() > 64 * 1024 => {
+                    return Some(Err("over 64 KiB without a whole value".into()))
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(format!("not msgpack: {e}"))),
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) => return Some(Err("the stream ended".into())),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+/// The next msgpack value of a stream nothing else reads from (see
+/// [`ValueReader`]).
+pub async fn read_value(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> Option<std::result::Result<Value, String>> {
+    ValueReader::new(stream).next(within).await
 }
 
 /// Renders a msgpack value as JSON: str and bin become strings (bin as
@@ -587,6 +690,7 @@ mod tests {
             vec![Record {
                 tag: "app.log".into(),
                 time: 1_700_000_000,
+                nanos: 0,
                 record: rec(7)
             }]
         );
@@ -727,21 +831,25 @@ mod tests {
             Record {
                 tag: "a".into(),
                 time: 1,
+                nanos: 0,
                 record: rec(0),
             },
             Record {
                 tag: "b".into(),
                 time: 2,
+                nanos: 0,
                 record: rec(1),
             },
             Record {
                 tag: "c".into(),
                 time: 0,
+                nanos: 0,
                 record: rec(0),
             },
             Record {
                 tag: "c".into(),
                 time: 1,
+                nanos: 5,
                 record: rec(1),
             },
         ];
@@ -864,6 +972,24 @@ mod tests {
                 ])),
             ),
             ("deep nesting", [vec![0x91; 100], vec![0xc0]].concat()),
+            (
+                "Fluent Bit 5 array time, as Fluentd 1.16 refuses it",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Array(vec![Value::Array(vec![
+                        Value::Array(vec![event_time(1, 2), map(&[])]),
+                        rec(0),
+                    ])]),
+                ])),
+            ),
+            (
+                "array time in Message mode",
+                enc(&Value::Array(vec![
+                    s("t"),
+                    Value::Array(vec![event_time(1, 2), map(&[])]),
+                    rec(0),
+                ])),
+            ),
         ];
         for (name, wire) in cases {
             match decode_all(&wire) {
@@ -914,6 +1040,7 @@ mod tests {
         let r = Record {
             tag: "t".into(),
             time: 5,
+            nanos: 0,
             record: Value::Map(vec![
                 (s("msg"), s("hi")),
                 (s("n"), Value::from(-3)),

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use darkport_proto::identity::Kind;
-use darkport_proto::policy::{FluentSettings, ServiceProtocol};
-use darkport_tests::fluent::{FluentReceiver, Record};
+use darkport_proto::policy::{AppHandshake, FluentSettings, ServiceProtocol};
+use darkport_tests::fluent::{read_value, FluentReceiver, Record};
 use darkport_tests::{assert_eventually, Fixture};
 use rmpv::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -137,9 +137,15 @@ async fn go_client(dir: &Path) -> Option<PathBuf> {
 
 /// Runs a client script that must fail; returns its stderr.
 async fn run_failing_script(program: &str, args: &[String]) -> String {
+    run_failing_script_with(program, args, &[]).await
+}
+
+/// [`run_failing_script`] with environment variables.
+async fn run_failing_script_with(program: &str, args: &[String], env: &[(&str, &str)]) -> String {
     let out = tokio::time::timeout(
         SCRIPT_TIMEOUT,
         tokio::process::Command::new(program)
+            .envs(env.iter().copied())
             .args(args)
             .current_dir(interop_dir())
             .stdin(std::process::Stdio::null())
@@ -151,7 +157,7 @@ async fn run_failing_script(program: &str, args: &[String]) -> String {
     .expect("run");
     assert!(
         !out.status.success(),
-        "`{program}` succeeded, but its tag is denied"
+        "`{program}` succeeded, but it must be refused"
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -166,12 +172,16 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(FluentSettings::default()).await
+}
+
+async fn setup_with(settings: FluentSettings) -> Setup {
     let receiver = FluentReceiver::start().await.expect("fluent receiver");
     let mut fx = Fixture::start().await.expect("fixture");
     fx.service_with(
         "fluentd",
         receiver.addr,
-        ServiceProtocol::FluentForward(FluentSettings::default()),
+        ServiceProtocol::FluentForward(settings),
     )
     .await
     .expect("service");
@@ -200,7 +210,13 @@ async fn setup() -> Setup {
 /// Runs a client script to completion; panics with its output if it fails
 /// or runs too long.
 async fn run_script(program: &str, args: &[String]) {
+    run_script_with(program, args, &[]).await
+}
+
+/// [`run_script`] with environment variables.
+async fn run_script_with(program: &str, args: &[String], env: &[(&str, &str)]) {
     let mut cmd = tokio::process::Command::new(program);
+    cmd.envs(env.iter().copied());
     cmd.args(args)
         .current_dir(interop_dir())
         .stdin(std::process::Stdio::null())
@@ -351,27 +367,6 @@ async fn node_fluent_logger_compressed_packed_forward_through_darkport() {
     );
 }
 
-/// Reads one msgpack value (at most 64 KiB) from `r`.
-async fn read_value(r: &mut (impl AsyncReadExt + Unpin)) -> Value {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match rmpv::decode::read_value(&mut buf.as_slice()) {
-            Ok(v) => return v,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-            Err(e) => panic!("invalid msgpack from the service: {e} ({buf:?})"),
-        }
-        assert!(buf.len() < 64 * 1024, "answer too long");
-        let n = r.read(&mut chunk).await.expect("read");
-        assert!(
-            n > 0,
-            "stream ended after {} bytes, before a whole answer",
-            buf.len()
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_sdk_dial_gets_fluentd_ack() {
     let s = setup().await;
@@ -393,9 +388,10 @@ async fn rust_sdk_dial_gets_fluentd_ack() {
     rmpv::encode::write_value(&mut wire, &message).expect("encode");
     stream.write_all(&wire).await.expect("write");
 
-    let ack = tokio::time::timeout(Duration::from_secs(10), read_value(&mut stream))
+    let ack = read_value(&mut stream, Duration::from_secs(10))
         .await
-        .expect("ack within 10 s");
+        .expect("ack within 10 s")
+        .expect("an ack");
     assert_eq!(ack, Value::Map(vec![(Value::from("ack"), chunk)]));
     assert_eq!(s.receiver.acks_sent(), 1);
 
@@ -548,4 +544,52 @@ async fn denied_tags_never_arrive_and_ack_clients_fail() {
         .filter(|r| r.tag.starts_with("audit."))
         .collect();
     assert!(denied.is_empty(), "denied tags arrived: {denied:?}");
+}
+
+/// An app that keeps its own shared_key (npm fluent-logger with
+/// `security`, which checks the server's PONG digest): the router answers
+/// its handshake with the service's app-side key; a wrong key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fluent_logger_with_its_own_shared_key_through_darkport() {
+    if !node_available().await {
+        return;
+    }
+    let s = setup_with(FluentSettings {
+        app_handshake: AppHandshake::SharedKey("app-k3y".into()),
+        ..FluentSettings::default()
+    })
+    .await;
+    let script = interop_dir().join("node/send.js");
+    let args = |tag: &str, count: usize| {
+        vec![
+            script.display().to_string(),
+            "127.0.0.1".into(),
+            s.forward.port().to_string(),
+            tag.to_string(),
+            count.to_string(),
+        ]
+    };
+    run_script_with(
+        "node",
+        &args("interop.node.secure", COUNT),
+        &[("FLUENT_SHARED_KEY", "app-k3y")],
+    )
+    .await;
+    if let Err(e) = check_arrivals(&s.receiver.records(), "interop.node.secure") {
+        panic!("the client saw every ack, but: {e}");
+    }
+    let err = run_failing_script_with(
+        "node",
+        &args("interop.node.wrong-key", 5),
+        &[("FLUENT_SHARED_KEY", "not-the-key")],
+    )
+    .await;
+    eprintln!("node, wrong key: {err}");
+    assert!(
+        s.receiver
+            .records()
+            .iter()
+            .all(|r| r.tag != "interop.node.wrong-key"),
+        "a wrong key let records in"
+    );
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{FluentSettings, ServiceProtocol};
-use darkport_tests::fluent::{FluentReceiver, Record};
+use darkport_tests::fluent::{read_value, FluentReceiver, Record};
 use darkport_tests::{assert_eventually, n, Fixture};
-use edge_client::{DialError, DialStream};
+use edge_client::DialError;
 use rmpv::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -74,26 +74,6 @@ struct DialStreams {
     app2: std::sync::Arc<edge_client::Client>,
 }
 
-/// Reads one msgpack value (an ack) within `within`; `None` on timeout,
-/// `Err` if the stream fails or ends.
-async fn read_ack(stream: &mut DialStream, within: Duration) -> Option<Result<Value, String>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(Some(n)) = darkport_fluent::scan::value_len(&buf) {
-            let v = rmpv::decode::read_value(&mut &buf[..n]).map_err(|e| e.to_string());
-            return Some(v);
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) => return Some(Err("the stream ended".into())),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) => return Some(Err(e.to_string())),
-        }
-    }
-}
-
 fn ack_of(id: &str) -> Value {
     Value::Map(vec![(s("ack"), s(id))])
 }
@@ -121,7 +101,7 @@ async fn records_from_two_identities_arrive_stamped_and_forgeries_are_overwritte
         .await
         .expect("write");
     assert_eq!(
-        read_ack(&mut a, Duration::from_secs(10)).await,
+        read_value(&mut a, Duration::from_secs(10)).await,
         Some(Ok(ack_of("c1"))),
         "the service's ack, chunk id kept"
     );
@@ -198,7 +178,7 @@ async fn a_denied_tag_never_reaches_the_service() {
         .await
         .expect("write");
     assert_eq!(
-        read_ack(&mut a, Duration::from_secs(10)).await,
+        read_value(&mut a, Duration::from_secs(10)).await,
         Some(Ok(ack_of("ok-1"))),
         "the allowed message after a denied one is carried and acked"
     );
@@ -211,7 +191,7 @@ async fn a_denied_tag_never_reaches_the_service() {
         chunk("no-1"),
     ]));
     a.write_all(&denied_chunk).await.expect("write");
-    match read_ack(&mut a, Duration::from_secs(10)).await {
+    match read_value(&mut a, Duration::from_secs(10)).await {
         Some(Err(e)) => eprintln!("the sender sees: {e}"),
         other => panic!("a denied chunk must end the stream without an ack, got {other:?}"),
     }
@@ -285,7 +265,7 @@ async fn acks_come_only_from_the_service() {
         .expect("bytes");
     assert!(n > 0);
     assert_eq!(
-        read_ack(&mut a, Duration::from_secs(2)).await,
+        read_value(&mut a, Duration::from_secs(2)).await,
         None,
         "no ack: the service did not give one, and the router never acks for it"
     );
@@ -318,7 +298,7 @@ async fn compressed_chunks_pass_and_gzip_bombs_are_refused() {
     .await
     .expect("write");
     assert_eq!(
-        read_ack(&mut a, Duration::from_secs(10)).await,
+        read_value(&mut a, Duration::from_secs(10)).await,
         Some(Ok(ack_of("gz-1")))
     );
     assert_eq!(receiver.records().len(), 3);
@@ -339,7 +319,7 @@ async fn compressed_chunks_pass_and_gzip_bombs_are_refused() {
     ])))
     .await
     .expect("write");
-    match read_ack(&mut b, Duration::from_secs(10)).await {
+    match read_value(&mut b, Duration::from_secs(10)).await {
         Some(Err(e)) => eprintln!("the bomb's sender sees: {e}"),
         other => panic!("a gzip bomb must end the stream, got {other:?}"),
     }
@@ -370,7 +350,7 @@ async fn the_shared_key_handshake_works_and_a_wrong_key_fails() {
     .await
     .expect("write");
     assert_eq!(
-        read_ack(&mut a, Duration::from_secs(10)).await,
+        read_value(&mut a, Duration::from_secs(10)).await,
         Some(Ok(ack_of("k-1")))
     );
     assert_eq!(receiver.records().len(), 1);

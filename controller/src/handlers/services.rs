@@ -2,7 +2,7 @@
 
 use darkport_proto::identity::IdentityName;
 use darkport_proto::msg::{AdminResponse, ControlError};
-use darkport_proto::policy::{ServiceEntry, ServiceProtocol};
+use darkport_proto::policy::{AppHandshake, EventTimeForm, ServiceEntry, ServiceProtocol};
 
 use super::{bad, insert_new, not_found, remove_named, Caller};
 use crate::store::Store;
@@ -90,18 +90,37 @@ fn check_address(address: &str) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// A listed service says whether it has a shared key, never which.
+/// A listed service says whether it has a shared key, a password or an
+/// app-side key, never which.
 fn redact_shared_key(mut s: ServiceEntry) -> ServiceEntry {
     if let ServiceProtocol::FluentForward(f) = &mut s.protocol {
         if f.shared_key.is_some() {
-            f.shared_key = Some("(set)".into());
+            f.shared_key = Some(REDACTED.into());
+        }
+        if let Some(u) = &mut f.service_user {
+            u.password = REDACTED.into();
+        }
+        if let AppHandshake::SharedKey(k) = &mut f.app_handshake {
+            *k = REDACTED.into();
         }
     }
     s
 }
 
-/// Stamp keys are record keys: 1 to 128 printable characters, no two the
-/// same; a shared key is 1 to 1024 bytes.
+/// What a listed secret shows.
+const REDACTED: &str = "(set)";
+
+/// A secret (shared key, password) is 1 to 1024 bytes.
+fn check_secret(what: &str, secret: &str) -> Result<(), ControlError> {
+    if secret.is_empty() || secret.len() > 1024 {
+        return Err(bad(format!("{what} is 1 to 1024 bytes")));
+    }
+    Ok(())
+}
+
+/// Stamp keys (and the metadata key) are record keys: 1 to 128 printable
+/// characters, no two the same; secrets are 1 to 1024 bytes; a service
+/// user goes with a shared key; a metadata key with unwrapped times.
 fn check_protocol(p: &ServiceProtocol) -> Result<(), ControlError> {
     let ServiceProtocol::FluentForward(f) = p else {
         return Ok(());
@@ -109,6 +128,7 @@ fn check_protocol(p: &ServiceProtocol) -> Result<(), ControlError> {
     let keys: Vec<&String> = std::iter::once(&f.identity_key)
         .chain(f.roles_key.iter())
         .chain(f.router_key.iter())
+        .chain(f.metadata_key.iter())
         .collect();
     for k in &keys {
         if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control()) {
@@ -122,11 +142,27 @@ fn check_protocol(p: &ServiceProtocol) -> Result<(), ControlError> {
             return Err(bad(format!("stamp key {k:?} is used twice")));
         }
     }
-    if f.shared_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > 1024)
-    {
-        return Err(bad("a shared key is 1 to 1024 bytes"));
+    if let Some(k) = &f.shared_key {
+        check_secret("a shared key", k)?;
+    }
+    if let Some(u) = &f.service_user {
+        if f.shared_key.is_none() {
+            return Err(bad(
+                "a service user needs the service's shared key too (--shared-key-file): Fluentd checks users only inside <security>",
+            ));
+        }
+        if u.username.is_empty() || u.username.len() > 128 {
+            return Err(bad("a service user name is 1 to 128 bytes"));
+        }
+        check_secret("a service password", &u.password)?;
+    }
+    if let AppHandshake::SharedKey(k) = &f.app_handshake {
+        check_secret("an app-side shared key", k)?;
+    }
+    if f.metadata_key.is_some() && f.event_time == EventTimeForm::Keep {
+        return Err(bad(
+            "--metadata-key applies to --event-time unwrap only (with keep, the metadata stays in the time)",
+        ));
     }
     Ok(())
 }
@@ -151,6 +187,36 @@ mod tests {
         let mut s = FluentSettings::default();
         f(&mut s);
         ServiceProtocol::FluentForward(s)
+    }
+
+    fn user(name: &str, password: &str) -> darkport_proto::policy::FluentUser {
+        darkport_proto::policy::FluentUser {
+            username: name.into(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn list_redacts_the_password_and_the_app_side_key() {
+        let f = Fixture::new();
+        let p = fluent(|s| {
+            s.shared_key = Some("secret".into());
+            s.service_user = Some(user("alice", "pw"));
+            s.app_handshake = AppHandshake::SharedKey("app-secret".into());
+        });
+        done(f.run(
+            T0,
+            AdminRequest::CreateService(svc("logs", "10.0.0.1:24224", p)),
+        ));
+        let Ok(AdminResponse::Services(list)) = f.run(T0, AdminRequest::ListServices) else {
+            panic!("expected services");
+        };
+        let ServiceProtocol::FluentForward(got) = &list[0].protocol else {
+            panic!("fluent-forward");
+        };
+        assert_eq!(got.service_user, Some(user("alice", "(set)")));
+        assert_eq!(got.app_handshake, AppHandshake::SharedKey("(set)".into()));
+        assert_eq!(got.shared_key.as_deref(), Some("(set)"));
     }
 
     #[test]
@@ -245,6 +311,52 @@ mod tests {
                     fluent(|s| s.shared_key = Some("k".repeat(1025))),
                 ),
                 "a shared key is 1 to 1024 bytes",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| s.service_user = Some(user("u", "p"))),
+                ),
+                "a service user needs the service's shared key too (--shared-key-file): Fluentd checks users only inside <security>",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| {
+                        s.shared_key = Some("k".into());
+                        s.service_user = Some(user("u", ""));
+                    }),
+                ),
+                "a service password is 1 to 1024 bytes",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| s.app_handshake = AppHandshake::SharedKey(String::new())),
+                ),
+                "an app-side shared key is 1 to 1024 bytes",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| s.metadata_key = Some(s.identity_key.clone())),
+                ),
+                "stamp key \"darkport_identity\" is used twice",
+            ),
+            (
+                svc(
+                    "a",
+                    "h:1",
+                    fluent(|s| {
+                        s.metadata_key = Some("fb_meta".into());
+                        s.event_time = EventTimeForm::Keep;
+                    }),
+                ),
+                "--metadata-key applies to --event-time unwrap only (with keep, the metadata stays in the time)",
             ),
         ];
         for (s, want) in cases {

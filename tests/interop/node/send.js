@@ -9,6 +9,10 @@
 // one ack per chunk). Each record is {"seq": i, "msg": "..."}. Exits 0 once
 // every emit callback reported success, 1 on any error or on timeout, 2 on
 // bad arguments.
+//
+// With FLUENT_SHARED_KEY set, the sender does the <security> handshake
+// with that shared_key, as hostname FLUENT_HOSTNAME (default "node-app"),
+// the way an app that keeps its own shared_key does.
 'use strict';
 
 const logger = require('fluent-logger');
@@ -33,9 +37,14 @@ if (!['Message', 'PackedForward', 'CompressedPackedForward'].includes(mode)) {
   process.exit(2);
 }
 
+const security = process.env.FLUENT_SHARED_KEY
+  ? { clientHostname: process.env.FLUENT_HOSTNAME || 'node-app', sharedKey: process.env.FLUENT_SHARED_KEY }
+  : undefined;
+
 const sender = logger.createFluentSender(tag, {
   host,
   port,
+  security,
   eventMode: mode,
   requireAckResponse: true,
   ackResponseTimeout: ACK_TIMEOUT_MS,
