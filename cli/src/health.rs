@@ -12,15 +12,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use darkport_transport::admission::{GateLimits, HandshakeGate};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once; a new one past this ends the oldest of the
+/// host holding most.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Connections one client host may hold (more end its oldest).
+pub const MAX_CONNECTIONS_PER_HOST: usize = 16;
 
 /// Longest a connection may stay open.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,21 +90,23 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Fu
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /ready and /live");
     }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Connections are held per client host; when all are taken, the
+    // oldest of the host holding most makes room, so one host (or a
+    // scraper gone wrong) cannot keep probes from others out.
+    let gate = HandshakeGate::new(GateLimits {
+        total: MAX_CONNECTIONS,
+        per_prefix: MAX_CONNECTIONS_PER_HOST,
+        retry_above: usize::MAX,
+        v4_prefix: 32,
+        v6_prefix: 128,
+    });
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+                Ok(a) => a,
                 Err(e) => {
                     tracing::debug!("metrics accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -109,9 +115,9 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Fu
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
+        let mut slot = gate.enter(peer.ip());
         let health = health.clone();
         conns.spawn(async move {
-            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let health = health.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&health, &req)) }
@@ -121,7 +127,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Fu
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                () = slot.evicted() => {}
+            }
         });
         while conns.try_join_next().is_some() {}
     }
@@ -260,5 +269,45 @@ mod tests {
             answer(&health, &post).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    /// One host holding every connection (idle, headers never sent) does
+    /// not keep a probe from another host out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_answers_while_one_host_holds_every_slot() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(Health {
+            registry: Registry::default(),
+            ready: Box::new(|| Ok(())),
+            refresh: vec![],
+        });
+        let server = tokio::spawn(serve(listener, health, std::future::pending()));
+        let mut hog = Vec::new();
+        for _ in 0..MAX_CONNECTIONS * 2 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("addr"))
+                .expect("bind 127.0.0.2");
+            hog.push(socket.connect(addr).await.expect("connect"));
+        }
+        for i in 0..5 {
+            let probe = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await?;
+                s.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await?;
+                Ok::<_, std::io::Error>(out)
+            };
+            let out = tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .unwrap_or_else(|_| panic!("probe {i}: no answer within 2 s"))
+                .expect("probe");
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        }
+        server.abort();
     }
 }

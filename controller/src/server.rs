@@ -26,11 +26,10 @@ use darkport_proto::msg::{
 };
 use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
 use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
+use darkport_transport::admission::{GateLimits, HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
-use darkport_transport::limits::{
-    report_suppressed, Caps, LogBudget, Rate, RateLimit, RetryAfter, Slot,
-};
+use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit, RetryAfter};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
@@ -51,18 +50,23 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not read loses its session.
 pub const SNAPSHOT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// QUIC handshakes in progress from one address.
-pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+/// QUIC handshakes in progress: 32 per source prefix (/24, /64), 512 in
+/// all; when full, the oldest handshake of the busiest prefix makes room
+/// (`darkport_transport::admission`), so a flood from many addresses
+/// cannot keep an admin out. Above 64 in progress, a new peer must first
+/// prove its address with a QUIC Retry (spoofed floods then cost one
+/// packet).
+pub const HANDSHAKES: GateLimits = GateLimits {
+    total: 512,
+    per_prefix: 32,
+    retry_above: 64,
+    v4_prefix: 24,
+    v6_prefix: 64,
+};
 
-/// QUIC handshakes in progress in all.
-pub const MAX_HANDSHAKES: usize = 512;
-
-/// Above this many handshakes in progress, a new peer must first prove
-/// its address with a QUIC Retry (spoofed floods then cost one packet).
-pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
-
-/// Connections without a certificate (enrolling hosts) from one address.
-pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
+/// Connections without a certificate (enrolling hosts) from one source
+/// prefix (as [`HANDSHAKES`] counts them).
+pub const MAX_UNAUTHENTICATED_PER_PREFIX: usize = 16;
 
 /// Connections without a certificate in all.
 pub const MAX_UNAUTHENTICATED: usize = 512;
@@ -131,7 +135,7 @@ struct Ctx {
     /// Routers with a live sync session, by name.
     online: DashMap<IdentityName, Presence>,
     /// Handshakes in progress, per source address.
-    handshakes: Arc<Caps<IpAddr>>,
+    handshakes: Arc<HandshakeGate>,
     /// Connections without a certificate, per source address.
     unauthenticated: Arc<Caps<IpAddr>>,
     /// Enrollment attempts per source address.
@@ -218,11 +222,11 @@ pub async fn run_with_store(
         ca_fingerprint,
         token_key: dir.load_token_key()?,
         online: DashMap::new(),
-        handshakes: Caps::new(MAX_HANDSHAKES_PER_ADDRESS, MAX_HANDSHAKES, "address"),
+        handshakes: HandshakeGate::new(HANDSHAKES),
         unauthenticated: Caps::new(
-            MAX_UNAUTHENTICATED_PER_ADDRESS,
+            MAX_UNAUTHENTICATED_PER_PREFIX,
             MAX_UNAUTHENTICATED,
-            "address",
+            "source prefix",
         ),
         enroll_rate: RateLimit::new(ENROLL_RATE, RATE_LIMIT_KEYS),
         renew_rate: RateLimit::new(renew_rate(config.cert_ttl_secs), RATE_LIMIT_KEYS),
@@ -264,23 +268,14 @@ pub async fn run_with_store(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let ip = incoming.remote_address().ip();
-                if ctx.handshakes.total() >= RETRY_ABOVE_HANDSHAKES
-                    && !incoming.remote_address_validated()
+                if ctx.handshakes.wants_retry(incoming.remote_address_validated())
                     && incoming.may_retry()
                 {
                     let _ = incoming.retry();
                     continue;
                 }
-                match ctx.handshakes.try_acquire(ip) {
-                    Ok(slot) => {
-                        tasks.spawn(handle_connection(ctx.clone(), incoming, slot));
-                    }
-                    Err(cap) => {
-                        budgeted_info!(ctx.refusals, %ip, "refusing a control handshake: {cap} handshakes in progress");
-                        incoming.refuse();
-                    }
-                }
+                let ticket = ctx.handshakes.enter(incoming.remote_address().ip());
+                tasks.spawn(handle_connection(ctx.clone(), incoming, ticket));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -388,9 +383,16 @@ pub fn renew_rate(cert_ttl_secs: u64) -> Rate {
     }
 }
 
-async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, handshake: Slot<IpAddr>) {
+async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handshake: Ticket) {
     let remote = incoming.remote_address();
-    let accepted = darkport_transport::endpoint::accept(incoming, "control").await;
+    let accepted = tokio::select! {
+        c = darkport_transport::endpoint::accept(incoming, "control") => c,
+        () = handshake.evicted() => {
+            budgeted_info!(ctx.refusals, %remote, "dropped a control handshake in progress: {}", HandshakeAbort::Evicted);
+            None
+        }
+    };
+    // Done (or failed): out of the pending pool.
     drop(handshake);
     let Some(conn) = accepted else {
         return;
@@ -421,7 +423,10 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, handshake: 
     // UNAUTHENTICATED_LIFETIME to enroll.
     let _unauthenticated = match &peer {
         Some(_) => None,
-        None => match ctx.unauthenticated.try_acquire(remote.ip()) {
+        None => match ctx
+            .unauthenticated
+            .try_acquire(HANDSHAKES.prefix_of(remote.ip()))
+        {
             Ok(slot) => Some(slot),
             Err(cap) => {
                 let reason =

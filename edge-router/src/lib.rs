@@ -111,6 +111,9 @@ pub struct RouterLimits {
     /// New dials are refused once the router has not heard from the
     /// controller for this long (`None`: never). Existing streams go on.
     pub max_policy_age: Option<Duration>,
+    /// Handshakes in progress (peers not yet authenticated), per source
+    /// prefix and in all, on each of the QUIC and TCP listeners.
+    pub handshakes: darkport_transport::admission::GateLimits,
 }
 
 /// Default for [`RouterLimits::max_connections_per_identity`]: a client
@@ -145,6 +148,7 @@ impl RouterLimits {
             max_streams_per_identity: MAX_STREAMS_PER_IDENTITY,
             max_connections: MAX_CONNECTIONS,
             max_policy_age: lifetime.filter(|d| !d.is_zero()),
+            handshakes: darkport_transport::admission::GateLimits::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ use darkport_transport::splice::{splice_tcp_metered, Ending};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, unix_now};
 
+use darkport_transport::admission::{HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info;
 use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, LogBudget, Slot};
 
@@ -39,11 +40,6 @@ pub const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a dial answer to be written (a client that gives no
 /// stream credit has its stream reset then).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// TLS over TCP handshakes in progress at once (each has
-/// [`darkport_transport::endpoint::HANDSHAKE_TIMEOUT`]); more new TCP
-/// connections are closed at once until one finishes.
-pub const MAX_TCP_HANDSHAKES: usize = 1024;
 
 /// Refusal log lines per interval before they are summarised.
 const REFUSAL_LINES: u32 = 20;
@@ -63,6 +59,10 @@ pub struct Guard {
     conns: Arc<Caps<IdentityName>>,
     /// Concurrent streams per client identity.
     streams: Arc<Caps<IdentityName>>,
+    /// QUIC handshakes in progress, by source prefix.
+    quic_handshakes: Arc<HandshakeGate>,
+    /// TLS over TCP handshakes in progress, by source prefix.
+    tcp_handshakes: Arc<HandshakeGate>,
     policy: Arc<PolicyClock>,
     revoked: RevokedRx,
     refusals: Arc<LogBudget>,
@@ -90,6 +90,8 @@ impl Guard {
             // The global bound on streams is per connection (quinn's
             // stream limit) times the connection cap.
             streams: Caps::new(limits.max_streams_per_identity, usize::MAX, "identity"),
+            quic_handshakes: HandshakeGate::new(limits.handshakes),
+            tcp_handshakes: HandshakeGate::new(limits.handshakes),
             policy,
             revoked,
             refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
@@ -111,6 +113,8 @@ impl Guard {
         }
         self.conns.set_per_key(new.max_connections_per_identity);
         self.streams.set_per_key(new.max_streams_per_identity);
+        self.quic_handshakes.set_limits(new.handshakes);
+        self.tcp_handshakes.set_limits(new.handshakes);
         *limits = new;
     }
 
@@ -173,7 +177,6 @@ pub async fn run(
             .map(|c| darkport_transport::mux::TlsAcceptor::from(Arc::new(c)))
     };
     let mut acceptor = tcp_config(&id)?;
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_HANDSHAKES));
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     info!(addr = %endpoint.local_addr()?, tcp = ?tcp_addr, router = %router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
@@ -184,20 +187,32 @@ pub async fn run(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if guard.quic_handshakes.wants_retry(incoming.remote_address_validated()) && incoming.may_retry() {
+                    // Stateless: a spoofed source never gets further.
+                    let _ = incoming.retry();
+                    continue;
+                }
+                // Admitted here, in arrival order, so the gate decides
+                // which handshake makes room before any task runs.
+                let ticket = guard.quic_handshakes.enter(incoming.remote_address().ip());
                 // The handshake completes on the shard, so quinn's driver
                 // for this connection runs there too, beside its streams.
-                shards.spawn(&mut conns, handle_connection(incoming, router.clone(), snapshots.clone(), clients.clone(), guard.clone()));
+                shards.spawn(&mut conns, handle_connection(incoming, ticket, router.clone(), snapshots.clone(), clients.clone(), guard.clone()));
             }
             accepted = accept_tcp(tcp.as_ref()) => {
                 let Ok((stream, remote)) = accepted else { continue };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    budgeted_info!(guard.refusals, %remote, "refusing TCP connection: {MAX_TCP_HANDSHAKES} handshakes already in progress");
-                    continue;
-                };
+                let mut ticket = guard.tcp_handshakes.enter(remote.ip());
                 let (acceptor, router, snapshots, clients, guard) = (acceptor.clone(), router.clone(), snapshots.clone(), clients.clone(), guard.clone());
                 shards.spawn(&mut conns, async move {
-                    let conn = darkport_transport::mux::accept_tcp(stream, acceptor).await;
-                    drop(permit);
+                    let conn = tokio::select! {
+                        c = darkport_transport::mux::accept_tcp(stream, acceptor) => c,
+                        () = ticket.evicted() => {
+                            budgeted_info!(guard.refusals, %remote, "dropped a TCP handshake in progress: {}", HandshakeAbort::Evicted);
+                            return;
+                        }
+                    };
+                    // Authenticated (or failed): out of the pending pool.
+                    drop(ticket);
                     match conn {
                         Ok(conn) => serve_connection(conn, router, snapshots, clients, guard).await,
                         Err(e) => budgeted_info!(guard.refusals, %remote, "client handshake over TCP failed: {e}"),
@@ -310,12 +325,24 @@ async fn admit(snapshots: &mut SnapshotRx, peer: &PeerIdentity) -> Result<(), De
 
 async fn handle_connection(
     incoming: quinn::Incoming,
+    mut ticket: Ticket,
     router: IdentityName,
     snapshots: SnapshotRx,
     clients: Clients,
     guard: Arc<Guard>,
 ) {
-    let Some(conn) = darkport_transport::endpoint::accept(incoming, "client").await else {
+    let remote = incoming.remote_address();
+    let conn = tokio::select! {
+        c = darkport_transport::endpoint::accept(incoming, "client") => c,
+        () = ticket.evicted() => {
+            // Dropping the handshake closes it and frees its state.
+            budgeted_info!(guard.refusals, %remote, "dropped a QUIC handshake in progress: {}", HandshakeAbort::Evicted);
+            None
+        }
+    };
+    // Authenticated (or failed): out of the pending pool.
+    drop(ticket);
+    let Some(conn) = conn else {
         return;
     };
     serve_connection(conn.into(), router, snapshots, clients, guard).await
@@ -372,6 +399,14 @@ async fn serve_connection(
             return;
         }
     };
+    // Admitted: from the few streams a peer gets during its handshake (a
+    // pending handshake's stream state is allocated up front) to the full
+    // number.
+    if let Some(q) = conn.as_quic() {
+        q.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+            darkport_transport::endpoint::MAX_STREAMS,
+        ));
+    }
     let mut revoked = guard.revoked.clone();
     let _open = guard.metrics.connection_open(peer.kind);
     info!(%remote, %peer, %transport, "client connected");

@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 
 use darkport_edge_router::{run, RouterConfig, RouterLimits};
 use darkport_proto::identity::Kind;
+use darkport_transport::admission::GateLimits;
 use darkport_transport::enroll::{enroll, read_token};
 
 #[derive(Parser)]
@@ -84,6 +85,26 @@ struct RunArgs {
     /// the lifetime of the router's certificate (reloaded on SIGHUP).
     #[arg(long, value_parser = humantime::parse_duration)]
     max_policy_age: Option<std::time::Duration>,
+    /// TLS handshakes in progress (peers not yet authenticated) on each
+    /// listener, QUIC and TCP; when full, the oldest handshake of the
+    /// busiest source prefix makes room (reloaded on SIGHUP).
+    #[arg(long, default_value_t = GateLimits::default().total, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_handshakes: usize,
+    /// Handshakes in progress from one source prefix (see
+    /// --handshake-prefix-v4/-v6); more end the prefix's oldest.
+    #[arg(long, default_value_t = GateLimits::default().per_prefix, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_handshakes_per_prefix: usize,
+    /// QUIC: above this many handshakes in progress, new peers prove their
+    /// address with a Retry first.
+    #[arg(long, default_value_t = GateLimits::default().retry_above)]
+    retry_above_handshakes: usize,
+    /// Length of the IPv4 prefix that counts as one source for
+    /// --max-handshakes-per-prefix.
+    #[arg(long, default_value_t = GateLimits::default().v4_prefix, value_parser = clap::value_parser!(u8).range(0..=32))]
+    handshake_prefix_v4: u8,
+    /// Length of the IPv6 prefix that counts as one source.
+    #[arg(long, default_value_t = GateLimits::default().v6_prefix, value_parser = clap::value_parser!(u8).range(0..=128))]
+    handshake_prefix_v6: u8,
     /// On SIGTERM or Ctrl-C: refuse new dials with "draining" (clients
     /// move to another router at once) and let streams in flight go on
     /// for up to this long, then reset the rest.
@@ -99,6 +120,13 @@ impl RunArgs {
         if let Some(age) = self.max_policy_age {
             base.max_policy_age = (!age.is_zero()).then_some(age);
         }
+        base.handshakes = GateLimits {
+            total: self.max_handshakes,
+            per_prefix: self.max_handshakes_per_prefix,
+            retry_above: self.retry_above_handshakes,
+            v4_prefix: self.handshake_prefix_v4,
+            v6_prefix: self.handshake_prefix_v6,
+        };
         base
     }
 }

@@ -400,6 +400,16 @@ pub async fn roundtrip(mut tcp: TcpStream, data: &[u8]) -> Result<Vec<u8>> {
     Ok(back?)
 }
 
+/// The resident memory of process `pid`, in bytes (0 if unreadable).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A controller or router running as its own process (see the
 /// `darkport-test-node` binary); killed with SIGKILL when dropped.
 pub struct Node {

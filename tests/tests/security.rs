@@ -528,3 +528,48 @@ async fn early_bytes_of_a_refused_dial_never_reach_the_service() {
         "the guarded service was connected to"
     );
 }
+
+/// TLS over TCP: a client with a valid certificate that offers no ALPN is
+/// closed after the TLS handshake (rustls alone would let it on to HTTP/2);
+/// the same client offering `darkport-tcp/1` gets the server's HTTP/2
+/// SETTINGS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_clients_must_offer_the_darkport_alpn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start().await.expect("fixture");
+    let id_path = fx.enroll("app-1", Kind::Client, &[]).await.expect("app");
+    let identity = Identity::load(&id_path).expect("identity");
+    let ca = identity.ca.clone();
+    for offer in [false, true] {
+        let mut config = tls::rustls_client_config(
+            Some(&identity),
+            Trust::Ca(ca.clone()),
+            Kind::Router,
+            ALPN_DATA_TCP,
+        )
+        .expect("config");
+        if !offer {
+            config.alpn_protocols.clear();
+        }
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(fx.router_addr)
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("darkport-router").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        // The HTTP/2 client preface and an empty SETTINGS frame.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("preface");
+        let mut buf = [0u8; 64];
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("an answer or a close within 5 s");
+        match (offer, got) {
+            (true, Ok(n)) => assert!(n >= 9 && buf[3] == 4, "SETTINGS expected: {:?}", &buf[..n]),
+            (true, Err(e)) => panic!("with the ALPN: {e}"),
+            (false, Ok(0) | Err(_)) => {}
+            (false, Ok(n)) => panic!("served without ALPN: {:?}", &buf[..n]),
+        }
+    }
+}

@@ -29,6 +29,21 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// 1,200-byte packets (measured slower than the default 1,452).
 pub const MAX_UDP_PAYLOAD: u16 = 6_500;
 
+/// Streams a client may open before its handshake is done and it is
+/// admitted. quinn allocates the state of every stream a peer may open
+/// when the connection is made (about 40 bytes each, both directions), so
+/// the full [`MAX_STREAMS`] would cost a pending handshake about 0.8 MB,
+/// all of it an attacker's for the price of one Initial. Servers raise the
+/// limit to [`MAX_STREAMS`] once the peer is admitted
+/// (`quinn::Connection::set_max_concurrent_bi_streams`).
+pub const PENDING_STREAMS: u32 = 64;
+
+/// The transport settings of a server's connections until their peer is
+/// admitted: [`transport_config`] with [`PENDING_STREAMS`].
+pub fn pending_transport_config() -> Arc<TransportConfig> {
+    transport_config_with_streams(PENDING_STREAMS)
+}
+
 /// Timeout for a QUIC handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -15,10 +15,13 @@
 //! - [`control`]: one request/response exchange with the controller.
 //! - [`shards`]: single-threaded runtimes that each own whole connections.
 //! - [`limits`]: caps on held slots, per-key rate limits, log-line budgets.
+//! - [`admission`]: handshakes in progress, bounded per source prefix and
+//!   in all, always making room for a new peer.
 //!
 //! What it does not do: decide anything. Policy lives in `darkport-proto`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod control;
 pub mod endpoint;
 pub mod enroll;

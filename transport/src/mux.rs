@@ -654,6 +654,18 @@ pub async fn accept_tcp(
                 return Err(format!("TLS handshake: {}", describe_tls(&e)));
             }
         };
+        // rustls refuses a client whose ALPN offer does not match, but lets
+        // one that offers none through: require ours.
+        let expected = acceptor.config().alpn_protocols.first().cloned();
+        let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        if expected.is_some() && negotiated != expected {
+            let (tcp, _) = tls.into_inner();
+            linger_close(tcp).await;
+            return Err(format!(
+                "the client offered no ALPN {:?}: not a Darkport client, or too old",
+                String::from_utf8_lossy(&expected.unwrap_or_default())
+            ));
+        }
         let certs = tls
             .get_ref()
             .1

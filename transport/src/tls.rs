@@ -211,7 +211,8 @@ pub fn server_config(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(crate::endpoint::transport_config());
+    // Few streams until the peer is admitted: see PENDING_STREAMS.
+    cfg.transport_config(crate::endpoint::pending_transport_config());
     Ok(cfg)
 }
 
