@@ -262,6 +262,9 @@ pub async fn run_with_store(
     if let Some(changes) = ctx.store.changes() {
         tasks.spawn(follow_changes(ctx.clone(), changes));
     }
+    for why in untaggable_identities(&ctx.store.read()) {
+        warn!("{why}");
+    }
     metrics.set_ready(true);
     loop {
         tokio::select! {
@@ -284,6 +287,28 @@ pub async fn run_with_store(
     endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// Why `${identity}` tag patterns never match some client identities (a
+/// name with a `.`, since tag namespaces are per tag part): one line per
+/// identity, if any policy uses `${identity}`. Said at start, so data from
+/// before the rule gets a clear migration message.
+pub fn untaggable_identities(state: &State) -> Vec<String> {
+    let uses_placeholder = state.policies.values().any(|p| {
+        p.tags
+            .iter()
+            .any(|t| t.contains(darkport_proto::tags::IDENTITY_PLACEHOLDER))
+    });
+    if !uses_placeholder {
+        return Vec::new();
+    }
+    state
+        .identities
+        .values()
+        .filter(|i| i.kind == Kind::Client)
+        .filter_map(|i| darkport_proto::tags::check_identity_for_tags(i.name.as_str()).err())
+        .map(|e| e.to_string())
+        .collect()
 }
 
 /// How often a controller records that it is alive.
@@ -1024,5 +1049,46 @@ mod tests {
             ["me:1", "a:1", "b:1"]
         );
         assert_eq!(live_controllers(&state, &n("x"), 1000), ["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn dotted_client_names_are_named_at_start_when_a_policy_uses_the_identity_placeholder() {
+        use darkport_proto::policy::{PolicyEntry, Selector};
+        let mut state = State::default();
+        for (name, kind) in [
+            ("web", Kind::Client),
+            ("web.prod", Kind::Client),
+            ("router.eu", Kind::Router),
+        ] {
+            state.identities.insert(
+                n(name),
+                IdentityRecord {
+                    name: n(name),
+                    kind,
+                    roles: vec![],
+                    certificates: vec![],
+                    created_at: 0,
+                    revoked_at: None,
+                    last_seen: None,
+                },
+            );
+        }
+        let policy = |tags: &[&str]| PolicyEntry {
+            name: n("p"),
+            services: vec![Selector::All],
+            identities: vec![Selector::All],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        };
+        state.policies.insert(n("p"), policy(&["app.web.**"]));
+        assert!(
+            untaggable_identities(&state).is_empty(),
+            "no ${{identity}} used"
+        );
+        state
+            .policies
+            .insert(n("p"), policy(&["app.${identity}.**"]));
+        let lines = untaggable_identities(&state);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("web.prod") && lines[0].contains("web-prod"));
     }
 }

@@ -73,6 +73,18 @@ pub struct Plan {
 pub struct PlanError(#[from] darkport_fluent::PatternError);
 
 impl Plan {
+    /// Why some of the policy's `${identity}` patterns match nothing for
+    /// this identity (a name with a `.`), if they do: for a warning.
+    pub fn unsubstituted_warning(&self, identity: &IdentityName) -> Option<String> {
+        let rules = self.tags.as_ref()?;
+        if rules.unsubstituted() == 0 {
+            return None;
+        }
+        darkport_proto::tags::check_identity_for_tags(identity.as_str())
+            .err()
+            .map(|e| e.to_string())
+    }
+
     /// The plan for `identity` (with `roles`) through `router` to
     /// `service`, under the tag patterns of the policies that allowed it
     /// (`None`: any tag).
@@ -458,6 +470,9 @@ pub async fn splice(
                     }
                     (meter.received)(out.len() as u64);
                     out.clear();
+                    // A large message's buffer is not kept for the
+                    // stream's life.
+                    darkport_fluent::shrink_buffer(&mut out);
                 }
                 if filter.stopped() {
                     // Let the service ack what it has: end what it receives.

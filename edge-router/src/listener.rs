@@ -687,6 +687,12 @@ async fn handle_stream(
             let _ = cut_tx.send(reason);
         }
     };
+    if let Some(why) = fluent
+        .as_ref()
+        .and_then(|p| p.unsubstituted_warning(&peer.name))
+    {
+        budgeted_info!(guard.refusals, %peer, service = %req.service, "{why}");
+    }
     let Some(plan) = fluent else {
         let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
         let (ended, reason) = match stats.ending {
@@ -780,6 +786,9 @@ async fn handle_stream(
     )
     .await;
     use crate::fluent::FluentEnding;
+    if let FluentEnding::Rejected(crate::fluent::Rejection::Invalid(e)) = &stats.ending {
+        guard.metrics.fluent_refused_stream(&label, e.as_str());
+    }
     let (ended, reason) = match stats.ending {
         FluentEnding::Clean => ("clean", String::new()),
         FluentEnding::ServiceReset => ("service_reset", String::new()),

@@ -59,6 +59,7 @@ pub struct RouterMetrics {
     fluent_records: Family<DialLabels, Counter>,
     fluent_overwritten: Family<ServiceLabels, Counter>,
     fluent_app_handshakes: Family<ServiceLabels, Counter>,
+    fluent_refused_streams: Family<DialLabels, Counter>,
     snapshot_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     session_up: Gauge,
@@ -92,6 +93,7 @@ impl Default for RouterMetrics {
             fluent_records: Family::default(),
             fluent_overwritten: Family::default(),
             fluent_app_handshakes: Family::default(),
+            fluent_refused_streams: Family::default(),
             snapshot_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             session_up: Gauge::default(),
@@ -139,6 +141,11 @@ impl RouterMetrics {
             "fluent_records",
             "Records of fluent-forward services, by service and result (forwarded; denied: by tag policy; refused_signal: metrics or traces, which cannot be stamped)",
             self.fluent_records.clone(),
+        );
+        r.register(
+            "fluent_refused_streams",
+            "fluent-forward streams ended because the client's data was refused, by service and result (malformed, too_large, too_many_entries, decompress, truncated, handshake)",
+            self.fluent_refused_streams.clone(),
         );
         r.register(
             "fluent_app_handshake_failures",
@@ -274,6 +281,15 @@ impl RouterMetrics {
                 result,
             })
             .inc_by(records);
+    }
+
+    pub(crate) fn fluent_refused_stream(&self, service: &str, reason: &'static str) {
+        self.fluent_refused_streams
+            .get_or_create(&DialLabels {
+                service: service.to_string(),
+                result: reason,
+            })
+            .inc();
     }
 
     pub(crate) fn fluent_app_handshake_failed(&self, service: &str) {

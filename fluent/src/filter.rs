@@ -8,10 +8,10 @@
 //! is recounted; `chunk` is copied as sent, so the service's `{"ack": id}`
 //! is the client's ack. A compressed payload is sent on uncompressed.
 //!
-//! A PackedForward batch of [`PIECE`] bytes or more (not gzip) is passed on
-//! as it arrives, in pieces of whole entries, the last one carrying the
-//! batch's `chunk`: a large batch does not wait at the router for its last
-//! byte (measured: 2.0 → 2.4 M records/s at batches of 1,000,
+//! A PackedForward batch of [`PIECE`] bytes or more (not compressed) is
+//! passed on as it arrives, in pieces of whole entries, the last one
+//! carrying the batch's `chunk`: a large batch does not wait at the router
+//! for its last byte (measured: 2.0 → 2.4 M records/s at batches of 1,000,
 //! docs/benchmarks.md).
 //!
 //! A message whose tag no policy allows is dropped whole, and never
@@ -26,32 +26,120 @@
 //!   sender's denied chunk is never acked and its connection fails, so it
 //!   fails loudly; allowed chunks it sent after the denied one are not
 //!   acked either, and it sends them again (at least once, never lost).
+//!
+//! Every message is bounded in what it makes the router hold and do
+//! ([`Limits`]), so a small message cannot make it produce much more than
+//! it received: a 61 KB gzip payload inflates to 60 MiB of 3-byte entries
+//! `[0, {}]`, which stamped were 700 MB in one call. A message handled
+//! whole (every mode but a large uncompressed PackedForward) is refused
+//! whole if it decompresses to more than `max_decompressed` bytes, holds
+//! more than `max_entries` entries, or stamps to more than `max_output`
+//! bytes: nothing of it is in `out`, and the stream ends with the error
+//! (its sender gets no ack). A large PackedForward passed on in pieces is
+//! bounded by `max_entries` too; the pieces before the bound have gone on
+//! already, as with any error in the middle of such a batch (no ack, so
+//! the sender sends the batch again: at least once). Buffers that grew
+//! for a large message are given back afterwards ([`shrink_buffer`]).
 
 use crate::message::{self, Body};
 use crate::scan::split_value;
 use crate::stamp::Stamp;
 use crate::{scan, FluentError};
-use darkport_proto::tags::TagRules;
+use darkport_proto::tags::{TagRules, MAX_TAG};
 
 /// What one stream may make the router hold or produce.
+///
+/// With the defaults, one stream holds at most, while one message is
+/// handled: the message as received (`max_message`, 16 MiB), its payload
+/// decompressed (`max_decompressed`, 16 MiB; for zstd, the decoder's
+/// window may take as much again) and its stamped output (`max_output`,
+/// 32 MiB, plus the one entry that crossed it): 64 MiB, 80 MiB for zstd,
+/// resident. A `Vec` that grows by doubling may reserve up to twice that
+/// in address space, untouched and so not resident. Afterwards the
+/// filter's buffers shrink back to [`KEEP_CAPACITY`], and so should the
+/// caller's `out` ([`shrink_buffer`]). Before these bounds, one 61 KB
+/// gzip message made a stream hold about 700 MB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message on the wire.
     pub max_message: usize,
-    /// Largest payload after gzip decompression.
+    /// Largest payload after decompression (gzip or zstd).
     pub max_decompressed: usize,
     /// Largest single record.
     pub max_record: usize,
+    /// Most entries in one message, whether handled whole or passed on
+    /// in pieces: bounds the stamping work of one message, and the bytes
+    /// of stamp it adds.
+    pub max_entries: usize,
+    /// Largest stamped output of one message handled whole (every mode
+    /// but a large uncompressed PackedForward, which is passed on in
+    /// pieces as it arrives and never held whole): bounds what one
+    /// message puts in `out`.
+    pub max_output: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message: 16 << 20,
-            max_decompressed: 64 << 20,
+            // 64 MiB before: now the same as `max_message`, so a chunk may
+            // be as large compressed as uncompressed, and no larger. Fluent
+            // Bit's chunks are about 2 MB; Fluentd's forward output sends a
+            // buffer chunk per message, at most 8 MiB with the default
+            // memory buffer (chunk_limit_size). A file-buffer chunk (256 MiB
+            // by default) is over `max_message` uncompressed already, so
+            // such a sender must lower chunk_limit_size either way.
+            max_decompressed: 16 << 20,
             max_record: 4 << 20,
+            // The smallest real entries are about 16 bytes (an integer
+            // time, a map of one short pair): a full 16 MiB chunk of them
+            // is 1 M entries; Fluent Bit's 2 MB chunks hold tens of
+            // thousands of records. 1 M entries take tens of milliseconds
+            // to stamp.
+            max_entries: 1_000_000,
+            // Twice `max_decompressed`. Each entry goes out with the stamp
+            // (the identity and roles pairs: about 60 bytes) and a map32
+            // header (4 bytes more than a fixmap): a full 16 MiB chunk of
+            // records of 64 bytes or more fits (16 MiB × (1 + 64/64)), a
+            // 2 MB chunk of records of 8 bytes or more. The 60 MiB of
+            // 3-byte entries of a 61 KB gzip bomb would be 700 MB.
+            max_output: 32 << 20,
         }
     }
+}
+
+/// Capacity a buffer keeps between messages once [`shrink_buffer`] gave
+/// back what a large message made it grow to.
+pub const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Buffers up to this capacity are left as they are, so steady traffic
+/// (64 KiB reads, stamped) reuses them without reallocating.
+const SHRINK_ABOVE: usize = 1 << 20;
+
+/// Gives back the capacity a buffer grew to for a large message, keeping
+/// [`KEEP_CAPACITY`]: the filter does so with its own buffers after each
+/// message, and the caller should with the `out` it passes, once written
+/// and cleared, so a stream that once sent a large message does not hold
+/// that memory for its life. A buffer under 1 MiB of capacity, or holding
+/// more than [`KEEP_CAPACITY`] bytes (a message still coming in), is left
+/// as it is.
+pub fn shrink_buffer(buf: &mut Vec<u8>) {
+    if buf.capacity() > SHRINK_ABOVE && buf.len() <= KEEP_CAPACITY {
+        buf.shrink_to(KEEP_CAPACITY);
+    }
+}
+
+/// [`FluentError::TooLarge`]'s `what` for a message over
+/// [`Limits::max_output`].
+pub const STAMPED_OUTPUT: &str = "stamped output of one message";
+
+/// What one message may still produce.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Entries.
+    entries: u64,
+    /// Where `out` must end, at most.
+    out_end: usize,
 }
 
 /// A message that was not forwarded.
@@ -252,6 +340,7 @@ impl Filter {
         let (result, used) = self.run(&buf, out);
         self.buf = buf;
         self.buf.drain(..used);
+        shrink_buffer(&mut self.buf);
         result
     }
 
@@ -303,6 +392,14 @@ impl Filter {
             }
             let n = match scan::value_len(rest) {
                 Ok(Some(n)) => n,
+                // A tag no pattern can match is refused as soon as its
+                // length is in, not once up to `max_message` of it is.
+                Ok(None) if message::declared_tag_len(rest).is_some_and(|n| n > MAX_TAG) => {
+                    break Err(FluentError::TooLarge {
+                        what: "tag",
+                        limit: MAX_TAG,
+                    })
+                }
                 Ok(None) => match self.start_packed(rest) {
                     Ok(Some(used)) => {
                         start += used;
@@ -406,8 +503,9 @@ impl Filter {
     }
 
     /// An incomplete message at the start of `rest`: if it is a
-    /// PackedForward whose header is in (and whose payload is not gzip),
-    /// begins passing it on entry by entry; returns the header's length.
+    /// PackedForward whose header is in (and whose payload is not
+    /// compressed), begins passing it on entry by entry; returns the
+    /// header's length.
     fn start_packed(&mut self, rest: &[u8]) -> Result<Option<usize>, FluentError> {
         let (len, after) = match rest {
             [0x92, a @ ..] => (2, a),
@@ -428,7 +526,8 @@ impl Filter {
             _ => return Ok(None),
         };
         // Small messages are taken whole, and so is any payload that does
-        // not start with an entry (an array): gzip (0x1f 0x8b), or Fluent
+        // not start with an entry (an array): gzip (0x1f 0x8b), zstd (0x28
+        // 0xb5 0x2f 0xfd, or a skippable frame's 0x50 to 0x5f), or Fluent
         // Bit's metrics and traces (maps), whose `fluent_signal` in the
         // option map after the payload decides what happens to them.
         let entry_first = matches!(after_tag.get(head), Some(0x92 | 0xdc | 0xdd));
@@ -517,9 +616,9 @@ impl Filter {
         } else {
             crate::message::Options::default()
         };
-        if options.compressed {
+        if options.compressed.is_some() {
             return Err(FluentError::Malformed(
-                "compressed: gzip, but the payload is not gzip",
+                "compressed: gzip or zstd, but the payload is uncompressed entries",
             ));
         }
         if options.non_log_signal().is_some() {
@@ -576,7 +675,13 @@ impl Filter {
         crate::stamp::put_str(out, &tag);
         let bin = out.len();
         out.extend_from_slice(&[0xc6, 0, 0, 0, 0]);
-        let (n, overwritten) = match self.entries(entries, None, out) {
+        // `max_entries` counts the whole batch; its pieces are never held
+        // whole, so `max_output` does not apply.
+        let budget = Budget {
+            entries: (self.limits.max_entries as u64).saturating_sub(p.entries),
+            out_end: usize::MAX,
+        };
+        let (n, overwritten) = match self.entries(entries, None, out, budget) {
             Ok(x) => x,
             Err(e) => {
                 out.truncate(mark);
@@ -596,12 +701,13 @@ impl Filter {
 
     /// Stamps the entries `[time, record]` at `p` (`count` of them, or
     /// until `p` ends) into `out`, framing and stamping each record in one
-    /// pass. Returns (entries, pairs dropped).
+    /// pass, within `budget`. Returns (entries, pairs dropped).
     fn entries(
         &self,
         mut p: &[u8],
         count: Option<u32>,
         out: &mut Vec<u8>,
+        budget: Budget,
     ) -> Result<(u64, u64), FluentError> {
         let bad = FluentError::Malformed("an entry must be [time, record]");
         let (mut n, mut overwritten) = (0u64, 0u64);
@@ -612,6 +718,11 @@ impl Filter {
                 Some(ref mut c) => *c -= 1,
                 None if p.is_empty() => break,
                 None => {}
+            }
+            if n >= budget.entries {
+                return Err(FluentError::TooManyEntries {
+                    limit: self.limits.max_entries,
+                });
             }
             let after = match p {
                 [0x92, rest @ ..] => rest,
@@ -625,6 +736,15 @@ impl Filter {
                 return Err(FluentError::TooLarge {
                     what: "record",
                     limit: self.limits.max_record,
+                });
+            }
+            // Checked after the entry is written, without a second pass
+            // over its record: `out` may pass the bound by one entry, and
+            // the caller truncates it.
+            if out.len() > budget.out_end {
+                return Err(FluentError::TooLarge {
+                    what: STAMPED_OUTPUT,
+                    limit: self.limits.max_output,
                 });
             }
             p = &rest[used..];
@@ -662,7 +782,15 @@ impl Filter {
         self.stamp.record_with(record, extra, out)
     }
 
+    /// One message handled whole, stamped into `out` within
+    /// `max_entries` and `max_output`; on an error the caller truncates
+    /// `out` back to where it was.
     fn write(&mut self, msg: &message::Message<'_>, out: &mut Vec<u8>) -> Result<(), FluentError> {
+        let start = out.len();
+        let budget = Budget {
+            entries: self.limits.max_entries as u64,
+            out_end: start.saturating_add(self.limits.max_output),
+        };
         out.push(0x93);
         crate::stamp::put_str(out, msg.tag);
         // bin32, its length written once the entries are.
@@ -685,20 +813,24 @@ impl Filter {
         match msg.body {
             Body::Single { time, record } => one(time, record, out)?,
             Body::Forward { count, entries } => {
-                let (k, o) = self.entries(entries, Some(count), out)?;
+                let (k, o) = self.entries(entries, Some(count), out, budget)?;
                 n += k;
                 overwritten += o;
             }
             Body::Packed(p) => {
-                let (k, o) = self.entries(p, None, out)?;
+                let (k, o) = self.entries(p, None, out, budget)?;
                 n += k;
                 overwritten += o;
             }
-            Body::Compressed(gz) => {
+            Body::Compressed(data) => {
+                let codec = msg.options.compressed.ok_or(FluentError::Malformed(
+                    "a compressed payload without compressed: gzip or zstd",
+                ))?;
                 let mut plain = std::mem::take(&mut self.plain);
-                let r = message::gunzip(gz, self.limits.max_decompressed, &mut plain)
-                    .and_then(|()| self.entries(&plain, None, out));
+                let r = message::decompress(codec, data, self.limits.max_decompressed, &mut plain)
+                    .and_then(|()| self.entries(&plain, None, out, budget));
                 plain.clear();
+                shrink_buffer(&mut plain);
                 self.plain = plain;
                 let (k, o) = r?;
                 n += k;
@@ -712,6 +844,14 @@ impl Filter {
         })?;
         out[bin + 1..bin + 5].copy_from_slice(&len.to_be_bytes());
         write_options(out, n, &msg.options);
+        // The option map (its `chunk` is the sender's, of any size) and a
+        // Message-mode record are outside the entries' budget.
+        if out.len() - start > self.limits.max_output {
+            return Err(FluentError::TooLarge {
+                what: STAMPED_OUTPUT,
+                limit: self.limits.max_output,
+            });
+        }
         self.counts.messages += 1;
         self.counts.records += n;
         self.counts.overwritten += overwritten;
@@ -1089,5 +1229,325 @@ mod tests {
         f.push(&[0x93, 0xa1]);
         f.process(&mut Vec::new()).expect("incomplete is fine");
         assert!(matches!(f.finish(), Err(FluentError::Truncated(2))));
+    }
+
+    /// `n` bytes of empty entries `[0, {}]` (3 bytes each), the smallest
+    /// entry there is: the most stamps per byte.
+    fn empty_entries(n: usize) -> Vec<u8> {
+        [0x92, 0x00, 0x80].repeat(n / 3)
+    }
+
+    fn gzip(plain: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, plain).expect("gzip");
+        gz.finish().expect("gzip")
+    }
+
+    /// `[tag, bin(payload), {"compressed": codec}]`.
+    fn compressed(tag: &str, payload: Vec<u8>, codec: &str) -> Vec<u8> {
+        let opt = V::Map(vec![(V::from("compressed"), V::from(codec))]);
+        enc(&V::Array(vec![V::from(tag), V::Binary(payload), opt]))
+    }
+
+    fn one_record(tag: &str) -> Vec<u8> {
+        enc(&V::Array(vec![V::from(tag), V::from(1), rec("m", "ok")]))
+    }
+
+    fn limits(f: impl FnOnce(&mut Limits)) -> Filter {
+        let mut l = Limits::default();
+        f(&mut l);
+        let stamp = Stamp::new(&[("darkport_identity".into(), StampValue::Str("app-1".into()))]);
+        Filter::new(stamp, None, l)
+    }
+
+    #[test]
+    fn a_61_kb_gzip_bomb_of_empty_entries_is_refused_whole() {
+        let bomb = gzip(&empty_entries(60 << 20));
+        assert!(
+            bomb.len() < 70_000,
+            "{} bytes inflate to 60 MiB",
+            bomb.len()
+        );
+        let mut wire = one_record("before");
+        let before = {
+            let mut out = Vec::new();
+            filter(None).feed(&wire, &mut out).expect("one record");
+            out
+        };
+        wire.extend(compressed("t", bomb, "gzip"));
+        let mut f = filter(None);
+        let mut out = Vec::new();
+        let r = f.feed(&wire, &mut out);
+        assert!(
+            matches!(
+                r,
+                Err(FluentError::TooLarge {
+                    what: "decompressed payload",
+                    limit: 16_777_216, // 16 MiB
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(out, before, "nothing of the refused message is in out");
+        assert!(
+            f.plain.capacity() <= KEEP_CAPACITY,
+            "the decompression buffer is given back: {}",
+            f.plain.capacity()
+        );
+    }
+
+    #[test]
+    fn a_bomb_under_the_decompressed_limit_is_refused_within_the_output_bound() {
+        // 15 MiB of empty entries: 5 M of them, 160 MB stamped.
+        let plain = empty_entries(15 << 20);
+        let mut f = filter(None);
+        let mut out = b"earlier output".to_vec();
+        let r = f.feed(&compressed("t", gzip(&plain), "gzip"), &mut out);
+        assert!(
+            matches!(
+                r,
+                Err(FluentError::TooManyEntries { limit: 1_000_000 })
+                    | Err(FluentError::TooLarge {
+                        what: STAMPED_OUTPUT,
+                        ..
+                    })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(out, b"earlier output", "out is back at its mark");
+        // The capacity out grew to shows how far the refused message got:
+        // up to the bound (and Vec's doubling), never the 160 MB.
+        let peak = out.capacity();
+        assert!(
+            peak <= 2 * (Limits::default().max_output + KEEP_CAPACITY),
+            "{peak}"
+        );
+        shrink_buffer(&mut out);
+        assert!(out.capacity() <= KEEP_CAPACITY);
+        assert!(f.plain.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn the_entries_of_one_message_are_bounded_in_every_mode() {
+        let entries: Vec<V> = (0..11)
+            .map(|i| V::Array(vec![V::from(i), rec("m", "x")]))
+            .collect();
+        let packed: Vec<u8> = entries.iter().flat_map(enc).collect();
+        let forward = |n: usize| {
+            enc(&V::Array(vec![
+                V::from("t"),
+                V::Array(entries[..n].to_vec()),
+            ]))
+        };
+        let packed_msg = |n: usize| {
+            enc(&V::Array(vec![
+                V::from("t"),
+                V::Binary(entries[..n].iter().flat_map(enc).collect()),
+            ]))
+        };
+        let gz = |n: usize| {
+            compressed(
+                "t",
+                gzip(&entries[..n].iter().flat_map(enc).collect::<Vec<_>>()),
+                "gzip",
+            )
+        };
+        assert_eq!(
+            packed.len(),
+            entries.iter().map(|e| enc(e).len()).sum::<usize>()
+        );
+        for (mode, msg) in [
+            ("forward", &forward as &dyn Fn(usize) -> Vec<u8>),
+            ("packed", &packed_msg),
+            ("gzip", &gz),
+        ] {
+            let mut f = limits(|l| l.max_entries = 10);
+            let mut out = Vec::new();
+            f.feed(&msg(10), &mut out).expect(mode);
+            assert_eq!(decode(&out)[0].1.len(), 10, "{mode}: 10 entries pass");
+            let mark = out.len();
+            let r = f.feed(&msg(11), &mut out);
+            assert_eq!(r, Err(FluentError::TooManyEntries { limit: 10 }), "{mode}");
+            assert_eq!(out.len(), mark, "{mode}: nothing of the 11 in out");
+            assert_eq!(f.counts().records, 10);
+        }
+    }
+
+    #[test]
+    fn the_stamped_output_of_one_message_is_bounded() {
+        let msg = enc(&V::Array(vec![
+            V::from("t"),
+            V::Array(
+                (0..50)
+                    .map(|i| V::Array(vec![V::from(i), rec("m", "x")]))
+                    .collect(),
+            ),
+            V::Map(vec![(V::from("chunk"), V::from("c-1"))]),
+        ]));
+        let mut exact = Vec::new();
+        filter(None).feed(&msg, &mut exact).expect("unbounded");
+        let size = exact.len();
+
+        let mut f = limits(|l| l.max_output = size);
+        let mut out = Vec::new();
+        f.feed(&msg, &mut out).expect("exactly at the bound");
+        assert_eq!(out, exact);
+
+        let mut f = limits(|l| l.max_output = size - 1);
+        let mut out = Vec::new();
+        let r = f.feed(&msg, &mut out);
+        assert_eq!(
+            r,
+            Err(FluentError::TooLarge {
+                what: STAMPED_OUTPUT,
+                limit: size - 1
+            })
+        );
+        assert!(out.is_empty());
+        // Caught in the entries, not only at the end.
+        let mut f = limits(|l| l.max_output = size / 2);
+        assert!(matches!(
+            f.feed(&msg, &mut out),
+            Err(FluentError::TooLarge {
+                what: STAMPED_OUTPUT,
+                ..
+            })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_large_batch_passed_on_in_pieces_is_bounded_in_entries() {
+        let wire = big_packed(1000, "t", Some("c"));
+        let mut f = limits(|l| l.max_entries = 1000);
+        let mut out = Vec::new();
+        for part in wire.chunks(20_000) {
+            f.feed(part, &mut out).expect("1000 entries pass");
+        }
+        assert_eq!(f.counts().records, 1000);
+
+        let mut f = limits(|l| l.max_entries = 999);
+        let mut out = Vec::new();
+        let r: Result<Vec<_>, _> = wire
+            .chunks(20_000)
+            .map(|part| f.feed(part, &mut out))
+            .collect();
+        assert_eq!(r, Err(FluentError::TooManyEntries { limit: 999 }));
+        let chunked = decode(&out).iter().any(|m| {
+            m.2.as_map()
+                .expect("opts")
+                .iter()
+                .any(|(k, _)| k.as_str() == Some("chunk"))
+        });
+        assert!(!chunked, "the refused batch's chunk is never passed on");
+    }
+
+    #[test]
+    fn buffers_that_grew_for_a_large_message_are_given_back() {
+        // About 3 MiB of records that do not compress much, so the
+        // message itself is over 1 MiB on the wire too.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let plain: Vec<u8> = (0..20_000)
+            .flat_map(|i| {
+                let noise: String = (0..150)
+                    .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+                    .collect();
+                enc(&V::Array(vec![V::from(i), rec("m", &noise)]))
+            })
+            .collect();
+        let wire = compressed("app.big", gzip(&plain), "gzip");
+        assert!(wire.len() > 1 << 20, "{}", wire.len());
+        let mut f = filter(None);
+        let mut out = Vec::new();
+        for part in wire.chunks(64 * 1024) {
+            f.feed(part, &mut out).expect("a large, valid message");
+        }
+        assert_eq!(f.counts().records, 20_000);
+        assert!(out.capacity() > 4 << 20);
+        out.clear();
+        shrink_buffer(&mut out);
+        assert!(out.capacity() <= KEEP_CAPACITY, "{}", out.capacity());
+        assert!(
+            f.plain.capacity() <= KEEP_CAPACITY,
+            "{}",
+            f.plain.capacity()
+        );
+        assert!(f.buf.capacity() <= KEEP_CAPACITY, "{}", f.buf.capacity());
+
+        // The stream goes on.
+        f.feed(&one_record("app.after"), &mut out)
+            .expect("a small one");
+        assert_eq!(decode(&out)[0].0, "app.after");
+        assert_eq!(f.counts().messages, 2);
+    }
+
+    #[test]
+    fn shrink_buffer_leaves_small_or_full_buffers_alone() {
+        let mut small = Vec::<u8>::with_capacity(512 * 1024);
+        shrink_buffer(&mut small);
+        assert_eq!(
+            small.capacity(),
+            512 * 1024,
+            "steady traffic keeps its buffer"
+        );
+        let mut filling = vec![0u8; 2 << 20];
+        filling.reserve(1 << 20);
+        let cap = filling.capacity();
+        shrink_buffer(&mut filling);
+        assert_eq!(filling.capacity(), cap, "a message still coming in is kept");
+        filling.truncate(100);
+        shrink_buffer(&mut filling);
+        assert!(filling.capacity() <= KEEP_CAPACITY);
+        assert_eq!(filling.len(), 100);
+    }
+
+    #[test]
+    fn tags_longer_than_any_pattern_matches_are_refused() {
+        let at = "a".repeat(MAX_TAG);
+        let mut out = Vec::new();
+        filter(None)
+            .feed(&one_record(&at), &mut out)
+            .expect("MAX_TAG bytes pass");
+        assert_eq!(decode(&out)[0].0, at);
+
+        let over = "a".repeat(MAX_TAG + 1);
+        let mut out = Vec::new();
+        let r = filter(None).feed(&one_record(&over), &mut out);
+        assert_eq!(
+            r,
+            Err(FluentError::TooLarge {
+                what: "tag",
+                limit: MAX_TAG
+            })
+        );
+        assert!(out.is_empty());
+
+        // A 10 MB tag is refused once its length is in, before the router
+        // holds it (or logs it in a denial).
+        let mut head = vec![0x93, 0xdb];
+        head.extend_from_slice(&10_000_000u32.to_be_bytes());
+        head.extend_from_slice(&[b'x'; 4096]);
+        let mut f = filter(Some("app.**"));
+        let r = f.feed(&head, &mut out);
+        assert!(matches!(r, Err(FluentError::TooLarge { what: "tag", .. })));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn error_names_for_metrics() {
+        assert_eq!(
+            FluentError::TooManyEntries { limit: 1 }.as_str(),
+            "too_many_entries"
+        );
+        assert_eq!(FluentError::Zstd(String::new()).as_str(), "decompress");
+        assert_eq!(
+            FluentError::TooLarge {
+                what: STAMPED_OUTPUT,
+                limit: 1
+            }
+            .as_str(),
+            "too_large"
+        );
     }
 }

@@ -1,7 +1,19 @@
 //! One forward-protocol message, as slices of the bytes it came in: the
 //! four event modes, the option map, and the events inside.
+//!
+//! CompressedPackedForward, as the specification
+//! (<https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1#compressedpackedforward-mode>)
+//! writes it: `[tag, bin(entries), {"compressed": "gzip", ...}]`, the
+//! entries being a PackedForward payload compressed by gzip, which MAY be
+//! several gzip members back to back. Fluentd 1.19 also sends
+//! `compressed: "zstd"` (experimental, not in the specification yet:
+//! fluent/fluentd#4657 and #4758), the payload being one or more zstd
+//! frames (RFC 8878) back to back. Both are decoded as bounded streams:
+//! never more than the limit plus one byte comes out.
 
 use std::io::Read;
+
+use darkport_proto::tags::MAX_TAG;
 
 use crate::scan::{self, split_value};
 use crate::FluentError;
@@ -27,7 +39,8 @@ pub enum Body<'a> {
     /// concatenated `[time, record]` entries.
     Packed(&'a [u8]),
     /// CompressedPackedForward mode: a PackedForward payload compressed
-    /// with gzip (one or more members), option `compressed: "gzip"`.
+    /// as the option `compressed` says (gzip: one or more members; zstd:
+    /// one or more frames); [`decompress`] it.
     Compressed(&'a [u8]),
 }
 
@@ -39,11 +52,32 @@ pub struct Options<'a> {
     pub chunk: Option<&'a [u8]>,
     /// `size`: the number of events, as the sender counted them.
     pub size: Option<u64>,
-    /// `compressed: "gzip"`.
-    pub compressed: bool,
+    /// `compressed: "gzip"` or `"zstd"`; `None` for no option, or for any
+    /// other value (the specification: Fluentd sends `"text"`).
+    pub compressed: Option<Compression>,
     /// `fluent_signal` (Fluent Bit): what kind of events the message
     /// holds, the raw msgpack value kept byte for byte.
     pub signal: Option<&'a [u8]>,
+}
+
+/// How a CompressedPackedForward payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// `compressed: "gzip"` (the specification's only codec).
+    Gzip,
+    /// `compressed: "zstd"` (Fluentd 1.19 `compress zstd`).
+    Zstd,
+}
+
+impl Compression {
+    /// The option's value, as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// `fluent_signal` of logs (Fluent Bit's `FLB_EVENT_TYPE_LOGS`); 1 is
@@ -83,6 +117,14 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, FluentError> {
     }
     let (tag, rest) = split_value(rest)?;
     let tag = scan::as_str(tag).ok_or(bad("the tag must be a string"))?;
+    // No tag pattern matches a longer tag (darkport_proto::tags), and a
+    // tag goes into denial logs: refused here, before it is used.
+    if tag.len() > MAX_TAG {
+        return Err(FluentError::TooLarge {
+            what: "tag",
+            limit: MAX_TAG,
+        });
+    }
     let tag = std::str::from_utf8(tag).map_err(|_| bad("the tag is not UTF-8"))?;
     let (second, rest) = split_value(rest)?;
     let (body, option_count) = if let Some((count, entries)) = scan::as_array(second) {
@@ -116,9 +158,13 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, FluentError> {
         _ => return Err(bad("too many elements for this mode")),
     };
     let body = match (body, options.compressed) {
-        (Body::Packed(p), true) => Body::Compressed(p),
-        (_, true) => return Err(bad("compressed: gzip applies to a packed payload only")),
-        (b, false) => b,
+        (Body::Packed(p), Some(_)) => Body::Compressed(p),
+        (_, Some(_)) => {
+            return Err(bad(
+                "compressed: gzip or zstd applies to a packed payload only",
+            ))
+        }
+        (b, None) => b,
     };
     Ok(Message { tag, body, options })
 }
@@ -139,7 +185,13 @@ pub fn options(v: &[u8]) -> Result<Options<'_>, FluentError> {
             Some(b"chunk") => o.chunk = Some(val),
             Some(b"size") => o.size = scan::as_uint(val),
             // The spec: other values are ignored (Fluentd sends "text").
-            Some(b"compressed") => o.compressed = scan::as_str(val) == Some(b"gzip"),
+            Some(b"compressed") => {
+                o.compressed = match scan::as_str(val) {
+                    Some(b"gzip") => Some(Compression::Gzip),
+                    Some(b"zstd") => Some(Compression::Zstd),
+                    _ => None,
+                }
+            }
             Some(b"fluent_signal") => o.signal = Some(val),
             // Fluentd ignores options it does not know.
             _ => {}
@@ -148,11 +200,46 @@ pub fn options(v: &[u8]) -> Result<Options<'_>, FluentError> {
     Ok(o)
 }
 
-/// Decompresses a CompressedPackedForward payload into `out` (cleared
-/// first), refusing to produce more than `limit` bytes.
+/// The declared length of the tag of a message whose start is in `head`
+/// (an array, then a str header), if that much is in: a tag over
+/// [`MAX_TAG`] can be refused before the whole message is buffered.
+pub(crate) fn declared_tag_len(head: &[u8]) -> Option<usize> {
+    let after = match head {
+        [0x90..=0x9f, a @ ..] => a,
+        [0xdc, _, _, a @ ..] => a,
+        [0xdd, _, _, _, _, a @ ..] => a,
+        _ => return None,
+    };
+    let n = match after {
+        [m @ 0xa0..=0xbf, ..] => u32::from(m & 0x1f),
+        [0xd9, n, ..] => u32::from(*n),
+        [0xda, a, b, ..] => u32::from(u16::from_be_bytes([*a, *b])),
+        [0xdb, a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
+        _ => return None,
+    };
+    usize::try_from(n).ok()
+}
+
+/// Decompresses a CompressedPackedForward payload compressed with `codec`
+/// into `out` (cleared first), refusing to produce more than `limit`
+/// bytes.
+pub fn decompress(
+    codec: Compression,
+    data: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FluentError> {
+    match codec {
+        Compression::Gzip => gunzip(data, limit, out),
+        Compression::Zstd => unzstd(data, limit, out),
+    }
+}
+
+/// Decompresses a gzip CompressedPackedForward payload into `out`
+/// (cleared first), refusing to produce more than `limit` bytes.
 pub fn gunzip(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), FluentError> {
     out.clear();
-    let mut d = flate2::read::MultiGzDecoder::new(data).take(limit as u64 + 1);
+    let mut d = flate2::read::MultiGzDecoder::new(data).take((limit as u64).saturating_add(1));
     d.read_to_end(out)
         .map_err(|e| FluentError::Gzip(e.to_string()))?;
     if out.len() > limit {
@@ -162,6 +249,43 @@ pub fn gunzip(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Fluent
         });
     }
     Ok(())
+}
+
+/// Decompresses a zstd CompressedPackedForward payload (one or more
+/// frames) into `out` (cleared first), refusing to produce more than
+/// `limit` bytes. A frame that asks for a window larger than `limit`
+/// (rounded up to a power of two, and at least 8 MiB) is refused too: the
+/// decoder would allocate that window whatever the frame holds, and no
+/// payload we would accept needs more.
+pub fn unzstd(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), FluentError> {
+    out.clear();
+    let err = |e: std::io::Error| FluentError::Zstd(e.to_string());
+    // `with_buffer`: the payload is already in memory, no copy into a
+    // BufReader. Frames back to back are read one after the other.
+    let mut d = zstd::stream::read::Decoder::with_buffer(data).map_err(err)?;
+    d.window_log_max(window_log(limit)).map_err(err)?;
+    d.take((limit as u64).saturating_add(1))
+        .read_to_end(out)
+        .map_err(err)?;
+    if out.len() > limit {
+        return Err(FluentError::TooLarge {
+            what: "decompressed payload",
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The largest zstd window (as a log) a frame may ask for: one that holds
+/// `limit` bytes, and never less than 8 MiB (log 23), the window zstd's
+/// levels 1 to 19 use when the content size is not known in advance (a
+/// streaming encoder, as Fluentd's), so a small limit does not refuse
+/// ordinary frames; at most libzstd's largest (30). Only the "ultra"
+/// levels 20 to 22 (32 to 128 MiB windows) are refused under the default
+/// 16 MiB limit.
+fn window_log(limit: usize) -> u32 {
+    let bits = usize::BITS - limit.saturating_sub(1).leading_zeros();
+    bits.clamp(23, 30)
 }
 
 /// Entries `[time, record]` of a Forward array or a packed payload:
@@ -319,10 +443,77 @@ mod tests {
                 V::Array(vec![]),
                 V::Map(vec![(V::from("compressed"), V::from("gzip"))]),
             ]),
+            V::Array(vec![
+                V::from("t"),
+                V::Array(vec![]),
+                V::Map(vec![(V::from("compressed"), V::from("zstd"))]),
+            ]),
         ] {
             assert!(parse(&enc(&v)).is_err(), "{v:?}");
         }
         let bad_entry = Entries::packed(&[0x91, 0x01]).next().expect("one");
         assert!(bad_entry.is_err());
+    }
+
+    #[test]
+    fn the_compressed_option_names_the_codec() {
+        let opt = |v: V| {
+            options(&enc(&V::Map(vec![(V::from("compressed"), v)])))
+                .expect("map")
+                .compressed
+        };
+        assert_eq!(opt(V::from("gzip")), Some(Compression::Gzip));
+        assert_eq!(opt(V::from("zstd")), Some(Compression::Zstd));
+        // The specification: other values are ignored.
+        assert_eq!(opt(V::from("text")), None);
+        assert_eq!(opt(V::from(1)), None);
+
+        let packed = enc(&V::Array(vec![V::from(1), rec("a")]));
+        let z = zstd::encode_all(&packed[..], 1).expect("zstd");
+        let m = enc(&V::Array(vec![
+            V::from("t"),
+            V::Binary(z),
+            V::Map(vec![(V::from("compressed"), V::from("zstd"))]),
+        ]));
+        let p = parse(&m).expect("zstd message");
+        let Body::Compressed(data) = p.body else {
+            panic!("compressed");
+        };
+        let mut out = Vec::new();
+        decompress(Compression::Zstd, data, 1 << 20, &mut out).expect("unzstd");
+        assert_eq!(out, packed);
+        let r = decompress(Compression::Zstd, data, packed.len() - 1, &mut out);
+        assert!(matches!(r, Err(FluentError::TooLarge { .. })), "{r:?}");
+        assert!(matches!(
+            decompress(Compression::Gzip, data, 1 << 20, &mut out),
+            Err(FluentError::Gzip(_))
+        ));
+    }
+
+    #[test]
+    fn zstd_windows_are_bounded_by_the_limit() {
+        assert_eq!(window_log(16 << 20), 24);
+        assert_eq!(window_log((16 << 20) + 1), 25);
+        assert_eq!(window_log(1), 23, "what zstd's levels 1 to 19 use");
+        assert_eq!(window_log(usize::MAX), 30, "libzstd's largest");
+    }
+
+    #[test]
+    fn tags_are_bounded() {
+        let msg = |tag: &str| enc(&V::Array(vec![V::from(tag), V::from(1), rec("a")]));
+        assert!(parse(&msg(&"t".repeat(MAX_TAG))).is_ok());
+        assert_eq!(
+            parse(&msg(&"t".repeat(MAX_TAG + 1))),
+            Err(FluentError::TooLarge {
+                what: "tag",
+                limit: MAX_TAG
+            })
+        );
+        // The declared length, from the first bytes only.
+        let head = msg(&"t".repeat(5000));
+        assert_eq!(declared_tag_len(&head[..4]), Some(5000));
+        assert_eq!(declared_tag_len(&head[..2]), None, "not in yet");
+        assert_eq!(declared_tag_len(&msg("abc")), Some(3));
+        assert_eq!(declared_tag_len(&[0x93, 0x01]), None, "not a str");
     }
 }

@@ -109,14 +109,15 @@ fn message(rng: &mut StdRng) -> (Vec<u8>, usize) {
         }
         _ => {
             let packed: Vec<u8> = entries.iter().flat_map(enc).collect();
-            let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            g.write_all(&packed).expect("gzip");
-            opts.push((V::from("compressed"), V::from("gzip")));
-            V::Array(vec![
-                tag,
-                V::Binary(g.finish().expect("gzip")),
-                V::Map(opts),
-            ])
+            let (codec, data) = if rng.random::<bool>() {
+                let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                g.write_all(&packed).expect("gzip");
+                ("gzip", g.finish().expect("gzip"))
+            } else {
+                ("zstd", zstd::encode_all(&packed[..], 1).expect("zstd"))
+            };
+            opts.push((V::from("compressed"), V::from(codec)));
+            V::Array(vec![tag, V::Binary(data), V::Map(opts)])
         }
     };
     (enc(&v), n)
@@ -131,6 +132,7 @@ fn filter() -> Filter {
             max_message: 1 << 16,
             max_decompressed: 1 << 16,
             max_record: 1 << 14,
+            ..Limits::default()
         },
     )
 }

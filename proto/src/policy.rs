@@ -614,6 +614,14 @@ pub fn explain(
                 let ok = crate::tags::TagRules::new(patterns.iter().copied(), identity.as_str())
                     .map(|r| r.allows(tag))
                     .unwrap_or(false);
+                if patterns
+                    .iter()
+                    .any(|p| p.contains(crate::tags::IDENTITY_PLACEHOLDER))
+                {
+                    if let Err(e) = crate::tags::check_identity_for_tags(identity.as_str()) {
+                        out.reasons.push(e.to_string());
+                    }
+                }
                 out.reasons.push(format!(
                     "tag {tag:?} is {} by the tag patterns {}",
                     if ok { "allowed" } else { "DENIED" },

@@ -6,6 +6,13 @@
 //! - `{x,y}` matches either alternative (which may hold `*` and `**`);
 //! - `${identity}` is replaced by the dialing identity's name before the
 //!   pattern is compiled, so one policy can give every app its own tags.
+//!   Only a name that is one tag part is put in: a name with a `.` (which
+//!   identity names may hold) would span several parts, and so reach into
+//!   the tags of another identity: under `app.${identity}.**`, `web` may
+//!   write `app.web.prod.x`, which would be `web.prod`'s. For such a name
+//!   every pattern holding `${identity}` matches nothing (patterns without
+//!   it are unaffected); [`check_identity_for_tags`] says why, for a
+//!   warning.
 //!
 //! A list is written comma-separated (`app.web.**,shared.*`); commas inside
 //! braces belong to the braces.
@@ -46,6 +53,41 @@ pub enum PatternError {
         /// The character.
         ch: char,
     },
+}
+
+/// Why the `${identity}` patterns never match an identity's tags.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityTagError {
+    /// The name holds a `.`.
+    #[error("identity {name} has a '.' in its name, so ${{identity}} tag patterns never match its tags (its name would span several tag parts and reach into the tags of another identity); rename it, e.g. to {suggestion}")]
+    Dotted {
+        /// The name.
+        name: String,
+        /// The name with `-` for `.`.
+        suggestion: String,
+    },
+    /// The name is empty or holds a character no tag part holds.
+    #[error("identity {0:?} is not a tag part (letters, digits, '_' and '-'), so ${{identity}} tag patterns never match its tags; rename it")]
+    NotATagPart(String),
+}
+
+/// Whether `${identity}` tag patterns can match the tags of identity
+/// `name`: a pure check for warnings (the controller, `policy explain`).
+/// [`TagRules::new`] applies the same rule: for a name this refuses, every
+/// pattern holding `${identity}` matches nothing.
+pub fn check_identity_for_tags(name: &str) -> Result<(), IdentityTagError> {
+    let part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !name.is_empty() && name.chars().all(part) {
+        return Ok(());
+    }
+    if !name.is_empty() && name.chars().all(|c| part(c) || c == '.') {
+        return Err(IdentityTagError::Dotted {
+            name: name.to_string(),
+            suggestion: name.replace('.', "-"),
+        });
+    }
+    Err(IdentityTagError::NotATagPart(name.to_string()))
 }
 
 /// Splits a comma-separated list of patterns (commas inside braces stay).
@@ -155,19 +197,46 @@ impl Pattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagRules {
     patterns: Vec<Pattern>,
+    /// Patterns holding `${identity}` left out, the identity's name not
+    /// being one tag part ([`check_identity_for_tags`]).
+    unsubstituted: usize,
 }
 
 impl TagRules {
-    /// Compiles `patterns` (as written in policies) for `identity`.
+    /// Compiles `patterns` (as written in policies) for `identity`. If
+    /// `identity` is not one tag part ([`check_identity_for_tags`]), the
+    /// patterns holding `${identity}` match nothing (they are still
+    /// checked, so a broken pattern is an error for every identity).
     pub fn new<'a>(
         patterns: impl IntoIterator<Item = &'a str>,
         identity: &str,
     ) -> Result<TagRules, PatternError> {
-        let patterns = patterns
-            .into_iter()
-            .map(|p| Pattern::compile(&p.replace(IDENTITY_PLACEHOLDER, identity)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TagRules { patterns })
+        let substitute = check_identity_for_tags(identity).is_ok();
+        let mut compiled = Vec::new();
+        let mut unsubstituted = 0;
+        for p in patterns {
+            if !p.contains(IDENTITY_PLACEHOLDER) {
+                compiled.push(Pattern::compile(p)?);
+            } else if substitute {
+                compiled.push(Pattern::compile(
+                    &p.replace(IDENTITY_PLACEHOLDER, identity),
+                )?);
+            } else {
+                Pattern::compile(&p.replace(IDENTITY_PLACEHOLDER, "x"))?;
+                unsubstituted += 1;
+            }
+        }
+        Ok(TagRules {
+            patterns: compiled,
+            unsubstituted,
+        })
+    }
+
+    /// How many patterns holding `${identity}` match nothing because the
+    /// identity's name is not one tag part; [`check_identity_for_tags`]
+    /// says why.
+    pub fn unsubstituted(&self) -> usize {
+        self.unsubstituted
     }
 
     /// Whether `tag` is allowed.
@@ -359,6 +428,87 @@ mod tests {
         assert!(!rules.allows("app.web-2.access"), "another app's tags");
         assert!(rules.allows("shared.b"));
         assert!(!rules.allows("shared.c"));
+    }
+
+    #[test]
+    fn identity_names_are_checked_as_one_tag_part() {
+        assert_eq!(check_identity_for_tags("web"), Ok(()));
+        assert_eq!(check_identity_for_tags("web-prod_2"), Ok(()));
+        let dotted = check_identity_for_tags("web.prod").expect_err("a dot");
+        assert_eq!(
+            dotted,
+            IdentityTagError::Dotted {
+                name: "web.prod".into(),
+                suggestion: "web-prod".into()
+            }
+        );
+        assert_eq!(
+            dotted.to_string(),
+            "identity web.prod has a '.' in its name, so ${identity} tag patterns never \
+             match its tags (its name would span several tag parts and reach into the tags \
+             of another identity); rename it, e.g. to web-prod"
+        );
+        for name in ["", "a*", "{a,b}", "a b", "x/y", "web.*"] {
+            assert!(
+                matches!(
+                    check_identity_for_tags(name),
+                    Err(IdentityTagError::NotATagPart(_))
+                ),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dotted_identities_get_no_identity_namespace() {
+        // (identity, tag, allowed) under `app.${identity}.**,shared.*`.
+        let table: &[(&str, &str, bool)] = &[
+            ("web", "app.web", true),
+            ("web", "app.web.access", true),
+            // No identity owns app.web.prod.*: web.prod matches nothing
+            // under ${identity}, so this stays web's own tag.
+            ("web", "app.web.prod.x", true),
+            ("web", "app.webx", false),
+            ("web", "app.web-prod.x", false),
+            ("web.prod", "app.web.prod", false),
+            ("web.prod", "app.web.prod.x", false),
+            ("web.prod", "app.web", false),
+            ("web.prod", "app.web.x", false),
+            ("web.prod", "app.x", false),
+            ("web.prod", "shared.a", true),
+            ("web-prod", "app.web-prod.x", true),
+            ("web-prod", "app.web.x", false),
+            ("web-prod", "app.web.prod.x", false),
+            ("web", "shared.a", true),
+        ];
+        let list = ["app.${identity}.**", "shared.*"];
+        for (identity, tag, want) in table {
+            let rules = TagRules::new(list, identity).expect("rules");
+            assert_eq!(rules.allows(tag), *want, "{identity} writing {tag}");
+        }
+        assert_eq!(
+            TagRules::new(list, "web").expect("rules").unsubstituted(),
+            0
+        );
+        assert_eq!(
+            TagRules::new(list, "web.prod")
+                .expect("rules")
+                .unsubstituted(),
+            1
+        );
+        // Other placements of the placeholder, and patterns without it.
+        let rules =
+            TagRules::new(["${identity}", "{a,${identity}}.*", "b.**"], "web.prod").expect("rules");
+        assert_eq!(rules.unsubstituted(), 2);
+        assert!(!rules.allows("web.prod"));
+        assert!(
+            !rules.allows("a.x"),
+            "a whole brace pattern holding it goes"
+        );
+        assert!(rules.allows("b.web.prod"));
+        // A broken pattern is an error for every identity.
+        assert!(TagRules::new(["app.${identity}.{x"], "web.prod").is_err());
+        assert!(TagRules::new(["app.${identity}.{x"], "web").is_err());
     }
 
     #[test]

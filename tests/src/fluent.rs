@@ -216,7 +216,11 @@ impl Decoder {
             }
             Body::Compressed(gz) => {
                 let mut plain = Vec::new();
-                message::gunzip(gz, self.limit, &mut plain)?;
+                let codec = msg
+                    .options
+                    .compressed
+                    .unwrap_or(darkport_fluent::Compression::Gzip);
+                message::decompress(codec, gz, self.limit, &mut plain)?;
                 for e in Entries::packed(&plain) {
                     let (t, r) = e?;
                     add(t, r)?;
