@@ -420,8 +420,16 @@ async fn serve_connection(
                 Ok((send, recv)) => {
                     // The slot is taken here, before the stream's task, so
                     // a burst of streams cannot race past the cap.
-                    let slot = guard.streams.try_acquire(peer.name.clone());
-                    streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), guard.clone(), slot, send, recv));
+                    match guard.streams.try_acquire(peer.name.clone()) {
+                        Ok(slot) => {
+                            streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), guard.clone(), slot, send, recv));
+                        }
+                        // Over the cap: refused at once, without waiting
+                        // for (or reading) its dial request.
+                        Err(cap) => {
+                            streams.spawn(over_cap(peer.clone(), guard.clone(), cap, send, recv));
+                        }
+                    }
                 }
                 Err(e) => {
                     info!(%remote, %peer, "client disconnected: {e}");
@@ -564,12 +572,49 @@ async fn revoked(
     }
 }
 
+/// Time a refusal over the stream cap has to be written: the stream holds
+/// no slot, so it must not linger.
+const OVER_CAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A stream over its identity's cap: answered `LimitReached` at once, its
+/// dial request never read, and dropped within [`OVER_CAP_TIMEOUT`].
+async fn over_cap(
+    peer: PeerIdentity,
+    guard: Arc<Guard>,
+    cap: CapExceeded,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+) {
+    let message = format!(
+        "identity {} has too many streams open at this router ({cap}); close some, or raise --max-streams-per-identity",
+        peer.name
+    );
+    budgeted_info!(guard.refusals, %peer, "refused a stream: {message}");
+    guard
+        .metrics
+        .dial(UNKNOWN_SERVICE.into(), DialStatus::LimitReached);
+    recv.stop(StreamCode::Refused);
+    let resp = DialResponse {
+        status: DialStatus::LimitReached,
+        message,
+    };
+    match tokio::time::timeout(
+        OVER_CAP_TIMEOUT,
+        write_frame(&mut send, &resp, MAX_DIAL_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(())) => send.finish(),
+        _ => send.reset(StreamCode::Refused),
+    }
+}
+
 async fn handle_stream(
     peer: PeerIdentity,
     router: IdentityName,
     snapshots: SnapshotRx,
     guard: Arc<Guard>,
-    slot: Result<Slot<IdentityName>, CapExceeded>,
+    slot: Slot<IdentityName>,
     mut send: SendHalf,
     mut recv: RecvHalf,
 ) {
@@ -594,19 +639,7 @@ async fn handle_stream(
             }
         };
     let label = RouterMetrics::service_label(&snapshots, &req.service);
-    let _slot = match slot {
-        Ok(slot) => slot,
-        Err(cap) => {
-            let message = format!(
-                "identity {} has too many streams open at this router ({cap}); close some, or raise --max-streams-per-identity",
-                peer.name
-            );
-            budgeted_info!(guard.refusals, %peer, service = ?req.service, "refused dial: {message}");
-            guard.metrics.dial(label, DialStatus::LimitReached);
-            refuse(&mut send, &mut recv, DialStatus::LimitReached, message).await;
-            return;
-        }
-    };
+    let _slot = slot;
     if guard.draining.load(Ordering::Acquire) {
         let message = format!("router {router} is shutting down; dial through another router");
         guard.metrics.dial(label, DialStatus::Draining);

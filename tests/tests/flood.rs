@@ -410,3 +410,140 @@ async fn idle_tcp_sockets_from_one_prefix_do_not_lock_tcp_clients_out() {
         }
     }
 }
+
+/// One small compressed Fluentd message that inflates to millions of
+/// empty entries, from several streams at once: each is refused whole
+/// (nothing of it reaches the service), the router's memory stays within
+/// the documented bound, and another stream is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_amplification_is_refused_within_bounded_memory() {
+    use darkport_tests::fluent::{read_value, FluentReceiver};
+    use rmpv::Value;
+    use std::io::Write;
+    let s = setup().await;
+    let receiver = FluentReceiver::start().await.expect("receiver");
+    admin(
+        &s.dd,
+        AdminRequest::CreateService(darkport_proto::policy::ServiceEntry {
+            name: darkport_tests::n("fluentd"),
+            address: receiver.addr.to_string(),
+            roles: vec![],
+            protocol: darkport_proto::policy::ServiceProtocol::FluentForward(Default::default()),
+        }),
+    )
+    .await
+    .expect("service");
+    // 15 MiB of `[0, {}]` (3 bytes each, 5.2 M entries), gzipped to
+    // about 15 KB: stamped, it would be about 190 MB.
+    let entries = [0x92u8, 0x00, 0x80].repeat(15 * 1024 * 1024 / 3);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&entries).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let bomb = |chunk: &str| {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(
+            &mut out,
+            &Value::Array(vec![
+                Value::from("bomb"),
+                Value::Binary(gz.clone()),
+                Value::Map(vec![
+                    (Value::from("compressed"), Value::from("gzip")),
+                    (Value::from("chunk"), Value::from(chunk)),
+                ]),
+            ]),
+        )
+        .expect("encode");
+        out
+    };
+    eprintln!(
+        "bomb: {} bytes on the wire, {} decompressed",
+        bomb("x").len(),
+        entries.len()
+    );
+    let client = Arc::new(
+        Client::from_identity_file(
+            &s.app_id,
+            ClientOptions {
+                routers: vec![s.r_addr.to_string()],
+                ..darkport_tests::client_options()
+            },
+        )
+        .expect("client"),
+    );
+    let baseline = rss_bytes(s.router.pid());
+    // The router's RSS, sampled while the bombs go off.
+    let pid = s.router.pid();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = rss_bytes(pid).max(peak);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    let mut bombs = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let (client, wire) = (client.clone(), bomb(&format!("b{i}")));
+        bombs.spawn(async move {
+            let mut st = client.dial("fluentd").await.expect("dial");
+            let _ = st.write_all(&wire).await;
+            read_value(&mut st, Duration::from_secs(20)).await
+        });
+    }
+    // Meanwhile an ordinary record is acked.
+    let mut ok = client.dial("fluentd").await.expect("dial");
+    let mut wire = Vec::new();
+    rmpv::encode::write_value(
+        &mut wire,
+        &Value::Array(vec![
+            Value::from("app.ok"),
+            Value::from(1_700_000_000u64),
+            Value::Map(vec![(Value::from("msg"), Value::from("hi"))]),
+            Value::Map(vec![(Value::from("chunk"), Value::from("ok-1"))]),
+        ]),
+    )
+    .expect("encode");
+    ok.write_all(&wire).await.expect("write");
+    let ack = read_value(&mut ok, Duration::from_secs(10)).await;
+    assert_eq!(
+        ack,
+        Some(Ok(Value::Map(vec![(
+            Value::from("ack"),
+            Value::from("ok-1")
+        )]))),
+        "the other stream is served during the bombs"
+    );
+    while let Some(r) = bombs.join_next().await {
+        match r.expect("task") {
+            Some(Ok(v)) => panic!("a bomb was acked: {v:?}"),
+            other => eprintln!("bomb sender sees: {other:?}"),
+        }
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let peak = sampler.await.expect("sampler");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(s.router.pid());
+    eprintln!(
+        "router RSS: {} MiB before, {} MiB peak, {} MiB after the bombs",
+        baseline >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    let records = receiver.records();
+    assert!(
+        records.iter().all(|r| r.tag != "bomb"),
+        "nothing of a refused message reaches the service"
+    );
+    assert_eq!(records.len(), 1);
+    // 4 streams × (16 MiB decompressed + 32 MiB output), and room.
+    assert!(
+        peak.saturating_sub(baseline) < 256 * 1024 * 1024,
+        "router grew from {} to {} MiB",
+        baseline >> 20,
+        peak >> 20
+    );
+}
