@@ -456,7 +456,7 @@ struct TcpConn {
 
 enum TcpSide {
     Client(h2::client::SendRequest<Bytes>),
-    Server(tokio::sync::Mutex<mpsc::UnboundedReceiver<(SendHalf, RecvHalf)>>),
+    Server(tokio::sync::Mutex<mpsc::Receiver<(SendHalf, RecvHalf)>>),
 }
 
 impl fmt::Debug for TcpConn {
@@ -701,7 +701,7 @@ pub async fn accept_tcp(
                 HANDSHAKE_TIMEOUT.as_secs()
             ))
         })?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let close = shared.close.subscribe();
     tokio::spawn(drive_server(connection, shared.clone(), tx, close));
     Ok(Conn(Inner::Tcp(Arc::new(TcpConn {
@@ -819,12 +819,46 @@ async fn drive_client(
     shared.finish(end);
 }
 
+/// Streams accepted from a TCP client and not yet taken by the server
+/// (`Conn::accept_bi`). Past it, new streams are refused (REFUSED_STREAM):
+/// a peer that opens streams faster than they are served, or opens and
+/// resets them (the rapid-reset class), cannot queue them without bound.
+pub const ACCEPT_QUEUE: usize = 256;
+
+/// Streams refused because the accept queue was full, on one connection,
+/// before the connection is ended with GOAWAY (ENHANCE_YOUR_CALM): an
+/// honest client waits for its answers and never gets near it.
+pub const MAX_REFUSED_STREAMS: u32 = 1024;
+
+/// What to do with a stream accepted from a TCP client, given how full the
+/// accept queue is and how many were refused before: pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptDecision {
+    /// Queue it for the server.
+    Queue,
+    /// Refuse it (REFUSED_STREAM); the client may retry it.
+    Refuse,
+    /// End the connection (GOAWAY ENHANCE_YOUR_CALM): refused too often.
+    Calm,
+}
+
+/// [`AcceptDecision`] for a stream when the queue has `room` and
+/// `refused` streams were refused before on this connection.
+pub fn accept_decision(room: bool, refused: u32) -> AcceptDecision {
+    match (room, refused) {
+        (true, _) => AcceptDecision::Queue,
+        (false, r) if r >= MAX_REFUSED_STREAMS => AcceptDecision::Calm,
+        (false, _) => AcceptDecision::Refuse,
+    }
+}
+
 async fn drive_server(
     mut connection: ServerConnection,
     shared: Arc<Shared>,
-    streams: mpsc::UnboundedSender<(SendHalf, RecvHalf)>,
+    streams: mpsc::Sender<(SendHalf, RecvHalf)>,
     mut close: watch::Receiver<Option<(CloseCode, String)>>,
 ) {
+    let mut refused: u32 = 0;
     let mut pulse = Pulse::new(connection.ping_pong());
     let mut tick = tokio::time::interval(KEEP_ALIVE);
     // The client's first stream: where the close notice goes.
@@ -838,12 +872,32 @@ async fn drive_server(
                     let recv = request.into_body();
                     // The answer's headers go out at once, so the client
                     // can read; the dial answer itself is in the body.
-                    if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                        let pair = (SendHalf::h2(send), RecvHalf::h2(RecvState::Open(recv)));
-                        if notice.is_none() {
-                            notice = Some(pair);
-                        } else {
-                            let _ = streams.send(pair);
+                    if notice.is_none() {
+                        if let Ok(send) = respond.send_response(http::Response::new(()), false) {
+                            notice = Some((SendHalf::h2(send), RecvHalf::h2(RecvState::Open(recv))));
+                        }
+                        continue;
+                    }
+                    match accept_decision(streams.capacity() > 0, refused) {
+                        AcceptDecision::Queue => {
+                            if let Ok(send) = respond.send_response(http::Response::new(()), false) {
+                                let pair = (SendHalf::h2(send), RecvHalf::h2(RecvState::Open(recv)));
+                                let _ = streams.try_send(pair);
+                            }
+                        }
+                        AcceptDecision::Refuse => {
+                            refused += 1;
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                        AcceptDecision::Calm => {
+                            tracing::info!(remote = %shared.remote, "ending a TCP connection: {refused} streams refused, its accept queue ({ACCEPT_QUEUE}) full");
+                            connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                poll_fn(|cx| connection.poll_closed(cx)),
+                            )
+                            .await;
+                            break RemoteEnd::Lost("too many streams refused".into());
                         }
                     }
                 }
@@ -1392,6 +1446,29 @@ impl fmt::Display for TransportMode {
             TransportMode::Quic => "quic",
             TransportMode::Tcp => "tcp",
         })
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn streams_queue_while_there_is_room_then_are_refused_then_the_connection_ends() {
+        assert_eq!(accept_decision(true, 0), AcceptDecision::Queue);
+        assert_eq!(
+            accept_decision(true, MAX_REFUSED_STREAMS * 2),
+            AcceptDecision::Queue
+        );
+        assert_eq!(accept_decision(false, 0), AcceptDecision::Refuse);
+        assert_eq!(
+            accept_decision(false, MAX_REFUSED_STREAMS - 1),
+            AcceptDecision::Refuse
+        );
+        assert_eq!(
+            accept_decision(false, MAX_REFUSED_STREAMS),
+            AcceptDecision::Calm
+        );
     }
 }
 
