@@ -369,6 +369,9 @@ async fn heartbeats(ctx: Arc<Ctx>) {
 /// made through any other.
 async fn follow_changes(ctx: Arc<Ctx>, mut changes: tokio::sync::mpsc::Receiver<()>) {
     while changes.recv().await.is_some() {
+        // Many notifications make one reload: what arrived meanwhile is
+        // covered by it.
+        while changes.try_recv().is_ok() {}
         let c = ctx.clone();
         match tokio::task::spawn_blocking(move || c.store.refresh()).await {
             Ok(Ok(true)) => debug!("state changed by another controller: reloaded"),
@@ -607,13 +610,15 @@ async fn handle_stream(
         )),
         Ok(req) => match (req.body, &peer) {
             (ControlBody::Enroll(e), _) => {
-                let r = enroll(&ctx, remote.ip(), e);
+                let ip = remote.ip();
+                let r = off_workers(&ctx, move |c| enroll(c, ip, e)).await;
                 ctx.metrics.enrollment(result_label(&r));
                 respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
             }
             (ControlBody::Admin(a), Some(p)) if p.kind == Kind::Admin => {
                 info!(admin = %p.name, request = ?a, "admin request");
-                let r = admin(&ctx, &p.name, a);
+                let name = p.name.clone();
+                let r = off_workers(&ctx, move |c| admin(c, &name, a)).await;
                 ctx.metrics.admin(result_label(&r));
                 respond(r, ControlResponse::Admin)
             }
@@ -623,7 +628,8 @@ async fn handle_stream(
             }
             (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(handlers::routers::list(&ctx.store, &ctx.online, Some(p), unix_now())),
             (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
-                let r = renew(&ctx, p, &csr_der);
+                let p = p.clone();
+                let r = off_workers(&ctx, move |c| renew(c, &p, &csr_der)).await;
                 ctx.metrics.renewal(result_label(&r));
                 respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
             }
@@ -631,7 +637,9 @@ async fn handle_stream(
                 ControlResponse::Controllers(live_controllers(&ctx.store.read(), &ctx.name, unix_now()))
             }
             (ControlBody::RouterReport(r), Some(p)) if p.kind == Kind::Router => {
-                respond(router_report(&ctx, p, r), |()| ControlResponse::Ack)
+                let p = p.clone();
+                let r = off_workers(&ctx, move |c| router_report(c, &p, r)).await;
+                respond(r, |()| ControlResponse::Ack)
             }
             (body, _) => ControlResponse::Error(err(
                 ControlErrorCode::Forbidden,
@@ -644,6 +652,25 @@ async fn handle_stream(
         },
     };
     deliver(&mut send, &response).await;
+}
+
+/// Runs a request that may commit to the state (a database round trip,
+/// up to the backend's timeouts; a std mutex serialises commits) on the
+/// blocking pool, so QUIC endpoints, router sync sessions and reads keep
+/// running on the runtime's workers meanwhile.
+async fn off_workers<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&Ctx) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .unwrap_or_else(|e| {
+            Err(err(
+                ControlErrorCode::Internal,
+                format!("the request's task failed: {e}"),
+            ))
+        })
 }
 
 /// Writes one answer and waits until the peer has it, for at most
@@ -908,7 +935,7 @@ fn router_report(ctx: &Ctx, peer: &PeerIdentity, report: RouterReport) -> Result
 }
 
 async fn router_sync(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     peer: &PeerIdentity,
     advertise: String,
     send: &mut quinn::SendStream,
@@ -922,16 +949,22 @@ async fn router_sync(
         .await;
         return;
     }
-    let recorded = ctx.store.update(false, None, |s| {
-        s.routers.insert(
-            peer.name.clone(),
-            RouterRecord {
-                advertise: advertise.clone(),
-                last_seen: unix_now(),
-            },
-        );
-        Ok::<_, ControlError>(())
-    });
+    let recorded = {
+        let (name, advertise) = (peer.name.clone(), advertise.clone());
+        off_workers(ctx, move |c| {
+            c.store.update(false, None, |s| {
+                s.routers.insert(
+                    name.clone(),
+                    RouterRecord {
+                        advertise: advertise.clone(),
+                        last_seen: unix_now(),
+                    },
+                );
+                Ok::<_, ControlError>(())
+            })
+        })
+        .await
+    };
     if recorded.is_err() {
         return;
     }

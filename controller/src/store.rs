@@ -352,6 +352,11 @@ struct Inner {
 /// The state, its backend and the snapshot channel.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// The state readers see: a copy of `Inner::state`'s `Arc`, behind a
+    /// lock held only to clone or swap it, so a read never waits for a
+    /// commit (which holds `inner` for a database round trip, up to the
+    /// backend's timeouts).
+    current: std::sync::RwLock<Arc<State>>,
     snapshots: watch::Sender<Arc<PolicySnapshot>>,
     /// Told how long each database operation took ("commit", "audit").
     observer: std::sync::OnceLock<Observer>,
@@ -372,11 +377,10 @@ impl Store {
         let state = backend.load()?;
         let (snapshots, _) =
             watch::channel(Arc::new(state.snapshot(darkport_transport::unix_now())));
+        let state = Arc::new(state);
         Ok(Store {
-            inner: Mutex::new(Inner {
-                backend,
-                state: Arc::new(state),
-            }),
+            current: std::sync::RwLock::new(state.clone()),
+            inner: Mutex::new(Inner { backend, state }),
             snapshots,
             observer: std::sync::OnceLock::new(),
         })
@@ -409,8 +413,18 @@ impl Store {
     }
 
     /// The current state (shared, immutable; changes make a new one).
+    /// Never waits for a commit or reload in progress: it sees the state
+    /// as of the last one done.
     pub fn read(&self) -> Arc<State> {
-        self.lock().state.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes `state` what readers see.
+    fn set_current(&self, state: &Arc<State>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
     }
 
     /// Applies `change` to a copy of the state; if it returns `Ok`, the copy
@@ -447,6 +461,7 @@ impl Store {
             }) {
                 Ok(()) => {
                     inner.state = Arc::new(next);
+                    self.set_current(&inner.state);
                     if bump {
                         self.publish(&inner.state);
                     }
@@ -473,6 +488,7 @@ impl Store {
         }
         let republish = fresh.version != inner.state.version;
         inner.state = Arc::new(fresh);
+        self.set_current(&inner.state);
         if republish {
             self.publish(&inner.state);
         }

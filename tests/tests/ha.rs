@@ -33,7 +33,7 @@ use darkport_proto::policy::ServiceEntry;
 use darkport_tests::ops::{workspace_bin, Proc};
 use darkport_tests::{
     admin, assert_eventually, echo_server, echo_service_for_all, free_udp_addr, n, payload, pg,
-    roundtrip, run_router_at, sha256, wait_admin,
+    roundtrip, run_router_at, sha256, wait_admin, wait_router_online,
 };
 use darkport_transport::identity::Identity;
 use edge_client::{Client, ClientOptions};
@@ -360,20 +360,26 @@ async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
     };
     let pair = Pair::start(&url).await;
     let Traffic { fwd, .. } = pair.traffic(&pair.b, "router-b").await;
+    let delay = revocation_cut(&pair.a, fwd).await;
+    eprintln!("revocation on A cut the stream on B's router after {delay:?}");
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+}
+
+/// Keeps a stream through `fwd` busy, revokes `app` through `via`, and
+/// says how long until the stream was cut (at most 5 s).
+async fn revocation_cut(via: &DataDir, fwd: SocketAddr) -> Duration {
     let task = busy(TcpStream::connect(fwd).await.expect("connect"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "the stream should be busy");
     let start = Instant::now();
-    admin(&pair.a, AdminRequest::RevokeIdentity { name: n("app") })
+    admin(via, AdminRequest::RevokeIdentity { name: n("app") })
         .await
-        .expect("revoke on A");
+        .expect("revoke");
     let cut = tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("stream not cut within 5 s")
         .expect("task");
-    let delay = cut.duration_since(start);
-    eprintln!("revocation on A cut the stream on B's router after {delay:?}");
-    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    cut.duration_since(start)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,4 +672,89 @@ async fn init_join_and_migrate_refuse_what_they_must() {
         dir.join("lite").join("state.db").exists(),
         "state.db untouched"
     );
+}
+
+/// A database that holds a commit (the generation row locked by another
+/// session for 5 s): reads at the controller whose commit waits still
+/// answer at once, new streams go through its router, the router keeps its
+/// sync session, and a revocation made once the lock is gone still cuts a
+/// live stream within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
+    let Some(url) = pg::test_database("ha::stuck_commit") else {
+        return;
+    };
+    let pair = Pair::start(&url).await;
+    let Traffic { fwd, router, .. } = pair.traffic(&pair.a, "router-a").await;
+    // Another session takes the generation row for 5 s.
+    let locker = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("psql")
+                .args([
+                    url.as_str(),
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-q",
+                    "-c",
+                    "BEGIN; SELECT value FROM meta WHERE key = 'generation' FOR UPDATE; SELECT pg_sleep(5); COMMIT;",
+                ])
+                .output()
+                .expect("psql")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A commit at A now waits for the row (holding A's commit lock). Both
+    // it and the reads go to A alone (an admin otherwise tries B too).
+    let at_a = || {
+        darkport_controller::admin::Admin::from_data_dir(&pair.a, Some(advertise(&pair.a)))
+            .expect("admin")
+    };
+    let stuck = {
+        let admin = at_a();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = admin
+                .call(AdminRequest::CreateService(ServiceEntry {
+                    name: n("late"),
+                    address: "127.0.0.1:9".into(),
+                    roles: vec![],
+                    protocol: Default::default(),
+                }))
+                .await;
+            (started.elapsed(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stuck.is_finished(),
+        "the commit should be waiting for the row"
+    );
+    for i in 0..5 {
+        let start = Instant::now();
+        let r = at_a().call(AdminRequest::ListIdentities).await;
+        let took = start.elapsed();
+        assert!(matches!(r, Ok(AdminResponse::Identities(_))), "{r:?}");
+        eprintln!("identity list {i} during the stuck commit: {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "a read waited {took:?} for a commit"
+        );
+        echo_ok(fwd).await;
+    }
+    let (waited, r) = stuck.await.expect("task");
+    eprintln!("the stuck commit ended after {waited:?}: {r:?}");
+    let out = locker.join().expect("locker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The router never lost its session: it is online at A throughout.
+    wait_router_online(&pair.a, router, Duration::from_millis(500))
+        .await
+        .expect("the router's session held");
+    let delay = revocation_cut(&pair.a, fwd).await;
+    eprintln!("revocation after the stuck commit cut the stream after {delay:?}");
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
 }
