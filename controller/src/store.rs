@@ -371,10 +371,77 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Takes out of a state loaded from a database the rows that the checks on
+/// write would have refused (someone with write access to the database
+/// wrote them, or a bug did): routers and controllers whose advertised
+/// address is not `HOST:PORT`, services whose address is not, policies
+/// whose tag patterns do not compile. What is taken out fails closed: a
+/// policy less grants less, a router or controller not listed is not
+/// dialed. Returns a line per row, to log.
+pub fn sanitize(state: &mut State) -> Vec<String> {
+    let mut dropped = Vec::new();
+    state.routers.retain(|name, r| {
+        let ok = crate::server::check_advertise(&r.advertise);
+        if let Err(why) = &ok {
+            dropped.push(format!("router {name}: {why}"));
+        }
+        ok.is_ok()
+    });
+    state.controllers.retain(|name, c| {
+        let ok = crate::server::check_advertise(&c.advertise);
+        if let Err(why) = &ok {
+            dropped.push(format!("controller {name}: {why}"));
+        }
+        ok.is_ok()
+    });
+    state.services.retain(|name, svc| {
+        let ok = svc.address.len() <= 1024
+            && darkport_transport::endpoint::parse_host_port(&svc.address).is_some();
+        if !ok {
+            dropped.push(format!(
+                "service {name}: address {:?} is not HOST:PORT",
+                svc.address.chars().take(100).collect::<String>()
+            ));
+        }
+        ok
+    });
+    state.policies.retain(|name, p| {
+        let bad = (p.tags.len() > darkport_proto::tags::MAX_PATTERNS)
+            .then(|| {
+                format!(
+                    "more than {} tag patterns",
+                    darkport_proto::tags::MAX_PATTERNS
+                )
+            })
+            .or_else(|| {
+                p.tags
+                    .iter()
+                    .find_map(|t| darkport_proto::tags::check(t).err().map(|e| e.to_string()))
+            });
+        if let Some(why) = &bad {
+            dropped.push(format!("policy {name}: {why}"));
+        }
+        bad.is_none()
+    });
+    dropped
+}
+
+/// Loads the state from `backend`, without the rows [`sanitize`] refuses
+/// (each logged).
+fn load_checked(backend: &mut dyn Backend) -> Result<State, StoreError> {
+    let mut state = backend.load()?;
+    for why in sanitize(&mut state) {
+        tracing::warn!(
+            "ignoring a row of the state database that fails the checks made on write: {why}; fix or delete it with the admin commands"
+        );
+    }
+    Ok(state)
+}
+
 impl Store {
     /// Loads the state from `backend`.
     pub fn new(mut backend: Box<dyn Backend>) -> Result<Store, StoreError> {
-        let state = backend.load()?;
+        let state = load_checked(backend.as_mut())?;
         let (snapshots, _) =
             watch::channel(Arc::new(state.snapshot(darkport_transport::unix_now())));
         let state = Arc::new(state);
@@ -482,7 +549,7 @@ impl Store {
     }
 
     fn reload_locked(&self, inner: &mut Inner) -> Result<bool, StoreError> {
-        let fresh = self.timed("load", || inner.backend.load())?;
+        let fresh = self.timed("load", || load_checked(inner.backend.as_mut()))?;
         if fresh.generation == inner.state.generation {
             return Ok(false);
         }
@@ -550,6 +617,68 @@ mod tests {
             actor: "root".into(),
             action: format!("change {at}"),
         }
+    }
+
+    #[test]
+    fn rows_that_fail_the_write_checks_are_left_out_of_a_loaded_state() {
+        use darkport_proto::policy::{PolicyEntry, Selector, ServiceEntry};
+        let n = |s: &str| IdentityName::new(s).expect("name");
+        let mut state = State::default();
+        for (name, advertise) in [
+            ("good", "r.example:4433"),
+            ("bad", "x y"),
+            ("no-port", "r.example"),
+        ] {
+            state.routers.insert(
+                n(name),
+                RouterRecord {
+                    advertise: advertise.into(),
+                    last_seen: 0,
+                },
+            );
+        }
+        state.controllers.insert(
+            n("c-bad"),
+            ControllerRecord {
+                advertise: "a\nb:1".into(),
+                last_seen: 0,
+            },
+        );
+        for (name, address) in [("ok", "10.0.0.5:24224"), ("broken", "nowhere")] {
+            state.services.insert(
+                n(name),
+                ServiceEntry {
+                    name: n(name),
+                    address: address.into(),
+                    roles: vec![],
+                    protocol: Default::default(),
+                },
+            );
+        }
+        for (name, tags) in [("fine", vec!["app.**"]), ("odd", vec!["app.{a"])] {
+            state.policies.insert(
+                n(name),
+                PolicyEntry {
+                    name: n(name),
+                    services: vec![Selector::All],
+                    identities: vec![Selector::All],
+                    tags: tags.into_iter().map(String::from).collect(),
+                },
+            );
+        }
+        let dropped = sanitize(&mut state);
+        assert_eq!(dropped.len(), 5, "{dropped:?}");
+        assert_eq!(
+            state.routers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["good"]
+        );
+        assert!(state.controllers.is_empty());
+        assert!(state.services.contains_key(&n("ok")) && state.services.len() == 1);
+        assert!(state.policies.contains_key(&n("fine")) && state.policies.len() == 1);
+        assert!(
+            dropped.iter().any(|d| d.starts_with("policy odd")),
+            "{dropped:?}"
+        );
     }
 
     #[test]

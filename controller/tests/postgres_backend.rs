@@ -662,3 +662,44 @@ fn the_change_feed_survives_a_lost_connection() {
     a.commit(&old, &new, &[]).expect("commit");
     recv_within(&mut rx, 1, "the next commit heard");
 }
+
+/// Rows written to the database behind the controllers' back (another
+/// database writer, a bug) that the checks on write would refuse are left
+/// out when the state is loaded: they cannot crash a controller or reach
+/// routers' snapshots and clients' identity files.
+#[test]
+fn rows_that_fail_the_write_checks_are_ignored_on_load() {
+    let Some(url) = fresh_db() else { return };
+    drop(store_on(&url));
+    admin_sql(
+        &url,
+        "INSERT INTO routers (name, advertise, last_seen) VALUES \
+           ('good', 'router.example:4433', 1), ('evil', E'a\\nb:1', 1), ('noport', 'x', 1); \
+         INSERT INTO controllers (name, advertise, last_seen) VALUES ('c-evil', 'has space:1', 1); \
+         INSERT INTO service_policies (name, services, identities, tags) VALUES \
+           ('odd', '[\"All\"]', '[\"All\"]', '[\"app.{a\"]'); \
+         UPDATE meta SET value = value + 1 WHERE key = 'generation';",
+    );
+    let store = store_on(&url);
+    let state = store.read();
+    assert_eq!(
+        state.routers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert!(state.controllers.keys().all(|k| k.as_str() != "c-evil"));
+    assert!(!state.policies.contains_key(&n("odd")));
+    // The controller goes on working on what is left.
+    store
+        .update(true, None, |s| {
+            s.routers.insert(
+                n("new"),
+                RouterRecord {
+                    advertise: "new.example:4433".into(),
+                    last_seen: 2,
+                },
+            );
+            Ok::<_, StoreError>(())
+        })
+        .expect("commit after bad rows");
+    assert!(store_on(&url).read().routers.contains_key(&n("new")));
+}

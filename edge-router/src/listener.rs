@@ -25,8 +25,8 @@ use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, unix_now};
 
 use darkport_transport::admission::{HandshakeAbort, HandshakeGate, Ticket};
-use darkport_transport::budgeted_info;
-use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, LogBudget, Slot};
+use darkport_transport::budgeted_info_for;
+use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, Slot, SourceLogBudget};
 
 use crate::metrics::{RouterMetrics, UNKNOWN_SERVICE};
 use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
@@ -44,6 +44,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refusal log lines per interval before they are summarised.
 const REFUSAL_LINES: u32 = 20;
 const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+/// Of those, lines about one client identity or source address: one noisy
+/// sender cannot crowd out the refusals of others.
+const REFUSAL_LINES_PER_SOURCE: u32 = 5;
 
 /// What bounds the router: per-identity caps, the policy age limit, the
 /// router's own revocation, and the budget of refusal log lines.
@@ -65,7 +68,7 @@ pub struct Guard {
     tcp_handshakes: Arc<HandshakeGate>,
     policy: Arc<PolicyClock>,
     revoked: RevokedRx,
-    refusals: Arc<LogBudget>,
+    refusals: Arc<SourceLogBudget>,
     metrics: Arc<RouterMetrics>,
 }
 
@@ -94,7 +97,11 @@ impl Guard {
             tcp_handshakes: HandshakeGate::new(limits.handshakes),
             policy,
             revoked,
-            refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
+            refusals: Arc::new(SourceLogBudget::new(
+                REFUSAL_LINES,
+                REFUSAL_LINES_PER_SOURCE,
+                REFUSAL_INTERVAL,
+            )),
             metrics,
         })
     }
@@ -181,7 +188,10 @@ pub async fn run(
     info!(addr = %endpoint.local_addr()?, tcp = ?tcp_addr, router = %router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
-    conns.spawn(report_suppressed(guard.refusals.clone(), "refusals"));
+    conns.spawn(report_suppressed(
+        guard.refusals.global().clone(),
+        "refusals",
+    ));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -207,7 +217,7 @@ pub async fn run(
                     let conn = tokio::select! {
                         c = darkport_transport::mux::accept_tcp(stream, acceptor) => c,
                         () = ticket.evicted() => {
-                            budgeted_info!(guard.refusals, %remote, "dropped a TCP handshake in progress: {}", HandshakeAbort::Evicted);
+                            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "dropped a TCP handshake in progress: {}", HandshakeAbort::Evicted);
                             return;
                         }
                     };
@@ -215,7 +225,7 @@ pub async fn run(
                     drop(ticket);
                     match conn {
                         Ok(conn) => serve_connection(conn, router, snapshots, clients, guard).await,
-                        Err(e) => budgeted_info!(guard.refusals, %remote, "client handshake over TCP failed: {e}"),
+                        Err(e) => budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "client handshake over TCP failed: {e}"),
                     }
                 });
             }
@@ -336,7 +346,7 @@ async fn handle_connection(
         c = darkport_transport::endpoint::accept(incoming, "client") => c,
         () = ticket.evicted() => {
             // Dropping the handshake closes it and frees its state.
-            budgeted_info!(guard.refusals, %remote, "dropped a QUIC handshake in progress: {}", HandshakeAbort::Evicted);
+            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "dropped a QUIC handshake in progress: {}", HandshakeAbort::Evicted);
             None
         }
     };
@@ -378,12 +388,12 @@ async fn serve_connection(
             "{} identities cannot dial services; use a client identity",
             peer.kind
         );
-        budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
+        budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {reason}");
         conn.close(CloseCode::Forbidden, reason.as_bytes());
         return;
     }
     if let Err(d) = admit(&mut snapshots, &peer).await {
-        budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {d}");
+        budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {d}");
         conn.close(CloseCode::Revoked, d.to_string().as_bytes());
         return;
     }
@@ -394,7 +404,7 @@ async fn serve_connection(
                 "too many connections to this router ({cap}); close unused clients of identity {}",
                 peer.name
             );
-            budgeted_info!(guard.refusals, %remote, %peer, "refusing connection: {reason}");
+            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {reason}");
             conn.close(CloseCode::Busy, reason.as_bytes());
             return;
         }
@@ -589,7 +599,7 @@ async fn over_cap(
         "identity {} has too many streams open at this router ({cap}); close some, or raise --max-streams-per-identity",
         peer.name
     );
-    budgeted_info!(guard.refusals, %peer, "refused a stream: {message}");
+    budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused a stream: {message}");
     guard
         .metrics
         .dial(UNKNOWN_SERVICE.into(), DialStatus::LimitReached);
@@ -619,25 +629,27 @@ async fn handle_stream(
     mut recv: RecvHalf,
 ) {
     let started = tokio::time::Instant::now();
-    let req: DialRequest =
-        match tokio::time::timeout(DIAL_REQUEST_TIMEOUT, read_frame(&mut recv, MAX_DIAL_FRAME))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                budgeted_info!(guard.refusals, %peer, "refused dial: bad request: {e}");
-                guard
-                    .metrics
-                    .dial(UNKNOWN_SERVICE.into(), DialStatus::BadRequest);
-                refuse(&mut send, &mut recv, DialStatus::BadRequest, e.to_string()).await;
-                return;
-            }
-            Err(_) => {
-                budgeted_info!(guard.refusals, %peer, "dial request timed out");
-                send.reset(StreamCode::Refused);
-                return;
-            }
-        };
+    let req: DialRequest = match tokio::time::timeout(
+        DIAL_REQUEST_TIMEOUT,
+        read_frame(&mut recv, MAX_DIAL_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused dial: bad request: {e}");
+            guard
+                .metrics
+                .dial(UNKNOWN_SERVICE.into(), DialStatus::BadRequest);
+            refuse(&mut send, &mut recv, DialStatus::BadRequest, e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "dial request timed out");
+            send.reset(StreamCode::Refused);
+            return;
+        }
+    };
     let label = RouterMetrics::service_label(&snapshots, &req.service);
     let _slot = slot;
     if guard.draining.load(Ordering::Acquire) {
@@ -655,7 +667,7 @@ async fn handle_stream(
     let Dialed { address, fluent } = match decision {
         Ok(d) => d,
         Err(resp) => {
-            budgeted_info!(guard.refusals, %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
             guard.metrics.dial(label, resp.status);
             refuse(&mut send, &mut recv, resp.status, resp.message).await;
             return;
@@ -724,7 +736,7 @@ async fn handle_stream(
         .as_ref()
         .and_then(|p| p.unsubstituted_warning(&peer.name))
     {
-        budgeted_info!(guard.refusals, %peer, service = %req.service, "{why}");
+        budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = %req.service, "{why}");
     }
     let Some(plan) = fluent else {
         let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
@@ -750,11 +762,12 @@ async fn handle_stream(
     };
     let on_denial = |d: &darkport_fluent::Denial| {
         guard.metrics.fluent_denied(&label, d.records, d.reason);
-        budgeted_info!(
+        budgeted_info_for!(
             guard.refusals,
+            peer.name.as_str(),
             %peer,
             service = %req.service,
-            tag = %d.tag,
+            tag = ?d.tag,
             records = d.records,
             acked = d.chunked,
             reason = d.reason.as_str(),
@@ -768,8 +781,9 @@ async fn handle_stream(
         guard.metrics.fluent_records(&label, records, overwritten);
         if overwritten > 0 {
             // As it happens, not at the end of a stream that may last days.
-            budgeted_info!(
+            budgeted_info_for!(
                 guard.refusals,
+                peer.name.as_str(),
                 %peer,
                 service = %req.service,
                 keys = overwritten,
@@ -794,7 +808,7 @@ async fn handle_stream(
                 send.finish();
                 recv.stop(StreamCode::Rejected);
                 let _ = tokio::time::timeout(RESPONSE_TIMEOUT, send.stopped()).await;
-                budgeted_info!(guard.refusals, %peer, service = %req.service, "refused an app: its <security> handshake failed: {why}");
+                budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = %req.service, "refused an app: its <security> handshake failed: {why}");
                 info!(
                     identity = %peer.name,
                     service = %req.service,

@@ -758,3 +758,59 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
     eprintln!("revocation after the stuck commit cut the stream after {delay:?}");
     assert!(delay < Duration::from_secs(1), "took {delay:?}");
 }
+
+/// Any role that can connect to the database can flood the controllers'
+/// change feed: 1,000 `NOTIFY darkport_state` a second for 5 s. Reads at
+/// the controller still answer at once, the router keeps its session, new
+/// streams go through, and a revocation made during the flood cuts a live
+/// stream within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_flood_stalls_nothing() {
+    let Some(url) = pg::test_database("ha::notify_flood") else {
+        return;
+    };
+    let pair = Pair::start(&url).await;
+    let Traffic { fwd, router, .. } = pair.traffic(&pair.a, "router-a").await;
+    let flood = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("psql")
+                .args([
+                    url.as_str(),
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-q",
+                    "-c",
+                    "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_notify('darkport_state', i::text); COMMIT; PERFORM pg_sleep(0.001); END LOOP; END $$;",
+                ])
+                .output()
+                .expect("psql")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_a = || {
+        darkport_controller::admin::Admin::from_data_dir(&pair.a, Some(advertise(&pair.a)))
+            .expect("admin")
+    };
+    for i in 0..5 {
+        let start = Instant::now();
+        let r = at_a().call(AdminRequest::ListIdentities).await;
+        let took = start.elapsed();
+        assert!(matches!(r, Ok(AdminResponse::Identities(_))), "{r:?}");
+        eprintln!("identity list {i} during the NOTIFY flood: {took:?}");
+        assert!(took < Duration::from_millis(500), "a read took {took:?}");
+        echo_ok(fwd).await;
+    }
+    wait_router_online(&pair.a, router, Duration::from_millis(500))
+        .await
+        .expect("the router's session held");
+    let delay = revocation_cut(&pair.a, fwd).await;
+    eprintln!("revocation during the NOTIFY flood cut the stream after {delay:?}");
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    let out = flood.join().expect("flood");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

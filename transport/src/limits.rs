@@ -277,6 +277,84 @@ impl LogBudget {
     }
 }
 
+/// A [`LogBudget`] that also gives each source (a peer identity, an
+/// address) its own smaller share, so that one noisy sender cannot use the
+/// whole budget and crowd out the lines about others.
+#[derive(Debug)]
+pub struct SourceLogBudget {
+    /// All sources together (and lines with no source).
+    global: Arc<LogBudget>,
+    per_source: u32,
+    /// Per source: (window start, lines written in it).
+    sources: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
+}
+
+/// Sources remembered at once; past it the table starts again (a source
+/// then gets a fresh share: never more memory).
+const LOG_SOURCES: usize = 4096;
+
+impl SourceLogBudget {
+    /// `per_interval` lines per `interval` in all, at most `per_source` of
+    /// them about one source.
+    pub fn new(per_interval: u32, per_source: u32, interval: Duration) -> Self {
+        SourceLogBudget {
+            global: Arc::new(LogBudget::new(per_interval, interval)),
+            per_source,
+            sources: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Decides for one line with no particular source.
+    pub fn admit(&self, now: Instant) -> LogDecision {
+        self.global.admit(now)
+    }
+
+    /// Decides for one line about `source`.
+    pub fn admit_for(&self, source: &str, now: Instant) -> LogDecision {
+        {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            if sources.len() >= LOG_SOURCES && !sources.contains_key(source) {
+                sources.clear();
+            }
+            let interval = self.global.interval;
+            let entry = sources.entry(source.to_string()).or_insert((now, 0));
+            if now.saturating_duration_since(entry.0) >= interval {
+                *entry = (now, 0);
+            }
+            if entry.1 >= self.per_source {
+                // Counted with the global budget's suppressed lines, so the
+                // summary says how many were dropped.
+                let mut g = self.global.state.lock().unwrap_or_else(|p| p.into_inner());
+                g.suppressed += 1;
+                return LogDecision::Suppress;
+            }
+            entry.1 += 1;
+        }
+        self.global.admit(now)
+    }
+
+    /// The budget for all sources together (for the periodic summary,
+    /// [`report_suppressed`]).
+    pub fn global(&self) -> &Arc<LogBudget> {
+        &self.global
+    }
+}
+
+/// Logs an info line about `source` through a [`SourceLogBudget`].
+#[macro_export]
+macro_rules! budgeted_info_for {
+    ($budget:expr, $source:expr, $($arg:tt)+) => {
+        match $budget.admit_for($source, std::time::Instant::now()) {
+            $crate::limits::LogDecision::Write => tracing::info!($($arg)+),
+            $crate::limits::LogDecision::WriteAfterSuppressed(n) => {
+                tracing::info!(suppressed = n, "{n} similar lines were suppressed");
+                tracing::info!($($arg)+)
+            }
+            $crate::limits::LogDecision::Suppress => {}
+        }
+    };
+}
+
 /// Every `interval` of the budget, logs one line saying how many lines of
 /// `what` were dropped, if any were and no later line said so. Runs until
 /// dropped.
@@ -315,6 +393,35 @@ macro_rules! budgeted_info {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_noisy_source_cannot_crowd_out_the_others() {
+        let b = SourceLogBudget::new(10, 3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let written = |src: &str, n: usize| {
+            (0..n)
+                .filter(|_| b.admit_for(src, t0) != LogDecision::Suppress)
+                .count()
+        };
+        assert_eq!(written("noisy", 100), 3, "its own share only");
+        // Another source still gets lines, the first saying what the noisy
+        // one lost.
+        assert_eq!(
+            b.admit_for("quiet-1", t0),
+            LogDecision::WriteAfterSuppressed(97)
+        );
+        assert_eq!(written("quiet-2", 2), 2);
+        assert_eq!(b.global().take_suppressed(), 0);
+        // A new window gives every source its share again.
+        assert_eq!(
+            (0..5)
+                .filter(
+                    |_| b.admit_for("noisy", t0 + Duration::from_secs(11)) != LogDecision::Suppress
+                )
+                .count(),
+            3
+        );
+    }
 
     #[test]
     fn caps_per_key_and_global_and_release_on_drop() {
