@@ -398,17 +398,23 @@ impl ProtocolArgs {
 
     /// The fluent-forward settings the flags give.
     fn fluent(&self) -> Result<FluentSettings> {
-        let mut f = FluentSettings::default();
+        self.fluent_over(FluentSettings::default())
+    }
+
+    /// `base` with the settings these flags give; what no flag names stays.
+    fn fluent_over(&self, mut f: FluentSettings) -> Result<FluentSettings> {
         if let Some(k) = &self.stamp_identity_key {
             f.identity_key = k.clone();
         }
-        f.roles_key = self.stamp_roles_key.clone();
-        f.router_key = self.stamp_router_key.clone();
-        f.shared_key = self
-            .shared_key_file
-            .as_deref()
-            .map(read_secret_file)
-            .transpose()?;
+        if let Some(k) = &self.stamp_roles_key {
+            f.roles_key = Some(k.clone());
+        }
+        if let Some(k) = &self.stamp_router_key {
+            f.router_key = Some(k.clone());
+        }
+        if let Some(path) = &self.shared_key_file {
+            f.shared_key = Some(read_secret_file(path)?);
+        }
         if let (Some(username), Some(path)) = (&self.service_username, &self.service_password_file)
         {
             f.service_user = Some(FluentUser {
@@ -416,17 +422,36 @@ impl ProtocolArgs {
                 password: read_secret_file(path)?,
             });
         }
-        f.event_time = match self.event_time {
-            Some(EventTimeArg::Keep) => EventTimeForm::Keep,
-            Some(EventTimeArg::Unwrap) | None => EventTimeForm::Unwrap,
-        };
-        f.metadata_key = self.metadata_key.clone();
-        f.app_handshake = match (&self.app_shared_key_file, self.app_handshake) {
-            (Some(path), _) => AppHandshake::SharedKey(read_secret_file(path)?),
-            (None, Some(AppHandshakeArg::AnyKey)) => AppHandshake::AnyKey,
-            (None, Some(AppHandshakeArg::Off) | None) => AppHandshake::Off,
-        };
+        match self.event_time {
+            Some(EventTimeArg::Keep) => f.event_time = EventTimeForm::Keep,
+            Some(EventTimeArg::Unwrap) => f.event_time = EventTimeForm::Unwrap,
+            None => {}
+        }
+        if let Some(k) = &self.metadata_key {
+            f.metadata_key = Some(k.clone());
+        }
+        match (&self.app_shared_key_file, self.app_handshake) {
+            (Some(path), _) => f.app_handshake = AppHandshake::SharedKey(read_secret_file(path)?),
+            (None, Some(AppHandshakeArg::AnyKey)) => f.app_handshake = AppHandshake::AnyKey,
+            (None, Some(AppHandshakeArg::Off)) => f.app_handshake = AppHandshake::Off,
+            (None, None) => {}
+        }
         Ok(f)
+    }
+
+    /// For `service update`: fluent-forward flags without `--protocol`
+    /// change those settings of a fluent-forward service and keep the
+    /// rest (its secrets as listed, `(set)`, which the controller keeps);
+    /// `--protocol` starts from the defaults.
+    fn update_of(&self, current: Option<&ServiceProtocol>) -> Result<Option<ServiceProtocol>> {
+        match (self.protocol, current) {
+            (None, Some(ServiceProtocol::FluentForward(cur))) if self.protocol()?.is_some() => {
+                Ok(Some(ServiceProtocol::FluentForward(
+                    self.fluent_over(cur.clone())?,
+                )))
+            }
+            _ => self.protocol(),
+        }
     }
 }
 
@@ -754,7 +779,14 @@ async fn real_main() -> Result<ExitCode> {
             protocol,
             admin,
         }) => {
-            let protocol = protocol.protocol()?;
+            let current = match call(&admin, AdminRequest::ListServices).await? {
+                AdminResponse::Services(list) => list
+                    .into_iter()
+                    .find(|s| s.name.as_str() == n)
+                    .map(|s| s.protocol),
+                _ => None,
+            };
+            let protocol = protocol.update_of(current.as_ref())?;
             if address.is_none() && protocol.is_none() {
                 bail!("nothing to change: give --address, --protocol or a fluent-forward flag (--stamp-*, --shared-key-file, --event-time, …)");
             }

@@ -147,6 +147,22 @@ async fn the_readme_flow_with_the_binaries_on_ipv6() {
         &with_ctl(&["service", "list", "--json"]),
     );
     assert!(!json.contains("s3cret") && json.contains("(set)"), "{json}");
+    // One fluent-forward flag changes that setting and keeps the others,
+    // the shared key included.
+    ok(
+        dir,
+        "darkport-controller",
+        &with_ctl(&["service", "update", "logs", "--event-time", "keep"]),
+    );
+    let json = ok(
+        dir,
+        "darkport-controller",
+        &with_ctl(&["service", "list", "--json"]),
+    );
+    assert!(
+        json.contains("\"Keep\"") && json.contains("\"shared_key\": \"(set)\""),
+        "{json}"
+    );
     ok(
         dir,
         "darkport-controller",

@@ -65,7 +65,7 @@ pub fn update(
             svc.address = a.clone();
         }
         if let Some(p) = &protocol {
-            svc.protocol = p.clone();
+            svc.protocol = keep_redacted(&svc.protocol, p.clone());
         }
         Ok(AdminResponse::Done)
     })
@@ -105,6 +105,30 @@ fn redact_shared_key(mut s: ServiceEntry) -> ServiceEntry {
         }
     }
     s
+}
+
+/// `new` with each secret given as listed (`(set)`) replaced by the one
+/// the service has: `service update` sends back what `service list`
+/// showed for settings it does not change.
+fn keep_redacted(old: &ServiceProtocol, mut new: ServiceProtocol) -> ServiceProtocol {
+    let (ServiceProtocol::FluentForward(old), ServiceProtocol::FluentForward(f)) = (old, &mut new)
+    else {
+        return new;
+    };
+    if f.shared_key.as_deref() == Some(REDACTED) {
+        f.shared_key = old.shared_key.clone();
+    }
+    if let (Some(u), Some(o)) = (&mut f.service_user, &old.service_user) {
+        if u.password == REDACTED && u.username == o.username {
+            u.password = o.password.clone();
+        }
+    }
+    if f.app_handshake == AppHandshake::SharedKey(REDACTED.into()) {
+        if let AppHandshake::SharedKey(_) = &old.app_handshake {
+            f.app_handshake = old.app_handshake.clone();
+        }
+    }
+    new
 }
 
 /// What a listed secret shows.
@@ -194,6 +218,44 @@ mod tests {
             username: name.into(),
             password: password.into(),
         }
+    }
+
+    #[test]
+    fn an_update_that_sends_back_listed_secrets_keeps_them() {
+        let f = Fixture::new();
+        let p = fluent(|s| {
+            s.shared_key = Some("secret".into());
+            s.service_user = Some(user("alice", "pw"));
+            s.app_handshake = AppHandshake::SharedKey("app-secret".into());
+        });
+        done(f.run(T0, AdminRequest::CreateService(svc("logs", "h:1", p))));
+        let Ok(AdminResponse::Services(list)) = f.run(T0, AdminRequest::ListServices) else {
+            panic!("expected services");
+        };
+        let ServiceProtocol::FluentForward(mut listed) = list[0].protocol.clone() else {
+            panic!("fluent-forward");
+        };
+        listed.event_time = EventTimeForm::Keep;
+        done(f.run(
+            T0,
+            AdminRequest::UpdateService {
+                name: name("logs"),
+                address: None,
+                protocol: Some(ServiceProtocol::FluentForward(listed)),
+            },
+        ));
+        let ServiceProtocol::FluentForward(stored) =
+            f.store.read().services[&name("logs")].protocol.clone()
+        else {
+            panic!("fluent-forward");
+        };
+        assert_eq!(stored.event_time, EventTimeForm::Keep, "the change");
+        assert_eq!(stored.shared_key.as_deref(), Some("secret"), "kept");
+        assert_eq!(stored.service_user, Some(user("alice", "pw")));
+        assert_eq!(
+            stored.app_handshake,
+            AppHandshake::SharedKey("app-secret".into())
+        );
     }
 
     #[test]
