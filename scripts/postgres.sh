@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL server for the PostgreSQL backend's tests.
 #
 #   scripts/postgres.sh start DIR   # prints postgres://postgres@127.0.0.1:PORT/postgres
+#   scripts/postgres.sh start DIR --ssl CERT KEY   # the same, with TLS on too
 #   scripts/postgres.sh stop DIR
 #   scripts/postgres.sh restart DIR   # starts a stopped server again, same port
 #
@@ -14,6 +15,12 @@
 # --system if missing: initdb refuses root); run as another user, that user
 # must be able to own DIR.
 #
+# `--ssl CERT KEY` (PEM files) copies them into DIR, owned by the server's
+# user with mode 0600 (PostgreSQL refuses a key others can read), and starts
+# the server with ssl=on; plaintext connections stay allowed, so one server
+# serves every sslmode. `restart` keeps TLS on; `start` without --ssl turns
+# it off. controller/tests/postgres_tls.rs uses it.
+#
 #   export DARKPORT_TEST_POSTGRES="$(scripts/postgres.sh start /tmp/pgtest)"
 #   cargo test -p darkport-controller --test postgres_backend
 #   scripts/postgres.sh stop /tmp/pgtest
@@ -22,11 +29,21 @@ set -euo pipefail
 log() { echo "postgres.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-usage() { die "usage: $0 start|stop|restart DIR"; }
-[ $# -eq 2 ] || usage
+usage() { die "usage: $0 start DIR [--ssl CERT KEY] | stop DIR | restart DIR"; }
+[ $# -ge 2 ] || usage
 CMD="$1"
 DIR="$2"
+shift 2
 case "$DIR" in /*) ;; *) DIR="$(pwd)/$DIR" ;; esac
+SSL_CERT=""
+SSL_KEY=""
+if [ $# -gt 0 ]; then
+    { [ "$CMD" = start ] && [ $# -eq 3 ] && [ "$1" = --ssl ]; } || usage
+    SSL_CERT="$2"
+    SSL_KEY="$3"
+    [ -r "$SSL_CERT" ] || die "cannot read the certificate $SSL_CERT"
+    [ -r "$SSL_KEY" ] || die "cannot read the key $SSL_KEY"
+fi
 
 # Newest installed server (Debian puts them in /usr/lib/postgresql/N/bin).
 BIN=""
@@ -54,12 +71,20 @@ fi
 DATA="$DIR/data"
 SOCK="$DIR/socket"
 LOG="$DIR/postgres.log"
+TLS_CERT="$DIR/server.crt"
+TLS_KEY="$DIR/server.key"
 
 # Starts the server in $DATA on $PORT and prints its URL.
 serve() {
-    log "starting on 127.0.0.1:$PORT (log $LOG)"
+    local tls=""
+    if [ -f "$TLS_CERT" ]; then
+        tls=" -c ssl=on -c ssl_cert_file=$TLS_CERT -c ssl_key_file=$TLS_KEY"
+        log "starting on 127.0.0.1:$PORT with TLS (log $LOG)"
+    else
+        log "starting on 127.0.0.1:$PORT (log $LOG)"
+    fi
     as_user "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 \
-        -o "-c listen_addresses=127.0.0.1 -p $PORT -k $SOCK -c max_connections=200 -c fsync=off" \
+        -o "-c listen_addresses=127.0.0.1 -p $PORT -k $SOCK -c max_connections=200 -c fsync=off$tls" \
         start >&2 || { tail -20 "$LOG" >&2 || true; die "the server did not start"; }
     for _ in $(seq 1 100); do
         if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
@@ -93,6 +118,12 @@ host    all all 127.0.0.1/32 trust
 EOF
     fi
     as_user mkdir -p "$SOCK"
+    rm -f "$TLS_CERT" "$TLS_KEY"
+    if [ -n "$SSL_CERT" ]; then
+        install -m 600 "$SSL_CERT" "$TLS_CERT"
+        install -m 600 "$SSL_KEY" "$TLS_KEY"
+        if [ "$(id -u)" = 0 ]; then chown "$RUN_USER" "$TLS_CERT" "$TLS_KEY"; fi
+    fi
     PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     echo "$PORT" > "$DIR/port"
     serve
