@@ -41,7 +41,7 @@ use bytes::Bytes;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use darkport_proto::codec::{encode_frame, read_frame, MAX_DIAL_FRAME};
 use darkport_proto::codes::{CloseCode, StreamCode};
@@ -285,6 +285,16 @@ impl Conn {
         }
     }
 
+    /// Bytes a TCP connection holds queued to send: accepted from its
+    /// streams' writers and not yet handed to TLS; at most
+    /// [`SEND_QUEUE`]. `None` for QUIC, where quinn keeps the count.
+    pub fn queued_to_send(&self) -> Option<u64> {
+        match &self.0 {
+            Inner::Quic(_) => None,
+            Inner::Tcp(t) => Some(t.shared.gate.queued()),
+        }
+    }
+
     /// Largest UDP payload the path is known to carry (QUIC only).
     pub fn path_mtu(&self) -> Option<u16> {
         self.as_quic().map(|c| c.stats().path.current_mtu)
@@ -356,7 +366,7 @@ impl Conn {
                 let request = http::Request::new(());
                 let (response, send) = requests.send_request(request, false).map_err(lost)?;
                 Ok((
-                    SendHalf::h2(send),
+                    SendHalf::h2(send, Some(t.shared.gate.clone())),
                     RecvHalf::h2(RecvState::Waiting(response)),
                 ))
             }
@@ -422,6 +432,9 @@ struct Shared {
     /// The peer's verified certificate chain, leaf first.
     certs: Vec<CertificateDer<'static>>,
     remote: SocketAddr,
+    /// What the connection holds queued to send, and its writers waiting
+    /// for room ([`SEND_QUEUE`]).
+    gate: Arc<SendGate>,
 }
 
 impl Shared {
@@ -438,6 +451,8 @@ impl Shared {
         // The peer's close code says more than how the socket ended.
         let _ = self.end.set(self.noticed().unwrap_or(end));
         self.done.send_replace(true);
+        // Writers waiting for room now meet the connection's end in h2.
+        self.gate.close();
     }
 
     /// The peer's close, if it sent a [`CloseNotice`].
@@ -476,6 +491,20 @@ const H2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
 /// Most bytes queued to send per stream beyond the peer's window.
 const H2_SEND_BUFFER: usize = 1024 * 1024;
+
+/// Most bytes one TCP connection holds queued to send: accepted from its
+/// streams' writers and not yet handed to TLS. The same as QUIC's
+/// per-connection send window (`send_window` in
+/// `endpoint::base_transport`), so a peer costs the same over either
+/// transport. Without it, h2 holds up to `H2_SEND_BUFFER` (1 MiB) for
+/// each of up to [`MAX_STREAMS`] streams when a peer grants huge windows
+/// and then stops reading. An honest Darkport peer never meets it: its
+/// connection window (`H2_CONN_WINDOW`, also 32 MiB) already bounds what
+/// h2 queues.
+/// Writers wait at the limit (backpressure, as on QUIC), and go on as
+/// bytes are written. Control frames and the close-notice stream are not
+/// counted, so they get through at the limit.
+pub const SEND_QUEUE: u64 = 32 * 1024 * 1024;
 /// Largest header block we take: our requests carry none of note.
 const H2_MAX_HEADERS: u32 = 4 * 1024;
 
@@ -538,11 +567,8 @@ async fn handshake_client(
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let shared = new_shared(certs, remote);
-    let io = Counted {
-        io: tls,
-        shared: shared.clone(),
-    };
+    let shared = new_shared(certs, remote, true);
+    let io = Counted::new(tls, shared.clone(), true);
     let (requests, connection) = h2::client::Builder::new()
         .initial_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONN_WINDOW)
@@ -595,8 +621,13 @@ fn hint(text: String) -> String {
     format!("{text}{hint}")
 }
 
-fn new_shared(certs: Vec<CertificateDer<'static>>, remote: SocketAddr) -> Arc<Shared> {
+fn new_shared(
+    certs: Vec<CertificateDer<'static>>,
+    remote: SocketAddr,
+    client: bool,
+) -> Arc<Shared> {
     Arc::new(Shared {
+        gate: Arc::new(SendGate::new(SEND_QUEUE, client)),
         notice: OnceLock::new(),
         rx_bytes: AtomicU64::new(0),
         rtt_micros: AtomicU64::new(0),
@@ -672,11 +703,8 @@ pub async fn accept_tcp(
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default();
-        let shared = new_shared(certs, remote);
-        let io = Counted {
-            io: tls,
-            shared: shared.clone(),
-        };
+        let shared = new_shared(certs, remote, false);
+        let io = Counted::new(tls, shared.clone(), false);
         let connection = h2::server::Builder::new()
             .initial_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONN_WINDOW)
@@ -776,7 +804,7 @@ async fn read_notice(
     ack: h2::SendStream<Bytes>,
     mut closing: watch::Receiver<Option<(CloseCode, String)>>,
 ) {
-    let mut ack = SendHalf::h2(ack);
+    let mut ack = SendHalf::h2(ack, None);
     let mut notice = RecvHalf::h2(RecvState::Waiting(response));
     tokio::select! {
         n = read_frame::<_, CloseNotice>(&mut notice, MAX_DIAL_FRAME) => {
@@ -874,14 +902,14 @@ async fn drive_server(
                     // can read; the dial answer itself is in the body.
                     if notice.is_none() {
                         if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                            notice = Some((SendHalf::h2(send), RecvHalf::h2(RecvState::Open(recv))));
+                            notice = Some((SendHalf::h2(send, None), RecvHalf::h2(RecvState::Open(recv))));
                         }
                         continue;
                     }
                     match accept_decision(streams.capacity() > 0, refused) {
                         AcceptDecision::Queue => {
                             if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                                let pair = (SendHalf::h2(send), RecvHalf::h2(RecvState::Open(recv)));
+                                let pair = (SendHalf::h2(send, Some(shared.gate.clone())), RecvHalf::h2(RecvState::Open(recv)));
                                 let _ = streams.try_send(pair);
                             }
                         }
@@ -945,7 +973,7 @@ async fn send_notice(
             Some(Ok((request, mut respond))) => {
                 if let Ok(send) = respond.send_response(http::Response::new(()), false) {
                     notice = Some((
-                        SendHalf::h2(send),
+                        SendHalf::h2(send, None),
                         RecvHalf::h2(RecvState::Open(request.into_body())),
                     ));
                 }
@@ -988,10 +1016,159 @@ async fn send_notice(
     }
 }
 
-/// Counts bytes read (liveness) on the way to h2.
+/// The async side of [`sendq::SendQueue`]: one per TCP connection,
+/// shared by its writers ([`H2Send`]) and the I/O under h2 ([`Counted`]).
+struct SendGate {
+    /// Locked briefly, never across an await: once per write handed to h2
+    /// and once per write to TLS that carries frames we count.
+    queue: std::sync::Mutex<sendq::SendQueue>,
+    /// Wakes the writers waiting for room. An `Arc` so that a writer can
+    /// hold its wait ([`tokio::sync::futures::OwnedNotified`]) across polls.
+    freed: Arc<Notify>,
+}
+
+/// A writer's wait for room in the send queue, kept across polls.
+type Waiting = Pin<Box<tokio::sync::futures::OwnedNotified>>;
+
+impl SendGate {
+    fn new(limit: u64, client: bool) -> SendGate {
+        SendGate {
+            queue: std::sync::Mutex::new(sendq::SendQueue::new(limit, client)),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, sendq::SendQueue> {
+        // A panic elsewhere leaves the counts as they were: still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self, wake: bool) {
+        if wake {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Bytes queued now.
+    fn queued(&self) -> u64 {
+        self.lock().queued()
+    }
+
+    /// Waits for room to queue up to `want` bytes on `stream`: how many,
+    /// counted (`Some`), or `None` for as many as h2 takes, uncounted
+    /// (the stream or the connection is over, so h2 fails or drops them).
+    fn poll_grant(
+        &self,
+        cx: &mut Context<'_>,
+        stream: u32,
+        want: usize,
+        waiting: &mut Option<Waiting>,
+    ) -> Poll<Option<usize>> {
+        use sendq::Grant;
+        // The lock is never held while calling into h2: h2 holds its own
+        // lock while it writes to `Counted`, which takes this one.
+        loop {
+            if let Some(w) = waiting.as_mut() {
+                ready!(w.as_mut().poll(cx));
+                *waiting = None;
+            }
+            let grant = self.lock().grant(stream, want);
+            match grant {
+                Grant::Counted(n) => return Poll::Ready(Some(n)),
+                Grant::Uncounted => return Poll::Ready(None),
+                Grant::Wait => {}
+            }
+            // A wait made now hears every wake from now on, even before
+            // it is polled; asking again after making it misses none.
+            let w = Box::pin(self.freed.clone().notified_owned());
+            let grant = self.lock().grant(stream, want);
+            match grant {
+                Grant::Counted(n) => return Poll::Ready(Some(n)),
+                Grant::Uncounted => return Poll::Ready(None),
+                Grant::Wait => *waiting = Some(w),
+            }
+        }
+    }
+
+    fn refund(&self, stream: u32, n: usize) {
+        let wake = self.lock().refund(stream, n);
+        self.wake(wake);
+    }
+
+    fn reset(&self, stream: u32) {
+        let wake = self.lock().reset(stream);
+        self.wake(wake);
+    }
+
+    fn close(&self) {
+        let wake = self.lock().close();
+        self.wake(wake);
+    }
+
+    /// `pieces` were written to TLS, in order: give back their DATA
+    /// payload.
+    fn sent<'a>(
+        &self,
+        walker: &mut sendq::FrameWalker,
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let mut queue = None;
+        let mut wake = false;
+        let mut on = |frame| {
+            let q = queue.get_or_insert_with(|| self.lock());
+            wake |= q.sent(frame);
+        };
+        for bytes in pieces {
+            walker.feed(bytes, &mut on);
+        }
+        drop(queue);
+        self.wake(wake);
+    }
+
+    /// `bytes` were read from TLS: note streams opened and given up.
+    fn received(&self, walker: &mut sendq::FrameWalker, bytes: &[u8]) {
+        let mut queue = None;
+        let mut wake = false;
+        walker.feed(bytes, &mut |frame| {
+            // Most of what arrives is data, which changes nothing here:
+            // no lock for it.
+            if let sendq::Frame::Data(..) | sendq::Frame::Ended(_) = frame {
+                return;
+            }
+            let q = queue.get_or_insert_with(|| self.lock());
+            wake |= q.received(frame);
+        });
+        drop(queue);
+        self.wake(wake);
+    }
+}
+
+/// The TLS stream under h2: counts bytes read (liveness), and follows the
+/// frames crossing both ways for the send queue ([`SendGate`]).
 struct Counted<T> {
     io: T,
     shared: Arc<Shared>,
+    /// Frames we write, as they reach TLS.
+    out: sendq::FrameWalker,
+    /// Frames the peer writes, as h2 reads them.
+    inn: sendq::FrameWalker,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, shared: Arc<Shared>, client: bool) -> Counted<T> {
+        // The client's preface comes before its first frame.
+        let (out, inn) = if client {
+            (sendq::PREFACE, 0)
+        } else {
+            (0, sendq::PREFACE)
+        };
+        Counted {
+            io,
+            shared,
+            out: sendq::FrameWalker::new(out),
+            inn: sendq::FrameWalker::new(inn),
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -1000,11 +1177,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.shared.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            this.shared
+                .rx_bytes
+                .fetch_add(read.len() as u64, Ordering::Relaxed);
+            this.shared.gate.received(&mut this.inn, read);
         }
         r
     }
@@ -1016,14 +1197,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.shared.gate.sent(&mut this.out, [&buf[..n]]);
+        }
+        r
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            // The first `n` bytes across the slices (empty ones too).
+            let written = bufs.iter().scan(n, |left, b| {
+                let k = (*left).min(b.len());
+                *left -= k;
+                (k > 0 || *left > 0).then(|| &b[..k])
+            });
+            this.shared.gate.sent(&mut this.out, written);
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -1059,7 +1256,26 @@ enum SendInner {
 }
 
 /// The sending half of an HTTP/2 stream.
-struct H2Send(h2::SendStream<Bytes>);
+struct H2Send {
+    stream: h2::SendStream<Bytes>,
+    /// Its id, under which the send queue counts it.
+    id: u32,
+    /// The connection's send queue; `None` for the close-notice streams,
+    /// which must get through when it is full (a few bytes, once).
+    gate: Option<Arc<SendGate>>,
+    /// Set while waiting for room in the send queue.
+    waiting: Option<Waiting>,
+}
+
+/// Room to send, from [`H2Send::poll_room`].
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    /// How many bytes.
+    len: usize,
+    /// Whether the send queue counted them (and takes them back if h2
+    /// refuses them).
+    counted: bool,
+}
 
 impl fmt::Debug for H2Send {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1083,7 +1299,7 @@ impl H2Send {
     /// Why sending is over: the peer's reset, or the connection's end.
     fn why(&mut self) -> RemoteEnd {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.0.poll_reset(&mut cx) {
+        match self.stream.poll_reset(&mut cx) {
             Poll::Ready(Ok(reason)) => match our_code(reason) {
                 Some(code) => RemoteEnd::Stopped(code),
                 None => RemoteEnd::Lost(format!("the peer reset the stream ({reason})")),
@@ -1093,15 +1309,15 @@ impl H2Send {
         }
     }
 
-    /// Waits for send capacity; how much there is.
-    fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<usize, RemoteEnd>> {
-        self.0.reserve_capacity(want);
+    /// Waits for flow-control credit; how much there is.
+    fn poll_credit(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<usize, RemoteEnd>> {
+        self.stream.reserve_capacity(want);
         loop {
-            let room = self.0.capacity();
+            let room = self.stream.capacity();
             if room > 0 {
                 return Poll::Ready(Ok(room));
             }
-            match ready!(self.0.poll_capacity(cx)) {
+            match ready!(self.stream.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(RemoteEnd::from_h2(&e, true))),
                 None => return Poll::Ready(Err(self.why())),
@@ -1109,10 +1325,58 @@ impl H2Send {
         }
     }
 
-    fn send(&mut self, data: Bytes) -> Result<(), RemoteEnd> {
-        self.0
-            .send_data(data, false)
-            .map_err(|e| RemoteEnd::from_h2(&e, true))
+    /// Waits for room to send up to `want` bytes: flow-control credit,
+    /// then room in the connection's send queue. Send at once what it
+    /// grants, with [`H2Send::send`].
+    fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<Room, RemoteEnd>> {
+        let credit = ready!(self.poll_credit(cx, want))?;
+        let Some(gate) = &self.gate else {
+            return Poll::Ready(Ok(Room {
+                len: credit,
+                counted: false,
+            }));
+        };
+        match gate.poll_grant(cx, self.id, want.min(credit), &mut self.waiting) {
+            Poll::Ready(Some(len)) => Poll::Ready(Ok(Room { len, counted: true })),
+            Poll::Ready(None) => Poll::Ready(Ok(Room {
+                len: credit,
+                counted: false,
+            })),
+            // The queue may stay full for long (a peer that does not
+            // read): a reset of this stream ends the wait too.
+            Poll::Pending => match self.stream.poll_reset(cx) {
+                Poll::Ready(_) => {
+                    self.waiting = None;
+                    Poll::Ready(Err(self.why()))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// Sends `data`, at most what [`H2Send::poll_room`] gave as `room`.
+    fn send(&mut self, data: Bytes, room: Room) -> Result<(), RemoteEnd> {
+        let len = data.len();
+        let sent = self.stream.send_data(data, false);
+        // What was counted and not queued goes back (all of it if h2
+        // refused the data).
+        let unused = match sent {
+            Ok(()) => room.len.saturating_sub(len),
+            Err(_) => room.len,
+        };
+        if let (true, true, Some(gate)) = (room.counted, unused > 0, &self.gate) {
+            gate.refund(self.id, unused);
+        }
+        sent.map_err(|e| RemoteEnd::from_h2(&e, true))
+    }
+
+    /// We reset the stream: h2 dropped what it had queued for it.
+    fn reset(&mut self, reason: h2::Reason) {
+        self.stream.send_reset(reason);
+        self.waiting = None;
+        if let Some(gate) = &self.gate {
+            gate.reset(self.id);
+        }
     }
 }
 
@@ -1129,9 +1393,17 @@ impl SendHalf {
         }
     }
 
-    fn h2(stream: h2::SendStream<Bytes>) -> SendHalf {
+    /// `gate`: the connection's send queue, `None` for a close-notice
+    /// stream.
+    fn h2(stream: h2::SendStream<Bytes>, gate: Option<Arc<SendGate>>) -> SendHalf {
+        let id = u32::from(stream.stream_id());
         SendHalf {
-            inner: SendInner::H2(H2Send(stream)),
+            inner: SendInner::H2(H2Send {
+                stream,
+                id,
+                gate,
+                waiting: None,
+            }),
             done: false,
             wrote: false,
         }
@@ -1152,8 +1424,8 @@ impl SendHalf {
                 let mut data = data;
                 while !data.is_empty() {
                     let room = poll_fn(|cx| s.poll_room(cx, data.len())).await?;
-                    let piece = data.split_to(room.min(data.len()));
-                    s.send(piece)?;
+                    let piece = data.split_to(room.len.min(data.len()));
+                    s.send(piece, room)?;
                 }
                 Ok(())
             }
@@ -1171,7 +1443,7 @@ impl SendHalf {
                 let _ = s.finish();
             }
             SendInner::H2(s) => {
-                let _ = s.0.send_data(Bytes::new(), true);
+                let _ = s.stream.send_data(Bytes::new(), true);
             }
         }
     }
@@ -1184,7 +1456,7 @@ impl SendHalf {
             SendInner::Quic(s) => {
                 let _ = s.reset(crate::stream_code(code));
             }
-            SendInner::H2(s) => s.0.send_reset(h2_reason(code.code())),
+            SendInner::H2(s) => s.reset(h2_reason(code.code())),
         }
     }
 
@@ -1216,8 +1488,8 @@ impl AsyncWrite for SendHalf {
                     return Poll::Ready(Ok(0));
                 }
                 let room = ready!(s.poll_room(cx, buf.len()))?;
-                let n = room.min(buf.len());
-                s.send(Bytes::copy_from_slice(&buf[..n]))?;
+                let n = room.len.min(buf.len());
+                s.send(Bytes::copy_from_slice(&buf[..n]), room)?;
                 Poll::Ready(Ok(n))
             }
         }
@@ -1473,6 +1745,100 @@ mod accept_tests {
 }
 
 #[cfg(test)]
+mod counted_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Takes at most `per_write` bytes a write, vectored or not.
+    struct Trickle {
+        per_write: usize,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.per_write);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(self.per_write - n);
+                self.got.extend_from_slice(&b[..k]);
+                n += k;
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn data_written_in_pieces_and_slices_is_given_back_exactly() {
+        let payload = vec![9u8; 40_000];
+        // A client's preface, then DATA frames (no END_STREAM, which would
+        // give back whatever is left and hide a miscount).
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for (stream, len) in [(1u32, 40_000usize), (3, 1000), (1, 5)] {
+            wire.extend(&(len as u32).to_be_bytes()[1..]);
+            wire.extend([0, 0]);
+            wire.extend(stream.to_be_bytes());
+            wire.extend(&payload[..len]);
+        }
+        for per_write in [1, 7, 9, 4096, usize::MAX] {
+            let shared = new_shared(Vec::new(), ([127, 0, 0, 1], 1).into(), true);
+            let queued = |s: u32, n: usize| {
+                assert_eq!(
+                    shared.gate.lock().grant(s, n),
+                    sendq::Grant::Counted(n),
+                    "{per_write}"
+                );
+            };
+            // 5 bytes more than cross, as if still in h2.
+            queued(1, 40_010);
+            queued(3, 1000);
+            let sink = Trickle {
+                per_write,
+                got: Vec::new(),
+            };
+            let mut io = Counted::new(sink, shared.clone(), true);
+            // Vectored, with empty slices between the pieces, the way h2
+            // writes a frame header and then its payload.
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at(rest.len().min(13));
+                let slices = [
+                    io::IoSlice::new(&[]),
+                    io::IoSlice::new(a),
+                    io::IoSlice::new(&[]),
+                    io::IoSlice::new(b),
+                ];
+                let n = io.write_vectored(&slices).await.expect("write");
+                rest = &rest[n..];
+            }
+            assert_eq!(io.io.got, wire, "{per_write}");
+            assert_eq!(shared.gate.queued(), 5, "{per_write}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1500,3 +1866,21 @@ mod tests {
         assert!(e.contains("auto, quic or tcp"), "{e}");
     }
 }
+
+/// The send-side memory bound of a TCP connection, as a state machine
+/// with no I/O: what one HTTP/2 connection holds queued to send, and when
+/// a writer may queue more.
+///
+/// h2 buffers what a stream's writer hands it until the peer's windows
+/// let it out, up to [`H2_SEND_BUFFER`] per stream. A peer that grants
+/// huge windows and then stops reading its socket would make us hold that
+/// for every one of up to [`MAX_STREAMS`] streams. QUIC bounds the same
+/// thing per connection (quinn's `send_window`); this is that bound for
+/// HTTP/2. h2 does not say when data reaches the socket, so the I/O
+/// wrapper under h2 ([`Counted`]) reads the frame headers of the bytes
+/// going out ([`FrameWalker`]) and gives back each stream's DATA payload
+/// as it is written, exactly. Data h2 drops without writing it (a stream
+/// reset either way, streams a GOAWAY gives up) is given back when the
+/// `RST_STREAM` or `GOAWAY` crosses; the connection's end opens the gate
+/// for good (h2 then fails every write).
+mod sendq;
