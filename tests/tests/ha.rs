@@ -674,6 +674,42 @@ async fn init_join_and_migrate_refuse_what_they_must() {
     );
 }
 
+/// Runs `sql` with psql on a thread of its own (it may take seconds).
+fn psql_in_background(
+    url: &str,
+    sql: &'static str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+            .output()
+            .expect("psql")
+    })
+}
+
+/// An admin client of controller A alone (an admin otherwise tries B too).
+fn admin_at(dd: &DataDir) -> darkport_controller::admin::Admin {
+    darkport_controller::admin::Admin::from_data_dir(dd, Some(advertise(dd))).expect("admin")
+}
+
+/// Five reads at `dd`'s controller, each answered within 500 ms, each
+/// followed by an echo through `fwd`.
+async fn reads_answer_at_once(dd: &DataDir, fwd: SocketAddr, during: &str) {
+    for i in 0..5 {
+        let start = Instant::now();
+        let r = admin_at(dd).call(AdminRequest::ListIdentities).await;
+        let took = start.elapsed();
+        assert!(matches!(r, Ok(AdminResponse::Identities(_))), "{r:?}");
+        eprintln!("identity list {i} during {during}: {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "a read during {during} took {took:?}"
+        );
+        echo_ok(fwd).await;
+    }
+}
+
 /// A database that holds a commit (the generation row locked by another
 /// session for 5 s): reads at the controller whose commit waits still
 /// answer at once, new streams go through its router, the router keeps its
@@ -687,31 +723,15 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
     let pair = Pair::start(&url).await;
     let Traffic { fwd, router, .. } = pair.traffic(&pair.a, "router-a").await;
     // Another session takes the generation row for 5 s.
-    let locker = {
-        let url = url.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-q",
-                    "-c",
-                    "BEGIN; SELECT value FROM meta WHERE key = 'generation' FOR UPDATE; SELECT pg_sleep(5); COMMIT;",
-                ])
-                .output()
-                .expect("psql")
-        })
-    };
+    let locker = psql_in_background(
+        &url,
+        "BEGIN; SELECT value FROM meta WHERE key = 'generation' FOR UPDATE; SELECT pg_sleep(5); COMMIT;",
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A commit at A now waits for the row (holding A's commit lock). Both
     // it and the reads go to A alone (an admin otherwise tries B too).
-    let at_a = || {
-        darkport_controller::admin::Admin::from_data_dir(&pair.a, Some(advertise(&pair.a)))
-            .expect("admin")
-    };
     let stuck = {
-        let admin = at_a();
+        let admin = admin_at(&pair.a);
         tokio::spawn(async move {
             let started = Instant::now();
             let r = admin
@@ -730,18 +750,7 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
         !stuck.is_finished(),
         "the commit should be waiting for the row"
     );
-    for i in 0..5 {
-        let start = Instant::now();
-        let r = at_a().call(AdminRequest::ListIdentities).await;
-        let took = start.elapsed();
-        assert!(matches!(r, Ok(AdminResponse::Identities(_))), "{r:?}");
-        eprintln!("identity list {i} during the stuck commit: {took:?}");
-        assert!(
-            took < Duration::from_millis(500),
-            "a read waited {took:?} for a commit"
-        );
-        echo_ok(fwd).await;
-    }
+    reads_answer_at_once(&pair.a, fwd, "the stuck commit").await;
     let (waited, r) = stuck.await.expect("task");
     eprintln!("the stuck commit ended after {waited:?}: {r:?}");
     let out = locker.join().expect("locker");
@@ -771,36 +780,12 @@ async fn a_notify_flood_stalls_nothing() {
     };
     let pair = Pair::start(&url).await;
     let Traffic { fwd, router, .. } = pair.traffic(&pair.a, "router-a").await;
-    let flood = {
-        let url = url.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new("psql")
-                .args([
-                    url.as_str(),
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-q",
-                    "-c",
-                    "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_notify('darkport_state', i::text); COMMIT; PERFORM pg_sleep(0.001); END LOOP; END $$;",
-                ])
-                .output()
-                .expect("psql")
-        })
-    };
+    let flood = psql_in_background(
+        &url,
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_notify('darkport_state', i::text); COMMIT; PERFORM pg_sleep(0.001); END LOOP; END $$;",
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let at_a = || {
-        darkport_controller::admin::Admin::from_data_dir(&pair.a, Some(advertise(&pair.a)))
-            .expect("admin")
-    };
-    for i in 0..5 {
-        let start = Instant::now();
-        let r = at_a().call(AdminRequest::ListIdentities).await;
-        let took = start.elapsed();
-        assert!(matches!(r, Ok(AdminResponse::Identities(_))), "{r:?}");
-        eprintln!("identity list {i} during the NOTIFY flood: {took:?}");
-        assert!(took < Duration::from_millis(500), "a read took {took:?}");
-        echo_ok(fwd).await;
-    }
+    reads_answer_at_once(&pair.a, fwd, "the NOTIFY flood").await;
     wait_router_online(&pair.a, router, Duration::from_millis(500))
         .await
         .expect("the router's session held");
