@@ -42,6 +42,10 @@ pub enum PatternError {
     /// Too long, too many, or too many alternatives.
     #[error("tag pattern {0:?} is too large (at most {MAX_PATTERN} bytes, {MAX_PATTERNS} patterns, {MAX_EXPANSIONS} brace alternatives)")]
     TooLarge(String),
+    /// `${identity}` glued to other characters in a tag part, or inside
+    /// braces.
+    #[error("tag pattern {0:?} uses ${{identity}} inside a tag part; write it as a whole part between dots (e.g. app.${{identity}}.**), so that one identity's name cannot extend into another's")]
+    PlaceholderNotWholePart(String),
     /// Braces do not pair up.
     #[error("tag pattern {0:?} has unbalanced braces")]
     Braces(String),
@@ -132,8 +136,37 @@ pub fn split_list(list: &str) -> Result<Vec<String>, PatternError> {
     Ok(out)
 }
 
+/// Whether every `${identity}` in `pattern` is a whole tag part: between
+/// dots or at an end, outside braces. Glued to other characters
+/// (`${identity}-logs`, `app.${identity}*`) or inside an alternative, the
+/// name of one identity could extend into another's (`web` into
+/// `web-prod`).
+fn placeholder_is_whole_part(pattern: &str) -> bool {
+    let mut rest = pattern;
+    let mut offset = 0;
+    while let Some(at) = rest.find(IDENTITY_PLACEHOLDER) {
+        let start = offset + at;
+        let end = start + IDENTITY_PLACEHOLDER.len();
+        let before = pattern[..start].chars().next_back();
+        let after = pattern[end..].chars().next();
+        if !matches!(before, None | Some('.')) || !matches!(after, None | Some('.')) {
+            return false;
+        }
+        let head = &pattern[..start];
+        if head.matches('{').count() > head.matches('}').count() {
+            return false;
+        }
+        offset = end;
+        rest = &pattern[end..];
+    }
+    true
+}
+
 /// Checks one pattern as written (with its placeholder).
 pub fn check(pattern: &str) -> Result<(), PatternError> {
+    if !placeholder_is_whole_part(pattern) {
+        return Err(PatternError::PlaceholderNotWholePart(pattern.to_string()));
+    }
     let without = pattern.replace(IDENTITY_PLACEHOLDER, "x");
     if without.is_empty() {
         return Err(PatternError::Empty);
@@ -217,7 +250,7 @@ impl TagRules {
         for p in patterns {
             if !p.contains(IDENTITY_PLACEHOLDER) {
                 compiled.push(Pattern::compile(p)?);
-            } else if substitute {
+            } else if substitute && placeholder_is_whole_part(p) {
                 compiled.push(Pattern::compile(
                     &p.replace(IDENTITY_PLACEHOLDER, identity),
                 )?);
@@ -428,6 +461,32 @@ mod tests {
         assert!(!rules.allows("app.web-2.access"), "another app's tags");
         assert!(rules.allows("shared.b"));
         assert!(!rules.allows("shared.c"));
+    }
+
+    #[test]
+    fn the_identity_placeholder_must_be_a_whole_tag_part() {
+        for ok in [
+            "${identity}",
+            "app.${identity}",
+            "app.${identity}.**",
+            "${identity}.x.*",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "app.${identity}-logs",
+            "app.${identity}*",
+            "app.x${identity}.**",
+            "app.{${identity},shared}.*",
+            "${identity}_x",
+        ] {
+            assert!(
+                matches!(check(bad), Err(PatternError::PlaceholderNotWholePart(_))),
+                "{bad}"
+            );
+        }
+        // Under `app.${identity}*`, web would have reached web-prod's tags.
+        assert!(split_list("app.${identity}*").is_err());
     }
 
     #[test]
