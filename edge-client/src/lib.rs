@@ -27,6 +27,8 @@
 //!   in virtual time like [`choice`].
 //! - [`stream`]: [`DialStream`], the byte stream.
 //! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
+//! - `metrics` (with the `cli` feature): the binary's Prometheus metrics,
+//!   read from the SDK's counters at each scrape.
 //!
 //! Not here: the CLI (`main.rs`, behind the default `cli` feature).
 #![forbid(unsafe_code)]
@@ -36,6 +38,8 @@ pub mod choice;
 pub mod client;
 pub mod error;
 pub mod forward;
+#[cfg(feature = "cli")]
+pub mod metrics;
 mod pool;
 pub mod stream;
 

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use darkport_cli::health::Health;
+use prometheus_client::registry::Registry;
 
 use darkport_proto::identity::Kind;
 use darkport_transport::splice::{splice_io, Ending};
+use edge_client::metrics::ClientMetrics;
 use edge_client::{enroll, read_token, Client, ClientOptions, TransportMode};
 
 #[derive(Parser)]
@@ -86,91 +89,6 @@ struct RunArgs {
     /// the open ones finish for up to this long, then reset the rest.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     grace_period: std::time::Duration,
-}
-
-/// The client's metrics: read from the SDK's counters at each scrape.
-fn client_health(client: Arc<Client>) -> darkport_cli::health::Health {
-    use prometheus_client::encoding::EncodeLabelSet;
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::registry::{Registry, Unit};
-    use std::sync::atomic::AtomicU64;
-
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct Result_ {
-        result: &'static str,
-    }
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct Router {
-        router: String,
-    }
-    let dials = Family::<Result_, Counter>::default();
-    let conns = Gauge::<i64>::default();
-    let rtt = Family::<Router, Gauge<f64, AtomicU64>>::default();
-    let expiry = Gauge::<i64>::default();
-    let mut registry = Registry::with_prefix("darkport");
-    {
-        let r = registry.sub_registry_with_prefix("client");
-        r.register(
-            "dials",
-            "Dials by result (ok, or the kind of failure)",
-            dials.clone(),
-        );
-        r.register(
-            "router_connections",
-            "Router connections open now",
-            conns.clone(),
-        );
-        r.register_with_unit(
-            "router_rtt",
-            "Round-trip time estimate, by router connection",
-            Unit::Seconds,
-            rtt.clone(),
-        );
-    }
-    registry.register_with_unit(
-        "certificate_expiry_timestamp",
-        "When this component's certificate expires, Unix time",
-        Unit::Seconds,
-        expiry.clone(),
-    );
-    let seen = std::sync::Mutex::new(std::collections::HashMap::<&'static str, u64>::new());
-    let c = client.clone();
-    let refresh = move || {
-        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-        for (result, n) in c.dial_counts() {
-            let before = seen.insert(result, n).unwrap_or(0);
-            dials
-                .get_or_create(&Result_ { result })
-                .inc_by(n.saturating_sub(before));
-        }
-        let live = c.connections();
-        conns.set(live.len() as i64);
-        rtt.clear();
-        for l in &live {
-            rtt.get_or_create(&Router {
-                router: l.router.clone(),
-            })
-            .set(l.rtt.as_secs_f64());
-        }
-        if let Some(leaf) = c.identity().chain.first() {
-            if let Ok((_, not_after)) = darkport_transport::tls::cert_validity(leaf) {
-                expiry.set(i64::try_from(not_after).unwrap_or(i64::MAX));
-            }
-        }
-    };
-    darkport_cli::health::Health {
-        registry,
-        ready: Box::new(move || {
-            if client.connections().is_empty() {
-                Err("no router connection".into())
-            } else {
-                Ok(())
-            }
-        }),
-        refresh: vec![Box::new(refresh)],
-    }
 }
 
 fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
@@ -259,12 +177,17 @@ async fn real_main() -> Result<()> {
                     args.grace_period,
                 ));
             }
-            darkport_cli::health::start(
-                &args.common.metrics,
-                client_health(client.clone()),
-                std::future::pending(),
-            )
-            .await?;
+            let metrics = Arc::new(ClientMetrics::new(client.clone()));
+            let mut registry = Registry::with_prefix("darkport");
+            metrics.register(&mut registry);
+            let (ready, refresh) = (metrics.clone(), metrics);
+            let health = Health {
+                registry,
+                ready: Box::new(move || ready.ready()),
+                refresh: vec![Box::new(move || refresh.refresh())],
+            };
+            darkport_cli::health::start(&args.common.metrics, health, std::future::pending())
+                .await?;
             // Connect now, and say at once if a forwarded service cannot
             // be reached (not only at the first connection).
             let warm = client.clone();
