@@ -55,6 +55,33 @@ pub struct Health {
     pub refresh: Vec<Box<dyn Fn() + Send + Sync>>,
 }
 
+impl Health {
+    /// What a component serves: `metrics`, registered under the
+    /// `darkport` prefix; `/ready` asks `ready`, and `refresh` (if any)
+    /// runs before each scrape.
+    pub fn of<M: Send + Sync + 'static>(
+        metrics: Arc<M>,
+        register: fn(&M, &mut Registry),
+        ready: fn(&M) -> Result<(), String>,
+        refresh: Option<fn(&M)>,
+    ) -> Health {
+        let mut registry = Registry::with_prefix("darkport");
+        register(&metrics, &mut registry);
+        let refresh: Vec<Box<dyn Fn() + Send + Sync>> = match refresh {
+            Some(f) => {
+                let m = metrics.clone();
+                vec![Box::new(move || f(&m))]
+            }
+            None => vec![],
+        };
+        Health {
+            registry,
+            ready: Box::new(move || ready(&metrics)),
+            refresh,
+        }
+    }
+}
+
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health").finish_non_exhaustive()
@@ -215,6 +242,43 @@ mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// `Health::of` wires a component's metrics type: registered under
+    /// the prefix, `/ready` asked of it, refreshed before each scrape.
+    #[test]
+    fn of_registers_asks_and_refreshes() {
+        #[derive(Default)]
+        struct Probe {
+            scrapes: Counter,
+            up: AtomicBool,
+        }
+        impl Probe {
+            fn register(&self, r: &mut Registry) {
+                r.register("scrapes", "Scrapes", self.scrapes.clone());
+            }
+            fn ready(&self) -> Result<(), String> {
+                self.up
+                    .load(Ordering::Relaxed)
+                    .then_some(())
+                    .ok_or("down".into())
+            }
+            fn refresh(&self) {
+                self.scrapes.inc();
+            }
+        }
+        let probe = Arc::new(Probe::default());
+        let health = Health::of(
+            probe.clone(),
+            Probe::register,
+            Probe::ready,
+            Some(Probe::refresh),
+        );
+        assert_eq!(get(&health, "/ready").0, StatusCode::SERVICE_UNAVAILABLE);
+        probe.up.store(true, Ordering::Relaxed);
+        assert_eq!(get(&health, "/ready").0, StatusCode::OK);
+        let (_, body) = get(&health, "/metrics");
+        assert!(body.contains("darkport_scrapes_total 1"), "{body}");
+    }
 
     fn get(health: &Health, path: &str) -> (StatusCode, String) {
         let req = Request::get(path).body(()).expect("request");

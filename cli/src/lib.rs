@@ -2,15 +2,23 @@
 //! logging flags and their setup, config files ([`config`]), the metrics
 //! and health endpoint ([`health`]), and systemd notifications.
 //!
-//! Each binary flattens [`LogArgs`] into its command line and calls
-//! [`init_logging`] first thing. Libraries never depend on this crate.
+//! Each binary flattens [`LogArgs`] into its command line, implements
+//! [`CommandLine`], and starts with [`start`] (arguments, config file and
+//! logging) and ends with [`exit`]; its `run` ends its start-up with
+//! [`ready_until_stopped`]. [`binary`] has these and the subcommands every
+//! binary shares. Libraries never depend on this crate.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::io::IsTerminal;
 
+pub mod binary;
 pub mod config;
 pub mod health;
+
+pub use binary::{
+    exit, ready_until_stopped, start, AssetsArgs, CommandLine, EnrollArgs, StartError,
+};
 
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

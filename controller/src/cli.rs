@@ -28,6 +28,12 @@ pub struct Cli {
     pub log: darkport_cli::LogArgs,
 }
 
+impl darkport_cli::CommandLine for Cli {
+    fn log_args(&self) -> &darkport_cli::LogArgs {
+        &self.log
+    }
+}
+
 #[derive(Args)]
 pub struct Dir {
     /// Controller data directory.
@@ -84,10 +90,7 @@ pub struct NameArgs {
 pub enum Cmd {
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
-    GenerateAssets {
-        /// Directory to write man1/ and completions/ into.
-        dir: PathBuf,
-    },
+    GenerateAssets(darkport_cli::AssetsArgs),
     /// Create a data dir: CA, controller and admin identities.
     Init(InitArgs),
     /// Add a controller to a deployment whose state is in PostgreSQL: a new

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use darkport_proto::msg::AdminRequest;
 
@@ -16,24 +16,13 @@ mod commands;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match real_main().await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    darkport_cli::exit(real_main().await)
 }
 
 async fn real_main() -> Result<ExitCode> {
-    let cli: Cli = darkport_cli::config::parse()?;
-    let log = darkport_cli::init_logging(&cli.log)?;
+    let (cli, log) = darkport_cli::start::<Cli>()?;
     match cli.cmd {
-        Cmd::GenerateAssets { dir } => {
-            use clap::CommandFactory;
-            darkport_cli::generate_assets(Cli::command(), &dir)
-                .with_context(|| format!("cannot write to {}", dir.display()))?;
-        }
+        Cmd::GenerateAssets(args) => args.write::<Cli>()?,
         Cmd::Init(args) => commands::setup::init(args)?,
         Cmd::Join(args) => commands::setup::join(args)?,
         Cmd::Migrate(args) => commands::setup::migrate(args)?,

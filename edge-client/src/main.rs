@@ -2,18 +2,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use darkport_cli::health::Health;
-use prometheus_client::registry::Registry;
+use darkport_cli::{AssetsArgs, EnrollArgs};
 
 use darkport_proto::identity::Kind;
 use darkport_transport::splice::{splice_io, Ending};
 use edge_client::metrics::ClientMetrics;
-use edge_client::{enroll, read_token, Client, ClientOptions, TransportMode};
+use edge_client::{Client, ClientOptions, TransportMode};
 
 #[derive(Parser)]
 #[command(
@@ -28,23 +29,19 @@ struct Cli {
     log: darkport_cli::LogArgs,
 }
 
+impl darkport_cli::CommandLine for Cli {
+    fn log_args(&self) -> &darkport_cli::LogArgs {
+        &self.log
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
-    GenerateAssets {
-        /// Directory to write man1/ and completions/ into.
-        dir: PathBuf,
-    },
+    GenerateAssets(AssetsArgs),
     /// Redeem an enrollment token; the key pair is made here.
-    Enroll {
-        /// Token text, or a file holding it.
-        #[arg(long)]
-        token: String,
-        /// Where to write the identity file (0600).
-        #[arg(long)]
-        identity: PathBuf,
-    },
+    Enroll(EnrollArgs),
     /// Expose services on local TCP ports.
     Run(RunArgs),
     /// Connect stdin/stdout to a service, like nc (usable as ssh ProxyCommand).
@@ -104,7 +101,7 @@ fn parse_forward(s: &str) -> Result<(SocketAddr, String)> {
 /// One thread: the client's router connection and every stream on it share
 /// a core, with no cross-thread wake-up per packet (measured: bulk 1.29x
 /// -> 1.62x stunnel, CPU per GiB down 17%; docs/benchmarks.md).
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -112,39 +109,21 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(real_main());
     // `dial` reads stdin on a blocking thread; when the tunnel ends first,
     // that read may never return (stdin still open). Do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    darkport_cli::exit(result.map(|()| ExitCode::SUCCESS))
 }
 
 async fn real_main() -> Result<()> {
-    let cli: Cli = darkport_cli::config::parse()?;
-    let log = darkport_cli::init_logging(&cli.log)?;
+    let (cli, log) = darkport_cli::start::<Cli>()?;
     match cli.cmd {
-        Cmd::GenerateAssets { dir } => {
-            use clap::CommandFactory;
-            darkport_cli::generate_assets(Cli::command(), &dir)
-                .with_context(|| format!("cannot write to {}", dir.display()))?;
-        }
-        Cmd::Enroll { token, identity } => {
-            let file = enroll(&read_token(&token)?, Kind::Client, &identity).await?;
-            println!(
-                "enrolled client {}; identity written to {}",
-                file.name,
-                identity.display()
-            );
-        }
+        Cmd::GenerateAssets(args) => args.write::<Cli>()?,
+        Cmd::Enroll(args) => args.enroll(Kind::Client).await?,
         Cmd::Run(args) => {
             let forwards = args
                 .forwards
@@ -177,15 +156,12 @@ async fn real_main() -> Result<()> {
                     args.grace_period,
                 ));
             }
-            let metrics = Arc::new(ClientMetrics::new(client.clone()));
-            let mut registry = Registry::with_prefix("darkport");
-            metrics.register(&mut registry);
-            let (ready, refresh) = (metrics.clone(), metrics);
-            let health = Health {
-                registry,
-                ready: Box::new(move || ready.ready()),
-                refresh: vec![Box::new(move || refresh.refresh())],
-            };
+            let health = Health::of(
+                Arc::new(ClientMetrics::new(client.clone())),
+                ClientMetrics::register,
+                ClientMetrics::ready,
+                Some(ClientMetrics::refresh),
+            );
             darkport_cli::health::start(&args.common.metrics, health, std::future::pending())
                 .await?;
             // Connect now, and say at once if a forwarded service cannot
@@ -208,11 +184,7 @@ async fn real_main() -> Result<()> {
             });
             // Signals are handled from here on; every forward port is
             // bound: ready, for systemd.
-            let reload = darkport_cli::reload_on_hangup::<Cli>(log, |c| &c.log, |_| {});
-            let signal = darkport_transport::endpoint::shutdown_signal(reload);
-            darkport_cli::notify_ready();
-            signal.await;
-            darkport_cli::notify_stopping();
+            darkport_cli::ready_until_stopped::<Cli>(log, |_| {}).await;
             let _ = stop_tx.send(true);
             while tasks.join_next().await.is_some() {}
             client.close().await;

@@ -2,16 +2,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use darkport_cli::health::Health;
-use prometheus_client::registry::Registry;
+use darkport_cli::{AssetsArgs, EnrollArgs};
 
+use darkport_edge_router::metrics::RouterMetrics;
 use darkport_edge_router::{run, RouterConfig, RouterLimits};
 use darkport_proto::identity::Kind;
 use darkport_transport::admission::GateLimits;
-use darkport_transport::enroll::{enroll, read_token};
 
 #[derive(Parser)]
 #[command(
@@ -26,23 +27,19 @@ struct Cli {
     log: darkport_cli::LogArgs,
 }
 
+impl darkport_cli::CommandLine for Cli {
+    fn log_args(&self) -> &darkport_cli::LogArgs {
+        &self.log
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
-    GenerateAssets {
-        /// Directory to write man1/ and completions/ into.
-        dir: PathBuf,
-    },
+    GenerateAssets(AssetsArgs),
     /// Redeem an enrollment token; the key pair is made here.
-    Enroll {
-        /// Token text, or a file holding it.
-        #[arg(long)]
-        token: String,
-        /// Where to write the identity file (0600).
-        #[arg(long)]
-        identity: PathBuf,
-    },
+    Enroll(EnrollArgs),
     /// Accept clients and carry their streams to services.
     Run(Box<RunArgs>),
 }
@@ -134,33 +131,15 @@ impl RunArgs {
 /// The main thread accepts connections and talks to the controller;
 /// client connections run on the router's connection threads.
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    match real_main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", darkport_cli::error_report(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+async fn main() -> ExitCode {
+    darkport_cli::exit(real_main().await.map(|()| ExitCode::SUCCESS))
 }
 
 async fn real_main() -> Result<()> {
-    let cli: Cli = darkport_cli::config::parse()?;
-    let log = darkport_cli::init_logging(&cli.log)?;
+    let (cli, log) = darkport_cli::start::<Cli>()?;
     match cli.cmd {
-        Cmd::GenerateAssets { dir } => {
-            use clap::CommandFactory;
-            darkport_cli::generate_assets(Cli::command(), &dir)
-                .with_context(|| format!("cannot write to {}", dir.display()))?;
-        }
-        Cmd::Enroll { token, identity } => {
-            let file = enroll(&read_token(&token)?, Kind::Router, &identity).await?;
-            println!(
-                "enrolled router {}; identity written to {}",
-                file.name,
-                identity.display()
-            );
-        }
+        Cmd::GenerateAssets(args) => args.write::<Cli>()?,
+        Cmd::Enroll(args) => args.enroll(Kind::Router).await?,
         Cmd::Run(args) => {
             let advertise = match &args.advertise {
                 Some(a) => a.clone(),
@@ -180,34 +159,21 @@ async fn real_main() -> Result<()> {
             config.grace_period = args.grace_period;
             let (limits_tx, limits_rx) = tokio::sync::watch::channel(config.limits);
             config.limit_updates = Some(limits_rx);
-            let metrics = config.metrics.clone();
-            let mut registry = Registry::with_prefix("darkport");
-            metrics.register(&mut registry);
-            let (ready, refresh) = (metrics.clone(), metrics);
-            let health = Health {
-                registry,
-                ready: Box::new(move || ready.ready()),
-                refresh: vec![Box::new(move || refresh.refresh())],
-            };
+            let health = Health::of(
+                config.metrics.clone(),
+                RouterMetrics::register,
+                RouterMetrics::ready,
+                Some(RouterMetrics::refresh),
+            );
             darkport_cli::health::start(&args.common.metrics, health, std::future::pending())
                 .await?;
             // Signals are handled from here on; socket bound, identity
             // loaded: ready, for systemd.
-            let reload = darkport_cli::reload_on_hangup::<Cli>(
-                log,
-                |c| &c.log,
-                move |c| {
-                    if let Cmd::Run(a) = &c.cmd {
-                        let _ = limits_tx.send(a.limits(base));
-                    }
-                },
-            );
-            let signal = darkport_transport::endpoint::shutdown_signal(reload);
-            darkport_cli::notify_ready();
-            let stopping = async move {
-                signal.await;
-                darkport_cli::notify_stopping();
-            };
+            let stopping = darkport_cli::ready_until_stopped::<Cli>(log, move |c| {
+                if let Cmd::Run(a) = &c.cmd {
+                    let _ = limits_tx.send(a.limits(base));
+                }
+            });
             run(config, socket, stopping).await?;
         }
     }

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 
+use darkport_cli::health::Health;
 use darkport_cli::LogHandle;
+use darkport_controller::metrics::{ControllerMetrics, Metrics};
 use darkport_controller::DataDir;
 
 use crate::cli::{Cli, RunArgs};
@@ -33,23 +35,15 @@ pub async fn exec(args: RunArgs, log: LogHandle) -> Result<()> {
     // its key and the config load (run loads them again).
     dd.load_config()?;
     dd.load_ca()?;
-    let metrics = darkport_controller::metrics::Metrics::default();
-    let mut registry = prometheus_client::registry::Registry::with_prefix("darkport");
-    metrics.register(&mut registry);
-    let ready = metrics.clone();
-    let health = darkport_cli::health::Health {
-        registry,
-        ready: Box::new(move || ready.ready()),
-        refresh: vec![],
-    };
+    let metrics = Metrics::default();
+    let health = Health::of(
+        metrics.clone(),
+        ControllerMetrics::register,
+        ControllerMetrics::ready,
+        None,
+    );
     darkport_cli::health::start(&common.metrics, health, std::future::pending()).await?;
-    let reload = darkport_cli::reload_on_hangup::<Cli>(log, |c| &c.log, |_| {});
-    let signal = darkport_transport::endpoint::shutdown_signal(reload);
-    darkport_cli::notify_ready();
-    let stopping = async move {
-        signal.await;
-        darkport_cli::notify_stopping();
-    };
+    let stopping = darkport_cli::ready_until_stopped::<Cli>(log, |_| {});
     darkport_controller::server::run_with_store(dd, socket, stopping, metrics, store).await?;
     Ok(())
 }
