@@ -12,7 +12,8 @@
 //! - [`admin`]: the client side of the admin API, used by the CLI.
 //! - [`print`]: how the CLI shows admin answers, as tables or JSON.
 //!
-//! The binary (`main.rs`) only parses arguments and calls into these.
+//! The binary (`main.rs`, with its `cli.rs` and `commands/`) only parses
+//! arguments and calls into these.
 #![forbid(unsafe_code)]
 
 pub mod admin;
