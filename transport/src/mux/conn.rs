@@ -20,6 +20,7 @@ use super::gate::{SendGate, SEND_QUEUE};
 use super::halves::{RecvHalf, RecvState, SendHalf};
 use super::remote::RemoteEnd;
 use super::Transport;
+use crate::hint::Hint;
 use crate::tls::TlsError;
 
 /// A data-plane connection over either transport; cheap to clone.
@@ -163,14 +164,14 @@ impl Conn {
                         .end
                         .get()
                         .cloned()
-                        .unwrap_or_else(|| RemoteEnd::from_h2(&e, false))
+                        .unwrap_or_else(|| RemoteEnd::from_h2(&e, false, t.shared.hint()))
                 };
                 let mut requests = requests.clone().ready().await.map_err(lost)?;
                 let request = http::Request::new(());
                 let (response, send) = requests.send_request(request, false).map_err(lost)?;
                 Ok((
-                    SendHalf::h2(send, Some(t.shared.gate.clone())),
-                    RecvHalf::h2(RecvState::Waiting(response)),
+                    SendHalf::h2(send, &t.shared, true),
+                    RecvHalf::h2(RecvState::Waiting(response), &t.shared),
                 ))
             }
         }
@@ -230,6 +231,9 @@ pub(super) struct Shared {
     pub(super) done: watch::Sender<bool>,
     /// A close asked for by the owner: code and reason.
     pub(super) close: watch::Sender<Option<(CloseCode, String)>>,
+    /// What the failed TLS layer said, when a user can act on it: kept
+    /// here by the I/O under h2, because h2 turns its errors into text.
+    pub(super) refused: OnceLock<Hint>,
     /// What the router said on the notice stream before closing.
     pub(super) notice: OnceLock<CloseNotice>,
     /// The peer's verified certificate chain, leaf first.
@@ -258,6 +262,18 @@ impl Shared {
         self.gate.close();
     }
 
+    /// What to tell the user about how the TLS layer failed, if anything.
+    pub(super) fn hint(&self) -> Option<Hint> {
+        self.refused.get().copied()
+    }
+
+    /// Keeps the hint in an I/O error from TLS: the first one counts.
+    pub(super) fn note_tls_error(&self, e: &std::io::Error) {
+        if let Some(hint) = Hint::from_io(e) {
+            let _ = self.refused.set(hint);
+        }
+    }
+
     /// The peer's close, if it sent a [`CloseNotice`].
     pub(super) fn noticed(&self) -> Option<RemoteEnd> {
         self.notice.get().map(|n| RemoteEnd::Closed {
@@ -277,6 +293,14 @@ pub(super) enum TcpSide {
     Server(tokio::sync::Mutex<mpsc::Receiver<(SendHalf, RecvHalf)>>),
 }
 
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for TcpConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConn")
@@ -294,6 +318,7 @@ pub(super) fn new_shared(
     Arc::new(Shared {
         gate: Arc::new(SendGate::new(SEND_QUEUE, client)),
         notice: OnceLock::new(),
+        refused: OnceLock::new(),
         rx_bytes: AtomicU64::new(0),
         rtt_micros: AtomicU64::new(0),
         end: OnceLock::new(),

@@ -1,5 +1,6 @@
 //! The async side of the send queue ([`SendGate`]), and the I/O under
-//! h2 that counts what crosses ([`Counted`]).
+//! h2 that counts what crosses and keeps what TLS said when it failed
+//! ([`Counted`]).
 
 use std::future::Future;
 use std::io;
@@ -198,6 +199,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
                 .rx_bytes
                 .fetch_add(read.len() as u64, Ordering::Relaxed);
             this.shared.gate.received(&mut this.inn, read);
+        }
+        // A TLS alert from the peer (a refused certificate) fails a read;
+        // h2 keeps only the text of the error, so its kind is kept here.
+        if let Poll::Ready(Err(e)) = &r {
+            this.shared.note_tls_error(e);
         }
         r
     }

@@ -35,8 +35,8 @@ pub(super) async fn read_notice(
     ack: h2::SendStream<Bytes>,
     mut closing: watch::Receiver<Option<(CloseCode, String)>>,
 ) {
-    let mut ack = SendHalf::h2(ack, None);
-    let mut notice = RecvHalf::h2(RecvState::Waiting(response));
+    let mut ack = SendHalf::h2(ack, &shared, false);
+    let mut notice = RecvHalf::h2(RecvState::Waiting(response), &shared);
     tokio::select! {
         n = read_frame::<_, CloseNotice>(&mut notice, MAX_DIAL_FRAME) => {
             if let Ok(n) = n {
@@ -62,7 +62,7 @@ pub(super) async fn drive_client(
         tokio::select! {
             r = &mut connection => break match r {
                 Ok(()) => RemoteEnd::Lost("the router closed the connection".into()),
-                Err(e) => RemoteEnd::from_h2(&e, false),
+                Err(e) => RemoteEnd::from_h2(&e, false, shared.hint()),
             },
             _ = tick.tick() => if let Err(e) = pulse.tick(&shared) { break e },
             _ = poll_fn(|cx| pulse.poll_pong(cx, &shared)) => {}
@@ -126,21 +126,21 @@ pub(super) async fn drive_server(
         tokio::select! {
             next = connection.accept() => match next {
                 None => break RemoteEnd::Lost("the client closed the connection".into()),
-                Some(Err(e)) => break RemoteEnd::from_h2(&e, false),
+                Some(Err(e)) => break RemoteEnd::from_h2(&e, false, shared.hint()),
                 Some(Ok((request, mut respond))) => {
                     let recv = request.into_body();
                     // The answer's headers go out at once, so the client
                     // can read; the dial answer itself is in the body.
                     if notice.is_none() {
                         if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                            notice = Some((SendHalf::h2(send, None), RecvHalf::h2(RecvState::Open(recv))));
+                            notice = Some((SendHalf::h2(send, &shared, false), RecvHalf::h2(RecvState::Open(recv), &shared)));
                         }
                         continue;
                     }
                     match accept_decision(streams.capacity() > 0, refused) {
                         AcceptDecision::Queue => {
                             if let Ok(send) = respond.send_response(http::Response::new(()), false) {
-                                let pair = (SendHalf::h2(send, Some(shared.gate.clone())), RecvHalf::h2(RecvState::Open(recv)));
+                                let pair = (SendHalf::h2(send, &shared, true), RecvHalf::h2(RecvState::Open(recv), &shared));
                                 let _ = streams.try_send(pair);
                             }
                         }
@@ -167,7 +167,7 @@ pub(super) async fn drive_server(
                 let (code, reason) = close.borrow().clone().unwrap_or((CloseCode::Done, String::new()));
                 let said = tokio::time::timeout(
                     NOTICE_TIMEOUT,
-                    send_notice(&mut connection, notice.take(), code, reason),
+                    send_notice(&mut connection, &shared, notice.take(), code, reason),
                 )
                 .await;
                 if said.is_err() {
@@ -195,6 +195,7 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 /// stream, which says it has read it; drives the connection meanwhile.
 async fn send_notice(
     connection: &mut ServerConnection,
+    shared: &Arc<Shared>,
     mut notice: Option<(SendHalf, RecvHalf)>,
     code: CloseCode,
     reason: String,
@@ -204,8 +205,8 @@ async fn send_notice(
             Some(Ok((request, mut respond))) => {
                 if let Ok(send) = respond.send_response(http::Response::new(()), false) {
                     notice = Some((
-                        SendHalf::h2(send, None),
-                        RecvHalf::h2(RecvState::Open(request.into_body())),
+                        SendHalf::h2(send, shared, false),
+                        RecvHalf::h2(RecvState::Open(request.into_body()), shared),
                     ));
                 }
             }

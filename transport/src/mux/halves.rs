@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use darkport_proto::codes::StreamCode;
 
-use super::gate::{SendGate, Waiting};
+use super::conn::Shared;
+use super::gate::Waiting;
 use super::remote::{h2_reason, our_code, RemoteEnd};
 
 /// The sending half of a stream.
@@ -43,9 +44,11 @@ struct H2Send {
     stream: h2::SendStream<Bytes>,
     /// Its id, under which the send queue counts it.
     id: u32,
-    /// The connection's send queue; `None` for the close-notice streams,
-    /// which must get through when it is full (a few bytes, once).
-    gate: Option<Arc<SendGate>>,
+    /// Its connection: the send queue, and why the connection failed.
+    conn: Arc<Shared>,
+    /// Whether the send queue counts this stream; not the close-notice
+    /// streams, which must get through when it is full (a few bytes, once).
+    counted: bool,
     /// Set while waiting for room in the send queue.
     waiting: Option<Waiting>,
 }
@@ -87,7 +90,7 @@ impl H2Send {
                 Some(code) => RemoteEnd::Stopped(code),
                 None => RemoteEnd::Lost(format!("the peer reset the stream ({reason})")),
             },
-            Poll::Ready(Err(e)) => RemoteEnd::from_h2(&e, true),
+            Poll::Ready(Err(e)) => RemoteEnd::from_h2(&e, true, self.conn.hint()),
             Poll::Pending => RemoteEnd::Lost("the stream is closed".into()),
         }
     }
@@ -102,7 +105,9 @@ impl H2Send {
             }
             match ready!(self.stream.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(RemoteEnd::from_h2(&e, true))),
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(RemoteEnd::from_h2(&e, true, self.conn.hint())))
+                }
                 None => return Poll::Ready(Err(self.why())),
             }
         }
@@ -113,7 +118,7 @@ impl H2Send {
     /// grants, with [`H2Send::send`].
     fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<Room, RemoteEnd>> {
         let credit = ready!(self.poll_credit(cx, want))?;
-        let Some(gate) = &self.gate else {
+        let Some(gate) = self.counted.then_some(&self.conn.gate) else {
             return Poll::Ready(Ok(Room {
                 len: credit,
                 counted: false,
@@ -147,18 +152,18 @@ impl H2Send {
             Ok(()) => room.len.saturating_sub(len),
             Err(_) => room.len,
         };
-        if let (true, true, Some(gate)) = (room.counted, unused > 0, &self.gate) {
-            gate.refund(self.id, unused);
+        if room.counted && unused > 0 {
+            self.conn.gate.refund(self.id, unused);
         }
-        sent.map_err(|e| RemoteEnd::from_h2(&e, true))
+        sent.map_err(|e| RemoteEnd::from_h2(&e, true, self.conn.hint()))
     }
 
     /// We reset the stream: h2 dropped what it had queued for it.
     fn reset(&mut self, reason: h2::Reason) {
         self.stream.send_reset(reason);
         self.waiting = None;
-        if let Some(gate) = &self.gate {
-            gate.reset(self.id);
+        if self.counted {
+            self.conn.gate.reset(self.id);
         }
     }
 }
@@ -176,15 +181,16 @@ impl SendHalf {
         }
     }
 
-    /// `gate`: the connection's send queue, `None` for a close-notice
-    /// stream.
-    pub(super) fn h2(stream: h2::SendStream<Bytes>, gate: Option<Arc<SendGate>>) -> SendHalf {
+    /// `counted`: whether the connection's send queue counts the stream
+    /// (not a close-notice stream).
+    pub(super) fn h2(stream: h2::SendStream<Bytes>, conn: &Arc<Shared>, counted: bool) -> SendHalf {
         let id = u32::from(stream.stream_id());
         SendHalf {
             inner: SendInner::H2(H2Send {
                 stream,
                 id,
-                gate,
+                conn: conn.clone(),
+                counted,
                 waiting: None,
             }),
             done: false,
@@ -314,7 +320,8 @@ pub struct RecvHalf {
 #[derive(Debug)]
 enum RecvInner {
     Quic(quinn::RecvStream),
-    H2(RecvState),
+    /// With its connection, which says why it failed.
+    H2(RecvState, Arc<Shared>),
 }
 
 pub(super) enum RecvState {
@@ -335,13 +342,14 @@ impl fmt::Debug for RecvState {
     }
 }
 
-fn read_error(e: &h2::Error) -> RemoteEnd {
-    RemoteEnd::from_h2(e, false)
-}
-
 impl RecvState {
     /// The next non-empty chunk; `None` at the end of the stream.
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RemoteEnd>> {
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &Shared,
+    ) -> Poll<Result<Option<Bytes>, RemoteEnd>> {
+        let read_error = |e: &h2::Error| RemoteEnd::from_h2(e, false, conn.hint());
         loop {
             match self {
                 RecvState::Waiting(response) => {
@@ -376,9 +384,9 @@ impl RecvHalf {
         }
     }
 
-    pub(super) fn h2(state: RecvState) -> RecvHalf {
+    pub(super) fn h2(state: RecvState, conn: &Arc<Shared>) -> RecvHalf {
         RecvHalf {
-            inner: RecvInner::H2(state),
+            inner: RecvInner::H2(state, conn.clone()),
             pending: Bytes::new(),
         }
     }
@@ -398,7 +406,7 @@ impl RecvHalf {
                 .read_chunks(bufs)
                 .await
                 .map_err(|e| RemoteEnd::from_read(&e)),
-            RecvInner::H2(s) => Ok(poll_fn(|cx| s.poll_chunk(cx)).await?.map(|b| {
+            RecvInner::H2(s, conn) => Ok(poll_fn(|cx| s.poll_chunk(cx, conn)).await?.map(|b| {
                 bufs[0] = b;
                 1
             })),
@@ -417,7 +425,7 @@ impl RecvHalf {
                 .await
                 .map(|c| c.map(|c| c.bytes))
                 .map_err(|e| RemoteEnd::from_read(&e)),
-            RecvInner::H2(s) => poll_fn(|cx| s.poll_chunk(cx)).await,
+            RecvInner::H2(s, conn) => poll_fn(|cx| s.poll_chunk(cx, conn)).await,
         }
     }
 
@@ -429,7 +437,7 @@ impl RecvHalf {
             RecvInner::Quic(r) => {
                 let _ = r.stop(crate::stream_code(code));
             }
-            RecvInner::H2(s) => *s = RecvState::Stopped,
+            RecvInner::H2(s, _) => *s = RecvState::Stopped,
         }
     }
 }
@@ -454,7 +462,7 @@ impl AsyncRead for RecvHalf {
                         }
                     })
                 }
-                RecvInner::H2(s) => match ready!(s.poll_chunk(cx)) {
+                RecvInner::H2(s, conn) => match ready!(s.poll_chunk(cx, conn)) {
                     Ok(None) => return Poll::Ready(Ok(())),
                     Ok(Some(b)) => this.pending = b,
                     Err(e) => return Poll::Ready(Err(e.into())),

@@ -6,7 +6,7 @@ use std::io;
 
 use darkport_proto::codes::CloseCode;
 
-use super::tcp::hint;
+use crate::hint::Hint;
 
 /// Darkport's stream and close codes on HTTP/2 are this plus the code
 /// ("DP" in the top bytes), so they never collide with HTTP/2's own
@@ -101,8 +101,9 @@ impl RemoteEnd {
     }
 
     /// From an h2 error on a stream (`sending`: a write failed) or on the
-    /// connection.
-    pub(super) fn from_h2(e: &h2::Error, sending: bool) -> RemoteEnd {
+    /// connection; `hint`: what the connection's TLS layer said when it
+    /// failed ([`Shared::hint`](super::conn::Shared::hint)).
+    pub(super) fn from_h2(e: &h2::Error, sending: bool, hint: Option<Hint>) -> RemoteEnd {
         if let (true, Some(reason)) = (e.is_go_away() && e.is_remote(), e.reason()) {
             return match our_code(reason) {
                 Some(code) => RemoteEnd::Closed {
@@ -121,8 +122,9 @@ impl RemoteEnd {
                 };
             }
         }
-        // TLS alerts (a refused certificate) arrive as I/O errors.
-        RemoteEnd::Lost(hint(e.to_string()))
+        // TLS alerts (a refused certificate) arrive as I/O errors, which
+        // h2 keeps only as text: the hint comes from below h2.
+        RemoteEnd::Lost(format!("{e}{}", Hint::suffix(hint)))
     }
 
     /// The code of a stream reset or stop, if that is what this is.

@@ -16,6 +16,7 @@ use super::gate::Counted;
 use super::h2drive::{drive_client, drive_server, read_notice, ACCEPT_QUEUE};
 use super::remote::RemoteEnd;
 use crate::endpoint::{HANDSHAKE_TIMEOUT, MAX_STREAMS};
+use crate::hint::Hint;
 
 /// Largest HTTP/2 frame we take: bulk data crosses in few frames.
 const H2_MAX_FRAME: u32 = 64 * 1024;
@@ -99,7 +100,10 @@ async fn handshake_client(
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(|e| format!("HTTP/2 handshake with {remote}: {}", hint(e.to_string())))?;
+        .map_err(|e| {
+            let hint = Hint::suffix(shared.hint());
+            format!("HTTP/2 handshake with {remote}: {e}{hint}")
+        })?;
     // Subscribed before the task runs, so a close asked for at once is seen.
     let close = shared.close.subscribe();
     tokio::spawn(drive_client(connection, shared.clone(), close));
@@ -108,7 +112,8 @@ async fn handshake_client(
     // waits for the server's settings.
     // A router that refuses our certificate says so (a TLS alert) here,
     // at the first read after the TLS handshake.
-    let refused = |e: h2::Error| format!("{remote}: {}", RemoteEnd::from_h2(&e, false));
+    let refused =
+        |e: h2::Error| format!("{remote}: {}", RemoteEnd::from_h2(&e, false, shared.hint()));
     let mut requests = requests.ready().await.map_err(refused)?;
     let (response, ack) = requests
         .send_request(http::Request::new(()), false)
@@ -124,21 +129,7 @@ async fn handshake_client(
 /// Describes a TLS error, with the hint a user can act on (the same
 /// hints as [`crate::describe_connection_error`] gives for QUIC).
 fn describe_tls(e: &io::Error) -> String {
-    hint(e.to_string())
-}
-
-/// `text` with the hint a user can act on, for the TLS errors that have one.
-pub(super) fn hint(text: String) -> String {
-    let hint = if text.contains("alert: UnknownCA") || text.contains("alert: BadCertificate") {
-        "; our certificate was not issued by the peer's Darkport CA (enrolled with another controller?)"
-    } else if text.contains("alert: CertificateExpired") {
-        "; our certificate has expired; renew it or re-enroll with a new token"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "; the peer's certificate was not issued by this Darkport CA (enrolled with another controller?)"
-    } else {
-        ""
-    };
-    format!("{text}{hint}")
+    format!("{e}{}", Hint::suffix(Hint::from_io(e)))
 }
 
 /// How long a refused TLS handshake's socket reads what the client sent
