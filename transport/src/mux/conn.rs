@@ -18,7 +18,7 @@ use darkport_proto::PeerIdentity;
 
 use super::gate::{SendGate, SEND_QUEUE};
 use super::halves::{RecvHalf, RecvState, SendHalf};
-use super::remote::RemoteEnd;
+use super::remote::{Lost, RemoteEnd};
 use super::Transport;
 use crate::hint::Hint;
 use crate::tls::TlsError;
@@ -125,9 +125,8 @@ impl Conn {
         match &self.0 {
             Inner::Quic(c) => c.close(crate::close_code(code), reason),
             Inner::Tcp(t) => {
-                let _ = t.shared.end.set(RemoteEnd::Lost(format!(
-                    "closed locally: {}",
-                    String::from_utf8_lossy(reason)
+                let _ = t.shared.end.set(RemoteEnd::Lost(Lost::ClosedHereBecause(
+                    String::from_utf8_lossy(reason).into_owned(),
                 )));
                 let reason = String::from_utf8_lossy(reason).into_owned();
                 t.shared.close.send_replace(Some((code, reason)));
@@ -155,9 +154,7 @@ impl Conn {
             }
             Inner::Tcp(t) => {
                 let TcpSide::Client(requests) = &t.side else {
-                    return Err(RemoteEnd::Lost(
-                        "a server does not open streams on a TCP connection".into(),
-                    ));
+                    return Err(RemoteEnd::Lost(Lost::ServerOpens));
                 };
                 let lost = |e: h2::Error| {
                     t.shared
@@ -189,9 +186,7 @@ impl Conn {
             }
             Inner::Tcp(t) => {
                 let TcpSide::Server(streams) = &t.side else {
-                    return Err(RemoteEnd::Lost(
-                        "a client does not accept streams on a TCP connection".into(),
-                    ));
+                    return Err(RemoteEnd::Lost(Lost::ClientAccepts));
                 };
                 match streams.lock().await.recv().await {
                     Some(pair) => Ok(pair),
@@ -251,7 +246,7 @@ impl Shared {
         self.end
             .get()
             .cloned()
-            .unwrap_or_else(|| RemoteEnd::Lost("the connection ended".into()))
+            .unwrap_or_else(|| RemoteEnd::Lost(Lost::Ended))
     }
 
     pub(super) fn finish(&self, end: RemoteEnd) {

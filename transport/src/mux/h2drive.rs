@@ -19,7 +19,7 @@ use super::conn::Shared;
 use super::gate::Counted;
 use super::halves::{RecvHalf, RecvState, SendHalf};
 use super::pulse::Pulse;
-use super::remote::{h2_reason, RemoteEnd};
+use super::remote::{h2_reason, Lost, RemoteEnd};
 use crate::endpoint::KEEP_ALIVE;
 
 type ClientConnection =
@@ -61,7 +61,7 @@ pub(super) async fn drive_client(
     let end = loop {
         tokio::select! {
             r = &mut connection => break match r {
-                Ok(()) => RemoteEnd::Lost("the router closed the connection".into()),
+                Ok(()) => RemoteEnd::Lost(Lost::RouterClosed),
                 Err(e) => RemoteEnd::from_h2(&e, false, shared.hint()),
             },
             _ = tick.tick() => if let Err(e) = pulse.tick(&shared) { break e },
@@ -71,7 +71,7 @@ pub(super) async fn drive_client(
                 // queued go out (the connection completes once every
                 // stream and handle is gone), then drops the socket.
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut connection).await;
-                break RemoteEnd::Lost("closed locally".into());
+                break RemoteEnd::Lost(Lost::ClosedHere);
             }
         }
     };
@@ -125,7 +125,7 @@ pub(super) async fn drive_server(
     let end = loop {
         tokio::select! {
             next = connection.accept() => match next {
-                None => break RemoteEnd::Lost("the client closed the connection".into()),
+                None => break RemoteEnd::Lost(Lost::ClientClosed),
                 Some(Err(e)) => break RemoteEnd::from_h2(&e, false, shared.hint()),
                 Some(Ok((request, mut respond))) => {
                     let recv = request.into_body();
@@ -156,7 +156,7 @@ pub(super) async fn drive_server(
                                 poll_fn(|cx| connection.poll_closed(cx)),
                             )
                             .await;
-                            break RemoteEnd::Lost("too many streams refused".into());
+                            break RemoteEnd::Lost(Lost::TooManyRefused);
                         }
                     }
                 }
@@ -180,7 +180,7 @@ pub(super) async fn drive_server(
                     poll_fn(|cx| connection.poll_closed(cx)),
                 )
                 .await;
-                break RemoteEnd::Lost("closed locally".into());
+                break RemoteEnd::Lost(Lost::ClosedHere);
             }
         }
     };

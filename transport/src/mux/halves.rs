@@ -15,7 +15,7 @@ use darkport_proto::codes::StreamCode;
 
 use super::conn::Shared;
 use super::gate::Waiting;
-use super::remote::{h2_reason, our_code, RemoteEnd};
+use super::remote::{h2_reason, our_code, Lost, RemoteEnd};
 
 /// The sending half of a stream.
 ///
@@ -88,10 +88,10 @@ impl H2Send {
         match self.stream.poll_reset(&mut cx) {
             Poll::Ready(Ok(reason)) => match our_code(reason) {
                 Some(code) => RemoteEnd::Stopped(code),
-                None => RemoteEnd::Lost(format!("the peer reset the stream ({reason})")),
+                None => RemoteEnd::Lost(Lost::ResetNotOurs(reason)),
             },
             Poll::Ready(Err(e)) => RemoteEnd::from_h2(&e, true, self.conn.hint()),
-            Poll::Pending => RemoteEnd::Lost("the stream is closed".into()),
+            Poll::Pending => RemoteEnd::Lost(Lost::StreamClosed),
         }
     }
 
@@ -169,7 +169,7 @@ impl H2Send {
 }
 
 fn finished() -> RemoteEnd {
-    RemoteEnd::Lost("the stream was already finished or reset here".into())
+    RemoteEnd::Lost(Lost::Finished)
 }
 
 impl SendHalf {
@@ -368,9 +368,7 @@ impl RecvState {
                         }
                     }
                 },
-                RecvState::Stopped => {
-                    return Poll::Ready(Err(RemoteEnd::Lost("the stream was stopped".into())))
-                }
+                RecvState::Stopped => return Poll::Ready(Err(RemoteEnd::Lost(Lost::StoppedHere))),
             }
         }
     }

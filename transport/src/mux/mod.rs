@@ -51,7 +51,7 @@ pub use conn::Conn;
 pub use gate::SEND_QUEUE;
 pub use h2drive::{accept_decision, AcceptDecision, ACCEPT_QUEUE, MAX_REFUSED_STREAMS};
 pub use halves::{RecvHalf, SendHalf};
-pub use remote::{RemoteEnd, H2_CODE_BASE};
+pub use remote::{Lost, RemoteEnd, H2_CODE_BASE};
 pub use tcp::{accept_tcp, connect_tcp, LINGER, LINGER_BYTES};
 
 mod conn;

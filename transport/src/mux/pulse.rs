@@ -5,7 +5,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use super::conn::Shared;
-use super::remote::RemoteEnd;
+use super::remote::{Lost, RemoteEnd};
 use crate::endpoint::IDLE_TIMEOUT;
 
 /// Keep-alive and liveness for a TCP connection: a PING every
@@ -33,10 +33,7 @@ impl Pulse {
         if rx != self.last.0 {
             self.last = (rx, Instant::now());
         } else if self.last.1.elapsed() >= IDLE_TIMEOUT {
-            return Err(RemoteEnd::Lost(format!(
-                "the peer stopped answering (nothing for {} s)",
-                IDLE_TIMEOUT.as_secs()
-            )));
+            return Err(RemoteEnd::Lost(Lost::Silent(IDLE_TIMEOUT)));
         }
         if let (None, Some(p)) = (self.sent, self.ping.as_mut()) {
             if p.send_ping(h2::Ping::opaque()).is_ok() {

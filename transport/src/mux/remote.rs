@@ -28,7 +28,8 @@ pub(super) fn our_code(reason: h2::Reason) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteEnd {
     /// The peer reset its sending side with this code
-    /// ([`StreamCode::Reset`], [`StreamCode::Cut`], ...).
+    /// ([`StreamCode::Reset`](darkport_proto::codes::StreamCode::Reset),
+    /// [`StreamCode::Cut`](darkport_proto::codes::StreamCode::Cut), ...).
     Reset(u64),
     /// The peer stopped reading with this code.
     Stopped(u64),
@@ -42,7 +43,81 @@ pub enum RemoteEnd {
     },
     /// The connection failed (timeout, reset, transport error), or was
     /// closed here.
-    Lost(String),
+    Lost(Lost),
+}
+
+/// Why a connection or stream was lost, where the peer gave no code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Lost {
+    /// The QUIC connection failed: timed out, reset, refused in its
+    /// handshake, a transport error.
+    #[error("{}", crate::describe_connection_error(.0))]
+    Quic(quinn::ConnectionError),
+    /// A read on a QUIC stream failed otherwise.
+    #[error("{0}")]
+    QuicRead(quinn::ReadError),
+    /// A write on a QUIC stream failed otherwise.
+    #[error("{0}")]
+    QuicWrite(quinn::WriteError),
+    /// HTTP/2, or the TLS or TCP under it, failed. h2 keeps its errors as
+    /// text only; `hint` is what the TLS layer said, if a user can act on
+    /// it (a refused certificate).
+    #[error("{text}{}", Hint::suffix(*.hint))]
+    Http2 {
+        /// h2's error.
+        text: String,
+        /// What to do about it.
+        hint: Option<Hint>,
+    },
+    /// The peer ended the TCP connection (GOAWAY) with a code that is not
+    /// Darkport's; h2's error says which.
+    #[error("the peer ended the connection: {0}")]
+    GoAway(String),
+    /// The peer reset the stream with a code that is not Darkport's.
+    #[error("the peer reset the stream ({0})")]
+    ResetNotOurs(h2::Reason),
+    /// Nothing arrived from the peer for this long (TCP; QUIC's idle
+    /// timeout is [`Lost::Quic`]).
+    #[error("the peer stopped answering (nothing for {} s)", .0.as_secs())]
+    Silent(std::time::Duration),
+    /// The router ended the TCP connection without a close code.
+    #[error("the router closed the connection")]
+    RouterClosed,
+    /// The client ended the TCP connection.
+    #[error("the client closed the connection")]
+    ClientClosed,
+    /// Closed here.
+    #[error("closed locally")]
+    ClosedHere,
+    /// Closed here with this reason.
+    #[error("closed locally: {0}")]
+    ClosedHereBecause(String),
+    /// The router ended a TCP connection whose client opened streams
+    /// faster than they were served, refused too often
+    /// ([`super::MAX_REFUSED_STREAMS`]).
+    #[error("too many streams refused")]
+    TooManyRefused,
+    /// The TCP connection's task ended without saying why.
+    #[error("the connection ended")]
+    Ended,
+    /// A server tried to open a stream on a TCP connection (only clients
+    /// do).
+    #[error("a server does not open streams on a TCP connection")]
+    ServerOpens,
+    /// A client tried to accept a stream on a TCP connection (only servers
+    /// do).
+    #[error("a client does not accept streams on a TCP connection")]
+    ClientAccepts,
+    /// A write after the stream was finished or reset here.
+    #[error("the stream was already finished or reset here")]
+    Finished,
+    /// A read after the stream was stopped here.
+    #[error("the stream was stopped")]
+    StoppedHere,
+    /// The HTTP/2 stream is closed, and h2 says no more.
+    #[error("the stream is closed")]
+    StreamClosed,
 }
 
 impl fmt::Display for RemoteEnd {
@@ -54,7 +129,7 @@ impl fmt::Display for RemoteEnd {
                 write!(f, "closed by the peer (code {code})")
             }
             RemoteEnd::Closed { reason, .. } => write!(f, "closed by the peer: {reason}"),
-            RemoteEnd::Lost(why) => f.write_str(why),
+            RemoteEnd::Lost(why) => why.fmt(f),
         }
     }
 }
@@ -80,7 +155,7 @@ impl RemoteEnd {
                 code: c.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&c.reason).into_owned(),
             },
-            other => RemoteEnd::Lost(crate::describe_connection_error(other)),
+            other => RemoteEnd::Lost(Lost::Quic(other.clone())),
         }
     }
 
@@ -88,7 +163,7 @@ impl RemoteEnd {
         match e {
             quinn::ReadError::Reset(code) => RemoteEnd::Reset(code.into_inner()),
             quinn::ReadError::ConnectionLost(c) => RemoteEnd::from_connection(c),
-            other => RemoteEnd::Lost(other.to_string()),
+            other => RemoteEnd::Lost(Lost::QuicRead(other.clone())),
         }
     }
 
@@ -96,7 +171,7 @@ impl RemoteEnd {
         match e {
             quinn::WriteError::Stopped(code) => RemoteEnd::Stopped(code.into_inner()),
             quinn::WriteError::ConnectionLost(c) => RemoteEnd::from_connection(c),
-            other => RemoteEnd::Lost(other.to_string()),
+            other => RemoteEnd::Lost(Lost::QuicWrite(other.clone())),
         }
     }
 
@@ -110,7 +185,7 @@ impl RemoteEnd {
                     code,
                     reason: close_name(code),
                 },
-                None => RemoteEnd::Lost(format!("the peer ended the connection: {e}")),
+                None => RemoteEnd::Lost(Lost::GoAway(e.to_string())),
             };
         }
         if let (true, Some(reason)) = (e.is_reset() && e.is_remote(), e.reason()) {
@@ -124,7 +199,20 @@ impl RemoteEnd {
         }
         // TLS alerts (a refused certificate) arrive as I/O errors, which
         // h2 keeps only as text: the hint comes from below h2.
-        RemoteEnd::Lost(format!("{e}{}", Hint::suffix(hint)))
+        RemoteEnd::Lost(Lost::Http2 {
+            text: e.to_string(),
+            hint,
+        })
+    }
+
+    /// What a user can do about a refused certificate, if that is why
+    /// the connection was lost.
+    pub fn hint(&self) -> Option<Hint> {
+        match self {
+            RemoteEnd::Lost(Lost::Quic(e)) => Hint::from_quic(e),
+            RemoteEnd::Lost(Lost::Http2 { hint, .. }) => *hint,
+            _ => None,
+        }
     }
 
     /// The code of a stream reset or stop, if that is what this is.
