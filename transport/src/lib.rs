@@ -12,6 +12,8 @@
 //!   TCP (HTTP/2 framing): the data plane's two transports.
 //! - [`splice`]: byte-exact copying between a TCP socket and a stream,
 //!   carrying half-close (FIN) and reset both ways.
+//! - [`connect`]: [`connect::ConnectError`], why a connection over either
+//!   transport could not be made.
 //! - [`control`]: one request/response exchange with the controller.
 //! - [`hint`]: what a refused TLS handshake tells the user to do.
 //! - [`shards`]: single-threaded runtimes that each own whole connections.
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod connect;
 pub mod control;
 pub mod endpoint;
 pub mod enroll;

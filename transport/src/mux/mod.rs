@@ -47,6 +47,7 @@ use std::fmt;
 /// What [`accept_tcp`] takes: a TLS server configuration, shared.
 pub use tokio_rustls::TlsAcceptor;
 
+pub use crate::connect::ConnectError;
 pub use conn::Conn;
 pub use gate::SEND_QUEUE;
 pub use h2drive::{accept_decision, AcceptDecision, ACCEPT_QUEUE, MAX_REFUSED_STREAMS};

@@ -2,12 +2,12 @@
 //! ([`connect_tcp`]), accepting a client ([`accept_tcp`]), the socket
 //! settings, and the lingering close of a refused handshake.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -15,8 +15,8 @@ use super::conn::{new_shared, Conn, Inner, TcpConn, TcpSide};
 use super::gate::Counted;
 use super::h2drive::{drive_client, drive_server, read_notice, ACCEPT_QUEUE};
 use super::remote::RemoteEnd;
+use crate::connect::ConnectError;
 use crate::endpoint::{HANDSHAKE_TIMEOUT, MAX_STREAMS};
-use crate::hint::Hint;
 
 /// Largest HTTP/2 frame we take: bulk data crosses in few frames.
 const H2_MAX_FRAME: u32 = 64 * 1024;
@@ -39,22 +39,34 @@ fn tune(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
 }
 
+/// The peer's verified certificate chain, leaf first, once TLS's
+/// handshake is done.
+fn peer_chain(tls: &rustls::CommonState) -> Vec<CertificateDer<'static>> {
+    tls.peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 /// Connects to a router over TLS over TCP, trying each address `addr`
 /// resolves to in turn, all within [`HANDSHAKE_TIMEOUT`].
 pub async fn connect_tcp(
     config: Arc<rustls::ClientConfig>,
     addr: &str,
     server_name: &str,
-) -> Result<Conn, String> {
+) -> Result<Conn, ConnectError> {
     let work = async {
-        let addrs = crate::endpoint::resolve_all(addr)
-            .await
-            .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
-        let mut last = format!("{addr} resolves to no address");
+        let addrs =
+            crate::endpoint::resolve_all(addr)
+                .await
+                .map_err(|source| ConnectError::Resolve {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        let mut last = ConnectError::NoAddress;
         for a in addrs {
             match TcpStream::connect(a).await {
                 Ok(tcp) => return handshake_client(tcp, a, config.clone(), server_name).await,
-                Err(e) => last = format!("TCP connect to {a}: {e}"),
+                Err(source) => last = ConnectError::Tcp { addr: a, source },
             }
         }
         Err(last)
@@ -62,10 +74,9 @@ pub async fn connect_tcp(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "no TLS/TCP handshake within {} s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ))
+            Err(ConnectError::Timeout {
+                tried: addr.to_string(),
+            })
         })
 }
 
@@ -74,21 +85,23 @@ async fn handshake_client(
     remote: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     server_name: &str,
-) -> Result<Conn, String> {
+) -> Result<Conn, ConnectError> {
     tune(&tcp);
-    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|e| format!("bad server name {server_name:?}: {e}"))?;
+    let name =
+        rustls_pki_types::ServerName::try_from(server_name.to_string()).map_err(|source| {
+            ConnectError::ServerName {
+                name: server_name.to_string(),
+                source,
+            }
+        })?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS over TCP to {remote}: {}", describe_tls(&e)))?;
-    let certs = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let shared = new_shared(certs, remote, true);
+        .map_err(|source| ConnectError::Tls {
+            remote: Some(remote),
+            source,
+        })?;
+    let shared = new_shared(peer_chain(tls.get_ref().1), remote, true);
     let io = Counted::new(tls, shared.clone(), true);
     let (requests, connection) = h2::client::Builder::new()
         .initial_window_size(H2_STREAM_WINDOW)
@@ -100,9 +113,10 @@ async fn handshake_client(
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(|e| {
-            let hint = Hint::suffix(shared.hint());
-            format!("HTTP/2 handshake with {remote}: {e}{hint}")
+        .map_err(|source| ConnectError::Http2 {
+            remote: Some(remote),
+            source,
+            hint: shared.hint(),
         })?;
     // Subscribed before the task runs, so a close asked for at once is seen.
     let close = shared.close.subscribe();
@@ -112,8 +126,10 @@ async fn handshake_client(
     // waits for the server's settings.
     // A router that refuses our certificate says so (a TLS alert) here,
     // at the first read after the TLS handshake.
-    let refused =
-        |e: h2::Error| format!("{remote}: {}", RemoteEnd::from_h2(&e, false, shared.hint()));
+    let refused = |e: h2::Error| ConnectError::Refused {
+        remote,
+        end: RemoteEnd::from_h2(&e, false, shared.hint()),
+    };
     let mut requests = requests.ready().await.map_err(refused)?;
     let (response, ack) = requests
         .send_request(http::Request::new(()), false)
@@ -124,12 +140,6 @@ async fn handshake_client(
         shared,
         side: TcpSide::Client(requests),
     }))))
-}
-
-/// Describes a TLS error, with the hint a user can act on (the same
-/// hints as [`crate::describe_connection_error`] gives for QUIC).
-fn describe_tls(e: &io::Error) -> String {
-    format!("{e}{}", Hint::suffix(Hint::from_io(e)))
 }
 
 /// How long a refused TLS handshake's socket reads what the client sent
@@ -165,17 +175,18 @@ async fn linger_close(mut tcp: TcpStream) {
 pub async fn accept_tcp(
     tcp: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
-) -> Result<Conn, String> {
-    let remote = tcp
-        .peer_addr()
-        .map_err(|e| format!("TCP connection without a peer: {e}"))?;
+) -> Result<Conn, ConnectError> {
+    let remote = tcp.peer_addr().map_err(ConnectError::NoPeer)?;
     tune(&tcp);
     let work = async {
         let tls = match acceptor.accept(tcp).into_fallible().await {
             Ok(tls) => tls,
-            Err((e, tcp)) => {
+            Err((source, tcp)) => {
                 linger_close(tcp).await;
-                return Err(format!("TLS handshake: {}", describe_tls(&e)));
+                return Err(ConnectError::Tls {
+                    remote: None,
+                    source,
+                });
             }
         };
         // rustls refuses a client whose ALPN offer does not match, but lets
@@ -185,18 +196,11 @@ pub async fn accept_tcp(
         if expected.is_some() && negotiated != expected {
             let (tcp, _) = tls.into_inner();
             linger_close(tcp).await;
-            return Err(format!(
-                "the client offered no ALPN {:?}: not a Darkport client, or too old",
-                String::from_utf8_lossy(&expected.unwrap_or_default())
-            ));
+            return Err(ConnectError::NoAlpn {
+                expected: String::from_utf8_lossy(&expected.unwrap_or_default()).into_owned(),
+            });
         }
-        let certs = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
-        let shared = new_shared(certs, remote, false);
+        let shared = new_shared(peer_chain(tls.get_ref().1), remote, false);
         let io = Counted::new(tls, shared.clone(), false);
         let connection = h2::server::Builder::new()
             .initial_window_size(H2_STREAM_WINDOW)
@@ -211,17 +215,16 @@ pub async fn accept_tcp(
             .max_local_error_reset_streams(Some(1024))
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-        Ok::<_, String>((connection, shared))
+            .map_err(|source| ConnectError::Http2 {
+                remote: None,
+                source,
+                hint: shared.hint(),
+            })?;
+        Ok::<_, ConnectError>((connection, shared))
     };
     let (connection, shared) = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no handshake within {} s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ))
-        })?;
+        .unwrap_or_else(|_| Err(ConnectError::HandshakeTimeout))?;
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let close = shared.close.subscribe();
     tokio::spawn(drive_server(connection, shared.clone(), tx, close));
