@@ -145,13 +145,7 @@ impl Conn {
     /// Opens a bidirectional stream.
     pub async fn open_bi(&self) -> Result<(SendHalf, RecvHalf), RemoteEnd> {
         match &self.0 {
-            Inner::Quic(c) => {
-                let (s, r) = c
-                    .open_bi()
-                    .await
-                    .map_err(|e| RemoteEnd::from_connection(&e))?;
-                Ok((SendHalf::quic(s), RecvHalf::quic(r)))
-            }
+            Inner::Quic(c) => quic_pair(c.open_bi().await),
             Inner::Tcp(t) => {
                 let TcpSide::Client(requests) = &t.side else {
                     return Err(RemoteEnd::Lost(Lost::ServerOpens));
@@ -177,13 +171,7 @@ impl Conn {
     /// Accepts the next bidirectional stream the peer opened.
     pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), RemoteEnd> {
         match &self.0 {
-            Inner::Quic(c) => {
-                let (s, r) = c
-                    .accept_bi()
-                    .await
-                    .map_err(|e| RemoteEnd::from_connection(&e))?;
-                Ok((SendHalf::quic(s), RecvHalf::quic(r)))
-            }
+            Inner::Quic(c) => quic_pair(c.accept_bi().await),
             Inner::Tcp(t) => {
                 let TcpSide::Server(streams) = &t.side else {
                     return Err(RemoteEnd::Lost(Lost::ClientAccepts));
@@ -212,6 +200,14 @@ impl Conn {
             }
         }
     }
+}
+
+/// The halves of a QUIC stream just opened or accepted.
+fn quic_pair(
+    opened: Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>,
+) -> Result<(SendHalf, RecvHalf), RemoteEnd> {
+    let (s, r) = opened.map_err(|e| RemoteEnd::from_connection(&e))?;
+    Ok((SendHalf::quic(s), RecvHalf::quic(r)))
 }
 
 /// What both ends of a TCP connection share with its driver task.
