@@ -222,6 +222,7 @@ pub fn describe_remote_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use darkport_transport::mux::Lost;
     use darkport_transport::splice::RemoteEnd;
 
     #[test]
@@ -241,7 +242,12 @@ mod tests {
         assert!(s.contains("identity app-2 reach service fluentd"), "{s}");
         let s = d(&RemoteEnd::Reset(1));
         assert!(s.contains("service reset"), "{s}");
-        let s = d(&RemoteEnd::Lost("timed out".into()));
-        assert!(s.contains("lost: timed out"), "{s}");
+        let s = d(&RemoteEnd::Lost(Lost::Quic(
+            quinn::ConnectionError::TimedOut,
+        )));
+        assert!(
+            s.contains("lost: the peer stopped answering (timed out)"),
+            "{s}"
+        );
     }
 }

@@ -96,7 +96,7 @@ pub async fn connect(
     }
     match crate::endpoint::connect_addrs(endpoint, config, resolved, "darkport-controller").await {
         Ok(conn) => Ok(conn),
-        Err(ConnectError::Resolve(e)) => Err(io(e)),
+        Err(ConnectError::Resolve { source, .. }) => Err(io(source)),
         Err(ConnectError::Timeout { .. }) => Err(ControlClientError::Timeout {
             addr: addr.to_string(),
             secs: HANDSHAKE_TIMEOUT.as_secs(),

@@ -279,23 +279,8 @@ pub async fn resolve_all(addr: &str) -> std::io::Result<Vec<SocketAddr>> {
 /// "Happy Eyeballs" recommends 250 ms).
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// Why [`connect_any`] failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The name did not resolve.
-    #[error("{0}")]
-    Resolve(std::io::Error),
-    /// No address completed a handshake within [`HANDSHAKE_TIMEOUT`].
-    #[error("no answer within {} s (tried {tried})", HANDSHAKE_TIMEOUT.as_secs())]
-    Timeout {
-        /// The addresses tried.
-        tried: String,
-    },
-    /// Every address failed; the last failure.
-    #[error("{0}")]
-    Failed(String),
-}
+/// Why [`connect_any`] failed: the same error as for TCP connects.
+pub use crate::connect::ConnectError;
 
 /// Connects to `addr` (`host:port`), trying every address it resolves to,
 /// not only the first: a new attempt starts every [`ATTEMPT_DELAY`] until
@@ -307,7 +292,12 @@ pub async fn connect_any(
     addr: &str,
     server_name: &str,
 ) -> Result<quinn::Connection, ConnectError> {
-    let addrs = resolve_all(addr).await.map_err(ConnectError::Resolve)?;
+    let addrs = resolve_all(addr)
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            addr: addr.to_string(),
+            source,
+        })?;
     connect_addrs(endpoint, config, addrs, server_name).await
 }
 
@@ -337,15 +327,13 @@ pub async fn connect_addrs(
                 Ok(connecting) => {
                     attempts.spawn(connecting);
                 }
-                Err(e) => last = Some(format!("{sock}: {e}")),
+                Err(source) => last = Some(ConnectError::Start { addr: sock, source }),
             }
             next_start = tokio::time::Instant::now() + ATTEMPT_DELAY;
             continue;
         }
         if attempts.is_empty() && pending.len() == 0 {
-            return Err(ConnectError::Failed(
-                last.unwrap_or_else(|| "no address to try".into()),
-            ));
+            return Err(last.unwrap_or(ConnectError::NoAddress));
         }
         let wake = if pending.len() > 0 {
             next_start.min(deadline)
@@ -361,11 +349,11 @@ pub async fn connect_addrs(
             Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => {
-                    last = Some(crate::describe_connection_error(&e));
+                    last = Some(ConnectError::Quic(e));
                     // A failure starts the next attempt at once.
                     next_start = tokio::time::Instant::now();
                 }
-                Err(e) => last = Some(e.to_string()),
+                Err(e) => last = Some(ConnectError::Task(e)),
             },
         }
     }

@@ -12,7 +12,10 @@
 //!   TCP (HTTP/2 framing): the data plane's two transports.
 //! - [`splice`]: byte-exact copying between a TCP socket and a stream,
 //!   carrying half-close (FIN) and reset both ways.
+//! - [`connect`]: [`connect::ConnectError`], why a connection over either
+//!   transport could not be made.
 //! - [`control`]: one request/response exchange with the controller.
+//! - [`hint`]: what a refused TLS handshake tells the user to do.
 //! - [`shards`]: single-threaded runtimes that each own whole connections.
 //! - [`limits`]: caps on held slots, per-key rate limits, log-line budgets.
 //! - [`admission`]: handshakes in progress, bounded per source prefix and
@@ -22,9 +25,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod connect;
 pub mod control;
 pub mod endpoint;
 pub mod enroll;
+pub mod hint;
 pub mod identity;
 pub mod limits;
 pub mod mux;
@@ -36,6 +41,8 @@ pub mod tls;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use darkport_proto::codes::{CloseCode, StreamCode};
+
+use crate::hint::Hint;
 
 /// A connection close code as quinn takes it.
 pub fn close_code(code: CloseCode) -> quinn::VarInt {
@@ -77,14 +84,7 @@ pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
         E::ConnectionClosed(close) => {
             let reason = String::from_utf8_lossy(&close.reason);
             let code = close.error_code;
-            let code_text = code.to_string();
-            let hint = if code_text.contains("error 48") || code_text.contains("error 51") {
-                "; our certificate was not issued by the peer's Darkport CA (enrolled with another controller?)"
-            } else if code_text.contains("error 45") {
-                "; our certificate has expired; renew it or re-enroll with a new token"
-            } else {
-                ""
-            };
+            let hint = Hint::suffix(Hint::from_quic(e));
             if reason.is_empty() {
                 format!("the peer refused the connection ({code}){hint}")
             } else {
@@ -92,13 +92,8 @@ pub fn describe_connection_error(e: &quinn::ConnectionError) -> String {
             }
         }
         E::TransportError(t) => {
-            let text = t.to_string();
-            let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-                "; the peer's certificate was not issued by this Darkport CA (enrolled with another controller?)"
-            } else {
-                ""
-            };
-            format!("TLS/QUIC error: {text}{hint}")
+            let hint = Hint::suffix(Hint::from_quic(e));
+            format!("TLS/QUIC error: {t}{hint}")
         }
         E::TimedOut => "the peer stopped answering (timed out)".into(),
         E::Reset => "the peer reset the connection (it may have restarted)".into(),
