@@ -37,6 +37,7 @@ use darkport_transport::tls::{client_config, rustls_client_config, Trust};
 use darkport_transport::{close_code, control, unix_now};
 
 use crate::choice::{Memory, Plan, REMEMBER_TCP};
+use crate::error::Retry;
 use crate::pool::{candidates_from, Asker, ConnId, Ended, Link, PoolState, DEAD_AFTER};
 use crate::{DialError, DialStream};
 
@@ -459,25 +460,23 @@ impl Client {
                     continue;
                 }
             }
-            match self
+            let e = match self
                 .dial_any(service, candidates, &mut last, early.as_deref_mut())
                 .await
             {
-                Err(
-                    e
-                    @ (DialError::Router { .. } | DialError::NotReady(_) | DialError::Draining(_)),
-                ) => {
-                    last = Some(e);
-                    continue;
-                }
-                Err(e @ (DialError::WrongRouter { .. } | DialError::RouterRevoked { .. })) => {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            match e.retry() {
+                Retry::Elsewhere => last = Some(e),
+                Retry::RefreshList => {
                     // Our router list is out of date: ask the controller
                     // now and connect to the routers that may serve it.
                     last = Some(e);
                     self.refresh_routers_now().await;
                     let _ = self.fill().await;
                 }
-                other => return other,
+                Retry::ElsewhereThenFinal | Retry::Final => return Err(e),
             }
         }
         Err(last.unwrap_or(DialError::NoRouters))
@@ -493,14 +492,8 @@ impl Client {
         for live in candidates {
             match self.dial_on(&live, service, early.as_deref_mut()).await {
                 Ok(s) => return Ok(s),
-                Err(
-                    e @ (DialError::Router { .. }
-                    | DialError::NotReady(_)
-                    | DialError::Draining(_)
-                    | DialError::WrongRouter { .. }
-                    | DialError::RouterRevoked { .. }
-                    | DialError::IdentityRefused { .. }),
-                ) => {
+                Err(e) if e.retry() == Retry::Final => return Err(e),
+                Err(e) => {
                     // Another router's view may differ (one cut off from
                     // the controller may not know a renewed certificate).
                     warn!("{e}; trying another router");
@@ -510,7 +503,6 @@ impl Client {
                     self.set_aside(&live);
                     keep_telling(last, e);
                 }
-                Err(e) => return Err(e),
             }
         }
         Err(last.take().unwrap_or(DialError::NoRouters))

@@ -117,7 +117,56 @@ pub enum DialError {
     Io(#[from] std::io::Error),
 }
 
+/// What a failed dial does next, by [`DialError::retry`]. The dial loop
+/// asks this instead of keeping its own lists of variants, so a new
+/// variant gets one decision in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retry {
+    /// This router cannot answer now (dead, slow, draining, not ready):
+    /// try the next router, and when every router failed, connect again
+    /// for another round.
+    Elsewhere,
+    /// Our router list is out of date (the router may not serve the
+    /// service, or was revoked): try the next router, and when every
+    /// router failed, fetch the list again before another round.
+    RefreshList,
+    /// This router refuses this identity; another router's view may differ
+    /// (one cut off from the controller may not know a renewed
+    /// certificate), so the other routers of this round are tried, but
+    /// when they all refuse the dial fails: connecting again would only
+    /// meet the same refusals.
+    ElsewhereThenFinal,
+    /// The answer holds for every router (the policy, the service, this
+    /// identity or the local side): the dial fails with it.
+    Final,
+}
+
 impl DialError {
+    /// What a dial that failed with this error does next.
+    pub fn retry(&self) -> Retry {
+        match self {
+            DialError::Router { .. } | DialError::NotReady(_) | DialError::Draining(_) => {
+                Retry::Elsewhere
+            }
+            DialError::WrongRouter { .. } | DialError::RouterRevoked { .. } => Retry::RefreshList,
+            DialError::IdentityRefused { .. } => Retry::ElsewhereThenFinal,
+            // The service has seen the early bytes: no second try.
+            DialError::ServiceReset { .. }
+            | DialError::UnknownService { .. }
+            | DialError::NotAuthorized { .. }
+            | DialError::ServiceUnreachable { .. }
+            | DialError::LimitReached { .. }
+            | DialError::BadRequest(_)
+            | DialError::CertificateExpired { .. }
+            | DialError::NoRouters
+            | DialError::Controller(_)
+            | DialError::Identity(_)
+            | DialError::Tls(_)
+            | DialError::Io(_) => Retry::Final,
+        }
+    }
+
     /// A stable snake_case name of the kind of failure, for metric labels
     /// and log fields.
     pub fn kind_str(&self) -> &'static str {
@@ -224,6 +273,113 @@ mod tests {
     use super::*;
     use darkport_transport::mux::Lost;
     use darkport_transport::splice::RemoteEnd;
+
+    /// One of every variant, with the decision it must get. `kind_str` is
+    /// an exhaustive match, so distinct kinds prove every variant is here.
+    #[test]
+    fn every_variant_has_its_retry() {
+        let s = || String::from("x");
+        let svc = || String::from("echo");
+        let table: Vec<(DialError, Retry)> = vec![
+            (
+                DialError::Router {
+                    router: s(),
+                    reason: s(),
+                },
+                Retry::Elsewhere,
+            ),
+            (DialError::NotReady(s()), Retry::Elsewhere),
+            (DialError::Draining(s()), Retry::Elsewhere),
+            (
+                DialError::WrongRouter {
+                    service: svc(),
+                    message: s(),
+                },
+                Retry::RefreshList,
+            ),
+            (
+                DialError::RouterRevoked {
+                    router: s(),
+                    reason: s(),
+                },
+                Retry::RefreshList,
+            ),
+            (
+                DialError::IdentityRefused {
+                    router: s(),
+                    reason: s(),
+                },
+                Retry::ElsewhereThenFinal,
+            ),
+            (
+                DialError::UnknownService {
+                    service: svc(),
+                    message: s(),
+                },
+                Retry::Final,
+            ),
+            (
+                DialError::NotAuthorized {
+                    service: svc(),
+                    message: s(),
+                },
+                Retry::Final,
+            ),
+            (
+                DialError::ServiceUnreachable {
+                    service: svc(),
+                    message: s(),
+                },
+                Retry::Final,
+            ),
+            (
+                DialError::LimitReached {
+                    service: svc(),
+                    message: s(),
+                },
+                Retry::Final,
+            ),
+            (DialError::BadRequest(s()), Retry::Final),
+            (
+                DialError::CertificateExpired {
+                    identity: s(),
+                    at: s(),
+                },
+                Retry::Final,
+            ),
+            (DialError::NoRouters, Retry::Final),
+            (
+                DialError::Controller(darkport_transport::control::ControlClientError::Timeout {
+                    addr: s(),
+                    secs: 1,
+                }),
+                Retry::Final,
+            ),
+            (
+                DialError::Identity(darkport_transport::identity::IdentityError::Exists(
+                    "id".into(),
+                )),
+                Retry::Final,
+            ),
+            (
+                DialError::Tls(darkport_transport::tls::TlsError::Quic(s())),
+                Retry::Final,
+            ),
+            (DialError::ServiceReset { service: svc() }, Retry::Final),
+            (DialError::Io(std::io::Error::other("x")), Retry::Final),
+        ];
+        let kinds: std::collections::BTreeSet<_> =
+            table.iter().map(|(e, _)| e.kind_str()).collect();
+        assert_eq!(kinds.len(), table.len(), "a variant is listed twice");
+        assert_eq!(
+            kinds.len(),
+            18,
+            "a DialError variant is missing from the table"
+        );
+        for (e, want) in &table {
+            assert_eq!(e.retry(), *want, "{}", e.kind_str());
+        }
+    }
 
     #[test]
     fn remote_ends_say_who() {
