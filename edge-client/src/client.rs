@@ -292,6 +292,8 @@ pub struct Client {
     identity: watch::Receiver<Arc<Identity>>,
     options: ClientOptions,
     connector: Connector,
+    /// Where the router list comes from and is cached.
+    router_list: RouterList,
     /// Held only to read or swap, never across an await.
     pool: Arc<Mutex<Pool>>,
     /// Single-flight gate for (re)connecting, so a burst of dials opens one
@@ -336,16 +338,19 @@ impl Client {
             configs,
             state: PoolState::new(&options.routers),
         }));
+        let router_list = RouterList::new(&options);
         tasks.spawn(maintain(
             pool.clone(),
             connector.clone(),
-            options.clone(),
+            router_list.clone(),
+            options.pool_size,
             id_rx.clone(),
         ));
         Ok(Client {
             identity: id_rx,
             options,
             connector,
+            router_list,
             pool,
             refill: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(tasks),
@@ -738,29 +743,18 @@ impl Client {
     /// keeps the last list (in memory, else on disk) if the controller is
     /// unreachable.
     async fn refresh_routers(&self) {
-        if !self.options.routers.is_empty() {
-            return;
-        }
-        if !self.pool().state.list_stale(Instant::now()) {
+        if self.router_list.fixed || !self.pool().state.list_stale(Instant::now()) {
             return;
         }
         // A cached list is used at once and refreshed in the background: a
         // controller that is down costs a new client nothing.
         if !self.pool().state.has_routers() {
-            if let Some(list) = self.cached_routers() {
+            if let Some(list) = self.router_list.cached() {
                 self.pool().state.on_cached_list(&list);
             }
         }
-        let (identity, pool, cache) = (self.identity(), self.pool.clone(), self.cache_path());
-        let refresh = async move {
-            let result = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT + Duration::from_secs(1),
-                fetch_routers(&identity),
-            )
-            .await
-            .unwrap_or_else(|_| Err(DialError::NoRouters));
-            apply_router_list(&pool, cache.as_deref(), result);
-        };
+        let (list, identity, pool) = (self.router_list.clone(), self.identity(), self.pool.clone());
+        let refresh = async move { list.refresh(&pool, &identity).await };
         if !self.pool().state.has_routers() {
             refresh.await;
         } else {
@@ -772,27 +766,9 @@ impl Client {
 
     /// Asks the controller for the router list now, waiting for the answer.
     async fn refresh_routers_now(&self) {
-        if !self.options.routers.is_empty() {
-            return;
+        if !self.router_list.fixed {
+            self.router_list.refresh(&self.pool, &self.identity()).await;
         }
-        let result = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT + Duration::from_secs(1),
-            fetch_routers(&self.identity()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(DialError::NoRouters));
-        apply_router_list(&self.pool, self.cache_path().as_deref(), result);
-    }
-
-    fn cached_routers(&self) -> Option<Vec<RouterInfo>> {
-        let bytes = std::fs::read(self.cache_path()?).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn cache_path(&self) -> Option<PathBuf> {
-        let mut p = self.options.identity_path.clone()?.into_os_string();
-        p.push(".routers");
-        Some(PathBuf::from(p))
     }
 
     /// Connects to routers now instead of at the first dial, and says which
@@ -809,7 +785,7 @@ impl Client {
         if !self.options.routers.is_empty() {
             return Ok(self.options.routers.clone());
         }
-        Ok(candidates_from(&fetch_routers(&self.identity()).await?)
+        Ok(candidates_from(&RouterList::fetch(&self.identity()).await?)
             .into_iter()
             .map(|c| c.addr)
             .collect())
@@ -943,15 +919,6 @@ fn refusal(router: &str, end: RemoteEnd) -> Option<DialError> {
     }
 }
 
-async fn fetch_routers(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
-    let config = darkport_transport::tls::controller_client_config(identity)?;
-    let resp = control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
-    let ControlResponse::Routers(list) = resp else {
-        return Err(DialError::NoRouters);
-    };
-    Ok(list)
-}
-
 /// The pool, also after a panic elsewhere while it was held (its state is
 /// kept consistent between statements).
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
@@ -971,31 +938,90 @@ fn admit(pool: &Mutex<Pool>, router: String, conn: Conn, size: usize) -> bool {
     }
 }
 
-/// Takes a fresh router list (and caches it), or notes the failure.
-fn apply_router_list(
-    pool: &Mutex<Pool>,
-    cache: Option<&std::path::Path>,
-    result: Result<Vec<RouterInfo>, DialError>,
-) {
-    match result {
-        Ok(list) => {
-            if let Some(path) = cache {
-                if let Ok(text) = serde_json::to_vec_pretty(&list) {
-                    let _ = darkport_transport::identity::write_private_file(path, &text, true);
+/// The controller's router list: fetching it, caching it beside the
+/// identity file, and handing it to the pool. When to fetch is the pool's
+/// decision ([`PoolState::list_stale`]); this carries it out, for the dial
+/// path and the background maintenance alike.
+#[derive(Debug, Clone)]
+struct RouterList {
+    /// The routers were given by address: nothing is fetched.
+    fixed: bool,
+    /// `<identity file>.routers`, when there is an identity file, so a
+    /// client started while the controller is down still finds routers.
+    cache: Option<PathBuf>,
+}
+
+/// Time one fetch of the router list may take. The control connection
+/// gives up its handshake after [`HANDSHAKE_TIMEOUT`] with an error that
+/// says what to do ("is it running?"); the extra second lets that error,
+/// rather than this timeout, reach the log, and covers the one request and
+/// its answer that follow the handshake.
+const LIST_FETCH_TIMEOUT: Duration = HANDSHAKE_TIMEOUT.saturating_add(Duration::from_secs(1));
+
+impl RouterList {
+    fn new(options: &ClientOptions) -> RouterList {
+        let cache = options.identity_path.clone().map(|p| {
+            let mut p = p.into_os_string();
+            p.push(".routers");
+            PathBuf::from(p)
+        });
+        RouterList {
+            fixed: !options.routers.is_empty(),
+            cache,
+        }
+    }
+
+    /// Asks the controller for its router list, within
+    /// [`LIST_FETCH_TIMEOUT`].
+    async fn fetch(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
+        let ask = async {
+            let config = darkport_transport::tls::controller_client_config(identity)?;
+            let resp =
+                control::one_shot(&identity.controller, config, ControlBody::ListRouters).await?;
+            let ControlResponse::Routers(list) = resp else {
+                return Err(DialError::NoRouters);
+            };
+            Ok(list)
+        };
+        tokio::time::timeout(LIST_FETCH_TIMEOUT, ask)
+            .await
+            .unwrap_or(Err(DialError::NoRouters))
+    }
+
+    /// The list cached by the last successful fetch, if any.
+    fn cached(&self) -> Option<Vec<RouterInfo>> {
+        let bytes = std::fs::read(self.cache.as_ref()?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Fetches the list and hands it to the pool.
+    async fn refresh(&self, pool: &Mutex<Pool>, identity: &Identity) {
+        let result = RouterList::fetch(identity).await;
+        self.apply(pool, result);
+    }
+
+    /// Takes a fresh router list (and caches it), or notes the failure.
+    fn apply(&self, pool: &Mutex<Pool>, result: Result<Vec<RouterInfo>, DialError>) {
+        match result {
+            Ok(list) => {
+                if let Some(path) = &self.cache {
+                    if let Ok(text) = serde_json::to_vec_pretty(&list) {
+                        let _ = darkport_transport::identity::write_private_file(path, &text, true);
+                    }
+                }
+                let unlisted = lock(pool).state.on_router_list(&list, Instant::now());
+                for conn in unlisted {
+                    conn.close(CloseCode::Done, b"router no longer listed");
                 }
             }
-            let unlisted = lock(pool).state.on_router_list(&list, Instant::now());
-            for conn in unlisted {
-                conn.close(CloseCode::Done, b"router no longer listed");
-            }
-        }
-        Err(e) => {
-            let mut pool = lock(pool);
-            pool.state.defer_list(Instant::now());
-            if pool.state.has_routers() {
-                warn!("cannot refresh routers from the controller ({e}); using the known ones");
-            } else {
-                warn!("cannot get routers from the controller: {e}");
+            Err(e) => {
+                let mut pool = lock(pool);
+                pool.state.defer_list(Instant::now());
+                if pool.state.has_routers() {
+                    warn!("cannot refresh routers from the controller ({e}); using the known ones");
+                } else {
+                    warn!("cannot get routers from the controller: {e}");
+                }
             }
         }
     }
@@ -1012,7 +1038,8 @@ const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 async fn maintain(
     pool: Arc<Mutex<Pool>>,
     connector: Connector,
-    options: ClientOptions,
+    router_list: RouterList,
+    pool_size: usize,
     identity: watch::Receiver<Arc<Identity>>,
 ) {
     loop {
@@ -1046,20 +1073,12 @@ async fn maintain(
         }
         if stale {
             let id = identity.borrow().clone();
-            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, fetch_routers(&id))
-                .await
-                .unwrap_or_else(|_| Err(DialError::NoRouters));
-            let mut cache = options.identity_path.clone().map(|p| p.into_os_string());
-            if let Some(c) = cache.as_mut() {
-                c.push(".routers");
-            }
-            apply_router_list(&pool, cache.map(PathBuf::from).as_deref(), result);
+            router_list.refresh(&pool, &id).await;
         }
         retry_quic(&pool, &connector, &configs, &live).await;
-        let missing =
-            lock(&pool)
-                .state
-                .to_connect(Instant::now(), options.pool_size, Asker::Background);
+        let missing = lock(&pool)
+            .state
+            .to_connect(Instant::now(), pool_size, Asker::Background);
         let attempts = missing.into_iter().map(|addr| {
             let (connector, configs) = (connector.clone(), configs.clone());
             async move {
@@ -1075,7 +1094,7 @@ async fn maintain(
             match result {
                 Ok(Ok(conn)) => {
                     let rtt = conn.rtt();
-                    if admit(&pool, addr.clone(), conn, options.pool_size) {
+                    if admit(&pool, addr.clone(), conn, pool_size) {
                         info!(router = %addr, ?rtt, "connected to router");
                     }
                 }
