@@ -17,11 +17,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
@@ -53,6 +54,13 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 pub const LIVENESS_WINDOW: Duration = Duration::from_millis(400);
 
 pub use crate::pool::ROUTER_LIST_TTL;
+
+/// The client's clock: tokio's, so tests can pause and advance it
+/// (`tokio::time::pause`). The pure decisions in `pool` and
+/// [`crate::choice`] take it as a plain `std` instant.
+fn clock() -> std::time::Instant {
+    Instant::now().into_std()
+}
 
 /// How long a failed dial over TCP waits for its connection's close code.
 const TCP_CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -153,11 +161,11 @@ impl Connector {
 
     fn learned(&self, router: &str, won: Transport) {
         let hold = self.remember_tcp;
-        self.memory().learned(router, won, Instant::now(), hold);
+        self.memory().learned(router, won, clock(), hold);
     }
 
     async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
-        let plan = self.memory().plan(self.mode, router, Instant::now());
+        let plan = self.memory().plan(self.mode, router, clock());
         match plan {
             Plan::Quic => self.quic(configs, router).await,
             Plan::Tcp => self.tcp(configs, router).await,
@@ -448,7 +456,7 @@ impl Client {
         self.check_certificate()?;
         let mut last = None;
         for _round in 0..3 {
-            let mut candidates = self.candidates(service, &mut last);
+            let mut candidates = self.candidates(service, &mut last, clock());
             if candidates.is_empty() {
                 // Nothing to use now: connect, and wait for it.
                 if let Err(e) = self.fill().await {
@@ -460,7 +468,7 @@ impl Client {
                         last = Some(e);
                     }
                 }
-                candidates = self.candidates(service, &mut last);
+                candidates = self.candidates(service, &mut last, clock());
                 if candidates.is_empty() {
                     continue;
                 }
@@ -527,11 +535,16 @@ impl Client {
         Ok(())
     }
 
-    /// Live connections that may serve `service`, lowest RTT first.
+    /// Live connections that may serve `service` at `now`, lowest RTT first.
     /// Connections a router closed because it refuses this identity are
     /// dropped, and the refusal is put in `refusal`: a router may close
     /// such a connection before any dial was tried on it.
-    fn candidates(&self, service: &str, refusal: &mut Option<DialError>) -> Vec<Live> {
+    fn candidates(
+        &self,
+        service: &str,
+        refusal: &mut Option<DialError>,
+        now: std::time::Instant,
+    ) -> Vec<Live> {
         let current = self.identity();
         let mut pool = self.pool();
         if !Arc::ptr_eq(&pool.identity, &current) {
@@ -546,7 +559,7 @@ impl Client {
                 Err(e) => warn!("cannot use the renewed certificate: {e}"),
             }
         }
-        for (router, conn) in pool.state.sweep(Instant::now()) {
+        for (router, conn) in pool.state.sweep(now) {
             if let Some(e) = refused(&router, &conn) {
                 *refusal = Some(e);
             } else if let (None, Some(end)) = (&*refusal, conn.close_reason()) {
@@ -626,7 +639,7 @@ impl Client {
         }
         let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
         let started = Instant::now();
-        let mut check_at = tokio::time::Instant::now() + window;
+        let mut check_at = started + window;
         let resp = {
             let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
             tokio::pin!(response);
@@ -693,9 +706,9 @@ impl Client {
         self.refresh_routers().await;
         let (configs, targets) = {
             let pool = self.pool();
-            let targets =
-                pool.state
-                    .to_connect(Instant::now(), self.options.pool_size, Asker::Dial);
+            let targets = pool
+                .state
+                .to_connect(clock(), self.options.pool_size, Asker::Dial);
             (pool.configs.clone(), targets)
         };
         if targets.is_empty() {
@@ -743,7 +756,8 @@ impl Client {
     /// keeps the last list (in memory, else on disk) if the controller is
     /// unreachable.
     async fn refresh_routers(&self) {
-        if self.router_list.fixed || !self.pool().state.list_stale(Instant::now()) {
+        let now = clock();
+        if self.router_list.fixed || !self.pool().state.list_stale(now) {
             return;
         }
         // A cached list is used at once and refreshed in the background: a
@@ -759,7 +773,7 @@ impl Client {
             refresh.await;
         } else {
             // Not again until this one is done or has failed.
-            self.pool().state.defer_list(Instant::now());
+            self.pool().state.defer_list(now);
             tokio::spawn(refresh);
         }
     }
@@ -997,11 +1011,17 @@ impl RouterList {
     /// Fetches the list and hands it to the pool.
     async fn refresh(&self, pool: &Mutex<Pool>, identity: &Identity) {
         let result = RouterList::fetch(identity).await;
-        self.apply(pool, result);
+        self.apply(pool, result, clock());
     }
 
-    /// Takes a fresh router list (and caches it), or notes the failure.
-    fn apply(&self, pool: &Mutex<Pool>, result: Result<Vec<RouterInfo>, DialError>) {
+    /// Takes a router list fetched at `now` (and caches it), or notes the
+    /// failure.
+    fn apply(
+        &self,
+        pool: &Mutex<Pool>,
+        result: Result<Vec<RouterInfo>, DialError>,
+        now: std::time::Instant,
+    ) {
         match result {
             Ok(list) => {
                 if let Some(path) = &self.cache {
@@ -1009,14 +1029,14 @@ impl RouterList {
                         let _ = darkport_transport::identity::write_private_file(path, &text, true);
                     }
                 }
-                let unlisted = lock(pool).state.on_router_list(&list, Instant::now());
+                let unlisted = lock(pool).state.on_router_list(&list, now);
                 for conn in unlisted {
                     conn.close(CloseCode::Done, b"router no longer listed");
                 }
             }
             Err(e) => {
                 let mut pool = lock(pool);
-                pool.state.defer_list(Instant::now());
+                pool.state.defer_list(now);
                 if pool.state.has_routers() {
                     warn!("cannot refresh routers from the controller ({e}); using the known ones");
                 } else {
@@ -1046,7 +1066,7 @@ async fn maintain(
         tokio::time::sleep(MAINTAIN_EVERY).await;
         let dead = {
             let mut p = lock(&pool);
-            let now = Instant::now();
+            let now = clock();
             p.state.sweep(now);
             p.state.dead(now)
         };
@@ -1056,7 +1076,7 @@ async fn maintain(
         }
         let (configs, live, idle, stale) = {
             let mut p = lock(&pool);
-            let now = Instant::now();
+            let now = clock();
             p.state.sweep(now);
             let live: Vec<Live> = p
                 .state
@@ -1078,7 +1098,7 @@ async fn maintain(
         retry_quic(&pool, &connector, &configs, &live).await;
         let missing = lock(&pool)
             .state
-            .to_connect(Instant::now(), pool_size, Asker::Background);
+            .to_connect(clock(), pool_size, Asker::Background);
         let attempts = missing.into_iter().map(|addr| {
             let (connector, configs) = (connector.clone(), configs.clone());
             async move {
@@ -1098,7 +1118,7 @@ async fn maintain(
                         info!(router = %addr, ?rtt, "connected to router");
                     }
                 }
-                _ => lock(&pool).state.on_unreachable(&addr, Instant::now()),
+                _ => lock(&pool).state.on_unreachable(&addr, clock()),
             }
         }
     }
@@ -1109,7 +1129,7 @@ async fn maintain(
 /// connection takes the TCP one's place for new dials (streams on the TCP
 /// connection carry on to their end), else TCP is remembered again.
 async fn retry_quic(pool: &Mutex<Pool>, connector: &Connector, configs: &Configs, live: &[Live]) {
-    let now = Instant::now();
+    let now = clock();
     let due: Vec<&Live> = live
         .iter()
         .filter(|l| l.conn.transport() == Transport::Tcp)
