@@ -33,7 +33,7 @@ use darkport_proto::token::fmt_time;
 use darkport_proto::{ProtoError, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_transport::endpoint::HANDSHAKE_TIMEOUT;
 use darkport_transport::identity::Identity;
-use darkport_transport::mux::{Conn, RemoteEnd, Transport, TransportMode};
+use darkport_transport::mux::{Conn, RecvHalf, RemoteEnd, SendHalf, Transport, TransportMode};
 use darkport_transport::tls::{client_config, rustls_client_config, Trust};
 use darkport_transport::{close_code, control, unix_now};
 
@@ -275,6 +275,23 @@ impl Link for Conn {
             Some(_) => Ended::Refused,
             None => Ended::Closed,
         })
+    }
+}
+
+impl Live {
+    /// The error for a dial on this connection that got no answer: the
+    /// router's refusal if it closed the connection with one, else
+    /// `reason`.
+    fn lost(&self, reason: String) -> DialError {
+        refused(&self.router, &self.conn).unwrap_or_else(|| router_error(&self.router, reason))
+    }
+
+    /// How the connection ended, or `fallback` while it has not.
+    fn why_closed(&self, fallback: String) -> String {
+        self.conn
+            .close_reason()
+            .map(|e| e.to_string())
+            .unwrap_or(fallback)
     }
 }
 
@@ -587,7 +604,11 @@ impl Client {
         service: &str,
         early: Option<&mut Early<'_>>,
     ) -> Result<DialStream, DialError> {
-        let result = self.dial_on_inner(live, service, early).await;
+        let resend = early.as_deref().map(|e| e.chunks.as_slice());
+        let result = match send_request(live, service, resend.unwrap_or_default()).await {
+            Ok(sent) => await_answer(live, service, sent, early).await,
+            Err(e) => Err(e),
+        };
         match result {
             Err(e @ DialError::Router { .. })
                 if live.conn.transport() == Transport::Tcp
@@ -600,103 +621,6 @@ impl Client {
             }
             other => other,
         }
-    }
-
-    async fn dial_on_inner(
-        &self,
-        live: &Live,
-        service: &str,
-        mut early: Option<&mut Early<'_>>,
-    ) -> Result<DialStream, DialError> {
-        let lost = |reason: String| {
-            refused(&live.router, &live.conn).unwrap_or(DialError::Router {
-                router: live.router.clone(),
-                reason,
-            })
-        };
-        let why_closed = |fallback: String| {
-            live.conn
-                .close_reason()
-                .map(|e| e.to_string())
-                .unwrap_or(fallback)
-        };
-        let rx_before = live.conn.heard();
-        let (mut send, mut recv) = live.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
-            .await
-            .map_err(|e| lost(why_closed(e.to_string())))?;
-        // Bytes read from the app before a previous router failed. A
-        // router that refuses stops our sending (STOP_SENDING) right after
-        // its answer: then stop sending early data and read the answer.
-        let mut sending = true;
-        if let Some(e) = early.as_deref() {
-            for c in &e.chunks {
-                if send.write_chunk(c.clone()).await.is_err() {
-                    sending = false;
-                    break;
-                }
-            }
-        }
-        let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
-        let started = Instant::now();
-        let mut check_at = started + window;
-        let resp = {
-            let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
-            tokio::pin!(response);
-            loop {
-                let reading = sending && early.as_ref().is_some_and(|e| e.wants_more());
-                tokio::select! {
-                    r = &mut response => break r,
-                    got = read_early(&mut early), if reading => match got {
-                        Ok(Some(chunk)) => {
-                            // Kept in `early` even if this fails (see above).
-                            if send.write_chunk(chunk).await.is_err() {
-                                sending = false;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            send.reset(StreamCode::Refused);
-                            return Err(DialError::Io(e));
-                        }
-                    },
-                    _ = tokio::time::sleep_until(check_at) => {
-                        if live.conn.heard() == rx_before {
-                            send.reset(StreamCode::Refused);
-                            live.conn.close(CloseCode::Done, b"router not answering");
-                            return Err(lost(format!("no answer at all within {window:?}; taking it for dead")));
-                        }
-                        if started.elapsed() >= DIAL_TIMEOUT {
-                            return Err(lost(format!("no answer to the dial within {} s", DIAL_TIMEOUT.as_secs())));
-                        }
-                        check_at += window;
-                    }
-                }
-            }
-        };
-        let resp = match resp {
-            // Reset with the splice's code: the router had connected (its
-            // answer was Ok) and the service reset the connection before
-            // that answer got out. With early data the service may have
-            // seen bytes: this is the end of the connection, not a reason
-            // to try another router.
-            Err(ProtoError::Io(e)) if is_splice_reset(&e) => {
-                return Err(DialError::ServiceReset {
-                    service: service.to_string(),
-                })
-            }
-            Err(ProtoError::Io(e)) => return Err(lost(why_closed(e.to_string()))),
-            Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof)) => {
-                return Err(lost(why_closed(e.to_string())))
-            }
-            Err(e) => return Err(lost(format!("bad answer: {e}"))),
-            Ok(r) => r,
-        };
-        if let Some(e) = DialError::from_status(resp.status, service, resp.message) {
-            return Err(e);
-        }
-        debug!(service, router = %live.router, "dialed");
-        Ok(DialStream::new(send, recv))
     }
 
     /// Makes sure there are up to `pool_size` router connections; returns
@@ -847,6 +771,131 @@ impl Client {
             tokio::join!(tcp_flushed, quic_idle)
         })
         .await;
+    }
+}
+
+/// A dial request on its way: the stream it went out on, and what the
+/// router had heard before it, to tell a dead router from a slow one.
+struct Sent {
+    send: SendHalf,
+    recv: RecvHalf,
+    /// False once the router stopped our sending (it refuses and sends
+    /// STOP_SENDING right after its answer): no more early data then.
+    sending: bool,
+    /// [`Conn::heard`] before the request went out.
+    heard_before: u64,
+}
+
+/// Opens a stream on `live` and sends the dial request for `service`,
+/// then `resend`: the early bytes read from the app before a previous
+/// router failed.
+async fn send_request(live: &Live, service: &str, resend: &[Bytes]) -> Result<Sent, DialError> {
+    let heard_before = live.conn.heard();
+    let (mut send, recv) = live
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| live.lost(e.to_string()))?;
+    write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
+        .await
+        .map_err(|e| live.lost(live.why_closed(e.to_string())))?;
+    let mut sending = true;
+    for c in resend {
+        if send.write_chunk(c.clone()).await.is_err() {
+            sending = false;
+            break;
+        }
+    }
+    Ok(Sent {
+        send,
+        recv,
+        sending,
+        heard_before,
+    })
+}
+
+/// Waits for the router's answer to a [`Sent`] request, sending more early
+/// bytes meanwhile. A router that sends nothing at all within the liveness
+/// window is taken for dead and its connection closed; one that is alive
+/// gets [`DIAL_TIMEOUT`].
+async fn await_answer(
+    live: &Live,
+    service: &str,
+    sent: Sent,
+    mut early: Option<&mut Early<'_>>,
+) -> Result<DialStream, DialError> {
+    let Sent {
+        mut send,
+        mut recv,
+        mut sending,
+        heard_before,
+    } = sent;
+    let window = LIVENESS_WINDOW + live.conn.rtt() * 4;
+    let started = Instant::now();
+    let mut check_at = started + window;
+    let resp = {
+        let response = read_frame::<_, DialResponse>(&mut recv, MAX_DIAL_FRAME);
+        tokio::pin!(response);
+        loop {
+            let reading = sending && early.as_ref().is_some_and(|e| e.wants_more());
+            tokio::select! {
+                r = &mut response => break r,
+                got = read_early(&mut early), if reading => match got {
+                    Ok(Some(chunk)) => {
+                        // Kept in `early` even if this fails (see Sent).
+                        if send.write_chunk(chunk).await.is_err() {
+                            sending = false;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        send.reset(StreamCode::Refused);
+                        return Err(DialError::Io(e));
+                    }
+                },
+                _ = tokio::time::sleep_until(check_at) => {
+                    if live.conn.heard() == heard_before {
+                        send.reset(StreamCode::Refused);
+                        live.conn.close(CloseCode::Done, b"router not answering");
+                        return Err(live.lost(format!("no answer at all within {window:?}; taking it for dead")));
+                    }
+                    if started.elapsed() >= DIAL_TIMEOUT {
+                        return Err(live.lost(format!("no answer to the dial within {} s", DIAL_TIMEOUT.as_secs())));
+                    }
+                    check_at += window;
+                }
+            }
+        }
+    };
+    let resp = answer(live, service, resp)?;
+    if let Some(e) = DialError::from_status(resp.status, service, resp.message) {
+        return Err(e);
+    }
+    debug!(service, router = %live.router, "dialed");
+    Ok(DialStream::new(send, recv))
+}
+
+/// The router's answer as read, or why there is none.
+fn answer(
+    live: &Live,
+    service: &str,
+    read: Result<DialResponse, ProtoError>,
+) -> Result<DialResponse, DialError> {
+    match read {
+        // Reset with the splice's code: the router had connected (its
+        // answer was Ok) and the service reset the connection before that
+        // answer got out. With early data the service may have seen bytes:
+        // this is the end of the connection, not a reason to try another
+        // router.
+        Err(ProtoError::Io(e)) if is_splice_reset(&e) => Err(DialError::ServiceReset {
+            service: service.to_string(),
+        }),
+        Err(ProtoError::Io(e)) => Err(live.lost(live.why_closed(e.to_string()))),
+        Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof)) => {
+            Err(live.lost(live.why_closed(e.to_string())))
+        }
+        Err(e) => Err(live.lost(format!("bad answer: {e}"))),
+        Ok(r) => Ok(r),
     }
 }
 
