@@ -1,0 +1,149 @@
+//! Making one router connection: over QUIC, over TCP, or racing both
+//! (auto mode), as the transport [`Memory`] advises.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::info;
+
+use darkport_proto::identity::Kind;
+use darkport_proto::{ALPN_DATA, ALPN_DATA_TCP};
+use darkport_transport::identity::Identity;
+use darkport_transport::mux::{Conn, Transport, TransportMode};
+use darkport_transport::tls::{client_config, rustls_client_config, Trust};
+
+use super::clock;
+use crate::choice::{Memory, Plan};
+use crate::DialError;
+
+/// The TLS configurations of both transports for one identity.
+#[derive(Debug, Clone)]
+pub(super) struct Configs {
+    quic: quinn::ClientConfig,
+    tcp: Arc<rustls::ClientConfig>,
+}
+
+impl Configs {
+    pub(super) fn new(identity: &Identity) -> Result<Configs, DialError> {
+        let trust = || Trust::Ca(identity.ca.clone());
+        Ok(Configs {
+            quic: client_config(Some(identity), trust(), Kind::Router, ALPN_DATA)?,
+            tcp: Arc::new(rustls_client_config(
+                Some(identity),
+                trust(),
+                Kind::Router,
+                ALPN_DATA_TCP,
+            )?),
+        })
+    }
+}
+
+/// Makes router connections over the transport the mode and the
+/// [`Memory`] call for; shared by dials and the background maintenance.
+#[derive(Debug, Clone)]
+pub(super) struct Connector {
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) mode: TransportMode,
+    pub(super) remember_tcp: Duration,
+    pub(super) memory: Arc<Mutex<Memory>>,
+}
+
+impl Connector {
+    pub(super) fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn learned(&self, router: &str, won: Transport) {
+        let hold = self.remember_tcp;
+        self.memory().learned(router, won, clock(), hold);
+    }
+
+    pub(super) async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        let plan = self.memory().plan(self.mode, router, clock());
+        match plan {
+            Plan::Quic => self.quic(configs, router).await,
+            Plan::Tcp => self.tcp(configs, router).await,
+            Plan::Race { tcp_after } => self.race(configs, router, tcp_after).await,
+        }
+    }
+
+    pub(super) async fn quic(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        darkport_transport::endpoint::connect_any(
+            &self.endpoint,
+            configs.quic.clone(),
+            router,
+            ROUTER_NAME,
+        )
+        .await
+        .map(Conn::from)
+        .map_err(|e| router_error(router, format!("QUIC: {e}")))
+    }
+
+    async fn tcp(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_NAME)
+            .await
+            .map_err(|e| router_error(router, format!("TCP: {e}")))
+    }
+
+    /// QUIC first; TCP joins after `tcp_after` or when QUIC fails. The
+    /// first handshake to finish wins; the other attempt is dropped.
+    async fn race(
+        &self,
+        configs: &Configs,
+        router: &str,
+        tcp_after: Duration,
+    ) -> Result<Conn, DialError> {
+        let quic = self.quic(configs, router);
+        let tcp = async {
+            tokio::time::sleep(tcp_after).await;
+            self.tcp(configs, router).await
+        };
+        tokio::pin!(quic, tcp);
+        let (mut quic_failed, mut tcp_failed) = (None, None);
+        // TCP's head-start timer is skipped once QUIC has failed.
+        let tcp_now = self.tcp(configs, router);
+        tokio::pin!(tcp_now);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut quic, if quic_failed.is_none() => match r {
+                    Ok(c) => {
+                        self.learned(router, Transport::Quic);
+                        return Ok(c);
+                    }
+                    Err(e) => quic_failed = Some(e),
+                },
+                r = &mut tcp, if tcp_failed.is_none() && quic_failed.is_none() => match r {
+                    Ok(c) => {
+                        info!(router, "QUIC did not get through within {tcp_after:?}; using TCP");
+                        self.learned(router, Transport::Tcp);
+                        return Ok(c);
+                    }
+                    Err(e) => tcp_failed = Some(e),
+                },
+                r = &mut tcp_now, if tcp_failed.is_none() && quic_failed.is_some() => match r {
+                    Ok(c) => {
+                        info!(router, "QUIC failed; using TCP");
+                        self.learned(router, Transport::Tcp);
+                        return Ok(c);
+                    }
+                    Err(e) => tcp_failed = Some(e),
+                },
+            }
+            if let (Some(q), Some(t)) = (&quic_failed, &tcp_failed) {
+                return Err(router_error(router, format!("{q}; {t}")));
+            }
+        }
+    }
+}
+
+/// The server name a client asks routers for (the certificate check is
+/// on the identity URI, not on this name).
+const ROUTER_NAME: &str = "darkport-router";
+
+pub(super) fn router_error(router: &str, reason: String) -> DialError {
+    DialError::Router {
+        router: router.to_string(),
+        reason,
+    }
+}
