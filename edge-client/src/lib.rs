@@ -20,12 +20,16 @@
 //! payload flows; refusals become [`DialError`] variants that say who
 //! refused (policy, unknown service, or the private service itself).
 //!
-//! - [`client`]: [`Client`], router discovery and the connection it keeps.
+//! - [`client`]: [`Client`], router discovery and the connections it keeps
+//!   (a folder, one job per file: the dial, connecting, the pool glue, the
+//!   router list, the background maintenance).
 //! - [`choice`]: which transport reaches a router (pure, virtual time).
 //! - `pool` (internal): the pool's decisions (which router, when to retry,
 //!   when a connection is dead, when the router list is stale), pure and
 //!   in virtual time like [`choice`].
 //! - [`stream`]: [`DialStream`], the byte stream.
+//! - [`error`]: [`DialError`], and [`DialError::retry`], which says where a
+//!   failed dial goes next.
 //! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
 //! - `metrics` (with the `cli` feature): the binary's Prometheus metrics,
 //!   read from the SDK's counters at each scrape.
