@@ -7,6 +7,9 @@
 //!   needed), admin commands (admin certificate), router sync (router
 //!   certificate; snapshots are pushed on every change) and router listing
 //!   (client certificate).
+//! - [`decide`]: the control API's decisions, pure and fed `now`: what a
+//!   request may do given its peer ([`decide::route`]), whether a
+//!   certificate is current, enrollment's and renewal's state changes.
 //! - [`handlers`]: the admin API's handlers, one module per resource,
 //!   over the store, with the time passed in.
 //! - [`admin`]: the client side of the admin API, used by the CLI.
@@ -19,6 +22,7 @@
 pub mod admin;
 pub mod ca;
 pub mod datadir;
+pub mod decide;
 pub mod handlers;
 pub mod metrics;
 pub mod postgres;

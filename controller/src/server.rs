@@ -21,23 +21,26 @@ use darkport_proto::codec::{
 use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
 use darkport_proto::msg::{
-    AdminRequest, AdminResponse, ControlBody, ControlError, ControlErrorCode, ControlRequest,
-    ControlResponse, EnrollRequest, RouterReport,
+    AdminRequest, AdminResponse, ControlError, ControlErrorCode, ControlRequest, ControlResponse,
+    EnrollRequest, RouterReport,
 };
-use darkport_proto::token::{fmt_time, SignedToken, TokenClaims, TokenKey};
-use darkport_proto::{ProtoError, ALPN_CONTROL, PROTOCOL_VERSION};
+use darkport_proto::token::{SignedToken, TokenKey};
+use darkport_proto::{ProtoError, ALPN_CONTROL};
 use darkport_transport::admission::{GateLimits, HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
-use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit, RetryAfter};
+use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
 use crate::ca::Ca;
 use crate::datadir::{Config, DataDir, DataDirError};
+use crate::decide::{
+    check_current, check_rate, check_token, consume_token, renew_certificate, route, Route,
+};
 use crate::handlers::{self, err, Caller, Env, Issuer, Presence};
 use crate::metrics::{result_label, Metrics};
-use crate::store::{audit, CertRecord, IdentityRecord, RouterRecord, State, Store, StoreError};
+use crate::store::{audit, RouterRecord, State, Store, StoreError};
 
 /// Time allowed for a request to arrive once a stream is open.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,9 +102,7 @@ const RATE_LIMIT_KEYS: usize = 65_536;
 const REFUSAL_LINES: u32 = 20;
 const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Most certificates kept valid per identity (the newest and the ones it
-/// replaced that have not expired yet).
-pub const MAX_LIVE_CERTIFICATES: usize = 3;
+pub use crate::decide::MAX_LIVE_CERTIFICATES;
 
 /// Longest enrollment token lifetime an admin may ask for.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -427,11 +428,11 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
     };
     let peer = if conn.peer_identity().is_some() {
         match tls::peer_identity(&conn) {
-            Ok(p) => match check_current(&ctx, &p) {
+            Ok(p) => match check_current(&ctx.store.read(), &p, unix_now()) {
                 Ok(()) => Some(p),
                 Err(refusal) => {
                     budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
-                    conn.close(refusal.close_code(), refusal.reason.as_bytes());
+                    conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
                     return;
                 }
             },
@@ -494,67 +495,6 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
     }
 }
 
-/// Why a certificate may not be used with the controller now.
-#[derive(Debug, Clone)]
-struct NotCurrent {
-    /// The identity itself is gone for good (revoked, deleted, or of
-    /// another kind): [`ControlErrorCode::Revoked`] and close code
-    /// `Revoked`. Otherwise only this certificate is stale.
-    revoked: bool,
-    reason: String,
-}
-
-impl NotCurrent {
-    fn error(&self) -> ControlError {
-        let code = if self.revoked {
-            ControlErrorCode::Revoked
-        } else {
-            ControlErrorCode::Forbidden
-        };
-        err(code, self.reason.clone())
-    }
-
-    fn close_code(&self) -> quinn::VarInt {
-        close_code(if self.revoked {
-            CloseCode::Revoked
-        } else {
-            CloseCode::ControlRefused
-        })
-    }
-}
-
-/// A certificate is usable only while it is its identity's current one.
-fn check_current(ctx: &Ctx, peer: &PeerIdentity) -> Result<(), NotCurrent> {
-    let state = ctx.store.read();
-    let (revoked, reason) = match state.identities.get(&peer.name) {
-        Some(rec) if rec.kind == peer.kind && rec.holds(&peer.fingerprint, unix_now()) => {
-            return Ok(())
-        }
-        Some(rec) if rec.kind == peer.kind && rec.revoked_at.is_some() => (
-            true,
-            format!(
-                "{} {} was revoked; ask the controller admin for a new identity",
-                peer.kind, peer.name
-            ),
-        ),
-        Some(rec) if rec.kind == peer.kind => (
-            false,
-            format!(
-                "the certificate of {} {} is expired or replaced; use the newest identity file, or re-enroll",
-                peer.kind, peer.name
-            ),
-        ),
-        _ => (
-            true,
-            format!(
-                "{} {} is not known to this controller (deleted?); enroll a new identity",
-                peer.kind, peer.name
-            ),
-        ),
-    };
-    Err(NotCurrent { revoked, reason })
-}
-
 async fn handle_stream(
     ctx: Arc<Ctx>,
     conn: quinn::Connection,
@@ -589,10 +529,10 @@ async fn handle_stream(
     // Every request is checked against the state in force now, not only
     // at the handshake: a revoked identity's open connection stops working.
     if let Some(p) = &peer {
-        if let Err(refusal) = check_current(&ctx, p) {
+        if let Err(refusal) = check_current(&ctx.store.read(), p, unix_now()) {
             budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control request: {}", refusal.reason);
             deliver(&mut send, &ControlResponse::Error(refusal.error())).await;
-            conn.close(refusal.close_code(), refusal.reason.as_bytes());
+            conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
             return;
         }
     }
@@ -601,57 +541,62 @@ async fn handle_stream(
             budgeted_info!(ctx.refusals, %remote, "bad control request: {e}");
             ControlResponse::Error(err(ControlErrorCode::BadRequest, e.to_string()))
         }
-        Ok(req) if !req.body.accepts_version(req.version) => ControlResponse::Error(err(
-            ControlErrorCode::BadRequest,
-            format!(
-                "protocol version {} is not supported (controller speaks {PROTOCOL_VERSION}); upgrade the older side",
-                req.version
-            ),
-        )),
-        Ok(req) => match (req.body, &peer) {
-            (ControlBody::Enroll(e), _) => {
-                let ip = remote.ip();
-                let r = off_workers(&ctx, move |c| enroll(c, ip, e)).await;
-                ctx.metrics.enrollment(result_label(&r));
-                respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
-            }
-            (ControlBody::Admin(a), Some(p)) if p.kind == Kind::Admin => {
-                info!(admin = %p.name, request = ?a, "admin request");
-                let name = p.name.clone();
-                let r = off_workers(&ctx, move |c| admin(c, &name, a)).await;
-                ctx.metrics.admin(result_label(&r));
-                respond(r, ControlResponse::Admin)
-            }
-            (ControlBody::RouterSync { advertise }, Some(p)) if p.kind == Kind::Router => {
-                router_sync(&ctx, p, advertise, &mut send).await;
-                return;
-            }
-            (ControlBody::ListRouters, Some(p)) => ControlResponse::Routers(handlers::routers::list(&ctx.store, &ctx.online, Some(p), unix_now())),
-            (ControlBody::Renew { csr_der }, Some(p)) if matches!(p.kind, Kind::Client | Kind::Router) => {
-                let p = p.clone();
-                let r = off_workers(&ctx, move |c| renew(c, &p, &csr_der)).await;
-                ctx.metrics.renewal(result_label(&r));
-                respond(r, |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem })
-            }
-            (ControlBody::ListControllers, Some(_)) => {
-                ControlResponse::Controllers(live_controllers(&ctx.store.read(), &ctx.name, unix_now()))
-            }
-            (ControlBody::RouterReport(r), Some(p)) if p.kind == Kind::Router => {
-                let p = p.clone();
-                let r = off_workers(&ctx, move |c| router_report(c, &p, r)).await;
-                respond(r, |()| ControlResponse::Ack)
-            }
-            (body, _) => ControlResponse::Error(err(
-                ControlErrorCode::Forbidden,
-                format!(
-                    "{} may not make a {} request",
-                    peer.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "a peer without a certificate".into()),
-                    body_name(&body)
-                ),
-            )),
+        Ok(req) => match route(req, peer.as_ref()) {
+            Err(e) => ControlResponse::Error(e),
+            Ok(route) => match serve(&ctx, remote.ip(), route, &mut send).await {
+                Some(r) => r,
+                // The route answered on the stream itself.
+                None => return,
+            },
         },
     };
     deliver(&mut send, &response).await;
+}
+
+/// Runs a routed request; `None` when it answered on `send` itself (a
+/// router's sync session).
+async fn serve(
+    ctx: &Arc<Ctx>,
+    from: IpAddr,
+    route: Route,
+    send: &mut quinn::SendStream,
+) -> Option<ControlResponse> {
+    let enrolled = |(cert_pem, ca_pem)| ControlResponse::Enrolled { cert_pem, ca_pem };
+    Some(match route {
+        Route::Enroll(e) => {
+            let r = off_workers(ctx, move |c| enroll(c, from, e)).await;
+            ctx.metrics.enrollment(result_label(&r));
+            respond(r, enrolled)
+        }
+        Route::Admin { actor, request } => {
+            info!(admin = %actor, request = ?request, "admin request");
+            let r = off_workers(ctx, move |c| admin(c, &actor, *request)).await;
+            ctx.metrics.admin(result_label(&r));
+            respond(r, ControlResponse::Admin)
+        }
+        Route::RouterSync { router, advertise } => {
+            router_sync(ctx, &router, advertise, send).await;
+            return None;
+        }
+        Route::ListRouters { peer } => ControlResponse::Routers(handlers::routers::list(
+            &ctx.store,
+            &ctx.online,
+            Some(&peer),
+            unix_now(),
+        )),
+        Route::Renew { peer, csr_der } => {
+            let r = off_workers(ctx, move |c| renew(c, &peer, &csr_der)).await;
+            ctx.metrics.renewal(result_label(&r));
+            respond(r, enrolled)
+        }
+        Route::ListControllers => {
+            ControlResponse::Controllers(live_controllers(&ctx.store.read(), &ctx.name, unix_now()))
+        }
+        Route::RouterReport { router, report } => {
+            let r = off_workers(ctx, move |c| router_report(c, &router, report)).await;
+            respond(r, |()| ControlResponse::Ack)
+        }
+    })
 }
 
 /// Runs a request that may commit to the state (a database round trip,
@@ -706,28 +651,13 @@ fn respond<T>(
     }
 }
 
-fn body_name(b: &ControlBody) -> &'static str {
-    match b {
-        ControlBody::Enroll(_) => "enroll",
-        ControlBody::Admin(_) => "admin",
-        ControlBody::RouterSync { .. } => "router sync",
-        ControlBody::ListRouters => "list routers",
-        ControlBody::Renew { .. } => "renew",
-        ControlBody::RouterReport(_) => "router report",
-        ControlBody::ListControllers => "list controllers",
-    }
-}
-
 fn enroll(ctx: &Ctx, from: IpAddr, req: EnrollRequest) -> Result<(String, String), ControlError> {
-    ctx.enroll_rate
-        .check(&from, Instant::now())
-        .map_err(|wait| {
-            rate_limited(
-                &format!("enrollment attempts from {from}"),
-                ENROLL_RATE,
-                wait,
-            )
-        })?;
+    check_rate(
+        &ctx.enroll_rate,
+        &from,
+        Instant::now(),
+        &format!("enrollment attempts from {from}"),
+    )?;
     let rejected = |m: String| err(ControlErrorCode::TokenRejected, m);
     let token = SignedToken::parse(&req.token).map_err(|e| rejected(e.to_string()))?;
     let claims = token
@@ -749,8 +679,8 @@ fn enroll(ctx: &Ctx, from: IpAddr, req: EnrollRequest) -> Result<(String, String
         .map_err(|e| err(ControlErrorCode::BadRequest, e.to_string()))?;
     let fingerprint = darkport_proto::identity::fingerprint(&der);
     let now = unix_now();
-    // Check and consume the token in the same state update that records
-    // the certificate: a second use can never succeed, even concurrently.
+    // Consumes the token in the state update that records the
+    // certificate (`consume_token` says why).
     let what = audit(
         "enroll",
         format!(
@@ -759,83 +689,10 @@ fn enroll(ctx: &Ctx, from: IpAddr, req: EnrollRequest) -> Result<(String, String
         ),
     );
     ctx.store.update(true, what, |s| {
-        check_token(s, &claims)?;
-        if let Some(rec) = s.tokens.get_mut(&claims.token_id) {
-            rec.consumed_at = Some(now);
-        }
-        let Some(ident) = s.identities.get_mut(&claims.identity) else {
-            return Err(err(
-                ControlErrorCode::Internal,
-                "identity vanished during enrollment",
-            ));
-        };
-        ident.certificates.push(CertRecord {
-            fingerprint: fingerprint.clone(),
-            issued_at: now,
-            expires_at: now + ttl.as_secs(),
-        });
-        prune_certificates(ident, now);
-        Ok(())
+        consume_token(s, &claims, &fingerprint, now, ttl)
     })?;
     info!(identity = %claims.identity, kind = %claims.kind, %fingerprint, "enrolled");
     Ok((cert_pem, ctx.ca.cert_pem.clone()))
-}
-
-/// Whether the token of `claims` may enroll now: known, unused, and its
-/// identity still there, of its kind and not revoked.
-fn check_token(s: &State, claims: &TokenClaims) -> Result<(), ControlError> {
-    let rejected = |m: String| err(ControlErrorCode::TokenRejected, m);
-    let rec = s.tokens.get(&claims.token_id).ok_or_else(|| {
-        rejected(format!(
-            "enrollment token for {} is unknown to this controller; create a new one with darkport-controller identity create",
-            claims.identity
-        ))
-    })?;
-    if let Some(at) = rec.consumed_at {
-        return Err(rejected(format!(
-            "enrollment token for {} was already used at {}; tokens work once; ask the controller admin for a new identity and token",
-            claims.identity,
-            fmt_time(at)
-        )));
-    }
-    match s.identities.get(&claims.identity) {
-        Some(i) if i.kind == claims.kind && i.revoked_at.is_none() => Ok(()),
-        _ => Err(rejected(format!(
-            "identity {} was deleted or revoked after the token was made",
-            claims.identity
-        ))),
-    }
-}
-
-/// The answer to a request over its rate limit: what is limited, how,
-/// and when to try again.
-fn rate_limited(what: &str, rate: Rate, RetryAfter(wait): RetryAfter) -> ControlError {
-    err(
-        ControlErrorCode::RateLimited,
-        format!(
-            "too many {what}: at most {} at once, then one every {} ms; try again in {} ms",
-            rate.burst,
-            rate.every.as_millis(),
-            wait.as_millis().max(1)
-        ),
-    )
-}
-
-/// Keeps the newest certificate and older ones not yet expired, at most
-/// [`MAX_LIVE_CERTIFICATES`] in all (renewal spam cannot grow snapshots).
-fn prune_certificates(ident: &mut IdentityRecord, now: u64) {
-    let excess = ident
-        .certificates
-        .len()
-        .saturating_sub(MAX_LIVE_CERTIFICATES);
-    ident.certificates.drain(..excess);
-    let newest = ident.certificates.len().saturating_sub(1);
-    let mut i = 0;
-    ident.certificates.retain(|c| {
-        let keep = i == newest || c.expires_at > now;
-        i += 1;
-        keep
-    });
 }
 
 /// Runs an admin request of `actor` at the current time.
@@ -868,11 +725,12 @@ fn admin(
 }
 
 fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, String), ControlError> {
-    ctx.renew_rate
-        .check(&peer.name, Instant::now())
-        .map_err(|wait| {
-            rate_limited(&format!("renewals of {peer}"), ctx.renew_rate.rate(), wait)
-        })?;
+    check_rate(
+        &ctx.renew_rate,
+        &peer.name,
+        Instant::now(),
+        &format!("renewals of {peer}"),
+    )?;
     let ttl = Duration::from_secs(ctx.config.cert_ttl_secs);
     let (cert_pem, der) = ctx
         .ca
@@ -884,24 +742,8 @@ fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, Stri
         peer.name.as_str(),
         format!("renewed certificate of {peer} ({fingerprint})"),
     );
-    ctx.store.update(true, what, |s: &mut State| {
-        let ident = s
-            .identities
-            .get_mut(&peer.name)
-            .filter(|i| i.kind == peer.kind && i.holds(&peer.fingerprint, now))
-            .ok_or_else(|| {
-                err(
-                    ControlErrorCode::Forbidden,
-                    format!("{peer} is no longer current; re-enroll"),
-                )
-            })?;
-        ident.certificates.push(CertRecord {
-            fingerprint: fingerprint.clone(),
-            issued_at: now,
-            expires_at: now + ttl.as_secs(),
-        });
-        prune_certificates(ident, now);
-        Ok::<_, ControlError>(())
+    ctx.store.update(true, what, |s| {
+        renew_certificate(s, peer, &fingerprint, now, ttl)
     })?;
     info!(identity = %peer, %fingerprint, "renewed certificate");
     Ok((cert_pem, ctx.ca.cert_pem.clone()))
@@ -984,7 +826,7 @@ async fn router_sync(
         let snapshot = rx.borrow_and_update().clone();
         // A router deleted, revoked or re-enrolled meanwhile loses its session.
         // It is told why, so that a revoked router stops serving.
-        if let Err(refusal) = check_current(ctx, peer) {
+        if let Err(refusal) = check_current(&ctx.store.read(), peer, unix_now()) {
             info!(router = %peer.name, "ending router session: {}", refusal.reason);
             deliver(send, &ControlResponse::Error(refusal.error())).await;
             break;
@@ -1051,7 +893,7 @@ fn rand_session() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ControllerRecord;
+    use crate::store::{ControllerRecord, IdentityRecord};
 
     fn n(s: &str) -> IdentityName {
         IdentityName::new(s).expect("name")

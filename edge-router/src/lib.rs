@@ -4,7 +4,8 @@
 //! every peer to present a certificate chaining to the Darkport CA, takes the
 //! peer's identity from the verified leaf alone, and refuses non-client
 //! identities. For each stream it reads the dial request, asks
-//! [`darkport_proto::policy::authorize`] against the latest policy snapshot,
+//! [`admission::admit_dial`] (stream cap, draining, policy age, then
+//! [`darkport_proto::policy::authorize`]) against the latest policy snapshot,
 //! answers with a typed status, dials the private service and splices bytes
 //! both ways.
 //!
@@ -17,13 +18,16 @@
 //! own restart.
 //!
 //! - [`sync`]: the control session: registration, snapshots, reports.
-//! - [`listener`]: accepting clients and handling dial streams.
+//! - [`admission`]: whether a dial may go ahead ([`admission::admit_dial`]):
+//!   pure, fed `now`, table-tested.
+//! - [`listener`]: accepting clients and handling dial streams (the I/O).
 //! - [`cache`]: the on-disk snapshot.
 //! - [`fluent`]: fluent-forward services: stamping, tag policy, the
 //!   shared-key handshake.
 //! - [`metrics`]: counters and readiness for `--metrics-listen`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cache;
 pub mod fluent;
 pub mod listener;

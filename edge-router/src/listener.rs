@@ -15,12 +15,12 @@ use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
-use darkport_proto::policy::{authorize, check_peer, Denied, ServiceProtocol};
-use darkport_proto::{PeerIdentity, ALPN_DATA, ALPN_DATA_TCP, PROTOCOL_VERSION};
+use darkport_proto::policy::{check_peer, Denied};
+use darkport_proto::{PeerIdentity, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_transport::identity::Identity;
 use darkport_transport::mux::{Conn, RecvHalf, SendHalf};
 use darkport_transport::shards::Shards;
-use darkport_transport::splice::{splice_tcp_metered, Ending};
+use darkport_transport::splice::{splice_tcp_metered, Ending, Meter};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, unix_now};
 
@@ -28,6 +28,8 @@ use darkport_transport::admission::{HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info_for;
 use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, Slot, SourceLogBudget};
 
+use crate::admission::{self, admit_dial, check_still_allowed, Dialed, RouterView};
+use crate::fluent::FluentEnding;
 use crate::metrics::{RouterMetrics, UNKNOWN_SERVICE};
 use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
 
@@ -132,23 +134,30 @@ impl Guard {
             .max_policy_age
     }
 
+    /// What [`admit_dial`] needs to know of this router, for a stream of
+    /// `peer` (over its stream cap if `over_cap`).
+    fn view<'a>(
+        &'a self,
+        router: &'a IdentityName,
+        peer: &'a PeerIdentity,
+        over_cap: Option<CapExceeded>,
+    ) -> RouterView<'a> {
+        RouterView {
+            router,
+            peer,
+            over_cap,
+            draining: self.draining.load(Ordering::Acquire),
+            policy: &self.policy,
+            max_policy_age: self.max_policy_age(),
+        }
+    }
+
     fn revoked(&self) -> Option<String> {
         self.revoked.borrow().clone()
     }
 }
 
-/// Whether a policy of age `age` may still authorize new dials under
-/// `max`; the refusal says how old it is and why.
-pub fn check_policy_age(age: Duration, max: Option<Duration>) -> Result<(), String> {
-    match max {
-        Some(max) if age > max => Err(format!(
-            "this router has not heard from its controller for {} s (it serves new dials with a policy at most {} s old: --max-policy-age); existing streams go on; restore the router's path to the controller",
-            age.as_secs(),
-            max.as_secs()
-        )),
-        _ => Ok(()),
-    }
-}
+pub use crate::admission::check_policy_age;
 
 /// Accepts clients until `shutdown`.
 #[allow(clippy::too_many_arguments)]
@@ -471,76 +480,6 @@ async fn serve_connection(
     while streams.join_next().await.is_some() {}
 }
 
-/// An authorized dial: where to, and how to speak with the service.
-struct Dialed {
-    address: String,
-    /// `Some` for a fluent-forward service.
-    fluent: Option<crate::fluent::Plan>,
-}
-
-/// The decision for one dial request, before any network I/O to the
-/// service: pure apart from reading the snapshot.
-fn decide(
-    router: &IdentityName,
-    peer: &PeerIdentity,
-    snapshots: &SnapshotRx,
-    req: &DialRequest,
-) -> Result<Dialed, DialResponse> {
-    let refuse = |status, message: String| DialResponse { status, message };
-    if !darkport_proto::msg::dial_version_supported(req.version) {
-        return Err(refuse(
-            DialStatus::BadRequest,
-            format!(
-                "protocol version {} is not supported (router speaks {PROTOCOL_VERSION})",
-                req.version
-            ),
-        ));
-    }
-    if darkport_proto::IdentityName::new(req.service.as_str()).is_err() {
-        return Err(refuse(
-            DialStatus::BadRequest,
-            "the service name is not valid (1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-')"
-                .into(),
-        ));
-    }
-    let snapshot = snapshots.borrow().clone();
-    let Some(snapshot) = snapshot else {
-        return Err(refuse(
-            DialStatus::NotReady,
-            "the router has not received policy from the controller yet; try again shortly".into(),
-        ));
-    };
-    match authorize(&snapshot, router, peer, &req.service, unix_now()) {
-        Ok(permit) => {
-            let fluent = match &permit.service.protocol {
-                ServiceProtocol::Tcp => None,
-                ServiceProtocol::FluentForward(settings) => Some(
-                    crate::fluent::Plan::new(
-                        &req.service,
-                        settings,
-                        &peer.name,
-                        &permit.identity.roles,
-                        router,
-                        permit.tags.clone(),
-                    )
-                    .map_err(|e| refuse(DialStatus::NotAuthorized, e.to_string()))?,
-                ),
-            };
-            Ok(Dialed {
-                address: permit.service.address.clone(),
-                fluent,
-            })
-        }
-        Err(d @ Denied::UnknownService(_)) => {
-            Err(refuse(DialStatus::UnknownService, d.to_string()))
-        }
-        Err(d @ Denied::RouterNotAllowed { .. }) => {
-            Err(refuse(DialStatus::WrongRouter, d.to_string()))
-        }
-        Err(d) => Err(refuse(DialStatus::NotAuthorized, d.to_string())),
-    }
-}
-
 /// Writes a dial answer within [`RESPONSE_TIMEOUT`]; resets the stream
 /// if the client gives no credit for it.
 async fn respond(send: &mut SendHalf, resp: &DialResponse) -> bool {
@@ -554,8 +493,8 @@ async fn respond(send: &mut SendHalf, resp: &DialResponse) -> bool {
 }
 
 /// Answers a dial with a refusal, and stops reading the stream.
-async fn refuse(send: &mut SendHalf, recv: &mut RecvHalf, status: DialStatus, message: String) {
-    let _ = respond(send, &DialResponse { status, message }).await;
+async fn refuse(send: &mut SendHalf, recv: &mut RecvHalf, resp: DialResponse) {
+    let _ = respond(send, &resp).await;
     send.finish();
     recv.stop(StreamCode::Refused);
 }
@@ -572,7 +511,7 @@ async fn revoked(
         // while the service was being dialed.
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(s) = snapshot {
-            if let Err(d) = authorize(&s, &router, &peer, &service, unix_now()) {
+            if let Err(d) = check_still_allowed(unix_now(), &router, &peer, &service, &s) {
                 return d.to_string();
             }
         }
@@ -595,19 +534,12 @@ async fn over_cap(
     mut send: SendHalf,
     mut recv: RecvHalf,
 ) {
-    let message = format!(
-        "identity {} has too many streams open at this router ({cap}); close some, or raise --max-streams-per-identity",
-        peer.name
-    );
-    budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused a stream: {message}");
+    let resp = admission::over_cap(&peer, &cap);
+    budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused a stream: {}", resp.message);
     guard
         .metrics
         .dial(UNKNOWN_SERVICE.into(), DialStatus::LimitReached);
     recv.stop(StreamCode::Refused);
-    let resp = DialResponse {
-        status: DialStatus::LimitReached,
-        message,
-    };
     match tokio::time::timeout(
         OVER_CAP_TIMEOUT,
         write_frame(&mut send, &resp, MAX_DIAL_FRAME),
@@ -619,6 +551,8 @@ async fn over_cap(
     }
 }
 
+/// One dial stream, from its request to its access line. The decision is
+/// [`admit_dial`]; the steps here are I/O.
 async fn handle_stream(
     peer: PeerIdentity,
     router: IdentityName,
@@ -629,78 +563,35 @@ async fn handle_stream(
     mut recv: RecvHalf,
 ) {
     let started = tokio::time::Instant::now();
-    let req: DialRequest = match tokio::time::timeout(
-        DIAL_REQUEST_TIMEOUT,
-        read_frame(&mut recv, MAX_DIAL_FRAME),
-    )
-    .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused dial: bad request: {e}");
-            guard
-                .metrics
-                .dial(UNKNOWN_SERVICE.into(), DialStatus::BadRequest);
-            refuse(&mut send, &mut recv, DialStatus::BadRequest, e.to_string()).await;
-            return;
-        }
-        Err(_) => {
-            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "dial request timed out");
-            send.reset(StreamCode::Refused);
-            return;
-        }
+    let Some(req) = read_request(&peer, &guard, &mut send, &mut recv).await else {
+        return;
     };
     let label = RouterMetrics::service_label(&snapshots, &req.service);
     let _slot = slot;
-    if guard.draining.load(Ordering::Acquire) {
-        let message = format!("router {router} is shutting down; dial through another router");
-        guard.metrics.dial(label, DialStatus::Draining);
-        refuse(&mut send, &mut recv, DialStatus::Draining, message).await;
-        return;
-    }
-    let decision = check_policy_age(guard.policy.age(unix_now()), guard.max_policy_age())
-        .map_err(|message| DialResponse {
-            status: DialStatus::NotReady,
-            message,
-        })
-        .and_then(|()| decide(&router, &peer, &snapshots, &req));
-    let Dialed { address, fluent } = match decision {
+    let snapshot = snapshots.borrow().clone();
+    let view = guard.view(&router, &peer, None);
+    let Dialed { address, fluent } = match admit_dial(unix_now(), &view, snapshot.as_deref(), &req)
+    {
         Ok(d) => d,
         Err(resp) => {
-            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            // Every dial of a draining router is refused: not logged.
+            if resp.status != DialStatus::Draining {
+                budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = ?req.service, status = ?resp.status, "refused dial: {}", resp.message);
+            }
             guard.metrics.dial(label, resp.status);
-            refuse(&mut send, &mut recv, resp.status, resp.message).await;
-            return;
+            return refuse(&mut send, &mut recv, resp).await;
         }
     };
-    let tcp =
-        match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
-                return unreachable(&peer, &req, &address, &e.to_string(), send, recv).await;
-            }
-            Err(_) => {
-                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
-                let why = format!("no answer within {} s", SERVICE_CONNECT_TIMEOUT.as_secs());
-                return unreachable(&peer, &req, &address, &why, send, recv).await;
-            }
-        };
-    // If the router dies from here on, the service sees a reset.
-    darkport_transport::splice::abort_on_drop(&tcp);
-    let mut tcp = tcp;
-    let leftover = match &fluent {
-        Some(plan) => match crate::fluent::handshake(&mut tcp, plan, &router).await {
-            Ok(rest) => rest,
+    let (tcp, leftover) =
+        match connect_service(&router, &req.service, &address, fluent.as_ref()).await {
+            Ok(c) => c,
             Err(why) => {
                 guard.metrics.dial(label, DialStatus::ServiceUnreachable);
-                darkport_transport::splice::reset_tcp(tcp);
-                let why = format!("Fluentd handshake failed: {}", why.advice(&req.service));
-                return unreachable(&peer, &req, &address, &why, send, recv).await;
+                let resp = admission::unreachable(&req.service, &address, &why);
+                warn!(%peer, "refused dial: {}", resp.message);
+                return refuse(&mut send, &mut recv, resp).await;
             }
-        },
-        None => Vec::new(),
-    };
+        };
     let ok = DialResponse {
         status: DialStatus::Ok,
         message: String::new(),
@@ -712,61 +603,242 @@ async fn handle_stream(
     }
     debug!(%peer, service = ?req.service, %address, "dial accepted");
     guard.metrics.dial_ok(&label, started.elapsed());
-    let _active = guard.metrics.stream_open();
-    let (to_service, to_client) = guard.metrics.byte_counters(&label);
-    // The splice's local side is the service: what it sends goes to the
-    // client.
-    let meter = darkport_transport::splice::Meter {
-        sent: &move |n| {
-            to_client.inc_by(n);
-        },
-        received: &move |n| {
-            to_service.inc_by(n);
-        },
+    let stream = OpenStream {
+        peer,
+        router,
+        service: req.service,
+        label,
+        started,
+        guard,
     };
-    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
-    let watch_policy = {
-        let (router, peer, service) = (router.clone(), peer.clone(), req.service.clone());
-        async move {
+    stream
+        .splice(tcp, leftover, fluent, snapshots, send, recv)
+        .await;
+}
+
+/// Reads the dial request within [`DIAL_REQUEST_TIMEOUT`]; `None` when
+/// there is none (the stream was answered or reset).
+async fn read_request(
+    peer: &PeerIdentity,
+    guard: &Guard,
+    send: &mut SendHalf,
+    recv: &mut RecvHalf,
+) -> Option<DialRequest> {
+    match tokio::time::timeout(DIAL_REQUEST_TIMEOUT, read_frame(recv, MAX_DIAL_FRAME)).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "refused dial: bad request: {e}");
+            guard
+                .metrics
+                .dial(UNKNOWN_SERVICE.into(), DialStatus::BadRequest);
+            let resp = DialResponse {
+                status: DialStatus::BadRequest,
+                message: e.to_string(),
+            };
+            refuse(send, recv, resp).await;
+            None
+        }
+        Err(_) => {
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, "dial request timed out");
+            send.reset(StreamCode::Refused);
+            None
+        }
+    }
+}
+
+/// Connects to the private service within [`SERVICE_CONNECT_TIMEOUT`],
+/// and does its Fluentd handshake if it has one: the connection and what
+/// the service sent after its handshake, or why it cannot be reached.
+async fn connect_service(
+    router: &IdentityName,
+    service: &str,
+    address: &str,
+    fluent: Option<&crate::fluent::Plan>,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut tcp =
+        match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "no answer within {} s",
+                    SERVICE_CONNECT_TIMEOUT.as_secs()
+                ))
+            }
+        };
+    // If the router dies from here on, the service sees a reset.
+    darkport_transport::splice::abort_on_drop(&tcp);
+    let Some(plan) = fluent else {
+        return Ok((tcp, Vec::new()));
+    };
+    match crate::fluent::handshake(&mut tcp, plan, router).await {
+        Ok(rest) => Ok((tcp, rest)),
+        Err(why) => {
+            darkport_transport::splice::reset_tcp(tcp);
+            Err(format!("Fluentd handshake failed: {}", why.advice(service)))
+        }
+    }
+}
+
+/// An accepted dial, between its service and its client: what its log
+/// lines and metrics are about.
+struct OpenStream {
+    peer: PeerIdentity,
+    router: IdentityName,
+    service: String,
+    /// The service's metric label.
+    label: String,
+    started: tokio::time::Instant,
+    guard: Arc<Guard>,
+}
+
+/// What cuts an open stream: a snapshot that no longer allows it
+/// (`watch` completes), and then why (`reason`).
+struct Cut<F> {
+    watch: F,
+    reason: tokio::sync::oneshot::Receiver<String>,
+}
+
+impl OpenStream {
+    /// Carries the stream's bytes until either side ends it or the policy
+    /// no longer allows it, then writes its access line.
+    async fn splice(
+        self,
+        tcp: TcpStream,
+        leftover: Vec<u8>,
+        fluent: Option<crate::fluent::Plan>,
+        snapshots: SnapshotRx,
+        send: SendHalf,
+        recv: RecvHalf,
+    ) {
+        let _active = self.guard.metrics.stream_open();
+        let (to_service, to_client) = self.guard.metrics.byte_counters(&self.label);
+        // The splice's local side is the service: what it sends goes to the
+        // client.
+        let meter = darkport_transport::splice::Meter {
+            sent: &move |n| {
+                to_client.inc_by(n);
+            },
+            received: &move |n| {
+                to_service.inc_by(n);
+            },
+        };
+        let (cut_tx, reason) = tokio::sync::oneshot::channel();
+        let (router, peer) = (self.router.clone(), self.peer.clone());
+        let service = self.service.clone();
+        let watch = async move {
             let reason = revoked(router, peer, service, snapshots).await;
             let _ = cut_tx.send(reason);
+        };
+        let cut = Cut { watch, reason };
+        match fluent {
+            None => self.splice_tcp(tcp, send, recv, cut, &meter).await,
+            Some(plan) => {
+                let fluent = (plan, leftover);
+                self.splice_fluent(tcp, fluent, send, recv, cut, &meter)
+                    .await
+            }
         }
-    };
-    if let Some(why) = fluent
-        .as_ref()
-        .and_then(|p| p.unsubstituted_warning(&peer.name))
-    {
-        budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = %req.service, "{why}");
     }
-    let Some(plan) = fluent else {
-        let stats = splice_tcp_metered(tcp, send, recv, watch_policy, &meter).await;
+
+    async fn splice_tcp(
+        &self,
+        tcp: TcpStream,
+        send: SendHalf,
+        recv: RecvHalf,
+        cut: Cut<impl Future<Output = ()>>,
+        meter: &Meter<'_>,
+    ) {
+        let stats = splice_tcp_metered(tcp, send, recv, cut.watch, meter).await;
         let (ended, reason) = match stats.ending {
             Ending::Clean => ("clean", String::new()),
             Ending::LocalReset => ("service_reset", String::new()),
             Ending::RemoteReset => ("client_reset", String::new()),
-            Ending::Cancelled => ("cut", cut_rx.await.unwrap_or_default()),
+            Ending::Cancelled => ("cut", cut.reason.await.unwrap_or_default()),
         };
         // The access line: one per stream that reached its service.
         info!(
-            identity = %peer.name,
-            service = %req.service,
-            %router,
+            identity = %self.peer.name,
+            service = %self.service,
+            router = %self.router,
             bytes_to_service = stats.received,
             bytes_to_client = stats.sent,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = self.started.elapsed().as_millis() as u64,
             ended,
             reason,
             "stream"
         );
-        return;
-    };
-    let on_denial = |d: &darkport_fluent::Denial| {
-        guard.metrics.fluent_denied(&label, d.records, d.reason);
+    }
+
+    /// A fluent-forward stream: the app's handshake, then messages through
+    /// the filter that stamps and checks them.
+    async fn splice_fluent(
+        &self,
+        tcp: TcpStream,
+        (plan, from_service): (crate::fluent::Plan, Vec<u8>),
+        mut send: SendHalf,
+        mut recv: RecvHalf,
+        cut: Cut<impl Future<Output = ()>>,
+        meter: &Meter<'_>,
+    ) {
+        let (guard, peer, label) = (&self.guard, &self.peer, &self.label);
+        if let Some(why) = plan.unsubstituted_warning(&peer.name) {
+            budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = %self.service, "{why}");
+        }
+        let from_client =
+            match crate::fluent::app_handshake(&mut send, &mut recv, &plan, &self.router).await {
+                Ok(first) => first,
+                Err(why) => return self.reject_app(&why, tcp, send, recv).await,
+            };
+        let on_denial = |d: &darkport_fluent::Denial| self.on_denial(d);
+        let on_forward = |records, overwritten| self.on_forward(records, overwritten);
+        let hooks = crate::fluent::Hooks {
+            on_denial: &on_denial,
+            on_forward: &on_forward,
+        };
+        let leftovers = crate::fluent::Leftovers {
+            from_service,
+            from_client,
+        };
+        let stats =
+            crate::fluent::splice(tcp, send, recv, leftovers, plan, cut.watch, meter, &hooks).await;
+        if let FluentEnding::Rejected(crate::fluent::Rejection::Invalid(e)) = &stats.ending {
+            guard.metrics.fluent_refused_stream(label, e.as_str());
+        }
+        let (ended, reason) = match stats.ending {
+            FluentEnding::Clean => ("clean", String::new()),
+            FluentEnding::ServiceReset => ("service_reset", String::new()),
+            FluentEnding::ClientReset => ("client_reset", String::new()),
+            FluentEnding::Cut => ("cut", cut.reason.await.unwrap_or_default()),
+            FluentEnding::Rejected(why) => ("rejected", why.to_string()),
+        };
+        info!(
+            identity = %peer.name,
+            service = %self.service,
+            router = %self.router,
+            bytes_to_service = stats.from_client,
+            bytes_to_client = stats.to_client,
+            records = stats.counts.records,
+            denied_records = stats.counts.denied_records,
+            overwritten_keys = stats.counts.overwritten,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            ended,
+            reason,
+            "stream"
+        );
+    }
+
+    /// A Fluentd message the filter dropped (a tag no policy allows).
+    fn on_denial(&self, d: &darkport_fluent::Denial) {
+        let (guard, peer) = (&self.guard, &self.peer);
+        guard
+            .metrics
+            .fluent_denied(&self.label, d.records, d.reason);
         budgeted_info_for!(
             guard.refusals,
             peer.name.as_str(),
             %peer,
-            service = %req.service,
+            service = %self.service,
             tag = ?d.tag,
             records = d.records,
             acked = d.chunked,
@@ -776,123 +848,58 @@ async fn handle_stream(
             d.tag,
             d.reason
         );
-    };
-    let on_forward = |records, overwritten| {
-        guard.metrics.fluent_records(&label, records, overwritten);
+    }
+
+    /// Records forwarded, `overwritten` of their stamp keys replaced.
+    fn on_forward(&self, records: u64, overwritten: u64) {
+        let (guard, peer) = (&self.guard, &self.peer);
+        guard
+            .metrics
+            .fluent_records(&self.label, records, overwritten);
         if overwritten > 0 {
             // As it happens, not at the end of a stream that may last days.
             budgeted_info_for!(
                 guard.refusals,
                 peer.name.as_str(),
                 %peer,
-                service = %req.service,
+                service = %self.service,
                 keys = overwritten,
                 "records carried their own stamp keys (a forged sender?); overwritten with the verified identity"
             );
         }
-    };
-    let hooks = crate::fluent::Hooks {
-        on_denial: &on_denial,
-        on_forward: &on_forward,
-    };
-    let leftovers = crate::fluent::Leftovers {
-        from_service: leftover,
-        from_client: match crate::fluent::app_handshake(&mut send, &mut recv, &plan, &router).await
-        {
-            Ok(first) => first,
-            Err(why) => {
-                guard.metrics.fluent_app_handshake_failed(&label);
-                darkport_transport::splice::reset_tcp(tcp);
-                // The PONG that says why goes out before the end: a FIN,
-                // not a reset, which would drop it.
-                send.finish();
-                recv.stop(StreamCode::Rejected);
-                let _ = tokio::time::timeout(RESPONSE_TIMEOUT, send.stopped()).await;
-                budgeted_info_for!(guard.refusals, peer.name.as_str(), %peer, service = %req.service, "refused an app: its <security> handshake failed: {why}");
-                info!(
-                    identity = %peer.name,
-                    service = %req.service,
-                    %router,
-                    ended = "rejected",
-                    reason = %why,
-                    "stream"
-                );
-                return;
-            }
-        },
-    };
-    let stats = crate::fluent::splice(
-        tcp,
-        send,
-        recv,
-        leftovers,
-        plan,
-        watch_policy,
-        &meter,
-        &hooks,
-    )
-    .await;
-    use crate::fluent::FluentEnding;
-    if let FluentEnding::Rejected(crate::fluent::Rejection::Invalid(e)) = &stats.ending {
-        guard.metrics.fluent_refused_stream(&label, e.as_str());
     }
-    let (ended, reason) = match stats.ending {
-        FluentEnding::Clean => ("clean", String::new()),
-        FluentEnding::ServiceReset => ("service_reset", String::new()),
-        FluentEnding::ClientReset => ("client_reset", String::new()),
-        FluentEnding::Cut => ("cut", cut_rx.await.unwrap_or_default()),
-        FluentEnding::Rejected(why) => ("rejected", why.to_string()),
-    };
-    info!(
-        identity = %peer.name,
-        service = %req.service,
-        %router,
-        bytes_to_service = stats.from_client,
-        bytes_to_client = stats.to_client,
-        records = stats.counts.records,
-        denied_records = stats.counts.denied_records,
-        overwritten_keys = stats.counts.overwritten,
-        duration_ms = started.elapsed().as_millis() as u64,
-        ended,
-        reason,
-        "stream"
-    );
-}
 
-async fn unreachable(
-    peer: &PeerIdentity,
-    req: &DialRequest,
-    address: &str,
-    why: &str,
-    mut send: SendHalf,
-    mut recv: RecvHalf,
-) {
-    let message = format!("cannot reach service {} at {address}: {why}", req.service);
-    warn!(%peer, "refused dial: {message}");
-    refuse(
-        &mut send,
-        &mut recv,
-        DialStatus::ServiceUnreachable,
-        message,
-    )
-    .await;
+    /// Ends a fluent-forward stream whose app failed its `<security>`
+    /// handshake: the PONG that says why goes out before the end.
+    async fn reject_app(
+        &self,
+        why: &crate::fluent::HandshakeFailure,
+        tcp: TcpStream,
+        mut send: SendHalf,
+        mut recv: RecvHalf,
+    ) {
+        let peer = &self.peer;
+        self.guard.metrics.fluent_app_handshake_failed(&self.label);
+        darkport_transport::splice::reset_tcp(tcp);
+        // A FIN, not a reset, which would drop the PONG.
+        send.finish();
+        recv.stop(StreamCode::Rejected);
+        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, send.stopped()).await;
+        budgeted_info_for!(self.guard.refusals, peer.name.as_str(), %peer, service = %self.service, "refused an app: its <security> handshake failed: {why}");
+        info!(
+            identity = %peer.name,
+            service = %self.service,
+            router = %self.router,
+            ended = "rejected",
+            reason = %why,
+            "stream"
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policy_age_limit() {
-        let hour = Duration::from_secs(3600);
-        assert!(check_policy_age(Duration::ZERO, Some(hour)).is_ok());
-        assert!(check_policy_age(hour, Some(hour)).is_ok());
-        let e = check_policy_age(hour + Duration::from_secs(1), Some(hour))
-            .expect_err("older than the limit");
-        assert!(e.contains("3601 s"), "{e}");
-        assert!(e.contains("--max-policy-age"), "{e}");
-        assert!(check_policy_age(Duration::from_secs(u64::MAX), None).is_ok());
-    }
 
     #[test]
     fn policy_clock_counts_only_while_cut_off() {

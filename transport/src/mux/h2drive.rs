@@ -18,7 +18,7 @@ use darkport_proto::msg::CloseNotice;
 use super::conn::Shared;
 use super::gate::Counted;
 use super::halves::{RecvHalf, RecvState, SendHalf};
-use super::pulse::Pulse;
+use super::pulse::Keepalive;
 use super::remote::{h2_reason, Lost, RemoteEnd};
 use crate::endpoint::KEEP_ALIVE;
 
@@ -55,7 +55,7 @@ pub(super) async fn drive_client(
     shared: Arc<Shared>,
     mut close: watch::Receiver<Option<(CloseCode, String)>>,
 ) {
-    let mut pulse = Pulse::new(connection.ping_pong());
+    let mut pulse = Keepalive::new(connection.ping_pong());
     let mut tick = tokio::time::interval(KEEP_ALIVE);
     tokio::pin!(connection);
     let end = loop {
@@ -118,7 +118,7 @@ pub(super) async fn drive_server(
     mut close: watch::Receiver<Option<(CloseCode, String)>>,
 ) {
     let mut refused: u32 = 0;
-    let mut pulse = Pulse::new(connection.ping_pong());
+    let mut pulse = Keepalive::new(connection.ping_pong());
     let mut tick = tokio::time::interval(KEEP_ALIVE);
     // The client's first stream: where the close notice goes.
     let mut notice: Option<(SendHalf, RecvHalf)> = None;
