@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{changes, entry, n, rich_state};
-use darkport_controller::postgres::{redact, PgBackend};
+use darkport_controller::store::postgres::{redact, PgBackend};
 use darkport_controller::store::{
     Backend, MemoryBackend, RouterRecord, State, Store, StoreError, TokenRecord,
 };

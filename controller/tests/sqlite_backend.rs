@@ -6,7 +6,7 @@
 mod common;
 
 use common::{changes, rich_state};
-use darkport_controller::sqlite::SqliteBackend;
+use darkport_controller::store::sqlite::SqliteBackend;
 use darkport_controller::store::{Backend, MemoryBackend, State};
 
 /// Every row of every table, one line each, in key order, with the SQLite

@@ -18,10 +18,11 @@ use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
 use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
-use crate::store::{
-    certificates, sync, Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State,
-    StoreError, TokenRecord,
+use super::model::{
+    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
+    TokenRecord,
 };
+use super::rows::{certificates, sync};
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
