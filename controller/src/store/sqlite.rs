@@ -14,15 +14,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
-use super::model::{
-    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
-    TokenRecord,
-};
-use super::rows::{certificates, sync};
+use super::model::{Backend, State, StoreError};
+use super::rows::{self, placeholders, Change, SqlValue, StoredRow, TABLES};
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -139,60 +134,72 @@ impl SqliteBackend {
     }
 }
 
-fn name(path: &Path, s: String) -> Result<IdentityName, StoreError> {
-    IdentityName::new(s).map_err(|e| corrupt(path, e.to_string()))
-}
-
-fn json<T: serde::de::DeserializeOwned>(path: &Path, s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| corrupt(path, e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| corrupt(path, e.to_string()))
-}
-
-/// Rows of a query returning three text columns.
-fn text_rows3(
-    c: &Connection,
-    path: &Path,
-    sql: &str,
-) -> Result<Vec<(String, String, String)>, StoreError> {
-    let err = db_err(path);
-    let mut q = c.prepare(sql).map_err(&err)?;
-    let rows = q
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(&err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(&err)
-}
-
-/// `name, advertise, last_seen` rows of the routers or controllers table.
-fn address_rows(
-    c: &Connection,
-    path: &Path,
-    table: &str,
-) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let err = db_err(path);
-    let mut q = c
-        .prepare(&format!("SELECT name, advertise, last_seen FROM {table}"))
-        .map_err(&err)?;
-    let rows = q
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(&err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(&err)
-}
-
+/// Unix seconds (or a count) as read: a negative value, which this
+/// controller never writes, reads as 0.
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
 
+/// Unix seconds (or a count) as the meta table stores it.
 fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// A row of a query, for [`rows`].
+struct SqliteRow<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    path: &'a Path,
+}
+
+impl StoredRow for SqliteRow<'_, '_> {
+    fn text(&self, col: usize) -> Result<String, StoreError> {
+        self.row.get(col).map_err(db_err(self.path))
+    }
+
+    fn u64(&self, col: usize) -> Result<u64, StoreError> {
+        self.row.get(col).map(u).map_err(db_err(self.path))
+    }
+
+    fn opt_u64(&self, col: usize) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> = self.row.get(col).map_err(db_err(self.path))?;
+        Ok(v.map(u))
+    }
+
+    fn corrupt(&self, _col: Option<usize>, reason: String) -> StoreError {
+        corrupt(self.path, reason)
+    }
+}
+
+/// A parameter as rusqlite binds it.
+fn param(v: &SqlValue) -> &dyn rusqlite::ToSql {
+    match v {
+        SqlValue::Text(s) => s,
+        SqlValue::Int(i) => i,
+    }
+}
+
+/// SQLite's statement for a change.
+fn statement(change: &Change) -> String {
+    match change {
+        Change::Delete(t, _) => format!("DELETE FROM {} WHERE {} = ?1", t.name, t.key()),
+        Change::Upsert(t, row) => format!(
+            "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+            t.name,
+            t.columns.join(", "),
+            placeholders('?', row.len())
+        ),
+        Change::Insert(t, row) => format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            t.name,
+            t.columns.join(", "),
+            placeholders('?', row.len())
+        ),
+    }
+}
+
 impl Backend for SqliteBackend {
     fn load(&mut self) -> Result<State, StoreError> {
-        let p = self.path.clone();
-        let p = p.as_path();
+        let p = self.path.as_path();
         let err = db_err(p);
         let c = &self.conn;
         let meta = |key: &str| -> Result<u64, StoreError> {
@@ -207,344 +214,38 @@ impl Backend for SqliteBackend {
             generation: meta("generation")?,
             ..State::default()
         };
-        let mut q = c
-            .prepare("SELECT name, kind, roles, created_at, revoked_at, last_seen FROM identities")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (n, kind, roles, created, revoked, seen) = row.map_err(&err)?;
-            let n = name(p, n)?;
-            let kind =
-                Kind::parse(&kind).ok_or_else(|| corrupt(p, format!("unknown kind {kind:?}")))?;
-            state.identities.insert(
-                n.clone(),
-                IdentityRecord {
-                    name: n,
-                    kind,
-                    roles: json(p, &roles)?,
-                    certificates: vec![],
-                    created_at: u(created),
-                    revoked_at: revoked.map(u),
-                    last_seen: seen.map(u),
-                },
-            );
-        }
-        let mut q = c
-            .prepare("SELECT fingerprint, identity, issued_at, expires_at FROM certificates ORDER BY identity, seq")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (fingerprint, identity, issued, expires) = row.map_err(&err)?;
-            let identity = name(p, identity)?;
-            let rec = state
-                .identities
-                .get_mut(&identity)
-                .ok_or_else(|| corrupt(p, format!("certificate of unknown identity {identity}")))?;
-            rec.certificates.push(CertRecord {
-                fingerprint,
-                issued_at: u(issued),
-                expires_at: u(expires),
-            });
-        }
-        for (n, address, roles) in text_rows3(c, p, "SELECT name, address, roles FROM services")? {
-            let n = name(p, n)?;
-            state.services.insert(
-                n.clone(),
-                ServiceEntry {
-                    name: n,
-                    address,
-                    roles: json(p, &roles)?,
-                    protocol: Default::default(),
-                },
-            );
-        }
-        for (n, protocol, _) in text_rows3(c, p, "SELECT name, protocol, '' FROM services")? {
-            if let Some(s) = state.services.get_mut(&name(p, n)?) {
-                s.protocol = json(p, &protocol)?;
+        for table in TABLES {
+            let mut q = c.prepare(&table.select()).map_err(&err)?;
+            let mut rows = q.query([]).map_err(&err)?;
+            while let Some(row) = rows.next().map_err(&err)? {
+                table.load(&mut state, &SqliteRow { row, path: p })?;
             }
-        }
-        for (n, services, identities) in text_rows3(
-            c,
-            p,
-            "SELECT name, services, identities FROM service_policies",
-        )? {
-            let n = name(p, n)?;
-            state.policies.insert(
-                n.clone(),
-                PolicyEntry {
-                    name: n,
-                    services: json(p, &services)?,
-                    identities: json(p, &identities)?,
-                    tags: vec![],
-                },
-            );
-        }
-        for (n, tags, _) in text_rows3(c, p, "SELECT name, tags, '' FROM service_policies")? {
-            if let Some(e) = state.policies.get_mut(&name(p, n)?) {
-                e.tags = json(p, &tags)?;
-            }
-        }
-        for (n, routers, services) in
-            text_rows3(c, p, "SELECT name, routers, services FROM router_policies")?
-        {
-            let n = name(p, n)?;
-            state.router_policies.insert(
-                n.clone(),
-                RouterPolicyEntry {
-                    name: n,
-                    routers: json(p, &routers)?,
-                    services: json(p, &services)?,
-                },
-            );
-        }
-        let mut q = c
-            .prepare("SELECT id, identity, expires_at, consumed_at FROM tokens")
-            .map_err(&err)?;
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            })
-            .map_err(&err)?;
-        for row in rows {
-            let (id, identity, expires, consumed) = row.map_err(&err)?;
-            state.tokens.insert(
-                id,
-                TokenRecord {
-                    identity: name(p, identity)?,
-                    expires_at: u(expires),
-                    consumed_at: consumed.map(u),
-                },
-            );
-        }
-        for (n, advertise, seen) in address_rows(c, p, "routers")? {
-            state.routers.insert(
-                name(p, n)?,
-                RouterRecord {
-                    advertise,
-                    last_seen: u(seen),
-                },
-            );
-        }
-        for (n, advertise, seen) in address_rows(c, p, "controllers")? {
-            state.controllers.insert(
-                name(p, n)?,
-                ControllerRecord {
-                    advertise,
-                    last_seen: u(seen),
-                },
-            );
         }
         Ok(state)
     }
 
     fn commit(&mut self, old: &State, new: &State, audit: &[AuditEntry]) -> Result<(), StoreError> {
-        let p = self.path.clone();
-        let p = p.as_path();
+        let p = self.path.as_path();
         let err = db_err(p);
+        let changes = rows::changes(old, new, audit).map_err(|e| corrupt(p, e.to_string()))?;
         let tx = self.conn.transaction().map_err(&err)?;
-        if old.version != new.version {
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'snapshot_version'",
-                params![i(new.version)],
-            )
-            .map_err(&err)?;
+        for (key, old, new) in [
+            ("snapshot_version", old.version, new.version),
+            ("generation", old.generation, new.generation),
+        ] {
+            if old != new {
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = ?2",
+                    params![i(new), key],
+                )
+                .map_err(&err)?;
+            }
         }
-        if old.generation != new.generation {
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'generation'",
-                params![i(new.generation)],
-            )
-            .map_err(&err)?;
-        }
-        sync(
-            &old.identities,
-            &new.identities,
-            |k| {
-                tx.execute(
-                    "DELETE FROM identities WHERE name = ?1",
-                    params![k.as_str()],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO identities (name, kind, roles, created_at, revoked_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        k.as_str(),
-                        v.kind.as_str(),
-                        to_json(p, &v.roles)?,
-                        i(v.created_at),
-                        v.revoked_at.map(i),
-                        v.last_seen.map(i)
-                    ],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &certificates(old),
-            &certificates(new),
-            |k| {
-                tx.execute(
-                    "DELETE FROM certificates WHERE fingerprint = ?1",
-                    params![k],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-            |k, (identity, seq, c)| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO certificates (fingerprint, identity, seq, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![k, identity.as_str(), *seq as i64, i(c.issued_at), i(c.expires_at)],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.services,
-            &new.services,
-            |k| {
-                tx.execute("DELETE FROM services WHERE name = ?1", params![k.as_str()])
-                    .map(drop)
-                    .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO services (name, address, roles, protocol) VALUES (?1, ?2, ?3, ?4)",
-                    params![k.as_str(), v.address, to_json(p, &v.roles)?, to_json(p, &v.protocol)?],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.policies,
-            &new.policies,
-            |k| {
-                tx.execute(
-                    "DELETE FROM service_policies WHERE name = ?1",
-                    params![k.as_str()],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO service_policies (name, services, identities, tags) VALUES (?1, ?2, ?3, ?4)",
-                    params![k.as_str(), to_json(p, &v.services)?, to_json(p, &v.identities)?, to_json(p, &v.tags)?],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.router_policies,
-            &new.router_policies,
-            |k| {
-                tx.execute(
-                    "DELETE FROM router_policies WHERE name = ?1",
-                    params![k.as_str()],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO router_policies (name, routers, services) VALUES (?1, ?2, ?3)",
-                    params![k.as_str(), to_json(p, &v.routers)?, to_json(p, &v.services)?],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.tokens,
-            &new.tokens,
-            |k| {
-                tx.execute("DELETE FROM tokens WHERE id = ?1", params![k])
-                    .map(drop)
-                    .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO tokens (id, identity, expires_at, consumed_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![k, v.identity.as_str(), i(v.expires_at), v.consumed_at.map(i)],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.routers,
-            &new.routers,
-            |k| {
-                tx.execute("DELETE FROM routers WHERE name = ?1", params![k.as_str()])
-                    .map(drop)
-                    .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO routers (name, advertise, last_seen) VALUES (?1, ?2, ?3)",
-                    params![k.as_str(), v.advertise, i(v.last_seen)],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        sync(
-            &old.controllers,
-            &new.controllers,
-            |k| {
-                tx.execute(
-                    "DELETE FROM controllers WHERE name = ?1",
-                    params![k.as_str()],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-            |k, v| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO controllers (name, advertise, last_seen) VALUES (?1, ?2, ?3)",
-                    params![k.as_str(), v.advertise, i(v.last_seen)],
-                )
-                .map(drop)
-                .map_err(&err)
-            },
-        )?;
-        for a in audit {
-            tx.execute(
-                "INSERT INTO audit (at, actor, action) VALUES (?1, ?2, ?3)",
-                params![i(a.at), a.actor, a.action],
-            )
-            .map_err(&err)?;
+        for change in &changes {
+            let values = change.values().iter().map(param);
+            tx.prepare_cached(&statement(change))
+                .and_then(|mut q| q.execute(rusqlite::params_from_iter(values)))
+                .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
@@ -554,20 +255,17 @@ impl Backend for SqliteBackend {
     }
 
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let err = db_err(&self.path);
+        let p = self.path.as_path();
+        let err = db_err(p);
         let mut q = self
             .conn
             .prepare("SELECT at, actor, action FROM (SELECT id, at, actor, action FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")
             .map_err(&err)?;
-        let rows = q
-            .query_map(params![limit], |r| {
-                Ok(AuditEntry {
-                    at: u(r.get(0)?),
-                    actor: r.get(1)?,
-                    action: r.get(2)?,
-                })
-            })
-            .map_err(&err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+        let mut rows = q.query(params![limit]).map_err(&err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(&err)? {
+            out.push(rows::audit_entry(&SqliteRow { row, path: p })?);
+        }
+        Ok(out)
     }
 }
