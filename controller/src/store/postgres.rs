@@ -71,15 +71,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, IsolationLevel, Row};
 
-use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
 
-use super::model::{
-    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
-    TokenRecord,
-};
-use super::rows::{certificates, sync};
+use super::model::{Backend, State, StoreError};
+use super::rows::{self, Change, SqlValue, StoredRow, TABLES};
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[r#"
@@ -254,19 +249,7 @@ struct CommitJob {
     seen: u64,
     generation: u64,
     version: u64,
-    writes: Vec<Write>,
-}
-
-/// One statement of a commit.
-struct Write {
-    sql: &'static str,
-    params: Vec<Box<dyn ToSql + Send + Sync>>,
-}
-
-impl Write {
-    fn new(sql: &'static str, params: Vec<Box<dyn ToSql + Send + Sync>>) -> Write {
-        Write { sql, params }
-    }
+    changes: Vec<Change>,
 }
 
 fn path_buf(path: &str) -> PathBuf {
@@ -382,236 +365,60 @@ fn get_opt_u64(path: &str, row: &Row, i: usize) -> Result<Option<u64>, StoreErro
     .transpose()
 }
 
-fn get_name(path: &str, row: &Row, i: usize) -> Result<IdentityName, StoreError> {
-    let s: String = get(path, row, i)?;
-    IdentityName::new(s).map_err(|e| corrupt(path, e.to_string()))
+/// A row of a query, for [`rows`].
+struct PgRow<'a> {
+    row: &'a Row,
+    path: &'a str,
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(
-    path: &str,
-    row: &Row,
-    i: usize,
-) -> Result<T, StoreError> {
-    let s: String = get(path, row, i)?;
-    serde_json::from_str(&s).map_err(|e| corrupt(path, format!("column {i}: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(path: &str, v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| corrupt(path, e.to_string()))
-}
-
-fn text(s: &str) -> Box<dyn ToSql + Send + Sync> {
-    Box::new(s.to_string())
-}
-
-fn big(v: u64) -> Box<dyn ToSql + Send + Sync> {
-    Box::new(int(v))
-}
-
-fn opt_big(v: Option<u64>) -> Box<dyn ToSql + Send + Sync> {
-    Box::new(v.map(int))
-}
-
-/// The statements turning `old` into `new`, then the audit rows.
-fn writes(
-    path: &str,
-    old: &State,
-    new: &State,
-    audit: &[AuditEntry],
-) -> Result<Vec<Write>, StoreError> {
-    // Deletes of every table first, then upserts: a certificate that
-    // moved is deleted and inserted again, never the other way round.
-    let mut dels: Vec<(&'static str, String)> = Vec::new();
-    let mut ups: Vec<Write> = Vec::new();
-    sync(
-        &old.identities,
-        &new.identities,
-        |k| {
-            dels.push(("DELETE FROM identities WHERE name = $1", k.as_str().into()));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO identities (name, kind, roles, created_at, revoked_at, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET \
-                 kind = EXCLUDED.kind, roles = EXCLUDED.roles, created_at = EXCLUDED.created_at, \
-                 revoked_at = EXCLUDED.revoked_at, last_seen = EXCLUDED.last_seen",
-                vec![
-                    text(k.as_str()),
-                    text(v.kind.as_str()),
-                    Box::new(to_json(path, &v.roles)?),
-                    big(v.created_at),
-                    opt_big(v.revoked_at),
-                    opt_big(v.last_seen),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &certificates(old),
-        &certificates(new),
-        |k| {
-            dels.push(("DELETE FROM certificates WHERE fingerprint = $1", k.clone()));
-            Ok(())
-        },
-        |k, (identity, seq, c)| {
-            ups.push(Write::new(
-                "INSERT INTO certificates (fingerprint, identity, seq, issued_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO UPDATE SET \
-                 identity = EXCLUDED.identity, seq = EXCLUDED.seq, \
-                 issued_at = EXCLUDED.issued_at, expires_at = EXCLUDED.expires_at",
-                vec![
-                    text(k),
-                    text(identity.as_str()),
-                    big(*seq as u64),
-                    big(c.issued_at),
-                    big(c.expires_at),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.services,
-        &new.services,
-        |k| {
-            dels.push(("DELETE FROM services WHERE name = $1", k.as_str().into()));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO services (name, address, roles, protocol) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
-                 roles = EXCLUDED.roles, protocol = EXCLUDED.protocol",
-                vec![
-                    text(k.as_str()),
-                    text(&v.address),
-                    Box::new(to_json(path, &v.roles)?),
-                    Box::new(to_json(path, &v.protocol)?),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.policies,
-        &new.policies,
-        |k| {
-            dels.push((
-                "DELETE FROM service_policies WHERE name = $1",
-                k.as_str().into(),
-            ));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO service_policies (name, services, identities, tags) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
-                 services = EXCLUDED.services, identities = EXCLUDED.identities, \
-                 tags = EXCLUDED.tags",
-                vec![
-                    text(k.as_str()),
-                    Box::new(to_json(path, &v.services)?),
-                    Box::new(to_json(path, &v.identities)?),
-                    Box::new(to_json(path, &v.tags)?),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.router_policies,
-        &new.router_policies,
-        |k| {
-            dels.push((
-                "DELETE FROM router_policies WHERE name = $1",
-                k.as_str().into(),
-            ));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO router_policies (name, routers, services) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET routers = EXCLUDED.routers, \
-                 services = EXCLUDED.services",
-                vec![
-                    text(k.as_str()),
-                    Box::new(to_json(path, &v.routers)?),
-                    Box::new(to_json(path, &v.services)?),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.tokens,
-        &new.tokens,
-        |k| {
-            dels.push(("DELETE FROM tokens WHERE id = $1", k.clone()));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO tokens (id, identity, expires_at, consumed_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (id) DO UPDATE SET identity = EXCLUDED.identity, \
-                 expires_at = EXCLUDED.expires_at, consumed_at = EXCLUDED.consumed_at",
-                vec![
-                    text(k),
-                    text(v.identity.as_str()),
-                    big(v.expires_at),
-                    opt_big(v.consumed_at),
-                ],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.routers,
-        &new.routers,
-        |k| {
-            dels.push(("DELETE FROM routers WHERE name = $1", k.as_str().into()));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO routers (name, advertise, last_seen) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET advertise = EXCLUDED.advertise, \
-                 last_seen = EXCLUDED.last_seen",
-                vec![text(k.as_str()), text(&v.advertise), big(v.last_seen)],
-            ));
-            Ok(())
-        },
-    )?;
-    sync(
-        &old.controllers,
-        &new.controllers,
-        |k| {
-            dels.push(("DELETE FROM controllers WHERE name = $1", k.as_str().into()));
-            Ok(())
-        },
-        |k, v| {
-            ups.push(Write::new(
-                "INSERT INTO controllers (name, advertise, last_seen) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET advertise = EXCLUDED.advertise, \
-                 last_seen = EXCLUDED.last_seen",
-                vec![text(k.as_str()), text(&v.advertise), big(v.last_seen)],
-            ));
-            Ok(())
-        },
-    )?;
-    let mut w: Vec<Write> = dels
-        .into_iter()
-        .map(|(sql, key)| Write::new(sql, vec![text(&key)]))
-        .collect();
-    w.extend(ups);
-    for a in audit {
-        w.push(Write::new(
-            "INSERT INTO audit (at, actor, action) VALUES ($1, $2, $3)",
-            vec![big(a.at), text(&a.actor), text(&a.action)],
-        ));
+impl StoredRow for PgRow<'_> {
+    fn text(&self, col: usize) -> Result<String, StoreError> {
+        get(self.path, self.row, col)
     }
-    Ok(w)
+
+    fn u64(&self, col: usize) -> Result<u64, StoreError> {
+        get_u64(self.path, self.row, col)
+    }
+
+    fn opt_u64(&self, col: usize) -> Result<Option<u64>, StoreError> {
+        get_opt_u64(self.path, self.row, col)
+    }
+
+    fn corrupt(&self, col: Option<usize>, reason: String) -> StoreError {
+        match col {
+            Some(i) => corrupt(self.path, format!("column {i}: {reason}")),
+            None => corrupt(self.path, reason),
+        }
+    }
+}
+
+/// A parameter as tokio-postgres binds it.
+fn param(v: &SqlValue) -> &(dyn ToSql + Sync) {
+    match v {
+        SqlValue::Text(s) => s,
+        SqlValue::Int(i) => i,
+    }
+}
+
+/// PostgreSQL's statement for a change: an upsert replaces every column
+/// but the key.
+fn statement(change: &Change) -> String {
+    match change {
+        Change::Delete(t, _) => t.delete('$'),
+        Change::Upsert(t, _) => {
+            let set: Vec<String> = t.columns[1..]
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            format!(
+                "{} ON CONFLICT ({}) DO UPDATE SET {}",
+                t.insert("INSERT", '$'),
+                t.key(),
+                set.join(", ")
+            )
+        }
+        Change::Insert(t, _) => t.insert("INSERT", '$'),
+    }
 }
 
 impl PgBackend {
@@ -712,7 +519,8 @@ impl Backend for PgBackend {
             seen: old.generation,
             generation: new.generation,
             version: new.version,
-            writes: writes(&self.path, old, new, audit)?,
+            changes: rows::changes(old, new, audit)
+                .map_err(|e| corrupt(&self.path, e.to_string()))?,
         };
         self.call(|reply| Job::Commit(Box::new(job), reply))
     }
@@ -964,143 +772,10 @@ async fn load(pool: &Pool, path: &str) -> Result<State, StoreError> {
             _ => {}
         }
     }
-    for row in tx
-        .query(
-            "SELECT name, kind, roles, created_at, revoked_at, last_seen FROM identities",
-            &[],
-        )
-        .await
-        .map_err(err)?
-    {
-        let n = get_name(path, &row, 0)?;
-        let kind: String = get(path, &row, 1)?;
-        let kind =
-            Kind::parse(&kind).ok_or_else(|| corrupt(path, format!("unknown kind {kind:?}")))?;
-        state.identities.insert(
-            n.clone(),
-            IdentityRecord {
-                name: n,
-                kind,
-                roles: get_json(path, &row, 2)?,
-                certificates: vec![],
-                created_at: get_u64(path, &row, 3)?,
-                revoked_at: get_opt_u64(path, &row, 4)?,
-                last_seen: get_opt_u64(path, &row, 5)?,
-            },
-        );
-    }
-    for row in tx
-        .query(
-            "SELECT fingerprint, identity, issued_at, expires_at FROM certificates \
-             ORDER BY identity, seq",
-            &[],
-        )
-        .await
-        .map_err(err)?
-    {
-        let identity = get_name(path, &row, 1)?;
-        let rec = state
-            .identities
-            .get_mut(&identity)
-            .ok_or_else(|| corrupt(path, format!("certificate of unknown identity {identity}")))?;
-        rec.certificates.push(CertRecord {
-            fingerprint: get(path, &row, 0)?,
-            issued_at: get_u64(path, &row, 2)?,
-            expires_at: get_u64(path, &row, 3)?,
-        });
-    }
-    for row in tx
-        .query("SELECT name, address, roles, protocol FROM services", &[])
-        .await
-        .map_err(err)?
-    {
-        let n = get_name(path, &row, 0)?;
-        state.services.insert(
-            n.clone(),
-            ServiceEntry {
-                name: n,
-                address: get(path, &row, 1)?,
-                roles: get_json(path, &row, 2)?,
-                protocol: get_json(path, &row, 3)?,
-            },
-        );
-    }
-    for row in tx
-        .query(
-            "SELECT name, services, identities, tags FROM service_policies",
-            &[],
-        )
-        .await
-        .map_err(err)?
-    {
-        let n = get_name(path, &row, 0)?;
-        state.policies.insert(
-            n.clone(),
-            PolicyEntry {
-                name: n,
-                services: get_json(path, &row, 1)?,
-                identities: get_json(path, &row, 2)?,
-                tags: get_json(path, &row, 3)?,
-            },
-        );
-    }
-    for row in tx
-        .query("SELECT name, routers, services FROM router_policies", &[])
-        .await
-        .map_err(err)?
-    {
-        let n = get_name(path, &row, 0)?;
-        state.router_policies.insert(
-            n.clone(),
-            RouterPolicyEntry {
-                name: n,
-                routers: get_json(path, &row, 1)?,
-                services: get_json(path, &row, 2)?,
-            },
-        );
-    }
-    for row in tx
-        .query(
-            "SELECT id, identity, expires_at, consumed_at FROM tokens",
-            &[],
-        )
-        .await
-        .map_err(err)?
-    {
-        state.tokens.insert(
-            get(path, &row, 0)?,
-            TokenRecord {
-                identity: get_name(path, &row, 1)?,
-                expires_at: get_u64(path, &row, 2)?,
-                consumed_at: get_opt_u64(path, &row, 3)?,
-            },
-        );
-    }
-    for row in tx
-        .query("SELECT name, advertise, last_seen FROM routers", &[])
-        .await
-        .map_err(err)?
-    {
-        state.routers.insert(
-            get_name(path, &row, 0)?,
-            RouterRecord {
-                advertise: get(path, &row, 1)?,
-                last_seen: get_u64(path, &row, 2)?,
-            },
-        );
-    }
-    for row in tx
-        .query("SELECT name, advertise, last_seen FROM controllers", &[])
-        .await
-        .map_err(err)?
-    {
-        state.controllers.insert(
-            get_name(path, &row, 0)?,
-            ControllerRecord {
-                advertise: get(path, &row, 1)?,
-                last_seen: get_u64(path, &row, 2)?,
-            },
-        );
+    for table in TABLES {
+        for row in tx.query(&table.select(), &[]).await.map_err(err)? {
+            table.load(&mut state, &PgRow { row: &row, path })?;
+        }
     }
     tx.commit().await.map_err(err)?;
     Ok(state)
@@ -1129,13 +804,9 @@ async fn commit(pool: &Pool, path: &str, job: CommitJob) -> Result<(), StoreErro
             found,
         });
     }
-    for w in &job.writes {
-        let stmt = tx.prepare_cached(w.sql).await.map_err(err)?;
-        let params: Vec<&(dyn ToSql + Sync)> = w
-            .params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
+    for change in &job.changes {
+        let stmt = tx.prepare_cached(&statement(change)).await.map_err(err)?;
+        let params: Vec<_> = change.values().iter().map(param).collect();
         tx.execute(&stmt, &params).await.map_err(err)?;
     }
     tx.execute(
@@ -1179,13 +850,7 @@ async fn audit(pool: &Pool, path: &str, limit: u32) -> Result<Vec<AuditEntry>, S
         .await
         .map_err(|e| pg_err(path, e))?;
     rows.iter()
-        .map(|row| {
-            Ok(AuditEntry {
-                at: get_u64(path, row, 0)?,
-                actor: get(path, row, 1)?,
-                action: get(path, row, 2)?,
-            })
-        })
+        .map(|row| rows::audit_entry(&PgRow { row, path }))
         .collect()
 }
 

@@ -110,19 +110,29 @@ impl Table {
         self.columns[0]
     }
 
+    /// `{verb} INTO table (columns) VALUES (placeholders)`, the
+    /// placeholders `?1, ?2, …` (`mark` `?`) or `$1, $2, …` (`mark` `$`).
+    pub fn insert(&self, verb: &str, mark: char) -> String {
+        let marks: Vec<String> = (1..=self.columns.len())
+            .map(|i| format!("{mark}{i}"))
+            .collect();
+        format!(
+            "{verb} INTO {} ({}) VALUES ({})",
+            self.name,
+            self.columns.join(", "),
+            marks.join(", ")
+        )
+    }
+
+    /// `DELETE FROM table WHERE key = {mark}1`.
+    pub fn delete(&self, mark: char) -> String {
+        format!("DELETE FROM {} WHERE {} = {mark}1", self.name, self.key())
+    }
+
     /// Puts `row` (read with [`Table::select`]) into `state`.
     pub fn load(&self, state: &mut State, row: &dyn StoredRow) -> Result<(), StoreError> {
         (self.read)(state, row)
     }
-}
-
-/// `?1, ?2, …` (`mark` `?`) or `$1, $2, …` (`mark` `$`): the placeholders of
-/// `n` parameters.
-pub fn placeholders(mark: char, n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("{mark}{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One row written by a commit.
@@ -207,7 +217,7 @@ fn diff<K: Ord + Display, V: PartialEq>(
 
 /// Every certificate of `state` by fingerprint, with its identity and its
 /// place among the identity's certificates (the `certificates` table).
-pub(crate) fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usize, CertRecord)> {
+fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usize, CertRecord)> {
     state
         .identities
         .values()
@@ -218,23 +228,6 @@ pub(crate) fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usi
                 .map(|(seq, c)| (c.fingerprint.clone(), (i.name.clone(), seq, c.clone())))
         })
         .collect()
-}
-
-/// Applies the difference between two maps: deletes, then upserts (how
-/// the SQL backends write a change as row differences).
-pub(crate) fn sync<K: Ord, V: PartialEq>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    mut delete: impl FnMut(&K) -> Result<(), StoreError>,
-    mut upsert: impl FnMut(&K, &V) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        delete(k)?;
-    }
-    for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-        upsert(k, v)?;
-    }
-    Ok(())
 }
 
 /// The tables of the state, in the order they are loaded (identities

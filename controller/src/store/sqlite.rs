@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use darkport_proto::msg::AuditEntry;
 
 use super::model::{Backend, State, StoreError};
-use super::rows::{self, placeholders, Change, SqlValue, StoredRow, TABLES};
+use super::rows::{self, Change, SqlValue, StoredRow, TABLES};
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -181,19 +181,9 @@ fn param(v: &SqlValue) -> &dyn rusqlite::ToSql {
 /// SQLite's statement for a change.
 fn statement(change: &Change) -> String {
     match change {
-        Change::Delete(t, _) => format!("DELETE FROM {} WHERE {} = ?1", t.name, t.key()),
-        Change::Upsert(t, row) => format!(
-            "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
-            t.name,
-            t.columns.join(", "),
-            placeholders('?', row.len())
-        ),
-        Change::Insert(t, row) => format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            t.name,
-            t.columns.join(", "),
-            placeholders('?', row.len())
-        ),
+        Change::Delete(t, _) => t.delete('?'),
+        Change::Upsert(t, _) => t.insert("INSERT OR REPLACE", '?'),
+        Change::Insert(t, _) => t.insert("INSERT", '?'),
     }
 }
 
