@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{changes, entry, n, rich_state};
+use common::{commit_two_changes, entry, n, rich_state, same_as_memory};
 use darkport_controller::store::postgres::{redact, PgBackend};
-use darkport_controller::store::{
-    Backend, MemoryBackend, RouterRecord, State, Store, StoreError, TokenRecord,
-};
+use darkport_controller::store::{Backend, RouterRecord, State, Store, StoreError, TokenRecord};
 use darkport_proto::msg::AuditEntry;
 
 const ENV_TEST_POSTGRES: &str = "DARKPORT_TEST_POSTGRES";
@@ -86,18 +84,7 @@ fn admin_sql(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
 /// Every row of every state table, one line each in key order.
 fn dump(url: &str) -> String {
     let mut out = String::new();
-    for table in [
-        "meta",
-        "identities",
-        "certificates",
-        "services",
-        "service_policies",
-        "router_policies",
-        "tokens",
-        "routers",
-        "controllers",
-        "audit",
-    ] {
+    for table in common::TABLES {
         for row in admin_sql(url, &format!("SELECT * FROM {table} ORDER BY 1")) {
             let values: Vec<String> = row
                 .into_iter()
@@ -138,27 +125,9 @@ fn connect(url: &str) -> PgBackend {
 #[test]
 fn same_changes_give_the_same_state_and_audit_as_memory() {
     let Some(url) = fresh_db() else { return };
-    let mut pg = connect(&url);
-    let mut mem = MemoryBackend::default();
-    assert_eq!(pg.load().expect("load"), mem.load().expect("load"));
-    let mut old = State::default();
-    for (i, (new, audit)) in changes().into_iter().enumerate() {
-        mem.commit(&old, &new, &audit).expect("memory commit");
-        pg.commit(&old, &new, &audit).expect("pg commit");
-        let loaded = pg.load().expect("load");
-        assert_eq!(loaded, mem.load().expect("load"), "after change {i}");
-        assert_eq!(loaded, new, "after change {i}");
-        for limit in [0, 1, 2, 100] {
-            assert_eq!(
-                pg.audit(limit).expect("audit"),
-                mem.audit(limit).expect("audit"),
-                "audit({limit}) after change {i}"
-            );
-        }
-        old = new;
-    }
+    let last = same_as_memory(&mut connect(&url));
     // A second backend on the same database reads the same.
-    assert_eq!(connect(&url).load().expect("load"), old);
+    assert_eq!(connect(&url).load().expect("load"), last);
 }
 
 /// The rows as this version writes them (see the SQLite backend's test of
@@ -166,13 +135,7 @@ fn same_changes_give_the_same_state_and_audit_as_memory() {
 #[test]
 fn stored_rows_are_pinned() {
     let Some(url) = fresh_db() else { return };
-    let mut pg = connect(&url);
-    let changes = changes();
-    pg.commit(&State::default(), &changes[0].0, &changes[0].1)
-        .expect("commit");
-    pg.commit(&changes[0].0, &changes[1].0, &changes[1].1)
-        .expect("commit");
-    drop(pg);
+    commit_two_changes(&mut connect(&url));
     assert_eq!(dump(&url), PINNED);
 }
 

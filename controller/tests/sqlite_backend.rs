@@ -1,31 +1,21 @@
 //! The SQLite backend: the same changes give the same state and audit log
-//! as [`MemoryBackend`], the rows it stores are pinned (so a refactoring
-//! of how rows are written cannot change the file format unnoticed), and
-//! a file at an older schema version loads.
+//! as [`MemoryBackend`](darkport_controller::store::MemoryBackend), and the
+//! rows it stores are pinned (so a refactoring of how rows are written
+//! cannot change the file format unnoticed). Loading older schema
+//! versions is a unit test of `store::sqlite`.
 
 mod common;
 
-use common::{changes, rich_state};
+use common::{commit_two_changes, same_as_memory};
 use darkport_controller::store::sqlite::SqliteBackend;
-use darkport_controller::store::{Backend, MemoryBackend, State};
+use darkport_controller::store::Backend;
 
 /// Every row of every table, one line each, in key order, with the SQLite
 /// storage class of each value.
 fn dump(path: &std::path::Path) -> String {
     let conn = rusqlite::Connection::open(path).expect("open");
     let mut out = String::new();
-    for table in [
-        "meta",
-        "identities",
-        "certificates",
-        "services",
-        "service_policies",
-        "router_policies",
-        "tokens",
-        "routers",
-        "controllers",
-        "audit",
-    ] {
+    for table in common::TABLES {
         let mut q = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
             .expect("prepare");
@@ -48,37 +38,16 @@ fn dump(path: &std::path::Path) -> String {
     out
 }
 
+fn open(path: &std::path::Path) -> SqliteBackend {
+    SqliteBackend::open(path).expect("open")
+}
+
 #[test]
 fn same_changes_give_the_same_state_and_audit_as_memory() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("state.db");
-    let mut db = SqliteBackend::open(&path).expect("open");
-    let mut mem = MemoryBackend::default();
-    assert_eq!(db.load().expect("load"), mem.load().expect("load"));
-    let mut old = State::default();
-    for (i, (new, audit)) in changes().into_iter().enumerate() {
-        mem.commit(&old, &new, &audit).expect("memory commit");
-        db.commit(&old, &new, &audit).expect("sqlite commit");
-        let loaded = db.load().expect("load");
-        assert_eq!(loaded, mem.load().expect("load"), "after change {i}");
-        assert_eq!(loaded, new, "after change {i}");
-        for limit in [0, 1, 2, 100, u32::MAX] {
-            assert_eq!(
-                db.audit(limit).expect("audit"),
-                mem.audit(limit).expect("audit"),
-                "audit({limit}) after change {i}"
-            );
-        }
-        old = new;
-    }
-    drop(db);
-    assert_eq!(
-        SqliteBackend::open(&path)
-            .expect("reopen")
-            .load()
-            .expect("load"),
-        old
-    );
+    let last = same_as_memory(&mut open(&path));
+    assert_eq!(open(&path).load().expect("load"), last);
 }
 
 /// The rows as this version writes them: what older and newer controllers
@@ -87,13 +56,7 @@ fn same_changes_give_the_same_state_and_audit_as_memory() {
 fn stored_rows_are_pinned() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("state.db");
-    let mut db = SqliteBackend::open(&path).expect("open");
-    let changes = changes();
-    db.commit(&State::default(), &changes[0].0, &changes[0].1)
-        .expect("commit");
-    db.commit(&changes[0].0, &changes[1].0, &changes[1].1)
-        .expect("commit");
-    drop(db);
+    commit_two_changes(&mut open(&path));
     assert_eq!(dump(&path), PINNED);
 }
 
@@ -115,89 +78,4 @@ controllers: 'ctl-b', 'ctl-b:4430', 3000
 audit: 1, 10, 'root', 'create all'
 audit: 2, 11, 'root', 'and more'
 audit: 3, 20, 'root', 'change'
-"#;
-
-/// A file at schema version 1 (before protocols, tags, the generation and
-/// controllers) loads with the defaults of the later migrations.
-#[test]
-fn a_version_1_file_loads() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("state.db");
-    {
-        let conn = rusqlite::Connection::open(&path).expect("create");
-        conn.execute_batch(VERSION_1)
-            .expect("version 1 schema and rows");
-    }
-    let state = SqliteBackend::open(&path)
-        .expect("open and migrate")
-        .load()
-        .expect("load");
-    let rich = rich_state();
-    let app1 = &rich.identities[&common::n("app1")];
-    assert_eq!(state.version, 3);
-    assert_eq!(state.generation, 0);
-    assert_eq!(state.identities[&common::n("app1")], *app1);
-    let web = &state.services[&common::n("web")];
-    assert_eq!(web, &rich.services[&common::n("web")]);
-    let policy = &state.policies[&common::n("logs-in")];
-    assert!(policy.tags.is_empty());
-    assert_eq!(
-        policy.services,
-        rich.policies[&common::n("logs-in")].services
-    );
-    assert_eq!(state.tokens, rich.tokens);
-    assert_eq!(state.routers, rich.routers);
-    assert!(state.controllers.is_empty());
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .expect("user_version");
-    assert_eq!(version, 3);
-}
-
-/// Schema version 1 as `MIGRATIONS[0]` made it, with rows.
-const VERSION_1: &str = r#"
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO meta (key, value) VALUES ('snapshot_version', 3);
-CREATE TABLE identities (
-    name TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    roles TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER,
-    last_seen INTEGER
-);
-CREATE TABLE certificates (
-    fingerprint TEXT PRIMARY KEY,
-    identity TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    issued_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE INDEX certificates_identity ON certificates (identity);
-CREATE TABLE services (name TEXT PRIMARY KEY, address TEXT NOT NULL, roles TEXT NOT NULL);
-CREATE TABLE service_policies (name TEXT PRIMARY KEY, services TEXT NOT NULL, identities TEXT NOT NULL);
-CREATE TABLE router_policies (name TEXT PRIMARY KEY, routers TEXT NOT NULL, services TEXT NOT NULL);
-CREATE TABLE tokens (
-    id TEXT PRIMARY KEY,
-    identity TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    consumed_at INTEGER
-);
-CREATE TABLE routers (name TEXT PRIMARY KEY, advertise TEXT NOT NULL, last_seen INTEGER NOT NULL);
-CREATE TABLE audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL
-);
-INSERT INTO identities VALUES ('app1', 'client', '["web","logs"]', 900, NULL, 2100);
-INSERT INTO certificates VALUES ('bb22', 'app1', 1, 2000, 88400);
-INSERT INTO certificates VALUES ('aa11', 'app1', 0, 1000, 87400);
-INSERT INTO services VALUES ('web', '10.0.0.1:80', '[]');
-INSERT INTO service_policies VALUES ('logs-in', '[{"Role":"logs"}]', '["All"]');
-INSERT INTO tokens VALUES ('tok-used', 'app1', 9999, 1000);
-INSERT INTO tokens VALUES ('tok-free', 'router1', 9999, NULL);
-INSERT INTO routers VALUES ('router1', '127.0.0.1:4433', 2000);
-PRAGMA user_version = 1;
 "#;

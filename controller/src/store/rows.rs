@@ -463,57 +463,71 @@ static TOKENS: Table = Table {
 
 static ROUTERS: Table = Table {
     name: "routers",
-    columns: &["name", "advertise", "last_seen"],
+    columns: ADDRESS_COLUMNS,
     order_by: None,
     diff: |t, old, new, out| {
         diff(
             t,
             &old.routers,
             &new.routers,
-            |k, v| Ok(address_row(k, &v.advertise, v.last_seen)),
+            |k, v| address_row(k, &v.advertise, v.last_seen),
             out,
         )
     },
     read: |state, row| {
+        let (name, advertise, last_seen) = address(row)?;
         let router = RouterRecord {
-            advertise: row.text(1)?,
-            last_seen: row.u64(2)?,
+            advertise,
+            last_seen,
         };
-        state.routers.insert(name(row, 0)?, router);
+        state.routers.insert(name, router);
         Ok(())
     },
 };
 
 static CONTROLLERS: Table = Table {
     name: "controllers",
-    columns: &["name", "advertise", "last_seen"],
+    columns: ADDRESS_COLUMNS,
     order_by: None,
     diff: |t, old, new, out| {
         diff(
             t,
             &old.controllers,
             &new.controllers,
-            |k, v| Ok(address_row(k, &v.advertise, v.last_seen)),
+            |k, v| address_row(k, &v.advertise, v.last_seen),
             out,
         )
     },
     read: |state, row| {
+        let (name, advertise, last_seen) = address(row)?;
         let controller = ControllerRecord {
-            advertise: row.text(1)?,
-            last_seen: row.u64(2)?,
+            advertise,
+            last_seen,
         };
-        state.controllers.insert(name(row, 0)?, controller);
+        state.controllers.insert(name, controller);
         Ok(())
     },
 };
 
+/// Routers and controllers: where they are, when they were last seen.
+const ADDRESS_COLUMNS: &[&str] = &["name", "advertise", "last_seen"];
+
 /// A router's or controller's row.
-fn address_row(name: &IdentityName, advertise: &str, last_seen: u64) -> Vec<SqlValue> {
-    vec![
+fn address_row(
+    name: &IdentityName,
+    advertise: &str,
+    last_seen: u64,
+) -> Result<Vec<SqlValue>, serde_json::Error> {
+    Ok(vec![
         SqlValue::text(name.as_str()),
         SqlValue::text(advertise),
         SqlValue::int(last_seen),
-    ]
+    ])
+}
+
+/// A router's or controller's name, advertised address and last time seen.
+fn address(row: &dyn StoredRow) -> Result<(IdentityName, String, u64), StoreError> {
+    Ok((name(row, 0)?, row.text(1)?, row.u64(2)?))
 }
 
 /// The audit log: appended by [`changes`], read newest first by each

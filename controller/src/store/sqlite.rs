@@ -259,3 +259,68 @@ impl Backend for SqliteBackend {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use darkport_proto::identity::{IdentityName, Kind};
+    use darkport_proto::policy::{Selector, ServiceProtocol};
+
+    fn n(s: &str) -> IdentityName {
+        IdentityName::new(s).expect("name")
+    }
+
+    /// A file at schema version 1 (before protocols, tags, the generation
+    /// and controllers), with rows, loads with the defaults of the later
+    /// migrations and is upgraded to the current version.
+    #[test]
+    fn a_version_1_file_loads() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(MIGRATIONS[0]).expect("version 1 schema");
+            conn.execute_batch(
+                r#"
+UPDATE meta SET value = 3 WHERE key = 'snapshot_version';
+INSERT INTO identities VALUES ('app1', 'client', '["web","logs"]', 900, NULL, 2100);
+INSERT INTO certificates VALUES ('bb22', 'app1', 1, 2000, 88400);
+INSERT INTO certificates VALUES ('aa11', 'app1', 0, 1000, 87400);
+INSERT INTO services VALUES ('web', '10.0.0.1:80', '[]');
+INSERT INTO service_policies VALUES ('logs-in', '[{"Role":"logs"}]', '["All"]');
+INSERT INTO tokens VALUES ('tok-free', 'app1', 9999, NULL);
+INSERT INTO routers VALUES ('router1', '127.0.0.1:4433', 2000);
+PRAGMA user_version = 1;
+"#,
+            )
+            .expect("version 1 rows");
+        }
+        let state = SqliteBackend::open(&path)
+            .expect("open and migrate")
+            .load()
+            .expect("load");
+        assert_eq!((state.version, state.generation), (3, 0));
+        let app1 = &state.identities[&n("app1")];
+        assert_eq!(app1.kind, Kind::Client);
+        assert_eq!(app1.roles, [n("web"), n("logs")]);
+        let certs: Vec<_> = app1
+            .certificates
+            .iter()
+            .map(|c| c.fingerprint.as_str())
+            .collect();
+        assert_eq!(certs, ["aa11", "bb22"]);
+        assert_eq!((app1.revoked_at, app1.last_seen), (None, Some(2100)));
+        assert_eq!(state.services[&n("web")].protocol, ServiceProtocol::Tcp);
+        let policy = &state.policies[&n("logs-in")];
+        assert_eq!(policy.identities, [Selector::All]);
+        assert!(policy.tags.is_empty());
+        assert_eq!(state.tokens["tok-free"].consumed_at, None);
+        assert_eq!(state.routers[&n("router1")].advertise, "127.0.0.1:4433");
+        assert!(state.controllers.is_empty());
+        let conn = Connection::open(&path).expect("open");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+}

@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use darkport_controller::store::{
-    CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, TokenRecord,
+    Backend, CertRecord, ControllerRecord, IdentityRecord, MemoryBackend, RouterRecord, State,
+    TokenRecord,
 };
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
@@ -191,4 +192,53 @@ impl WithGeneration for State {
         self.generation = g;
         self
     }
+}
+
+/// The tables a backend stores, for dumping every row.
+pub const TABLES: [&str; 10] = [
+    "meta",
+    "identities",
+    "certificates",
+    "services",
+    "service_policies",
+    "router_policies",
+    "tokens",
+    "routers",
+    "controllers",
+    "audit",
+];
+
+/// Runs [`changes`] on `db` and on a [`MemoryBackend`]: after each, both
+/// load the same state (the one committed) and return the same audit log.
+/// Returns the last state.
+pub fn same_as_memory(db: &mut dyn Backend) -> State {
+    let mut mem = MemoryBackend::default();
+    assert_eq!(db.load().expect("load"), mem.load().expect("load"));
+    let mut old = State::default();
+    for (i, (new, audit)) in changes().into_iter().enumerate() {
+        mem.commit(&old, &new, &audit).expect("memory commit");
+        db.commit(&old, &new, &audit).expect("commit");
+        let loaded = db.load().expect("load");
+        assert_eq!(loaded, mem.load().expect("load"), "after change {i}");
+        assert_eq!(loaded, new, "after change {i}");
+        for limit in [0, 1, 2, 100, u32::MAX] {
+            assert_eq!(
+                db.audit(limit).expect("audit"),
+                mem.audit(limit).expect("audit"),
+                "audit({limit}) after change {i}"
+            );
+        }
+        old = new;
+    }
+    old
+}
+
+/// Commits the first two of [`changes`] to `db`: what the pinned rows of
+/// each backend's test hold.
+pub fn commit_two_changes(db: &mut dyn Backend) {
+    let changes = changes();
+    db.commit(&State::default(), &changes[0].0, &changes[0].1)
+        .expect("commit");
+    db.commit(&changes[0].0, &changes[1].0, &changes[1].1)
+        .expect("commit");
 }
