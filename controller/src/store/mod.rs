@@ -31,7 +31,7 @@ use darkport_proto::policy::PolicySnapshot;
 
 pub mod model;
 pub mod postgres;
-pub(crate) mod rows;
+pub mod rows;
 pub mod sqlite;
 
 pub use model::{

@@ -194,7 +194,7 @@ impl State {
 
 /// Where state is persisted.
 ///
-/// The methods block (a short database round trip); the [`Store`] calls
+/// The methods block (a short database round trip); the [`Store`](super::Store) calls
 /// them under its lock.
 pub trait Backend: Send {
     /// Reads the whole state.

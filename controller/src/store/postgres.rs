@@ -2,7 +2,9 @@
 //! controllers (high availability).
 //!
 //! What it does: the same tables as [`super::sqlite`], written as row-level
-//! differences between the old and new in-memory state; optimistic
+//! differences between the old and new in-memory state (the rows as
+//! [`super::rows`] describes them; this module adds PostgreSQL's dialect:
+//! `$N` placeholders, `INSERT ... ON CONFLICT DO UPDATE`); optimistic
 //! concurrency on the state's generation; a feed of other controllers'
 //! commits through `LISTEN`/`NOTIFY`.
 //!

@@ -8,7 +8,9 @@
 //!
 //! Schema versions live in `PRAGMA user_version`; [`MIGRATIONS`] upgrades
 //! an older file in place, in one transaction per step. Changes are written
-//! as row-level differences between the old and new in-memory state.
+//! as row-level differences between the old and new in-memory state; what
+//! a row holds is [`super::rows`]'s, this module adds SQLite's dialect
+//! (`?N` placeholders, `INSERT OR REPLACE`, the `meta` rows).
 
 use std::path::{Path, PathBuf};
 
