@@ -843,12 +843,7 @@ async fn commit(pool: &Pool, path: &str, job: CommitJob) -> Result<(), StoreErro
 async fn audit(pool: &Pool, path: &str, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
     let client = pool.get().await.map_err(|e| pool_err(path, e))?;
     let rows = client
-        .query(
-            "SELECT at, actor, action FROM \
-             (SELECT id, at, actor, action FROM audit ORDER BY id DESC LIMIT $1) newest \
-             ORDER BY id",
-            &[&i64::from(limit)],
-        )
+        .query(&rows::audit_query('$'), &[&i64::from(limit)])
         .await
         .map_err(|e| pg_err(path, e))?;
     rows.iter()

@@ -530,9 +530,9 @@ fn address(row: &dyn StoredRow) -> Result<(IdentityName, String, u64), StoreErro
     Ok((name(row, 0)?, row.text(1)?, row.u64(2)?))
 }
 
-/// The audit log: appended by [`changes`], read newest first by each
-/// backend's own query (a subquery with `LIMIT`) through [`audit_entry`];
-/// not part of the [`State`], so not in [`TABLES`].
+/// The audit log: appended by [`changes`], its newest rows read with
+/// [`audit_query`] and [`audit_entry`]; not part of the [`State`], so not
+/// in [`TABLES`]. The database numbers its rows (`id`).
 pub static AUDIT: Table = Table {
     name: "audit",
     columns: &["at", "actor", "action"],
@@ -540,6 +540,16 @@ pub static AUDIT: Table = Table {
     diff: |_, _, _, _| Ok(()),
     read: |_, _| Ok(()),
 };
+
+/// The newest audit rows, oldest first; its one parameter (`{mark}1`) is
+/// how many.
+pub fn audit_query(mark: char) -> String {
+    let columns = AUDIT.columns.join(", ");
+    format!(
+        "SELECT {columns} FROM (SELECT id, {columns} FROM {} ORDER BY id DESC LIMIT {mark}1) newest ORDER BY id",
+        AUDIT.name
+    )
+}
 
 /// An audit row (the columns of [`AUDIT`], in order).
 pub fn audit_entry(row: &dyn StoredRow) -> Result<AuditEntry, StoreError> {

@@ -249,10 +249,7 @@ impl Backend for SqliteBackend {
     fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         let p = self.path.as_path();
         let err = db_err(p);
-        let mut q = self
-            .conn
-            .prepare("SELECT at, actor, action FROM (SELECT id, at, actor, action FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")
-            .map_err(&err)?;
+        let mut q = self.conn.prepare(&rows::audit_query('?')).map_err(&err)?;
         let mut rows = q.query(params![limit]).map_err(&err)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(&err)? {
