@@ -239,15 +239,15 @@ const LOCAL_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Opens a shared store by URL.
 pub fn open_url(url: &str) -> Result<Store, DataDirError> {
-    if !crate::postgres::is_postgres_url(url) {
+    if !crate::store::postgres::is_postgres_url(url) {
         return Err(DataDirError::Invalid(format!(
             "store {:?} is not a postgres:// or postgresql:// URL; leave it out to keep state in state.db (SQLite) in the data dir",
-            crate::postgres::redact(url)
+            crate::store::postgres::redact(url)
         )));
     }
-    Ok(Store::new(Box::new(crate::postgres::PgBackend::connect(
-        url,
-    )?))?)
+    Ok(Store::new(Box::new(
+        crate::store::postgres::PgBackend::connect(url)?,
+    ))?)
 }
 
 fn check_advertise(advertise: &str) -> Result<(), DataDirError> {
@@ -436,22 +436,22 @@ pub fn migrate(dir: &DataDir, url: &str) -> Result<Migrated, DataDirError> {
         return Err(DataDirError::Invalid(format!(
             "{} already keeps its state in {}; nothing to migrate",
             dir.root.display(),
-            crate::postgres::redact(current)
+            crate::store::postgres::redact(current)
         )));
     }
     if !dir.state().exists() {
         return Err(DataDirError::NotInitialized(dir.root.clone()));
     }
-    if !crate::postgres::is_postgres_url(url) {
+    if !crate::store::postgres::is_postgres_url(url) {
         return Err(DataDirError::Invalid(format!(
             "--to {:?} is not a postgres:// or postgresql:// URL",
-            crate::postgres::redact(url)
+            crate::store::postgres::redact(url)
         )));
     }
-    let mut from = crate::sqlite::SqliteBackend::open(&dir.state())?;
+    let mut from = crate::store::sqlite::SqliteBackend::open(&dir.state())?;
     let state = from.load()?;
     let audit = from.audit(u32::MAX)?;
-    let mut to = crate::postgres::PgBackend::connect(url)?;
+    let mut to = crate::store::postgres::PgBackend::connect(url)?;
     let empty = to.load()?;
     if empty.generation != 0 || !empty.identities.is_empty() {
         return Err(DataDirError::Invalid(format!(

@@ -1,7 +1,8 @@
 //! The Darkport controller: root of trust and keeper of policy.
 //!
 //! - [`ca`]: the certificate authority.
-//! - [`store`]: persisted state and the policy snapshot channel.
+//! - [`store`]: persisted state (SQLite, PostgreSQL) and the policy
+//!   snapshot channel.
 //! - [`datadir`]: the data directory and `init`.
 //! - [`server`]: the control API on QUIC: enrollment (no certificate
 //!   needed), admin commands (admin certificate), router sync (router
@@ -25,10 +26,8 @@ pub mod datadir;
 pub mod decide;
 pub mod handlers;
 pub mod metrics;
-pub mod postgres;
 pub mod print;
 pub mod server;
-pub mod sqlite;
 pub mod store;
 
 pub use datadir::{init, DataDir, InitOptions};

@@ -14,16 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use darkport_controller::postgres::{redact, PgBackend};
-use darkport_controller::store::{
-    Backend, CertRecord, ControllerRecord, IdentityRecord, MemoryBackend, RouterRecord, State,
-    Store, StoreError, TokenRecord,
-};
-use darkport_proto::identity::{IdentityName, Kind};
+mod common;
+
+use common::{commit_two_changes, entry, n, rich_state, same_as_memory};
+use darkport_controller::store::postgres::{redact, PgBackend};
+use darkport_controller::store::{Backend, RouterRecord, State, Store, StoreError, TokenRecord};
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::{
-    FluentSettings, PolicyEntry, RouterPolicyEntry, Selector, ServiceEntry, ServiceProtocol,
-};
 
 const ENV_TEST_POSTGRES: &str = "DARKPORT_TEST_POSTGRES";
 
@@ -52,8 +48,9 @@ fn server() -> Option<String> {
 }
 
 /// Runs SQL on the server outside any test runtime (its own thread, its
-/// own runtime), so it works from plain and tokio tests alike.
-fn admin_sql(url: &str, sql: &str) {
+/// own runtime), so it works from plain and tokio tests alike. Returns
+/// the rows, each value as the server prints it.
+fn admin_sql(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     let url = url.to_string();
     let sql = sql.to_string();
     std::thread::spawn(move || {
@@ -66,13 +63,37 @@ fn admin_sql(url: &str, sql: &str) {
                 .await
                 .expect("connect to the test server");
             let conn = tokio::spawn(conn);
-            client.batch_execute(&sql).await.expect("admin sql");
+            let messages = client.simple_query(&sql).await.expect("admin sql");
             drop(client);
             let _ = conn.await;
-        });
+            messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(String::from)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
     })
     .join()
-    .expect("admin thread");
+    .expect("admin thread")
+}
+
+/// Every row of every state table, one line each in key order.
+fn dump(url: &str) -> String {
+    let mut out = String::new();
+    for table in common::TABLES {
+        for row in admin_sql(url, &format!("SELECT * FROM {table} ORDER BY 1")) {
+            let values: Vec<String> = row
+                .into_iter()
+                .map(|v| v.map_or("NULL".into(), |v| format!("'{v}'")))
+                .collect();
+            out.push_str(&format!("{table}: {}\n", values.join(", ")));
+        }
+    }
+    out
 }
 
 /// `url` with its database name replaced by `db`.
@@ -97,186 +118,6 @@ fn fresh_db() -> Option<String> {
     Some(with_db(&server, &db))
 }
 
-fn n(s: &str) -> IdentityName {
-    IdentityName::new(s).expect("name")
-}
-
-fn sel(s: &str) -> Selector {
-    Selector::parse(s).expect("selector")
-}
-
-fn cert(fp: &str, issued: u64) -> CertRecord {
-    CertRecord {
-        fingerprint: fp.into(),
-        issued_at: issued,
-        expires_at: issued + 86_400,
-    }
-}
-
-fn entry(at: u64, action: &str) -> AuditEntry {
-    AuditEntry {
-        at,
-        actor: "root".into(),
-        action: action.into(),
-    }
-}
-
-/// A state with something in every table.
-fn rich_state() -> State {
-    let mut s = State {
-        version: 3,
-        generation: 1,
-        ..State::default()
-    };
-    s.identities.insert(
-        n("app1"),
-        IdentityRecord {
-            name: n("app1"),
-            kind: Kind::Client,
-            roles: vec![n("web"), n("logs")],
-            certificates: vec![cert("aa11", 1_000), cert("bb22", 2_000)],
-            created_at: 900,
-            revoked_at: None,
-            last_seen: Some(2_100),
-        },
-    );
-    s.identities.insert(
-        n("router1"),
-        IdentityRecord {
-            name: n("router1"),
-            kind: Kind::Router,
-            roles: vec![],
-            certificates: vec![cert("cc33", 1_500)],
-            created_at: 950,
-            revoked_at: Some(5_000),
-            last_seen: None,
-        },
-    );
-    s.services.insert(
-        n("fluentd"),
-        ServiceEntry {
-            name: n("fluentd"),
-            address: "127.0.0.1:24224".into(),
-            roles: vec![n("logs")],
-            protocol: ServiceProtocol::FluentForward(FluentSettings {
-                roles_key: Some("roles".into()),
-                shared_key: Some("k3y".into()),
-                ..FluentSettings::default()
-            }),
-        },
-    );
-    s.services.insert(
-        n("web"),
-        ServiceEntry {
-            name: n("web"),
-            address: "10.0.0.1:80".into(),
-            roles: vec![],
-            protocol: ServiceProtocol::Tcp,
-        },
-    );
-    s.policies.insert(
-        n("logs-in"),
-        PolicyEntry {
-            name: n("logs-in"),
-            services: vec![sel("#logs")],
-            identities: vec![sel("@app1"), sel("#all")],
-            tags: vec!["app.**".into(), "sys.*".into()],
-        },
-    );
-    s.router_policies.insert(
-        n("everywhere"),
-        RouterPolicyEntry {
-            name: n("everywhere"),
-            routers: vec![sel("#all")],
-            services: vec![sel("fluentd")],
-        },
-    );
-    s.tokens.insert(
-        "tok-used".into(),
-        TokenRecord {
-            identity: n("app1"),
-            expires_at: 9_999,
-            consumed_at: Some(1_000),
-        },
-    );
-    s.tokens.insert(
-        "tok-free".into(),
-        TokenRecord {
-            identity: n("router1"),
-            expires_at: 9_999,
-            consumed_at: None,
-        },
-    );
-    s.routers.insert(
-        n("router1"),
-        RouterRecord {
-            advertise: "127.0.0.1:4433".into(),
-            last_seen: 2_000,
-        },
-    );
-    s.controllers.insert(
-        n("ctl-a"),
-        ControllerRecord {
-            advertise: "ctl-a:4430".into(),
-            last_seen: 2_000,
-        },
-    );
-    s
-}
-
-/// The same changes, in order, as (new state, audit) pairs.
-fn changes() -> Vec<(State, Vec<AuditEntry>)> {
-    let s1 = rich_state();
-    let mut s2 = s1.clone();
-    s2.generation += 1;
-    s2.version += 1;
-    // A renewal, a moved token, a deleted service, a changed policy.
-    if let Some(i) = s2.identities.get_mut(&n("app1")) {
-        i.certificates.push(cert("dd44", 3_000));
-        i.certificates.remove(0);
-        i.roles.push(n("extra"));
-    }
-    if let Some(t) = s2.tokens.get_mut("tok-free") {
-        t.consumed_at = Some(3_000);
-    }
-    s2.services.remove(&n("web"));
-    if let Some(p) = s2.policies.get_mut(&n("logs-in")) {
-        p.tags = vec!["other".into()];
-    }
-    s2.controllers.insert(
-        n("ctl-b"),
-        ControllerRecord {
-            advertise: "ctl-b:4430".into(),
-            last_seen: 3_000,
-        },
-    );
-    let mut s3 = s2.clone();
-    s3.generation += 1;
-    // An identity deleted with its certificates, a router gone, a router
-    // policy gone, nothing routers care about otherwise.
-    s3.identities.remove(&n("router1"));
-    s3.routers.remove(&n("router1"));
-    s3.router_policies.clear();
-    s3.tokens.remove("tok-used");
-    vec![
-        (s1, vec![entry(10, "create all"), entry(11, "and more")]),
-        (s2, vec![entry(20, "change")]),
-        (s3, vec![]),
-        (State::default().with_generation(4), vec![entry(40, "wipe")]),
-    ]
-}
-
-trait WithGeneration {
-    fn with_generation(self, g: u64) -> State;
-}
-
-impl WithGeneration for State {
-    fn with_generation(mut self, g: u64) -> State {
-        self.generation = g;
-        self
-    }
-}
-
 fn connect(url: &str) -> PgBackend {
     PgBackend::connect(url).unwrap_or_else(|e| panic!("connect {}: {e}", redact(url)))
 }
@@ -284,28 +125,39 @@ fn connect(url: &str) -> PgBackend {
 #[test]
 fn same_changes_give_the_same_state_and_audit_as_memory() {
     let Some(url) = fresh_db() else { return };
-    let mut pg = connect(&url);
-    let mut mem = MemoryBackend::default();
-    assert_eq!(pg.load().expect("load"), mem.load().expect("load"));
-    let mut old = State::default();
-    for (i, (new, audit)) in changes().into_iter().enumerate() {
-        mem.commit(&old, &new, &audit).expect("memory commit");
-        pg.commit(&old, &new, &audit).expect("pg commit");
-        let loaded = pg.load().expect("load");
-        assert_eq!(loaded, mem.load().expect("load"), "after change {i}");
-        assert_eq!(loaded, new, "after change {i}");
-        for limit in [0, 1, 2, 100] {
-            assert_eq!(
-                pg.audit(limit).expect("audit"),
-                mem.audit(limit).expect("audit"),
-                "audit({limit}) after change {i}"
-            );
-        }
-        old = new;
-    }
+    let last = same_as_memory(&mut connect(&url));
     // A second backend on the same database reads the same.
-    assert_eq!(connect(&url).load().expect("load"), old);
+    assert_eq!(connect(&url).load().expect("load"), last);
 }
+
+/// The rows as this version writes them (see the SQLite backend's test of
+/// the same name).
+#[test]
+fn stored_rows_are_pinned() {
+    let Some(url) = fresh_db() else { return };
+    commit_two_changes(&mut connect(&url));
+    assert_eq!(dump(&url), PINNED);
+}
+
+const PINNED: &str = r#"meta: 'generation', '2'
+meta: 'snapshot_version', '4'
+identities: 'app1', 'client', '["web","logs","extra"]', '900', NULL, '2100'
+identities: 'router1', 'router', '[]', '950', '5000', NULL
+certificates: 'bb22', 'app1', '0', '2000', '88400'
+certificates: 'cc33', 'router1', '0', '1500', '87900'
+certificates: 'dd44', 'app1', '1', '3000', '89400'
+services: 'fluentd', '127.0.0.1:24224', '["logs"]', '{"FluentForward":{"identity_key":"darkport_identity","roles_key":"roles","router_key":null,"shared_key":"k3y","service_user":null,"event_time":"Unwrap","metadata_key":null,"app_handshake":"Off"}}'
+service_policies: 'logs-in', '[{"Role":"logs"}]', '[{"Name":"app1"},"All"]', '["other"]'
+router_policies: 'everywhere', '["All"]', '[{"Name":"fluentd"}]'
+tokens: 'tok-free', 'router1', '9999', '3000'
+tokens: 'tok-used', 'app1', '9999', '1000'
+routers: 'router1', '127.0.0.1:4433', '2000'
+controllers: 'ctl-a', 'ctl-a:4430', '2000'
+controllers: 'ctl-b', 'ctl-b:4430', '3000'
+audit: '1', '10', 'root', 'create all'
+audit: '2', '11', 'root', 'and more'
+audit: '3', '20', 'root', 'change'
+"#;
 
 #[test]
 fn concurrent_commits_from_one_generation_one_wins() {

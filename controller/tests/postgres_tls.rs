@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use darkport_controller::postgres::{redact, PgBackend};
+use darkport_controller::store::postgres::{redact, PgBackend};
 use darkport_controller::store::{Backend, RouterRecord, State, StoreError};
 use darkport_proto::identity::IdentityName;
 use rcgen::{

@@ -75,7 +75,7 @@ pub fn migrate(args: MigrateArgs) -> Result<()> {
         m.policies,
         m.tokens,
         m.audit,
-        darkport_controller::postgres::redact(&args.to)
+        darkport_controller::store::postgres::redact(&args.to)
     );
     println!(
         "{} now names that database; the old file is kept as state.db.migrated; start the controller again",

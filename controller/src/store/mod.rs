@@ -7,257 +7,37 @@
 //! or the new state. Every change that affects routers bumps the snapshot
 //! version and is pushed through a `watch` channel.
 //!
-//! The backend is a trait so a highly available deployment can later put
-//! the state in PostgreSQL; today it is SQLite ([`crate::sqlite`]), and
-//! [`MemoryBackend`] for tests.
+//! # Layout
+//! - `mod.rs` (this module): the [`Store`] (updates under one lock, the
+//!   snapshot channel, the checks on load), [`Store::open`] choosing the
+//!   backend, and [`MemoryBackend`] (the reference behaviour, for tests).
+//! - [`model`]: the [`State`] and its records, [`StoreError`], the
+//!   [`Backend`] trait. Everything below depends on it, nothing on the
+//!   [`Store`].
+//! - [`rows`]: every table described once: its columns, how a record
+//!   becomes a row's values and how a row becomes a record; the row
+//!   differences a commit writes.
+//! - [`sqlite`]: SQLite (one file in the data dir): its schema,
+//!   migrations and SQL dialect.
+//! - [`postgres`]: PostgreSQL (a state shared by several controllers):
+//!   its schema, migrations, SQL dialect, `LISTEN`/`NOTIFY` and TLS.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::{
-    CertEntry, IdentityEntry, PolicyEntry, PolicySnapshot, RouterPolicyEntry, ServiceEntry,
+use darkport_proto::policy::PolicySnapshot;
+
+pub mod model;
+pub mod postgres;
+pub mod rows;
+pub mod sqlite;
+
+pub use model::{
+    Backend, CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError,
+    TokenRecord,
 };
-
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database failed.
-    #[error("state database {path}: {reason}")]
-    Db {
-        /// File, or the database URL without its password.
-        path: PathBuf,
-        /// Cause.
-        reason: String,
-    },
-    /// The database holds something this version cannot read.
-    #[error("state database {path} is not usable: {reason}")]
-    Corrupt {
-        /// File, or the database URL without its password.
-        path: PathBuf,
-        /// Cause.
-        reason: String,
-    },
-    /// Another controller changed the state since it was loaded (the
-    /// stored generation is not the one the change was made from). The
-    /// store reloads and applies the change again.
-    #[error("state database {path}: another controller changed the state first (generation {seen} expected, {found} found)")]
-    Conflict {
-        /// File, or the database URL without its password.
-        path: PathBuf,
-        /// The generation the change was made from.
-        seen: u64,
-        /// The generation the database holds.
-        found: u64,
-    },
-    /// The database cannot be reached (down, refused, timed out). Nothing
-    /// was changed; the request can be retried.
-    #[error("state database {path} is unavailable: {reason}; nothing was changed; the controller keeps retrying, try again when the database is back")]
-    Unavailable {
-        /// The database URL without its password.
-        path: PathBuf,
-        /// Cause.
-        reason: String,
-    },
-}
-
-/// One certificate issued to an identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    /// SHA-256 of the DER, hex.
-    pub fingerprint: String,
-    /// Issue time, Unix seconds.
-    pub issued_at: u64,
-    /// Expiry, Unix seconds.
-    pub expires_at: u64,
-}
-
-/// An identity as the controller keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityRecord {
-    /// Name.
-    pub name: IdentityName,
-    /// Kind.
-    pub kind: Kind,
-    /// Roles.
-    pub roles: Vec<IdentityName>,
-    /// Certificates issued, oldest first.
-    pub certificates: Vec<CertRecord>,
-    /// Creation time, Unix seconds.
-    pub created_at: u64,
-    /// Revocation time, if revoked.
-    pub revoked_at: Option<u64>,
-    /// Last time it was seen by a router or the controller.
-    pub last_seen: Option<u64>,
-}
-
-impl IdentityRecord {
-    /// The newest certificate.
-    pub fn current(&self) -> Option<&CertRecord> {
-        self.certificates.last()
-    }
-
-    /// Whether `fingerprint` is an unexpired certificate of this unrevoked
-    /// identity at `now`.
-    pub fn holds(&self, fingerprint: &str, now: u64) -> bool {
-        self.revoked_at.is_none()
-            && self
-                .certificates
-                .iter()
-                .any(|c| c.fingerprint == fingerprint && now < c.expires_at)
-    }
-}
-
-/// An issued enrollment token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// Identity it enrolls.
-    pub identity: IdentityName,
-    /// Expiry, Unix seconds.
-    pub expires_at: u64,
-    /// When it was used, if it was.
-    pub consumed_at: Option<u64>,
-}
-
-/// A router that registered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouterRecord {
-    /// Advertised address.
-    pub advertise: String,
-    /// Last time its control session was seen, Unix seconds.
-    pub last_seen: u64,
-}
-
-/// A controller sharing the store (high availability): what routers and
-/// clients are told to use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControllerRecord {
-    /// Advertised `host:port`.
-    pub advertise: String,
-    /// Last heartbeat, Unix seconds.
-    pub last_seen: u64,
-}
-
-/// Everything the controller persists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct State {
-    /// Snapshot version; bumped on every change routers care about.
-    pub version: u64,
-    /// Bumped by every commit, whatever it changes. A backend shared by
-    /// several controllers refuses a commit made from another generation
-    /// than the stored one ([`StoreError::Conflict`]): optimistic
-    /// concurrency over the whole state.
-    pub generation: u64,
-    /// Controllers sharing this state, by name.
-    pub controllers: BTreeMap<IdentityName, ControllerRecord>,
-    /// Identities by name.
-    pub identities: BTreeMap<IdentityName, IdentityRecord>,
-    /// Services by name.
-    pub services: BTreeMap<IdentityName, ServiceEntry>,
-    /// Service policies by name.
-    pub policies: BTreeMap<IdentityName, PolicyEntry>,
-    /// Router policies by name.
-    pub router_policies: BTreeMap<IdentityName, RouterPolicyEntry>,
-    /// Issued tokens by id.
-    pub tokens: BTreeMap<String, TokenRecord>,
-    /// Registered routers by name.
-    pub routers: BTreeMap<IdentityName, RouterRecord>,
-}
-
-impl State {
-    /// The policy snapshot routers receive at `now`: unrevoked clients and
-    /// routers with their unexpired certificates, services and policies.
-    pub fn snapshot(&self, now: u64) -> PolicySnapshot {
-        PolicySnapshot {
-            version: self.version,
-            identities: self
-                .identities
-                .values()
-                .filter(|i| matches!(i.kind, Kind::Client | Kind::Router) && i.revoked_at.is_none())
-                .map(|i| IdentityEntry {
-                    name: i.name.clone(),
-                    kind: i.kind,
-                    roles: i.roles.clone(),
-                    certificates: i
-                        .certificates
-                        .iter()
-                        .filter(|c| c.expires_at > now)
-                        .map(|c| CertEntry {
-                            fingerprint: c.fingerprint.clone(),
-                            expires_at: c.expires_at,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            services: self.services.values().cloned().collect(),
-            policies: self.policies.values().cloned().collect(),
-            router_policies: self.router_policies.values().cloned().collect(),
-        }
-    }
-}
-
-/// Where state is persisted.
-///
-/// The methods block (a short database round trip); the [`Store`] calls
-/// them under its lock.
-pub trait Backend: Send {
-    /// Reads the whole state.
-    fn load(&mut self) -> Result<State, StoreError>;
-    /// Persists the change from `old` to `new`, plus audit entries, in one
-    /// transaction. `new.generation` is `old.generation + 1`; a backend
-    /// shared by several controllers fails with [`StoreError::Conflict`]
-    /// (changing nothing) when the stored generation is not
-    /// `old.generation`.
-    fn commit(&mut self, old: &State, new: &State, audit: &[AuditEntry]) -> Result<(), StoreError>;
-    /// The newest `limit` audit entries, oldest first.
-    fn audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Tells of commits made by other controllers: a message on the
-    /// returned channel whenever the stored state may have changed (the
-    /// store then reloads it). `None` for a backend only this process
-    /// writes. Called once.
-    fn changes(&mut self) -> Option<tokio::sync::mpsc::Receiver<()>> {
-        None
-    }
-    /// Where the state is, for messages (no password).
-    fn describe(&self) -> String;
-}
-
-/// Applies the difference between two maps: deletes, then upserts (how
-/// the SQL backends write a change as row differences).
-pub(crate) fn sync<K: Ord, V: PartialEq>(
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    mut delete: impl FnMut(&K) -> Result<(), StoreError>,
-    mut upsert: impl FnMut(&K, &V) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        delete(k)?;
-    }
-    for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-        upsert(k, v)?;
-    }
-    Ok(())
-}
-
-/// Every certificate of `state` by fingerprint, with its identity and its
-/// place among the identity's certificates (the `certificates` table).
-pub(crate) fn certificates(state: &State) -> BTreeMap<String, (IdentityName, usize, CertRecord)> {
-    state
-        .identities
-        .values()
-        .flat_map(|i| {
-            i.certificates
-                .iter()
-                .enumerate()
-                .map(|(seq, c)| (c.fingerprint.clone(), (i.name.clone(), seq, c.clone())))
-        })
-        .collect()
-}
 
 /// A [`Backend`] that keeps the state and the audit log in memory and
 /// loses them when the last clone is dropped.
@@ -470,7 +250,7 @@ impl Store {
 
     /// Opens the SQLite state database at `path` (created 0600 if absent).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        Store::new(Box::new(crate::sqlite::SqliteBackend::open(path)?))
+        Store::new(Box::new(sqlite::SqliteBackend::open(path)?))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -610,6 +390,7 @@ pub fn audit(actor: impl Into<String>, action: impl Into<String>) -> Option<Audi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use darkport_proto::identity::IdentityName;
 
     fn entry(at: u64) -> AuditEntry {
         AuditEntry {
