@@ -127,6 +127,25 @@ impl Guard {
         *limits = new;
     }
 
+    /// Streams one client connection may have open at once: the
+    /// identity's stream cap, which no connection can usefully pass, and
+    /// never more than [`MAX_STREAMS`](darkport_transport::endpoint::MAX_STREAMS).
+    /// It is also what quinn keeps per connection: it holds the state of
+    /// a finished stream, with the high-water capacity of its reassembly
+    /// index, for reuse by a later one, one per stream the peer may have
+    /// open (quinn-proto 0.11, `Assembler::reinit`). A smaller number is a
+    /// smaller plateau; the soak in docs/benchmarks.md measures it.
+    fn streams_per_connection(&self) -> u32 {
+        let cap = self
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_streams_per_identity;
+        u32::try_from(cap)
+            .unwrap_or(u32::MAX)
+            .min(darkport_transport::endpoint::MAX_STREAMS)
+    }
+
     fn max_policy_age(&self) -> Option<Duration> {
         self.limits
             .lock()
@@ -419,12 +438,10 @@ async fn serve_connection(
         }
     };
     // Admitted: from the few streams a peer gets during its handshake (a
-    // pending handshake's stream state is allocated up front) to the full
-    // number.
+    // pending handshake's stream state is allocated up front) to its
+    // identity's stream cap.
     if let Some(q) = conn.as_quic() {
-        q.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
-            darkport_transport::endpoint::MAX_STREAMS,
-        ));
+        q.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(guard.streams_per_connection()));
     }
     let mut revoked = guard.revoked.clone();
     let _open = guard.metrics.connection_open(peer.kind);

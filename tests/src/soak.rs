@@ -395,10 +395,12 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// Growth after `warmup`: the median of the last quarter of the
-    /// samples against the median of the first quarter, as a fraction, for
-    /// RSS and for fds. Medians, because both move with the connections
-    /// in flight at the moment of a sample.
+    /// Growth after `warmup`, as a fraction: for RSS, the median of the
+    /// last quarter of the samples against the median of the first
+    /// quarter (RSS moves with the data in flight at the moment of a
+    /// sample); for fds, the highest of the last quarter against the
+    /// highest of the first (a sample between two batches of connections
+    /// sees none of them open, the next one all).
     pub fn growth_after(&self, warmup: f64) -> (f64, f64) {
         let after: Vec<_> = self.points.iter().filter(|p| p.0 >= warmup).collect();
         if after.len() < 4 {
@@ -410,35 +412,37 @@ impl Samples {
             v.sort_unstable();
             v[v.len() / 2]
         };
+        let highest = |s: &[&(f64, u64, u64)]| s.iter().map(|p| p.2).max().unwrap_or(0);
         let (head, tail) = (&after[..quarter], &after[after.len() - quarter..]);
         let frac = |a: u64, b: u64| (b as f64 - a as f64) / (a.max(1) as f64);
         (
             frac(median(head, |p| p.1), median(tail, |p| p.1)),
-            frac(median(head, |p| p.2), median(tail, |p| p.2)),
+            frac(highest(head), highest(tail)),
         )
     }
 }
 
-/// Steady load for `duration`, sampling the router's and the client's RSS
-/// and fds every `every`.
+/// Steady load for `duration`, sampling the RSS and fds of every router
+/// (the client spreads its streams over both) and of the client every
+/// `every`.
 pub async fn soak(
     cluster: &Cluster,
     duration: Duration,
     every: Duration,
     len: u64,
     parallel: usize,
-) -> (LoadReport, Samples, Samples) {
+) -> (LoadReport, Vec<Samples>, Samples) {
     let started = Instant::now();
-    let router_pid = cluster.routers[0].0.pid();
+    let router_pids: Vec<u32> = cluster.routers.iter().map(|r| r.0.pid()).collect();
     let client_pid = cluster.client.pid();
-    let mut router = Samples::default();
+    let mut routers = vec![Samples::default(); router_pids.len()];
     let mut client = Samples::default();
     let sampling = async {
         while started.elapsed() < duration {
             let t = started.elapsed().as_secs_f64();
-            router
-                .points
-                .push((t, rss_kib(router_pid), fd_count(router_pid)));
+            for (samples, &pid) in routers.iter_mut().zip(&router_pids) {
+                samples.points.push((t, rss_kib(pid), fd_count(pid)));
+            }
             client
                 .points
                 .push((t, rss_kib(client_pid), fd_count(client_pid)));
@@ -446,5 +450,5 @@ pub async fn soak(
         }
     };
     let report = steady_load(cluster.forward, len, parallel, 9_000_000, sampling).await;
-    (report, router, client)
+    (report, routers, client)
 }

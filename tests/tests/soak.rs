@@ -65,7 +65,7 @@ async fn kill_9_of_each_component_never_truncates_silently_and_new_connections_w
 async fn a_short_soak_keeps_every_byte() {
     darkport_tests::init_logging();
     let cluster = Cluster::start(NODE).await.expect("cluster");
-    let (r, router, client) = soak(
+    let (r, routers, client) = soak(
         &cluster,
         Duration::from_secs(6),
         Duration::from_millis(500),
@@ -76,8 +76,11 @@ async fn a_short_soak_keeps_every_byte() {
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     assert_eq!(r.reset, 0);
     assert!(r.exact > 0);
+    assert_eq!(routers.len(), 2, "both routers sampled");
     assert!(
-        router.points.iter().all(|p| p.1 > 0 && p.2 > 0),
+        routers
+            .iter()
+            .all(|r| !r.points.is_empty() && r.points.iter().all(|p| p.1 > 0 && p.2 > 0)),
         "router samples"
     );
     assert!(

@@ -29,6 +29,35 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// 1,200-byte packets (measured slower than the default 1,452).
 pub const MAX_UDP_PAYLOAD: u16 = 6_500;
 
+/// Receive window of one stream, QUIC and HTTP/2 alike: one stream moves
+/// up to 8 MiB per round trip, 3.3 Gbit/s at 20 ms RTT and 1.6 Gbit/s at
+/// 40 ms (the WAN target in docs/benchmarks.md is 1 Gbit/s at 20 ms).
+/// Windows are credit, not allocations: idle streams cost nothing.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Receive window of one connection, all its streams together: two
+/// streams at full speed, 6.7 Gbit/s at 20 ms RTT, more than one core
+/// carries. With [`CONNECTION_SEND_WINDOW`] it is the cap on what one
+/// peer connection makes an endpoint buffer (see
+/// [`CONNECTION_BUFFER_BOUND`]).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Bytes one connection holds sent and not yet acknowledged (QUIC), or
+/// queued for a peer that is not reading (HTTP/2, `mux::SEND_QUEUE`).
+/// Writers wait at the limit. The same figure as the receive window: the
+/// router's two sides of a stream see the same rate.
+pub const CONNECTION_SEND_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// What one peer connection can make an endpoint hold in stream data, at
+/// most: quinn keeps received data in the packet buffers it arrived in and
+/// compacts them once they hold 1.5 times the data (so up to 2.5 times
+/// the receive window), and sent data sits in the read buffers it was
+/// read into (64 KiB for a read of at least 32 KiB: up to 2 times the send
+/// window). 72 MiB with the windows above; docs/threat-model.md lists it,
+/// and the soak in docs/benchmarks.md shows the router flat under it.
+pub const CONNECTION_BUFFER_BOUND: u64 =
+    CONNECTION_RECEIVE_WINDOW as u64 * 5 / 2 + CONNECTION_SEND_WINDOW * 2;
+
 /// Streams a client may open before its handshake is done and it is
 /// admitted. quinn allocates the state of every stream a peer may open
 /// when the connection is made (about 40 bytes each, both directions), so
@@ -110,11 +139,9 @@ fn base_transport(max_streams: u32) -> TransportConfig {
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Some(KEEP_ALIVE))
-        // 8 MiB per stream lets one stream fill ~1.6 Gbit/s at 40 ms RTT;
-        // windows are credit, not allocations, so idle streams cost nothing.
-        .stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
-        .receive_window(VarInt::from_u32(32 * 1024 * 1024))
-        .send_window(32 * 1024 * 1024);
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(CONNECTION_SEND_WINDOW);
     if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }

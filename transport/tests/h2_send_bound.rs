@@ -28,7 +28,9 @@ use darkport_proto::codes::StreamCode;
 use darkport_proto::identity::{identity_uri, IdentityName, Kind};
 use darkport_proto::ALPN_DATA_TCP;
 use darkport_transport::identity::Identity;
-use darkport_transport::mux::{accept_tcp, Conn, SendHalf, TlsAcceptor, SEND_QUEUE};
+use darkport_transport::mux::{
+    accept_tcp, Conn, SendHalf, TlsAcceptor, ACCEPT_QUEUE, MAX_REFUSED_STREAMS, SEND_QUEUE,
+};
 use darkport_transport::tls::{rustls_client_config, rustls_server_config, ClientAuth, Trust};
 
 const MIB: u64 = 1024 * 1024;
@@ -393,4 +395,110 @@ async fn resets_either_way_give_back_their_share_of_the_send_queue() {
     );
     drop(opened);
     drop(hostile.driver);
+}
+
+/// What a stream flood did to a connection.
+struct Flooded {
+    /// Streams the peer got out before the connection ended.
+    went_out: usize,
+    /// Why the router says the connection ended.
+    end: String,
+    /// Streams the router queued for its accept loop.
+    queued: usize,
+    /// Streams the peer saw refused (REFUSED_STREAM).
+    refused: usize,
+}
+
+/// A peer that opens streams while the router takes none (and resets each
+/// at once, if `reset`), until the connection ends.
+async fn flood(reset: bool) -> Flooded {
+    let (conn, mut hostile, _opened, _) = setup(0).await;
+    let mut responses = Vec::new();
+    let most = ACCEPT_QUEUE + MAX_REFUSED_STREAMS as usize + 64;
+    let mut went_out = 0;
+    for _ in 0..most {
+        let Ok(mut ready) = hostile.requests.clone().ready().await else {
+            break;
+        };
+        let Ok((response, mut send)) = ready.send_request(http::Request::new(()), false) else {
+            break;
+        };
+        went_out += 1;
+        if reset {
+            send.send_reset(h2::Reason::CANCEL);
+        }
+        responses.push((response, send));
+    }
+    let end = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the router ends the connection in time")
+        .to_string();
+    // GOAWAY ENHANCE_YOUR_CALM, then the socket is closed (the peer, still
+    // writing, may see that first).
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut hostile.driver)
+        .await
+        .expect("the peer's connection ends")
+        .expect("driver task");
+    let e = ended.expect_err("the connection ends with an error");
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "ended by GOAWAY ENHANCE_YOUR_CALM or the close after it: {e}"
+    );
+    let mut queued = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), conn.accept_bi()).await {
+        queued += 1;
+    }
+    let mut refused = 0;
+    for (r, _send) in responses {
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), r).await {
+            if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                refused += 1;
+            }
+        }
+    }
+    Flooded {
+        went_out,
+        end,
+        queued,
+        refused,
+    }
+}
+
+/// A peer that opens streams faster than the router takes them does not
+/// queue them without bound: the accept queue holds `ACCEPT_QUEUE`,
+/// streams past it are refused (REFUSED_STREAM) at once instead of
+/// waiting for a task, and after `MAX_REFUSED_STREAMS` refusals the
+/// connection ends with GOAWAY ENHANCE_YOUR_CALM. Before the bound, every
+/// stream was queued, whatever the peer did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_opens_streams_faster_than_they_are_taken_is_refused_then_ended() {
+    let f = flood(false).await;
+    assert!(f.end.contains("too many streams refused"), "{}", f.end);
+    assert!(
+        f.went_out >= ACCEPT_QUEUE + MAX_REFUSED_STREAMS as usize,
+        "the peer got {} streams out",
+        f.went_out
+    );
+    assert!(f.queued <= ACCEPT_QUEUE, "{} streams queued", f.queued);
+    assert!(
+        f.refused >= MAX_REFUSED_STREAMS as usize / 2,
+        "only {} of {} streams were seen refused",
+        f.refused,
+        f.went_out
+    );
+}
+
+/// Open-then-reset (the HTTP/2 rapid-reset class, CVE-2023-44487): streams
+/// the peer resets before the router takes them are counted against it
+/// (h2's `max_pending_accept_reset_streams`, or the accept queue's
+/// refusals, whichever comes first), and the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_opens_and_resets_streams_is_ended() {
+    let f = flood(true).await;
+    assert!(
+        f.end.contains("excessive load") || f.end.contains("too many streams refused"),
+        "{}",
+        f.end
+    );
+    assert!(f.queued <= ACCEPT_QUEUE, "{} streams queued", f.queued);
 }

@@ -17,17 +17,17 @@ use super::sendq;
 
 /// Most bytes one TCP connection holds queued to send: accepted from its
 /// streams' writers and not yet handed to TLS. The same as QUIC's
-/// per-connection send window (`send_window` in
-/// `endpoint::base_transport`), so a peer costs the same over either
-/// transport. Without it, h2 holds up to `H2_SEND_BUFFER` (1 MiB) for
+/// per-connection send window
+/// ([`CONNECTION_SEND_WINDOW`](crate::endpoint::CONNECTION_SEND_WINDOW)),
+/// so a peer costs the same over either transport. Without it, h2 holds up to `H2_SEND_BUFFER` (1 MiB) for
 /// each of up to [`MAX_STREAMS`](crate::endpoint::MAX_STREAMS) streams when a peer grants huge windows
 /// and then stops reading. An honest Darkport peer never meets it: its
-/// connection window (`H2_CONN_WINDOW`, also 32 MiB) already bounds what
+/// connection window (`H2_CONN_WINDOW`, 16 MiB) already bounds what
 /// h2 queues.
 /// Writers wait at the limit (backpressure, as on QUIC), and go on as
 /// bytes are written. Control frames and the close-notice stream are not
 /// counted, so they get through at the limit.
-pub const SEND_QUEUE: u64 = 32 * 1024 * 1024;
+pub const SEND_QUEUE: u64 = crate::endpoint::CONNECTION_SEND_WINDOW;
 
 /// The async side of [`sendq::SendQueue`]: one per TCP connection,
 /// shared by its writers ([`H2Send`]) and the I/O under h2 ([`Counted`]).

@@ -21,9 +21,9 @@ use crate::endpoint::{HANDSHAKE_TIMEOUT, MAX_STREAMS};
 /// Largest HTTP/2 frame we take: bulk data crosses in few frames.
 const H2_MAX_FRAME: u32 = 64 * 1024;
 /// Per-stream receive window, as for QUIC (`endpoint::transport_config`).
-const H2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const H2_STREAM_WINDOW: u32 = crate::endpoint::STREAM_WINDOW;
 /// Per-connection receive window, as for QUIC.
-const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
+const H2_CONN_WINDOW: u32 = crate::endpoint::CONNECTION_RECEIVE_WINDOW;
 /// Most bytes queued to send per stream beyond the peer's window.
 pub(super) const H2_SEND_BUFFER: usize = 1024 * 1024;
 /// Largest header block we take: our requests carry none of note.
