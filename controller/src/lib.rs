@@ -14,7 +14,7 @@
 //! - [`handlers`]: the admin API's handlers, one module per resource,
 //!   over the store, with the time passed in.
 //! - [`admin`]: the client side of the admin API, used by the CLI.
-//! - [`print`]: how the CLI shows admin answers, as tables or JSON.
+//! - [`print`](mod@print): how the CLI shows admin answers, as tables or JSON.
 //!
 //! The binary (`main.rs`, with its `cli.rs` and `commands/`) only parses
 //! arguments and calls into these.

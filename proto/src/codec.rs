@@ -97,8 +97,10 @@ pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtoError> {
     from_bytes_within(body, MAX_CONTROL_FRAME)
 }
 
-/// Decodes a whole message body of a frame class whose limit is `max`
-/// (see [`decode_budgeted`]), rejecting trailing bytes.
+/// Decodes a whole message body of a frame class whose limit is `max`,
+/// rejecting trailing bytes. The decoder may allocate no more than the
+/// smallest frame class that holds `max` ([`MAX_DIAL_FRAME`],
+/// [`MAX_UNAUTHENTICATED_FRAME`] or [`MAX_CONTROL_FRAME`]).
 pub fn from_bytes_within<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ProtoError> {
     let (msg, used) = decode_budgeted(body, max)?;
     if used != body.len() {

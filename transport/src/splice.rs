@@ -390,7 +390,7 @@ pub fn reset_tcp(tcp: TcpStream) {
 /// Makes the kernel close `tcp` with RST, not FIN, if this process dies
 /// (kill -9, a crash) while the connection carries a tunneled stream: the
 /// peer then sees a reset, never a clean end after part of the bytes.
-/// [`close_gracefully`] undoes it for a stream that ended cleanly. Zero
+/// `close_gracefully` undoes it for a stream that ended cleanly. Zero
 /// linger never blocks on close.
 pub fn abort_on_drop(tcp: &TcpStream) {
     let _ = tcp.set_zero_linger();

@@ -48,7 +48,7 @@
 //! have passed, and its next change meets a conflict and reloads.
 //!
 //! # Schema
-//! Versions are rows of `schema_migrations`; [`MIGRATIONS`] entry `i`
+//! Versions are rows of `schema_migrations`; `MIGRATIONS` entry `i`
 //! upgrades version `i` to `i + 1`, each in its own transaction holding a
 //! transaction-level advisory lock, so two controllers starting together
 //! migrate once. A schema newer than this build knows is refused. Version

@@ -6,7 +6,7 @@
 //! server to run. redb was the alternative; SQLite wins on tooling and on a
 //! schema an operator can query.
 //!
-//! Schema versions live in `PRAGMA user_version`; [`MIGRATIONS`] upgrades
+//! Schema versions live in `PRAGMA user_version`; `MIGRATIONS` upgrades
 //! an older file in place, in one transaction per step. Changes are written
 //! as row-level differences between the old and new in-memory state; what
 //! a row holds is [`super::rows`]'s, this module adds SQLite's dialect

@@ -41,6 +41,9 @@
 //! - `gate.rs`: the async side of the send queue ([`SEND_QUEUE`]) and the
 //!   I/O wrapper under h2 that follows the frames crossing.
 //! - `sendq.rs`: the send queue's decisions, with no I/O.
+//!
+//! [`CloseCode`]: darkport_proto::codes::CloseCode
+//! [`StreamCode`]: darkport_proto::codes::StreamCode
 
 use std::fmt;
 
