@@ -1,5 +1,9 @@
 //! The Darkport edge client and dial SDK.
 //!
+//! Applications use this library through the `darkport` crate (`sdk/`),
+//! which re-exports its dial API without the `cli` feature and is where
+//! the SDK's guide lives.
+//!
 //! Load an identity, dial a service by name, and get a byte stream that
 //! implements `AsyncRead + AsyncWrite`:
 //!
