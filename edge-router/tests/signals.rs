@@ -51,15 +51,38 @@ fn sighup_does_not_end_the_router_and_sigterm_ends_it_cleanly() {
         .arg(&path)
         .args(["--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:1"])
         .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(std::process::Stdio::null())
+        .env_remove("RUST_LOG") // the default level logs the reload line
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("router");
+    // Its log, line by line, read on a thread (the pipe must never fill).
+    let (log_tx, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = log_tx.send(line);
+        }
+    });
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a readiness notification");
     assert_eq!(&buf[..n], b"READY=1\n");
     assert!(child.try_wait().expect("wait").is_none(), "the router runs");
     signal(child.id(), "-HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    // The reload line says the signal was handled; only then is "still
+    // running" a finding.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains("SIGHUP: settings reloaded") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no \"SIGHUP: settings reloaded\" line within 10 s: {e}"),
+        }
+    }
     assert!(
         child.try_wait().expect("wait").is_none(),
         "SIGHUP must not end the router"

@@ -294,22 +294,26 @@ type OnRecord = Arc<dyn Fn(Record) + Send + Sync>;
 /// order per connection. An ack is sent only after `on_record` returned
 /// for every event of the message.
 pub async fn serve(listener: TcpListener, on_record: impl Fn(Record) + Send + Sync + 'static) {
-    serve_counting(
-        listener,
-        Arc::new(on_record),
-        Arc::new(AtomicUsize::new(0)),
-        None,
-    )
-    .await
+    serve_counting(listener, Arc::new(on_record), Counters::default(), None).await
 }
 
 /// The hostname this receiver gives in PONG.
 pub const RECEIVER_HOSTNAME: &str = "darkport-test-fluentd";
 
+/// What a receiver counts, for tests to wait on.
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    /// Acks written to senders.
+    acks: Arc<AtomicUsize>,
+    /// Connections open now (counted down once everything read on one was
+    /// handed to `on_record`).
+    open: Arc<AtomicUsize>,
+}
+
 async fn serve_counting(
     listener: TcpListener,
     on_record: OnRecord,
-    acks: Arc<AtomicUsize>,
+    counters: Counters,
     security: Option<Arc<ServerAuth>>,
 ) {
     // Dropping this future (e.g. aborting its task) drops the set, which
@@ -331,13 +335,15 @@ async fn serve_counting(
                     continue;
                 }
                 let on_record = on_record.clone();
-                let acks = acks.clone();
+                let counters = counters.clone();
                 let security = security.clone();
+                counters.open.fetch_add(1, Ordering::Relaxed);
                 conns.spawn(async move {
-                    match connection(tcp, &*on_record, &acks, security.as_deref()).await {
+                    match connection(tcp, &*on_record, &counters.acks, security.as_deref()).await {
                         Ok(()) => debug!(%peer, "fluent connection closed"),
                         Err(e) => warn!(%peer, "fluent connection closed: {e:#}"),
                     }
+                    counters.open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -453,7 +459,7 @@ pub struct FluentReceiver {
     /// Where it listens.
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<Record>>>,
-    acks: Arc<AtomicUsize>,
+    counters: Counters,
     task: JoinHandle<()>,
 }
 
@@ -491,16 +497,21 @@ impl FluentReceiver {
             .context("binding the fluent receiver")?;
         let addr = listener.local_addr()?;
         let records = Arc::new(Mutex::new(Vec::new()));
-        let acks = Arc::new(AtomicUsize::new(0));
+        let counters = Counters::default();
         let sink = records.clone();
         let on_record: OnRecord = Arc::new(move |r: Record| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         });
-        let task = tokio::spawn(serve_counting(listener, on_record, acks.clone(), security));
+        let task = tokio::spawn(serve_counting(
+            listener,
+            on_record,
+            counters.clone(),
+            security,
+        ));
         Ok(FluentReceiver {
             addr,
             records,
-            acks,
+            counters,
             task,
         })
     }
@@ -515,7 +526,14 @@ impl FluentReceiver {
 
     /// How many acks have been written to senders.
     pub fn acks_sent(&self) -> usize {
-        self.acks.load(Ordering::Relaxed)
+        self.counters.acks.load(Ordering::Relaxed)
+    }
+
+    /// How many connections are open now. Zero after a sender's
+    /// connection closed means everything it carried is in
+    /// [`FluentReceiver::records`]: nothing more can come of it.
+    pub fn connections_open(&self) -> usize {
+        self.counters.open.load(Ordering::Relaxed)
     }
 }
 

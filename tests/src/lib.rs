@@ -19,6 +19,7 @@ pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,84 @@ macro_rules! assert_eventually {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }};
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; then fails
+/// naming `what`. Whole-system tests wait on something observable this way
+/// (a log line, a gauge, a record count, an admin answer), never on a fixed
+/// sleep: a sleep is too short on a loaded machine and too long elsewhere.
+pub async fn poll_until<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`poll_until`] for tests: panics with its message.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if let Err(e) = poll_until(what, within, check).await {
+        panic!("{e}");
+    }
+}
+
+/// A TCP connection through the tunnel to an echo service, kept busy (16
+/// KiB written and its echo read back, over and over) until it fails.
+pub struct Busy {
+    /// Echo rounds completed so far.
+    rounds: Arc<AtomicU64>,
+    /// Ends with how the connection failed, and when.
+    pub task: JoinHandle<(std::io::Error, std::time::Instant)>,
+}
+
+impl Busy {
+    /// Starts the traffic on `tcp`.
+    pub fn start(mut tcp: TcpStream) -> Busy {
+        let rounds = Arc::new(AtomicU64::new(0));
+        let counter = rounds.clone();
+        let task = tokio::spawn(async move {
+            let chunk = payload(16 * 1024, 1);
+            let mut back = vec![0u8; chunk.len()];
+            loop {
+                if let Err(e) = tcp.write_all(&chunk).await {
+                    return (e, std::time::Instant::now());
+                }
+                if let Err(e) = tcp.read_exact(&mut back).await {
+                    return (e, std::time::Instant::now());
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Busy { rounds, task }
+    }
+
+    /// Waits (at most 10 s) until `n` echo rounds have come back: the
+    /// stream is carried end to end, through router and service. Panics
+    /// if the stream failed first.
+    pub async fn carrying(&self, n: u64) {
+        wait_until(
+            &format!("{n} echo rounds on the busy stream"),
+            Duration::from_secs(10),
+            || async {
+                assert!(!self.task.is_finished(), "the busy stream failed");
+                self.rounds.load(Ordering::Relaxed) >= n
+            },
+        )
+        .await;
+    }
 }
 
 /// Installs a test log subscriber once (`RUST_LOG` to see more).
@@ -544,33 +623,28 @@ pub async fn wait_router_online(
     addr: SocketAddr,
     within: Duration,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(AdminResponse::Routers(rs)) = admin(data_dir, AdminRequest::ListRouters).await {
-            if rs
-                .iter()
-                .any(|r| r.online && r.advertise == addr.to_string())
-            {
-                return Ok(());
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("router at {addr} not online within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        &format!("the router at {addr} to be online"),
+        within,
+        || async {
+            matches!(
+                admin(data_dir, AdminRequest::ListRouters).await,
+                Ok(AdminResponse::Routers(rs))
+                    if rs.iter().any(|r| r.online && r.advertise == addr.to_string())
+            )
+        },
+    )
+    .await
 }
 
 /// Waits until the controller of `data_dir` answers admin requests.
 pub async fn wait_admin(data_dir: &DataDir) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while admin(data_dir, AdminRequest::ListIdentities).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "controller did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the controller to answer admin requests",
+        Duration::from_secs(15),
+        || async { admin(data_dir, AdminRequest::ListIdentities).await.is_ok() },
+    )
+    .await;
 }
 
 /// A controller in its own process (the `darkport-test-node` binary at
@@ -722,6 +796,36 @@ pub mod pg {
             );
         }
         Ok(())
+    }
+
+    /// The rows `sql` returns at `url`, as psql prints them unaligned
+    /// (`|` between columns, one row a line), trimmed.
+    pub fn query(url: &str, sql: &str) -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-d", url, "-c", sql])
+            .output()
+            .context("running psql (Debian package postgresql-client)")?;
+        if !out.status.success() {
+            bail!(
+                "psql {sql:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// How many sessions of `url`'s database other than this one wait on
+    /// `event` (`pg_stat_activity.wait_event`, e.g. `PgSleep`) or, with
+    /// `event` a type such as `Lock`, on any event of that type.
+    pub fn sessions_waiting(url: &str, event: &str) -> usize {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND (wait_event = '{event}' OR wait_event_type = '{event}')"
+        );
+        query(url, &sql)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// A fresh database on the test server for `test`, or `None` where

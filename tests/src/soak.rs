@@ -9,6 +9,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,8 +21,9 @@ use tokio::net::TcpStream;
 
 use darkport_controller::DataDir;
 use darkport_proto::identity::Kind;
+use darkport_proto::msg::{AdminRequest, AdminResponse};
 
-use crate::{controller_process_with_echo, enroll_at, wait_router_online, Node};
+use crate::{controller_process_with_echo, enroll_at, poll_until, wait_router_online, Node};
 
 /// How one tunneled connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +162,19 @@ pub async fn steady_load(
     seed: u64,
     stop: impl std::future::Future<Output = ()>,
 ) -> LoadReport {
+    steady_load_counting(addr, len, parallel, seed, stop, &AtomicU64::new(0)).await
+}
+
+/// [`steady_load`], counting in `exact` each connection whose bytes all
+/// came back, as it ends: for a caller to wait on the load's progress.
+async fn steady_load_counting(
+    addr: SocketAddr,
+    len: u64,
+    parallel: usize,
+    seed: u64,
+    stop: impl std::future::Future<Output = ()>,
+    exact: &AtomicU64,
+) -> LoadReport {
     let started = Instant::now();
     let mut report = LoadReport::default();
     let mut running = tokio::task::JoinSet::new();
@@ -173,7 +189,12 @@ pub async fn steady_load(
         tokio::select! {
             _ = &mut stop, if !stopping => stopping = true,
             r = running.join_next() => match r {
-                Some(Ok(end)) => report.add(end, len),
+                Some(Ok(end)) => {
+                    if end == ConnEnd::Exact {
+                        exact.fetch_add(1, Ordering::Relaxed);
+                    }
+                    report.add(end, len);
+                }
                 Some(Err(e)) => report.violations.push(format!("task failed: {e}")),
                 None => break,
             },
@@ -256,7 +277,7 @@ impl Cluster {
         let client_identity = enroll_at(&data_dir, dir.path(), "app-1", Kind::Client, &[]).await?;
         let forward = free_tcp_addr()?;
         let client = Node::spawn(node, "client", &client_identity, forward)?;
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             node: node.to_string(),
             _dir: dir,
             data_dir,
@@ -273,14 +294,28 @@ impl Cluster {
         {
             bail!("no connection through the tunnel within 15 s of start");
         }
-        cluster.wait_both_routers().await;
+        cluster.wait_both_routers().await?;
         Ok(cluster)
     }
 
-    async fn wait_both_routers(&mut self) {
-        // The client connects to both routers in the background; give it
-        // the time its maintenance needs.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    /// The client connects to both routers in the background: waits until
+    /// both report it connected.
+    async fn wait_both_routers(&self) -> Result<()> {
+        let routers = self.routers.len();
+        poll_until(
+            &format!("the edge client to be connected to {routers} routers"),
+            Duration::from_secs(15),
+            || async {
+                let show = AdminRequest::ShowIdentity {
+                    name: crate::n("app-1"),
+                };
+                matches!(
+                    crate::admin(&self.data_dir, show).await,
+                    Ok(AdminResponse::Identity(i)) if i.connected_to.len() == routers
+                )
+            },
+        )
+        .await
     }
 
     /// kill -9 router `i`.
@@ -352,10 +387,31 @@ pub async fn fault_matrix(
     for what in ["router-1", "controller", "edge client"] {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let forward = cluster.forward;
-        let load = tokio::spawn(steady_load(forward, len, parallel, 7_000_000, async {
-            let _ = stop_rx.await;
-        }));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let exact = Arc::new(AtomicU64::new(0));
+        let load = {
+            let exact = exact.clone();
+            tokio::spawn(async move {
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                steady_load_counting(forward, len, parallel, 7_000_000, stop, &exact).await
+            })
+        };
+        // The kill lands during transfers: once a round of connections has
+        // come back whole, the next round is in flight.
+        let transfers = |more: u64| {
+            let want = exact.load(Ordering::Relaxed) + more;
+            let exact = exact.clone();
+            async move {
+                poll_until(
+                    &format!("{more} more whole transfers through the tunnel (kill -9 of {what})"),
+                    Duration::from_secs(10),
+                    || async { exact.load(Ordering::Relaxed) >= want },
+                )
+                .await
+            }
+        };
+        transfers(parallel as u64).await?;
         match what {
             "router-1" => cluster.kill_router(0),
             "controller" => cluster.kill_controller(),
@@ -374,7 +430,9 @@ pub async fn fault_matrix(
             _ => cluster.restart_client()?,
         }
         let recovered_after_restart = recovery(forward, Duration::from_secs(10)).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // And transfers go on after the restart: another round comes back
+        // whole before the load stops.
+        transfers(parallel as u64).await?;
         let _ = stop_tx.send(());
         let load = load.await.context("load task")?;
         steps.push(FaultStep {

@@ -3,6 +3,7 @@
 //! real work goes on meanwhile.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,9 @@ use darkport_proto::identity::Kind;
 use darkport_proto::msg::{
     AdminRequest, AdminResponse, ControlBody, ControlRequest, EnrollRequest,
 };
-use darkport_tests::{admin, free_udp_addr, init_controller, n, rss_bytes, Node};
+use darkport_tests::{
+    admin, free_udp_addr, init_controller, n, poll_until, rss_bytes, wait_admin, wait_until, Node,
+};
 use darkport_transport::tls::{self, Trust};
 use quinn::VarInt;
 
@@ -59,7 +62,11 @@ fn hostile_config(ca_pem: &str) -> quinn::ClientConfig {
 }
 
 /// What one hostile stream saw: reset by the controller (and when).
-async fn hostile_stream(conn: quinn::Connection) -> Option<Duration> {
+/// Counts in `requests_sent` once its request frame is handed to QUIC.
+async fn hostile_stream(
+    conn: quinn::Connection,
+    requests_sent: Arc<AtomicUsize>,
+) -> Option<Duration> {
     let (mut send, mut recv) = conn.open_bi().await.ok()?;
     let started = Instant::now();
     // A valid-looking enrollment request, as large as allowed, then junk.
@@ -71,6 +78,7 @@ async fn hostile_stream(conn: quinn::Connection) -> Option<Duration> {
     let junk = vec![0xee; 64 * 1024];
     let writing = async {
         send.write_all(&frame).await?;
+        requests_sent.fetch_add(1, Ordering::Relaxed);
         loop {
             send.write_all(&junk).await?;
         }
@@ -111,11 +119,7 @@ async fn hostile_peers_without_certificates_cannot_pin_controller_memory() {
     let ctl_addr = free_udp_addr().expect("addr");
     let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
     let node = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while admin(&dd, AdminRequest::ListIdentities).await.is_err() {
-        assert!(Instant::now() < deadline, "controller did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_admin(&dd).await;
     let pid = node.pid();
     // Warm up what normal work allocates, then take the baseline.
     for i in 0..5 {
@@ -167,23 +171,41 @@ async fn hostile_peers_without_certificates_cannot_pin_controller_memory() {
                 .connect_with(config.clone(), ctl_addr, "darkport-controller")
                 .expect("connect");
             connecting.spawn(async move {
-                let conn = tokio::time::timeout(Duration::from_secs(10), connect)
+                tokio::time::timeout(Duration::from_secs(10), connect)
                     .await
                     .ok()?
-                    .ok()?;
-                // Refused connections are closed right after the handshake.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                conn.close_reason().is_none().then_some(conn)
+                    .ok()
             });
         }
         endpoints.push(endpoint);
     }
-    let mut conns = Vec::new();
+    let mut handshaken = Vec::new();
     while let Some(r) = connecting.join_next().await {
         if let Some(c) = r.expect("task") {
-            conns.push(c);
+            handshaken.push(c);
         }
     }
+    // The controller refuses right after the handshake and closes the
+    // connection at once. Wait for as many refusals as its caps demand; if
+    // they never come, the assertion below says how many were admitted.
+    let caps = (usize::from(addresses) * MAX_UNAUTHENTICATED_PER_PREFIX).min(MAX_UNAUTHENTICATED);
+    let must_refuse = handshaken.len().saturating_sub(caps);
+    let _ = poll_until(
+        &format!("{must_refuse} refused connections to be closed"),
+        Duration::from_secs(10),
+        || async {
+            handshaken
+                .iter()
+                .filter(|c| c.close_reason().is_some())
+                .count()
+                >= must_refuse
+        },
+    )
+    .await;
+    let conns: Vec<_> = handshaken
+        .into_iter()
+        .filter(|c| c.close_reason().is_none())
+        .collect();
     let admitted = conns.len();
     assert!(
         admitted <= usize::from(addresses) * MAX_UNAUTHENTICATED_PER_PREFIX,
@@ -193,14 +215,22 @@ async fn hostile_peers_without_certificates_cannot_pin_controller_memory() {
 
     let attack_started = Instant::now();
     let mut streams = tokio::task::JoinSet::new();
+    let requests_sent = Arc::new(AtomicUsize::new(0));
     for conn in &conns {
         for _ in 0..darkport_transport::endpoint::MAX_CONTROL_STREAMS {
-            streams.spawn(hostile_stream(conn.clone()));
+            streams.spawn(hostile_stream(conn.clone(), requests_sent.clone()));
         }
     }
 
-    // Real work during the attack, from another address.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Real work during the attack, from another address, once the attack
+    // is under way: a request frame out on as many streams as there are
+    // connections.
+    wait_until(
+        "hostile request frames sent",
+        Duration::from_secs(10),
+        || async { requests_sent.load(Ordering::Relaxed) >= admitted },
+    )
+    .await;
     let token = match admin(
         &dd,
         AdminRequest::CreateIdentity {

@@ -17,37 +17,16 @@ use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{Selector, ServiceEntry};
 use darkport_tests::{
     admin, assert_eventually, controller_process_with_echo, echo_server, enroll_at, free_udp_addr,
-    init_controller, n, payload, roundtrip, sha256, wait_admin, wait_router_online, Fixture, Node,
+    init_controller, n, payload, roundtrip, sha256, wait_admin, wait_router_online, Busy, Fixture,
+    Node,
 };
 use darkport_transport::identity::Identity;
 use edge_client::{Client, ClientOptions, DialError};
 
 const NODE: &str = env!("CARGO_BIN_EXE_darkport-test-node");
 
-/// Keeps a TCP connection busy (writing and reading echoes) until it
-/// fails; returns how it failed and when.
-fn busy(mut tcp: TcpStream) -> tokio::task::JoinHandle<(std::io::Error, Instant)> {
-    tokio::spawn(async move {
-        let chunk = payload(16 * 1024, 1);
-        let mut back = vec![0u8; chunk.len()];
-        loop {
-            if let Err(e) = tcp.write_all(&chunk).await {
-                return (e, Instant::now());
-            }
-            match tcp.read_exact(&mut back).await {
-                Ok(_) => {}
-                Err(e) => return (e, Instant::now()),
-            }
-        }
-    })
-}
-
-async fn cut_within(
-    task: tokio::task::JoinHandle<(std::io::Error, Instant)>,
-    start: Instant,
-    what: &str,
-) -> Duration {
-    let (err, at) = tokio::time::timeout(Duration::from_secs(5), task)
+async fn cut_within(busy: Busy, start: Instant, what: &str) -> Duration {
+    let (err, at) = tokio::time::timeout(Duration::from_secs(5), busy.task)
         .await
         .unwrap_or_else(|_| panic!("{what}: live stream not cut within 5 s"))
         .expect("busy task");
@@ -74,9 +53,8 @@ async fn revoke_cuts_a_live_busy_stream_within_a_second() {
     let mut fx = Fixture::start().await.expect("fixture");
     let fwd = fx.echo_setup().await.expect("setup");
     let tcp = TcpStream::connect(fwd).await.expect("connect");
-    let task = busy(tcp);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!task.is_finished(), "stream should be busy, not failed");
+    let task = Busy::start(tcp);
+    task.carrying(3).await;
 
     let start = Instant::now();
     fx.admin(AdminRequest::RevokeIdentity { name: n("app-1") })
@@ -115,8 +93,8 @@ async fn policy_delete_and_role_removal_cut_live_streams() {
     let mut fx = Fixture::start().await.expect("fixture");
     let fwd = fx.echo_setup().await.expect("setup");
 
-    let task = busy(TcpStream::connect(fwd).await.expect("connect"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let task = Busy::start(TcpStream::connect(fwd).await.expect("connect"));
+    task.carrying(3).await;
     let start = Instant::now();
     fx.admin(AdminRequest::DeletePolicy {
         name: n("echo-writers"),
@@ -144,8 +122,8 @@ async fn policy_delete_and_role_removal_cut_live_streams() {
     eprintln!("policy create: in force after {:?}", start.elapsed());
 
     // Removing the role that the policy selects narrows it: cut again.
-    let task = busy(TcpStream::connect(fwd).await.expect("connect"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let task = Busy::start(TcpStream::connect(fwd).await.expect("connect"));
+    task.carrying(3).await;
     let start = Instant::now();
     fx.admin(AdminRequest::UpdateIdentity {
         name: n("app-1"),

@@ -20,7 +20,7 @@ use darkport_proto::identity::Kind;
 use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_tests::{
     admin, controller_process_with_echo, enroll_at, free_udp_addr, rss_bytes, wait_router_online,
-    Node,
+    wait_until, Node,
 };
 use darkport_transport::tls::{self, Trust};
 use edge_client::{Client, ClientOptions};
@@ -287,8 +287,18 @@ async fn honest_peers_get_in_during_a_handshake_flood_and_the_router_stays_small
         stop.clone(),
         ctl_stats.clone(),
     );
-    // Let the flood fill every gate.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the flood fills every gate: a whole gate's worth of
+    // handshakes past Retry at the router and at the controller, each a
+    // real handshake in progress there (none completes, none is 10 s old).
+    let gate = darkport_transport::admission::GateLimits::default().total as u64;
+    for (stats, whom) in [(&router_stats, "router"), (&ctl_stats, "controller")] {
+        wait_until(
+            &format!("the flood to fill the {whom}'s handshake gate"),
+            Duration::from_secs(10),
+            || async { stats.retries_answered.load(Ordering::Relaxed) >= gate },
+        )
+        .await;
+    }
 
     let mut peak = 0u64;
     for i in 0..5 {
@@ -322,12 +332,27 @@ async fn honest_peers_get_in_during_a_handshake_flood_and_the_router_stays_small
         .await
         .expect("the restarted router syncs during the flood");
     eprintln!("restarted router online after {:?}", start.elapsed());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The flood goes on against the restarted router: wait until it has
+    // filled its gate, then a gate's worth more (the gate turned over once)
+    // between the two memory samples.
+    let flooded = |more: u64| {
+        let want = router_stats.retries_answered.load(Ordering::Relaxed) + more;
+        let stats = router_stats.clone();
+        async move {
+            wait_until(
+                &format!("{more} more flood handshakes past Retry at the restarted router"),
+                Duration::from_secs(10),
+                || async { stats.retries_answered.load(Ordering::Relaxed) >= want },
+            )
+            .await
+        }
+    };
+    flooded(gate).await;
     new_client_echo(&app_id, r_addr, Duration::from_secs(2))
         .await
         .expect("a client through the restarted router, during the flood");
     let restarted_baseline = rss_bytes(router.pid());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    flooded(gate).await;
     let restarted_peak = rss_bytes(router.pid());
 
     stop.store(true, Ordering::Relaxed);
@@ -525,7 +550,8 @@ async fn compressed_amplification_is_refused_within_bounded_memory() {
     }
     sampling.store(false, Ordering::Relaxed);
     let peak = sampler.await.expect("sampler");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every bomb sender has seen its stream end (joined above): the router
+    // is done with them, so this sample is "after".
     let after = rss_bytes(s.router.pid());
     eprintln!(
         "router RSS: {} MiB before, {} MiB peak, {} MiB after the bombs",

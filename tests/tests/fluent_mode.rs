@@ -195,7 +195,13 @@ async fn a_denied_tag_never_reaches_the_service() {
         Some(Err(e)) => eprintln!("the sender sees: {e}"),
         other => panic!("a denied chunk must end the stream without an ack, got {other:?}"),
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The router's connection to the service for that stream ends too;
+    // once the receiver has read it to its end, nothing more can arrive.
+    assert_eventually!(
+        receiver.connections_open() == 0,
+        Duration::from_secs(10),
+        "the service's connection for the ended stream closes"
+    );
     let tags: Vec<String> = receiver.records().into_iter().map(|r| r.tag).collect();
     assert_eq!(tags, ["app.app-1.web"], "only the allowed record arrived");
 

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use darkport_controller::DataDir;
@@ -33,7 +32,7 @@ use darkport_proto::policy::ServiceEntry;
 use darkport_tests::ops::{workspace_bin, Proc};
 use darkport_tests::{
     admin, assert_eventually, echo_server, echo_service_for_all, free_udp_addr, n, payload, pg,
-    roundtrip, run_router_at, sha256, wait_admin, wait_router_online,
+    roundtrip, run_router_at, sha256, wait_admin, wait_router_online, wait_until, Busy,
 };
 use darkport_transport::identity::Identity;
 use edge_client::{Client, ClientOptions};
@@ -274,19 +273,6 @@ fn advertise(dd: &DataDir) -> String {
     dd.load_config().expect("config").advertise
 }
 
-/// Keeps a TCP connection busy until it fails; when it failed.
-fn busy(mut tcp: TcpStream) -> tokio::task::JoinHandle<Instant> {
-    tokio::spawn(async move {
-        let chunk = payload(16 * 1024, 1);
-        let mut back = vec![0u8; chunk.len()];
-        loop {
-            if tcp.write_all(&chunk).await.is_err() || tcp.read_exact(&mut back).await.is_err() {
-                return Instant::now();
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_one_controller_and_the_other_carries_on_within_2s() {
     let Some(url) = pg::test_database("ha::kill9") else {
@@ -368,14 +354,13 @@ async fn revocation_on_a_cuts_a_stream_on_a_router_synced_to_b_within_1s() {
 /// Keeps a stream through `fwd` busy, revokes `app` through `via`, and
 /// says how long until the stream was cut (at most 5 s).
 async fn revocation_cut(via: &DataDir, fwd: SocketAddr) -> Duration {
-    let task = busy(TcpStream::connect(fwd).await.expect("connect"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!task.is_finished(), "the stream should be busy");
+    let busy = Busy::start(TcpStream::connect(fwd).await.expect("connect"));
+    busy.carrying(3).await;
     let start = Instant::now();
     admin(via, AdminRequest::RevokeIdentity { name: n("app") })
         .await
         .expect("revoke");
-    let cut = tokio::time::timeout(Duration::from_secs(5), task)
+    let (_, cut) = tokio::time::timeout(Duration::from_secs(5), busy.task)
         .await
         .expect("stream not cut within 5 s")
         .expect("task");
@@ -727,7 +712,12 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
         &url,
         "BEGIN; SELECT value FROM meta WHERE key = 'generation' FOR UPDATE; SELECT pg_sleep(5); COMMIT;",
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the locking session to hold the row (sleeping in pg_sleep)",
+        Duration::from_secs(5),
+        || async { pg::sessions_waiting(&url, "PgSleep") == 1 },
+    )
+    .await;
     // A commit at A now waits for the row (holding A's commit lock). Both
     // it and the reads go to A alone (an admin otherwise tries B too).
     let stuck = {
@@ -745,7 +735,12 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
             (started.elapsed(), r)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "A's commit to wait for the row lock",
+        Duration::from_secs(3),
+        || async { pg::sessions_waiting(&url, "Lock") >= 1 },
+    )
+    .await;
     assert!(
         !stuck.is_finished(),
         "the commit should be waiting for the row"
@@ -780,11 +775,24 @@ async fn a_notify_flood_stalls_nothing() {
     };
     let pair = Pair::start(&url).await;
     let Traffic { fwd, router, .. } = pair.traffic(&pair.a, "router-a").await;
+    pg::query(&url, "CREATE SEQUENCE notified").expect("sequence");
     let flood = psql_in_background(
         &url,
-        "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_notify('darkport_state', i::text); COMMIT; PERFORM pg_sleep(0.001); END LOOP; END $$;",
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_notify('darkport_state', i::text); PERFORM nextval('notified'); COMMIT; PERFORM pg_sleep(0.001); END LOOP; END $$;",
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A sequence counts the flood's NOTIFYs (nextval is seen at once by
+    // every session): the reads below run once 300 are out, mid-flood.
+    wait_until(
+        "300 NOTIFYs of the flood",
+        Duration::from_secs(5),
+        || async {
+            pg::query(&url, "SELECT last_value FROM notified")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v >= 300)
+        },
+    )
+    .await;
     reads_answer_at_once(&pair.a, fwd, "the NOTIFY flood").await;
     wait_router_online(&pair.a, router, Duration::from_millis(500))
         .await

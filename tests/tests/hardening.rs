@@ -7,7 +7,7 @@ use std::time::Duration;
 use darkport_controller::ca::Ca;
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::ALPN_DATA;
-use darkport_tests::{init_logging, Fixture};
+use darkport_tests::{init_logging, wait_until, Fixture};
 use darkport_transport::identity::{Identity, IdentityFile, IDENTITY_FILE_VERSION};
 use darkport_transport::tls::{self, ClientAuth, Trust};
 
@@ -83,7 +83,14 @@ async fn an_expired_certificate_cannot_resume_a_session() {
     send.finish().expect("finish");
     let back = recv.read_to_end(64).await.expect("echo");
     assert_eq!(back, b"ping");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A session ticket, were the server to send one, leaves with its
+    // HANDSHAKE_DONE: once that has arrived, any ticket has too.
+    wait_until(
+        "the server's HANDSHAKE_DONE",
+        Duration::from_secs(5),
+        || async { first.stats().frame_rx.handshake_done > 0 },
+    )
+    .await;
     first.close(0u32.into(), b"done");
 
     // Wait until the certificate has expired.
@@ -574,7 +581,23 @@ async fn a_renewal_loop_is_refused_after_the_limit_and_routers_see_only_what_it_
         Duration::from_secs(5),
         "the router reaches snapshot {expected}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And no late one: a client connected now is named only by a router
+    // report sent after every renewal was answered; that report still
+    // gives the same version.
+    let client = fx.client(&path).expect("client");
+    let _ = client.dial("no-such-service").await;
+    assert!(!client.connections().is_empty(), "the client is connected");
+    wait_until(
+        "a router report naming app-1",
+        Duration::from_secs(12),
+        || async {
+            matches!(
+                fx.admin(AdminRequest::ShowIdentity { name: n("app-1") }).await,
+                Ok(AdminResponse::Identity(i)) if !i.connected_to.is_empty()
+            )
+        },
+    )
+    .await;
     assert_eq!(router_snapshot_version(&fx).await, Some(expected));
 }
 
@@ -660,7 +683,9 @@ async fn a_router_cut_off_longer_than_the_policy_age_refuses_new_dials() {
         "the router serves while its controller is up"
     );
     // Live for longer than the age limit: a synced router's policy is
-    // current however long ago the last snapshot came.
+    // current however long ago the last snapshot came. This sleep is the
+    // subject, not a wait: the router measures the policy's age on its
+    // own clock, so only real time passing beyond the limit shows it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     echo_once(&client).await.expect("still served");
     let mut live = client

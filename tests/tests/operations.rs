@@ -249,20 +249,21 @@ async fn metrics_parse_move_with_traffic_and_readiness_follows_routers() {
     for p in [&mut ctl, &mut r, &mut c] {
         p.signal("-HUP");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for (p, addr) in [
         (&mut ctl, ctl_metrics),
         (&mut r, r_metrics),
         (&mut c, c_metrics),
     ] {
-        assert!(p.running(), "SIGHUP ended a process:\n{}", p.log_text());
-        assert_eq!(http_get(addr, "/live").await.expect("live").0, 200);
+        // The reload line says the signal was handled; only then is
+        // "still running" a finding.
         assert_eventually!(
             p.log_text().contains("SIGHUP: settings reloaded"),
             Duration::from_secs(5),
             "no reload line:\n{}",
             p.log_text()
         );
+        assert!(p.running(), "SIGHUP ended a process:\n{}", p.log_text());
+        assert_eq!(http_get(addr, "/live").await.expect("live").0, 200);
     }
 
     // Readiness follows the routers: none left, the client is not ready.
