@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::info;
 
 use darkport_proto::identity::Kind;
-use darkport_proto::{ALPN_DATA, ALPN_DATA_TCP};
+use darkport_proto::{ALPN_DATA, ALPN_DATA_TCP, ROUTER_SERVER_NAME};
 use darkport_transport::identity::Identity;
 use darkport_transport::mux::{Conn, Transport, TransportMode};
 use darkport_transport::tls::{client_config, rustls_client_config, Trust};
@@ -72,7 +72,7 @@ impl Connector {
             &self.endpoint,
             configs.quic.clone(),
             router,
-            ROUTER_NAME,
+            ROUTER_SERVER_NAME,
         )
         .await
         .map(Conn::from)
@@ -80,7 +80,7 @@ impl Connector {
     }
 
     async fn tcp(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
-        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_NAME)
+        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_SERVER_NAME)
             .await
             .map_err(|e| router_error(router, format!("TCP: {e}")))
     }
@@ -136,10 +136,6 @@ impl Connector {
         }
     }
 }
-
-/// The server name a client asks routers for (the certificate check is
-/// on the identity URI, not on this name).
-const ROUTER_NAME: &str = "darkport-router";
 
 pub(super) fn router_error(router: &str, reason: String) -> DialError {
     DialError::Router {
