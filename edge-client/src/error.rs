@@ -99,8 +99,10 @@ pub enum DialError {
         /// Router address.
         router: String,
         /// What happened, typed: match on it rather than on the text.
+        /// Boxed: it holds the errors of both transports, and a dial's
+        /// `Result` should stay small.
         #[source]
-        cause: RouterFailure,
+        cause: Box<RouterFailure>,
     },
     /// Asking the controller for routers failed.
     #[error("cannot get the router list: {0}")]
@@ -358,7 +360,7 @@ mod tests {
             (
                 DialError::Router {
                     router: s(),
-                    cause: RouterFailure::Busy(s()),
+                    cause: Box::new(RouterFailure::Busy(s())),
                 },
                 Retry::Elsewhere,
             ),
@@ -461,7 +463,7 @@ mod tests {
     fn router_failures_are_typed_and_keep_their_text() {
         let router = |cause| DialError::Router {
             router: "r:1".into(),
-            cause,
+            cause: Box::new(cause),
         };
         let table = [
             (

@@ -143,6 +143,6 @@ impl Connector {
 pub(super) fn router_error(router: &str, cause: RouterFailure) -> DialError {
     DialError::Router {
         router: router.to_string(),
-        cause,
+        cause: Box::new(cause),
     }
 }

@@ -333,9 +333,9 @@ mod tests {
     fn vague() -> DialError {
         DialError::Router {
             router: "r:1".into(),
-            cause: RouterFailure::Ended(RemoteEnd::Lost(
+            cause: Box::new(RouterFailure::Ended(RemoteEnd::Lost(
                 darkport_transport::mux::Lost::StreamClosed,
-            )),
+            ))),
         }
     }
 
