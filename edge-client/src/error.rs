@@ -1,6 +1,11 @@
 //! Dial errors.
 
+use std::time::Duration;
+
 use darkport_proto::msg::DialStatus;
+use darkport_proto::ProtoError;
+use darkport_transport::connect::ConnectError;
+use darkport_transport::mux::RemoteEnd;
 
 /// Why a dial failed. Variants say who refused: the router's policy, the
 /// router's view of services, the private service, or the connection.
@@ -87,13 +92,17 @@ pub enum DialError {
     /// No router is known.
     #[error("no router is available: the controller lists no online router; start one, or pass --router HOST:PORT")]
     NoRouters,
-    /// Connecting to or talking with the router failed.
-    #[error("router {router}: {reason}")]
+    /// Connecting to or talking with the router failed; another router
+    /// is tried.
+    #[error("router {router}: {cause}")]
     Router {
         /// Router address.
         router: String,
-        /// What happened.
-        reason: String,
+        /// What happened, typed: match on it rather than on the text.
+        /// Boxed: it holds the errors of both transports, and a dial's
+        /// `Result` should stay small.
+        #[source]
+        cause: Box<RouterFailure>,
     },
     /// Asking the controller for routers failed.
     #[error("cannot get the router list: {0}")]
@@ -115,6 +124,73 @@ pub enum DialError {
     /// A local socket could not be opened.
     #[error("local socket: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What went wrong with one router, in [`DialError::Router`]: the
+/// connection could not be made, or it or the dial's stream ended with no
+/// answer. Each variant keeps the transport's typed error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterFailure {
+    /// No QUIC connection could be made: the router is down, a firewall
+    /// drops UDP, or a handshake was refused (the error's hint says what
+    /// to do about a certificate).
+    #[error("QUIC: {0}")]
+    Quic(ConnectError),
+    /// No TLS-over-TCP connection could be made: is the router's TCP port
+    /// open?
+    #[error("TCP: {0}")]
+    Tcp(ConnectError),
+    /// Both transports were tried (auto mode) and both failed.
+    #[error("QUIC: {quic}; TCP: {tcp}")]
+    Both {
+        /// Why QUIC failed.
+        quic: ConnectError,
+        /// Why TCP failed.
+        tcp: ConnectError,
+    },
+    /// The router closed the connection because one of its limits was
+    /// reached (close code `Busy`); its reason names the limit.
+    #[error("the router is at a limit: {0}")]
+    Busy(String),
+    /// The connection or the dial's stream ended: the peer's code and
+    /// reason, or why it was lost.
+    #[error("{0}")]
+    Ended(RemoteEnd),
+    /// Nothing at all arrived from the router within this window after a
+    /// dial: it is taken for dead and its connection closed.
+    #[error("no answer at all within {0:?}; taking it for dead")]
+    Silent(Duration),
+    /// The router is alive but did not answer the dial within this time.
+    #[error("no answer to the dial within {} s", .0.as_secs())]
+    NoAnswer(Duration),
+    /// The dial request could not be sent, or the stream ended before the
+    /// answer, and the connection had not ended.
+    #[error("{0}")]
+    Stream(ProtoError),
+    /// Reading the answer failed otherwise than by the stream's end.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The answer was not a dial response: the peer speaks another
+    /// protocol or version.
+    #[error("bad answer: {0}")]
+    BadAnswer(ProtoError),
+}
+
+impl RouterFailure {
+    /// From a failed read of the answer: how the stream ended, if the
+    /// error carries it, else the I/O error itself.
+    pub(crate) fn from_io(e: std::io::Error) -> RouterFailure {
+        match remote_end(&e) {
+            Some(end) => RouterFailure::Ended(end.clone()),
+            None => RouterFailure::Io(e),
+        }
+    }
+}
+
+/// How a stream ended, if that is what this I/O error of a stream says.
+pub(crate) fn remote_end(e: &std::io::Error) -> Option<&RemoteEnd> {
+    e.get_ref().and_then(|i| i.downcast_ref::<RemoteEnd>())
 }
 
 /// What a failed dial does next, by [`DialError::retry`]. The dial loop
@@ -284,7 +360,7 @@ mod tests {
             (
                 DialError::Router {
                     router: s(),
-                    reason: s(),
+                    cause: Box::new(RouterFailure::Busy(s())),
                 },
                 Retry::Elsewhere,
             ),
@@ -379,6 +455,60 @@ mod tests {
         for (e, want) in &table {
             assert_eq!(e.retry(), *want, "{}", e.kind_str());
         }
+    }
+
+    /// The typed cause keeps the text a router error always had, and is
+    /// the error's source.
+    #[test]
+    fn router_failures_are_typed_and_keep_their_text() {
+        let router = |cause| DialError::Router {
+            router: "r:1".into(),
+            cause: Box::new(cause),
+        };
+        let table = [
+            (
+                RouterFailure::Busy("64 connections of app-1".into()),
+                "router r:1: the router is at a limit: 64 connections of app-1",
+            ),
+            (
+                RouterFailure::Silent(Duration::from_millis(2500)),
+                "router r:1: no answer at all within 2.5s; taking it for dead",
+            ),
+            (
+                RouterFailure::NoAnswer(Duration::from_secs(10)),
+                "router r:1: no answer to the dial within 10 s",
+            ),
+            (
+                RouterFailure::Ended(RemoteEnd::Reset(1)),
+                "router r:1: the peer reset the stream (code 1)",
+            ),
+            (
+                RouterFailure::BadAnswer(ProtoError::Closed),
+                "router r:1: bad answer: stream closed before a message arrived",
+            ),
+            (
+                RouterFailure::Stream(ProtoError::UnexpectedEof),
+                "router r:1: stream ended in the middle of a message",
+            ),
+        ];
+        for (cause, text) in table {
+            let e = router(cause);
+            assert_eq!(e.to_string(), text);
+            let source = std::error::Error::source(&e).expect("the cause is the source");
+            assert_eq!(source.to_string(), text["router r:1: ".len()..]);
+        }
+        // A read that failed because the stream ended says how, typed.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, RemoteEnd::Reset(2));
+        let text = io.to_string();
+        let cause = RouterFailure::from_io(io);
+        assert!(
+            matches!(cause, RouterFailure::Ended(RemoteEnd::Reset(2))),
+            "{cause:?}"
+        );
+        assert_eq!(cause.to_string(), text);
+        let cause = RouterFailure::from_io(std::io::Error::other("broken pipe"));
+        assert!(matches!(cause, RouterFailure::Io(_)), "{cause:?}");
+        assert_eq!(cause.to_string(), "broken pipe");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub mod stream;
 
 pub use client::{Client, ClientOptions, RouterConnection};
 pub use darkport_transport::mux::{RecvHalf, SendHalf, Transport, TransportMode};
-pub use error::{describe_remote_end, DialError, Retry};
+pub use error::{describe_remote_end, DialError, Retry, RouterFailure};
 pub use stream::DialStream;
 
 pub use darkport_transport::enroll::{enroll, read_token, EnrollError};

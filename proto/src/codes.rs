@@ -1,5 +1,6 @@
 //! QUIC application error codes: the one home of every code a Darkport
-//! endpoint closes a connection, resets a stream or stops a stream with.
+//! endpoint closes a connection, resets a stream or stops a stream with,
+//! and of how they travel as HTTP/2 error codes over TLS over TCP.
 //!
 //! docs/protocol.md section 9 describes them, and `proto/tests/golden.rs`
 //! pins every value, so a code cannot change without a test failing.
@@ -90,5 +91,49 @@ impl StreamCode {
             StreamCode::Cut => 2,
             StreamCode::Rejected => 3,
         }
+    }
+}
+
+/// Over TLS over TCP, Darkport's close and stream codes travel as HTTP/2
+/// error codes (`GOAWAY`, `RST_STREAM`): this plus the code ("DP" in the
+/// top bytes), so they never collide with HTTP/2's own (`NO_ERROR`,
+/// `PROTOCOL_ERROR`, `CANCEL`, ...). docs/protocol.md section 13.
+pub const H2_CODE_BASE: u32 = 0x4450_0000;
+
+/// How many HTTP/2 error codes from [`H2_CODE_BASE`] on are read as ours:
+/// anything else is HTTP/2's (or another peer's) and means a lost stream or
+/// connection, not a Darkport code.
+pub const H2_CODE_SPAN: u32 = 0x1_0000;
+
+/// The HTTP/2 error code that carries the Darkport code `code`.
+pub const fn h2_code(code: u32) -> u32 {
+    H2_CODE_BASE.wrapping_add(code)
+}
+
+/// The Darkport code inside an HTTP/2 error code, if it is one of ours.
+pub fn from_h2_code(h2: u32) -> Option<u64> {
+    let code = h2.checked_sub(H2_CODE_BASE)?;
+    (code < H2_CODE_SPAN).then_some(u64::from(code))
+}
+
+impl CloseCode {
+    /// The HTTP/2 `GOAWAY` error code of this close code.
+    pub const fn h2_code(self) -> u32 {
+        h2_code(self.code())
+    }
+}
+
+impl StreamCode {
+    /// Every code, for tests and docs.
+    pub const ALL: [StreamCode; 4] = [
+        StreamCode::Refused,
+        StreamCode::Reset,
+        StreamCode::Cut,
+        StreamCode::Rejected,
+    ];
+
+    /// The HTTP/2 `RST_STREAM` error code of this stream code.
+    pub const fn h2_code(self) -> u32 {
+        h2_code(self.code())
     }
 }

@@ -49,6 +49,16 @@ pub const ALPN_DATA_TCP: &[u8] = b"darkport-tcp/1";
 /// ALPN for the control plane (anything ⇄ controller).
 pub const ALPN_CONTROL: &[u8] = b"darkport-ctl/1";
 
+/// The TLS server name (SNI) a client sends to a router, over QUIC and
+/// over TCP. It carries no meaning: the router's certificate is checked
+/// for a router identity URI, not for this name (docs/protocol.md, 4.1).
+pub const ROUTER_SERVER_NAME: &str = "darkport-router";
+
+/// The TLS server name (SNI) every client of the control plane sends to a
+/// controller; as for routers, the certificate check is on the identity
+/// URI (docs/protocol.md, 5.1).
+pub const CONTROLLER_SERVER_NAME: &str = "darkport-controller";
+
 /// Certificates are valid from this many seconds before they are issued,
 /// to tolerate clock skew. Renewal schedules count from the issue time.
 pub const CERT_BACKDATE_SECS: u64 = 60;

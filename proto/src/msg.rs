@@ -99,8 +99,30 @@ pub struct DialResponse {
 pub struct CloseNotice {
     /// The close code (`codes::CloseCode`).
     pub code: u32,
-    /// Plain-words reason.
+    /// Plain-words reason, at most [`MAX_CLOSE_REASON`] bytes when sent.
     pub reason: String,
+}
+
+/// Longest reason a router puts in a [`CloseNotice`], in bytes: the notice
+/// then fits its frame (`codec::MAX_DIAL_FRAME`) whatever the reason.
+pub const MAX_CLOSE_REASON: usize = 1024;
+
+impl CloseNotice {
+    /// The notice for closing with `code` because of `reason`, the reason
+    /// cut to [`MAX_CLOSE_REASON`] bytes (at a character boundary).
+    pub fn new(code: crate::codes::CloseCode, mut reason: String) -> CloseNotice {
+        if reason.len() > MAX_CLOSE_REASON {
+            let mut cut = MAX_CLOSE_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        CloseNotice {
+            code: code.code(),
+            reason,
+        }
+    }
 }
 
 /// First message of every control stream.

@@ -17,7 +17,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::identity::{IdentityName, Kind};
 
-const PREFIX: &str = "dpt1";
+/// The first part of every token's text, before the first `.`: names the
+/// token format, so text that is not a token is told apart at once (and a
+/// future format gets another prefix).
+pub const TOKEN_PREFIX: &str = "dpt1";
 
 /// Longest token text accepted, to bound work on hostile input.
 pub const MAX_TOKEN_LEN: usize = 2048;
@@ -102,7 +105,7 @@ impl SignedToken {
     pub fn encode(&self) -> Result<String, crate::ProtoError> {
         let body = crate::codec::to_bytes(&self.claims)?;
         Ok(format!(
-            "{PREFIX}.{}.{}",
+            "{TOKEN_PREFIX}.{}.{}",
             URL_SAFE_NO_PAD.encode(body),
             URL_SAFE_NO_PAD.encode(&self.mac)
         ))
@@ -125,9 +128,9 @@ impl SignedToken {
                 "expected three dot-separated parts".into(),
             ));
         };
-        if prefix != PREFIX {
+        if prefix != TOKEN_PREFIX {
             return Err(TokenError::Malformed(format!(
-                "unknown prefix {prefix:?}, expected {PREFIX:?}"
+                "unknown prefix {prefix:?}, expected {TOKEN_PREFIX:?}"
             )));
         }
         let body = URL_SAFE_NO_PAD

@@ -4,11 +4,15 @@
 //! update docs/protocol.md, and only then the expected bytes.
 
 use darkport_proto::codec::{encode_frame, to_bytes, MAX_CONTROL_FRAME, MAX_DIAL_FRAME};
-use darkport_proto::codes::{CloseCode, StreamCode};
+use darkport_proto::codes::{from_h2_code, CloseCode, StreamCode, H2_CODE_BASE, H2_CODE_SPAN};
 use darkport_proto::identity::IdentityName;
 use darkport_proto::msg::*;
 use darkport_proto::policy::Selector;
-use darkport_proto::PROTOCOL_VERSION;
+use darkport_proto::token::TOKEN_PREFIX;
+use darkport_proto::{
+    ALPN_CONTROL, ALPN_DATA, ALPN_DATA_TCP, CONTROLLER_SERVER_NAME, PROTOCOL_VERSION,
+    ROUTER_SERVER_NAME,
+};
 
 fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
@@ -143,6 +147,73 @@ fn close_and_stream_codes() {
     assert_eq!(StreamCode::Reset.code(), 1);
     assert_eq!(StreamCode::Cut.code(), 2);
     assert_eq!(StreamCode::Rejected.code(), 3);
+    assert_eq!(StreamCode::ALL.len(), 4);
+}
+
+/// docs/protocol.md, section 13: over TLS over TCP the codes travel as
+/// HTTP/2 error codes, "DP" in the top bytes.
+#[test]
+fn close_and_stream_codes_on_http2() {
+    assert_eq!(H2_CODE_BASE, 0x4450_0000);
+    assert_eq!(H2_CODE_SPAN, 0x1_0000);
+    let close = [
+        (CloseCode::Done, 0x4450_0000u32),
+        (CloseCode::ControlRefused, 0x4450_0002),
+        (CloseCode::Forbidden, 0x4450_0003),
+        (CloseCode::Revoked, 0x4450_0004),
+        (CloseCode::Busy, 0x4450_0005),
+        (CloseCode::RouterRevoked, 0x4450_0006),
+    ];
+    assert_eq!(close.len(), CloseCode::ALL.len());
+    for (code, h2) in close {
+        assert_eq!(code.h2_code(), h2, "{code:?}");
+        assert_eq!(from_h2_code(h2), Some(u64::from(code.code())), "{code:?}");
+    }
+    let stream = [
+        (StreamCode::Refused, 0x4450_0000u32),
+        (StreamCode::Reset, 0x4450_0001),
+        (StreamCode::Cut, 0x4450_0002),
+        (StreamCode::Rejected, 0x4450_0003),
+    ];
+    assert_eq!(stream.len(), StreamCode::ALL.len());
+    for (code, h2) in stream {
+        assert_eq!(code.h2_code(), h2, "{code:?}");
+        assert_eq!(from_h2_code(h2), Some(u64::from(code.code())), "{code:?}");
+    }
+    // HTTP/2's own codes (NO_ERROR, PROTOCOL_ERROR, CANCEL) and anything
+    // past the span are not ours.
+    for h2 in [0x0, 0x1, 0x8, 0x4450_0000 - 1, 0x4451_0000, u32::MAX] {
+        assert_eq!(from_h2_code(h2), None, "{h2:#x}");
+    }
+    assert_eq!(from_h2_code(0x4450_ffff), Some(0xffff));
+}
+
+/// docs/protocol.md, section 13.1: a close notice's reason is cut to
+/// 1,024 bytes, at a character boundary.
+#[test]
+fn close_notice_reason_cap() {
+    assert_eq!(MAX_CLOSE_REASON, 1024);
+    let n = CloseNotice::new(CloseCode::Busy, "x".repeat(5000));
+    assert_eq!((n.code, n.reason.len()), (5, 1024));
+    // "é" is two bytes: 1,023 of "x" then "é" would end at 1,025.
+    let n = CloseNotice::new(CloseCode::Revoked, "x".repeat(1023) + "é");
+    assert_eq!(n.reason, "x".repeat(1023));
+    let n = CloseNotice::new(CloseCode::Done, "short".into());
+    assert_eq!(n.reason, "short");
+    let longest = CloseNotice::new(CloseCode::RouterRevoked, "é".repeat(1000));
+    assert!(encode_frame(&longest, MAX_DIAL_FRAME).is_ok());
+}
+
+/// docs/protocol.md, sections 4.1, 5.1 and 7: the names and prefixes
+/// that cross the wire as text.
+#[test]
+fn server_names_alpns_and_token_prefix() {
+    assert_eq!(ROUTER_SERVER_NAME, "darkport-router");
+    assert_eq!(CONTROLLER_SERVER_NAME, "darkport-controller");
+    assert_eq!(ALPN_DATA, b"darkport/1");
+    assert_eq!(ALPN_DATA_TCP, b"darkport-tcp/1");
+    assert_eq!(ALPN_CONTROL, b"darkport-ctl/1");
+    assert_eq!(TOKEN_PREFIX, "dpt1");
 }
 
 /// docs/protocol.md, section 6.5.

@@ -152,10 +152,11 @@ pub use edge_client::client::{
 pub use edge_client::forward::{forward, forward_draining};
 pub use edge_client::{
     describe_remote_end, read_token, Client, ClientOptions, DialError, DialStream, EnrollError,
-    Identity, RecvHalf, Retry, RouterConnection, SendHalf, Transport, TransportMode,
+    Identity, RecvHalf, Retry, RouterConnection, RouterFailure, SendHalf, Transport, TransportMode,
 };
 
 pub use darkport_proto::codes::StreamCode;
+pub use darkport_transport::connect::ConnectError;
 pub use darkport_transport::identity::{IdentityError, IdentityFile};
 pub use darkport_transport::mux::RemoteEnd;
 

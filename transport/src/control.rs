@@ -94,7 +94,14 @@ pub async fn connect(
             )
         })));
     }
-    match crate::endpoint::connect_addrs(endpoint, config, resolved, "darkport-controller").await {
+    match crate::endpoint::connect_addrs(
+        endpoint,
+        config,
+        resolved,
+        darkport_proto::CONTROLLER_SERVER_NAME,
+    )
+    .await
+    {
         Ok(conn) => Ok(conn),
         Err(ConnectError::Resolve { source, .. }) => Err(io(source)),
         Err(ConnectError::Timeout { .. }) => Err(ControlClientError::Timeout {

@@ -11,7 +11,7 @@ use rustls::pki_types::CertificateDer;
 
 use darkport_proto::identity::{fingerprint, Kind};
 use darkport_proto::msg::{ControlBody, ControlResponse, EnrollRequest};
-use darkport_proto::token::{SignedToken, TokenClaims, TokenError};
+use darkport_proto::token::{SignedToken, TokenClaims, TokenError, TOKEN_PREFIX};
 use darkport_proto::ALPN_CONTROL;
 
 use crate::control::{one_shot, ControlClientError};
@@ -64,7 +64,11 @@ pub enum EnrollError {
 
 /// Reads a token given as text (`dpt1.…`) or as a path to a file holding it.
 pub fn read_token(arg: &str) -> Result<String, EnrollError> {
-    if arg.trim_start().starts_with("dpt1.") {
+    let is_token = arg
+        .trim_start()
+        .strip_prefix(TOKEN_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'));
+    if is_token {
         return Ok(arg.trim().to_string());
     }
     std::fs::read_to_string(arg)

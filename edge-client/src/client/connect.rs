@@ -7,14 +7,15 @@ use std::time::Duration;
 use tracing::info;
 
 use darkport_proto::identity::Kind;
-use darkport_proto::{ALPN_DATA, ALPN_DATA_TCP};
+use darkport_proto::{ALPN_DATA, ALPN_DATA_TCP, ROUTER_SERVER_NAME};
+use darkport_transport::connect::ConnectError;
 use darkport_transport::identity::Identity;
 use darkport_transport::mux::{Conn, Transport, TransportMode};
 use darkport_transport::tls::{client_config, rustls_client_config, Trust};
 
 use super::clock;
 use crate::choice::{Memory, Plan};
-use crate::DialError;
+use crate::{DialError, RouterFailure};
 
 /// The TLS configurations of both transports for one identity.
 #[derive(Debug, Clone)]
@@ -60,29 +61,30 @@ impl Connector {
 
     pub(super) async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
         let plan = self.memory().plan(self.mode, router, clock());
-        match plan {
-            Plan::Quic => self.quic(configs, router).await,
-            Plan::Tcp => self.tcp(configs, router).await,
+        let result = match plan {
+            Plan::Quic => self
+                .quic(configs, router)
+                .await
+                .map_err(RouterFailure::Quic),
+            Plan::Tcp => self.tcp(configs, router).await.map_err(RouterFailure::Tcp),
             Plan::Race { tcp_after } => self.race(configs, router, tcp_after).await,
-        }
+        };
+        result.map_err(|cause| router_error(router, cause))
     }
 
-    pub(super) async fn quic(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+    pub(super) async fn quic(&self, configs: &Configs, router: &str) -> Result<Conn, ConnectError> {
         darkport_transport::endpoint::connect_any(
             &self.endpoint,
             configs.quic.clone(),
             router,
-            ROUTER_NAME,
+            ROUTER_SERVER_NAME,
         )
         .await
         .map(Conn::from)
-        .map_err(|e| router_error(router, format!("QUIC: {e}")))
     }
 
-    async fn tcp(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
-        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_NAME)
-            .await
-            .map_err(|e| router_error(router, format!("TCP: {e}")))
+    async fn tcp(&self, configs: &Configs, router: &str) -> Result<Conn, ConnectError> {
+        darkport_transport::mux::connect_tcp(configs.tcp.clone(), router, ROUTER_SERVER_NAME).await
     }
 
     /// QUIC first; TCP joins after `tcp_after` or when QUIC fails. The
@@ -92,7 +94,7 @@ impl Connector {
         configs: &Configs,
         router: &str,
         tcp_after: Duration,
-    ) -> Result<Conn, DialError> {
+    ) -> Result<Conn, RouterFailure> {
         let quic = self.quic(configs, router);
         let tcp = async {
             tokio::time::sleep(tcp_after).await;
@@ -130,20 +132,17 @@ impl Connector {
                     Err(e) => tcp_failed = Some(e),
                 },
             }
-            if let (Some(q), Some(t)) = (&quic_failed, &tcp_failed) {
-                return Err(router_error(router, format!("{q}; {t}")));
+            match (quic_failed, tcp_failed) {
+                (Some(quic), Some(tcp)) => return Err(RouterFailure::Both { quic, tcp }),
+                (q, t) => (quic_failed, tcp_failed) = (q, t),
             }
         }
     }
 }
 
-/// The server name a client asks routers for (the certificate check is
-/// on the identity URI, not on this name).
-const ROUTER_NAME: &str = "darkport-router";
-
-pub(super) fn router_error(router: &str, reason: String) -> DialError {
+pub(super) fn router_error(router: &str, cause: RouterFailure) -> DialError {
     DialError::Router {
         router: router.to_string(),
-        reason,
+        cause: Box::new(cause),
     }
 }

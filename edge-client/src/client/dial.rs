@@ -20,7 +20,7 @@ use darkport_transport::unix_now;
 use super::pooled::{refused, Live};
 use super::{clock, Client, DIAL_TIMEOUT, LIVENESS_WINDOW, MAX_EARLY_DATA};
 use crate::error::Retry;
-use crate::{DialError, DialStream};
+use crate::{DialError, DialStream, RouterFailure};
 
 /// How long a failed dial over TCP waits for its connection's close code.
 const TCP_CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -159,10 +159,10 @@ async fn send_request(live: &Live, service: &str, resend: &[Bytes]) -> Result<Se
         .conn
         .open_bi()
         .await
-        .map_err(|e| live.lost(e.to_string()))?;
+        .map_err(|e| live.lost(RouterFailure::Ended(e)))?;
     write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
         .await
-        .map_err(|e| live.lost(live.why_closed(e.to_string())))?;
+        .map_err(|e| live.lost(live.why_closed(RouterFailure::Stream(e))))?;
     let mut sending = true;
     for c in resend {
         if send.write_chunk(c.clone()).await.is_err() {
@@ -221,10 +221,10 @@ async fn await_answer(
                     if live.conn.heard() == heard_before {
                         send.reset(StreamCode::Refused);
                         live.conn.close(CloseCode::Done, b"router not answering");
-                        return Err(live.lost(format!("no answer at all within {window:?}; taking it for dead")));
+                        return Err(live.lost(RouterFailure::Silent(window)));
                     }
                     if started.elapsed() >= DIAL_TIMEOUT {
-                        return Err(live.lost(format!("no answer to the dial within {} s", DIAL_TIMEOUT.as_secs())));
+                        return Err(live.lost(RouterFailure::NoAnswer(DIAL_TIMEOUT)));
                     }
                     check_at += window;
                 }
@@ -254,11 +254,11 @@ fn answer(
         Err(ProtoError::Io(e)) if is_splice_reset(&e) => Err(DialError::ServiceReset {
             service: service.to_string(),
         }),
-        Err(ProtoError::Io(e)) => Err(live.lost(live.why_closed(e.to_string()))),
+        Err(ProtoError::Io(e)) => Err(live.lost(live.why_closed(RouterFailure::from_io(e)))),
         Err(e @ (ProtoError::Closed | ProtoError::UnexpectedEof)) => {
-            Err(live.lost(live.why_closed(e.to_string())))
+            Err(live.lost(live.why_closed(RouterFailure::Stream(e))))
         }
-        Err(e) => Err(live.lost(format!("bad answer: {e}"))),
+        Err(e) => Err(live.lost(RouterFailure::BadAnswer(e))),
         Ok(r) => Ok(r),
     }
 }
@@ -309,7 +309,7 @@ async fn read_early(early: &mut Option<&mut Early<'_>>) -> std::io::Result<Optio
 /// across).
 fn is_splice_reset(e: &std::io::Error) -> bool {
     matches!(
-        e.get_ref().and_then(|i| i.downcast_ref::<RemoteEnd>()),
+        crate::error::remote_end(e),
         Some(RemoteEnd::Reset(code)) if *code == u64::from(StreamCode::Reset.code())
     )
 }
@@ -333,7 +333,9 @@ mod tests {
     fn vague() -> DialError {
         DialError::Router {
             router: "r:1".into(),
-            reason: "stream error received: stream no longer needed".into(),
+            cause: Box::new(RouterFailure::Ended(RemoteEnd::Lost(
+                darkport_transport::mux::Lost::StreamClosed,
+            ))),
         }
     }
 

@@ -14,7 +14,7 @@ use darkport_transport::mux::{Conn, RemoteEnd};
 use super::connect::{router_error, Configs};
 use super::{clock, Client};
 use crate::pool::{Asker, ConnId, Ended, Link, PoolState};
-use crate::DialError;
+use crate::{DialError, RouterFailure};
 
 /// A router connection.
 #[derive(Debug, Clone)]
@@ -50,16 +50,16 @@ impl Link for Conn {
 impl Live {
     /// The error for a dial on this connection that got no answer: the
     /// router's refusal if it closed the connection with one, else
-    /// `reason`.
-    pub(super) fn lost(&self, reason: String) -> DialError {
-        refused(&self.router, &self.conn).unwrap_or_else(|| router_error(&self.router, reason))
+    /// `cause`.
+    pub(super) fn lost(&self, cause: RouterFailure) -> DialError {
+        refused(&self.router, &self.conn).unwrap_or_else(|| router_error(&self.router, cause))
     }
 
     /// How the connection ended, or `fallback` while it has not.
-    pub(super) fn why_closed(&self, fallback: String) -> String {
+    pub(super) fn why_closed(&self, fallback: RouterFailure) -> RouterFailure {
         self.conn
             .close_reason()
-            .map(|e| e.to_string())
+            .map(RouterFailure::Ended)
             .unwrap_or(fallback)
     }
 }
@@ -116,7 +116,7 @@ impl Client {
                 // router refusing our certificate ends it right after the
                 // handshake): how it ended is the dial's answer, not
                 // "no router".
-                *refusal = Some(router_error(&router, end.to_string()));
+                *refusal = Some(router_error(&router, RouterFailure::Ended(end)));
             }
         }
         pool.state
@@ -205,10 +205,7 @@ fn refusal(router: &str, end: RemoteEnd) -> Option<DialError> {
             router: router.to_string(),
             reason,
         }),
-        (CloseCode::Busy, reason) => Some(DialError::Router {
-            router: router.to_string(),
-            reason: format!("the router is at a limit: {reason}"),
-        }),
+        (CloseCode::Busy, reason) => Some(router_error(router, RouterFailure::Busy(reason))),
         _ => None,
     }
 }

@@ -216,22 +216,8 @@ async fn send_notice(
     let Some((mut send, mut recv)) = notice else {
         return;
     };
-    let mut reason = reason;
     // Within the frame limit whatever the reason's length.
-    if reason.len() > 1024 {
-        let mut cut = 1024;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-    }
-    let frame = encode_frame(
-        &CloseNotice {
-            code: code.code(),
-            reason,
-        },
-        MAX_DIAL_FRAME,
-    );
+    let frame = encode_frame(&CloseNotice::new(code, reason), MAX_DIAL_FRAME);
     let Ok(frame) = frame else { return };
     if send.write_chunk(Bytes::from(frame)).await.is_err() {
         return;

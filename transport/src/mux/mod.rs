@@ -21,8 +21,8 @@
 //! it is what hyper runs on and what Cloudflare Tunnel falls back to.
 //! yamux has no reset codes.
 //!
-//! On TCP, Darkport's codes are sent as `0x4450_0000 + code` (["DP"](H2_CODE_BASE)),
-//! so they never read as HTTP/2's own error codes. A `GOAWAY` carries the
+//! On TCP, Darkport's codes are sent as `0x4450_0000 + code`
+//! (["DP"](darkport_proto::codes::H2_CODE_BASE)), so they never read as HTTP/2's own error codes. A `GOAWAY` carries the
 //! close code but, unlike QUIC's `CONNECTION_CLOSE`, not the reason text
 //! (h2 does not let a user send debug data): a client learns *that* it was
 //! refused, and the router's log says why.
@@ -55,7 +55,7 @@ pub use conn::Conn;
 pub use gate::SEND_QUEUE;
 pub use h2drive::{accept_decision, AcceptDecision, ACCEPT_QUEUE, MAX_REFUSED_STREAMS};
 pub use halves::{RecvHalf, SendHalf};
-pub use remote::{Lost, RemoteEnd, H2_CODE_BASE};
+pub use remote::{Lost, RemoteEnd};
 pub use tcp::{accept_tcp, connect_tcp, LINGER, LINGER_BYTES};
 
 mod conn;

@@ -4,23 +4,19 @@
 use std::fmt;
 use std::io;
 
-use darkport_proto::codes::CloseCode;
+use darkport_proto::codes::{self, CloseCode};
 
 use crate::hint::Hint;
 
-/// Darkport's stream and close codes on HTTP/2 are this plus the code
-/// ("DP" in the top bytes), so they never collide with HTTP/2's own
-/// error codes (`CANCEL`, `PROTOCOL_ERROR`, ...).
-pub const H2_CODE_BASE: u32 = 0x4450_0000;
-
+/// The HTTP/2 reason carrying the Darkport code `code`
+/// ([`codes::h2_code`]).
 pub(super) fn h2_reason(code: u32) -> h2::Reason {
-    h2::Reason::from(H2_CODE_BASE.wrapping_add(code))
+    h2::Reason::from(codes::h2_code(code))
 }
 
 /// The Darkport code inside an HTTP/2 reason, if it is one of ours.
 pub(super) fn our_code(reason: h2::Reason) -> Option<u64> {
-    let r = u32::from(reason);
-    (r >= H2_CODE_BASE && r - H2_CODE_BASE < 0x1_0000).then(|| u64::from(r - H2_CODE_BASE))
+    codes::from_h2_code(u32::from(reason))
 }
 
 /// What the peer did to a stream or connection, or what happened to it:
