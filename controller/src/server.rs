@@ -196,25 +196,13 @@ pub async fn run_with_store(
     let ca = dir.load_ca()?;
     let ca_fingerprint = crate::datadir::pem_fingerprint(&ca.cert_pem)?;
     let identity = Identity::load(&dir.controller_identity())?;
-    if config.store.is_none() && !dir.state().exists() && dir.root().join("state.json").exists() {
-        return Err(DataDirError::Invalid(format!(
-            "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
-            dir.root().display()
-        ))
-        .into());
-    }
+    check_not_legacy(&dir, &config)?;
     let store = dir.open_store(&config)?;
     {
         let m = metrics.clone();
         store.observe(Box::new(move |op, took| m.store_op(op, took)));
     }
-    let expiry = |der: &rustls::pki_types::CertificateDer<'_>| {
-        tls::cert_validity(der).map_or(0, |(_, not_after)| not_after)
-    };
-    metrics.set_expiries(
-        identity.chain.first().map_or(0, expiry),
-        expiry(&identity.ca),
-    );
+    set_expiries(&metrics, &identity);
     let ctx = Arc::new(Ctx {
         name: identity.name.clone(),
         metrics: metrics.clone(),
@@ -241,24 +229,71 @@ pub async fn run_with_store(
         refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
         config,
     });
-    let mut server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
-    server_config.transport_config(darkport_transport::endpoint::control_transport_config());
-    let reset_key =
-        darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
-    let endpoint = darkport_transport::endpoint::server_with_reset_key(
-        socket,
-        server_config,
-        Some(&reset_key),
-    )?;
+    let endpoint = control_endpoint(&dir, &identity, socket)?;
     info!(
         addr = %endpoint.local_addr()?,
         advertise = %ctx.config.advertise,
         "controller listening"
     );
-    tokio::pin!(shutdown);
+    let mut tasks = start_background(&ctx)?;
+    metrics.set_ready(true);
+    accept_until(&endpoint, &ctx, &mut tasks, shutdown).await;
+    metrics.set_ready(false);
+    endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Refuses a data dir an older Darkport made (state in `state.json`),
+/// rather than starting over with an empty store beside it.
+fn check_not_legacy(dir: &DataDir, config: &Config) -> Result<(), DataDirError> {
+    if config.store.is_none() && !dir.state().exists() && dir.root().join("state.json").exists() {
+        return Err(DataDirError::Invalid(format!(
+            "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
+            dir.root().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Tells `metrics` when this controller's certificate and the CA expire
+/// (0 where a certificate cannot be read).
+fn set_expiries(metrics: &Metrics, identity: &Identity) {
+    let expiry = |der: &rustls::pki_types::CertificateDer<'_>| {
+        tls::cert_validity(der).map_or(0, |(_, not_after)| not_after)
+    };
+    metrics.set_expiries(
+        identity.chain.first().map_or(0, expiry),
+        expiry(&identity.ca),
+    );
+}
+
+/// The QUIC endpoint on `socket`, with this controller's identity and the
+/// data dir's stateless-reset key (so a restarted controller can reset
+/// its old connections).
+fn control_endpoint(
+    dir: &DataDir,
+    identity: &Identity,
+    socket: UdpSocket,
+) -> Result<quinn::Endpoint, ServerError> {
+    let mut server_config = tls::server_config(identity, ClientAuth::Optional, ALPN_CONTROL)?;
+    server_config.transport_config(darkport_transport::endpoint::control_transport_config());
+    let reset_key =
+        darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
+    Ok(darkport_transport::endpoint::server_with_reset_key(
+        socket,
+        server_config,
+        Some(&reset_key),
+    )?)
+}
+
+/// Writes the first heartbeat, then starts what runs beside the
+/// connections: refusal summaries, heartbeats and following other
+/// controllers' changes; warns of identities tag patterns cannot match.
+fn start_background(ctx: &Arc<Ctx>) -> Result<JoinSet<()>, ServerError> {
     let mut tasks = JoinSet::new();
     tasks.spawn(report_suppressed(ctx.refusals.clone(), "refusals"));
-    heartbeat(&ctx).map_err(DataDirError::from)?;
+    heartbeat(ctx).map_err(DataDirError::from)?;
     tasks.spawn(heartbeats(ctx.clone()));
     if let Some(changes) = ctx.store.changes() {
         tasks.spawn(follow_changes(ctx.clone(), changes));
@@ -266,7 +301,18 @@ pub async fn run_with_store(
     for why in untaggable_identities(&ctx.store.read()) {
         warn!("{why}");
     }
-    metrics.set_ready(true);
+    Ok(tasks)
+}
+
+/// Accepts connections until `shutdown` completes or the endpoint closes,
+/// asking unvalidated sources to retry when the handshake gate says so.
+async fn accept_until(
+    endpoint: &quinn::Endpoint,
+    ctx: &Arc<Ctx>,
+    tasks: &mut JoinSet<()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -284,10 +330,6 @@ pub async fn run_with_store(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    metrics.set_ready(false);
-    endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
-    tasks.shutdown().await;
-    Ok(())
 }
 
 /// Why `${identity}` tag patterns never match some client identities (a
