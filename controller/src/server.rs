@@ -29,7 +29,7 @@ use darkport_proto::{ProtoError, ALPN_CONTROL};
 use darkport_transport::admission::{GateLimits, HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
-use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit};
+use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit, Slot};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
@@ -454,7 +454,33 @@ pub fn renew_rate(cert_ttl_secs: u64) -> Rate {
     }
 }
 
-async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handshake: Ticket) {
+async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, handshake: Ticket) {
+    let remote = incoming.remote_address();
+    let Some(conn) = accept_within(&ctx, incoming, handshake).await else {
+        return;
+    };
+    let Ok(peer) = admit_peer(&ctx, &conn, remote) else {
+        return;
+    };
+    // A peer without a certificate holds a slot for its address, and has
+    // UNAUTHENTICATED_LIFETIME to enroll.
+    let _unauthenticated = match &peer {
+        Some(_) => None,
+        None => match hold_unauthenticated(&ctx, &conn, remote) {
+            Ok(slot) => Some(slot),
+            Err(Refused) => return,
+        },
+    };
+    debug!(%remote, peer = ?peer, "control connection");
+    serve_streams(ctx, conn, peer).await;
+}
+
+/// The handshake, unless it fails or the handshake gate evicts it first.
+async fn accept_within(
+    ctx: &Ctx,
+    incoming: quinn::Incoming,
+    mut handshake: Ticket,
+) -> Option<quinn::Connection> {
     let remote = incoming.remote_address();
     let accepted = tokio::select! {
         c = darkport_transport::endpoint::accept(incoming, "control") => c,
@@ -465,49 +491,68 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
     };
     // Done (or failed): out of the pending pool.
     drop(handshake);
-    let Some(conn) = accepted else {
-        return;
-    };
-    let peer = if conn.peer_identity().is_some() {
-        match tls::peer_identity(&conn) {
-            Ok(p) => match check_current(&ctx.store.read(), &p, unix_now()) {
-                Ok(()) => Some(p),
-                Err(refusal) => {
-                    budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
-                    conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
-                    return;
-                }
-            },
-            Err(e) => {
-                info!(%remote, "refusing control connection: {e}");
-                conn.close(
-                    close_code(CloseCode::ControlRefused),
-                    e.to_string().as_bytes(),
-                );
-                return;
-            }
-        }
-    } else {
-        None
-    };
-    // A peer without a certificate holds a slot for its address, and has
-    // UNAUTHENTICATED_LIFETIME to enroll.
-    let _unauthenticated = match &peer {
-        Some(_) => None,
-        None => match ctx
-            .unauthenticated
-            .try_acquire(HANDSHAKES.prefix_of(remote.ip()))
-        {
-            Ok(slot) => Some(slot),
-            Err(cap) => {
-                let reason =
-                    format!("too many connections without a certificate ({cap}); try again later");
-                budgeted_info!(ctx.refusals, %remote, "refusing control connection: {reason}");
-                conn.close(close_code(CloseCode::Busy), reason.as_bytes());
-                return;
+    accepted
+}
+
+/// A control connection was refused, and closed saying why.
+struct Refused;
+
+/// Who is on `conn`: `None` for a peer without a certificate, the peer
+/// for a current identity; [`Refused`] for an unreadable, revoked or
+/// replaced certificate.
+fn admit_peer(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+) -> Result<Option<PeerIdentity>, Refused> {
+    if conn.peer_identity().is_none() {
+        return Ok(None);
+    }
+    match tls::peer_identity(conn) {
+        Ok(p) => match check_current(&ctx.store.read(), &p, unix_now()) {
+            Ok(()) => Ok(Some(p)),
+            Err(refusal) => {
+                budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
+                conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
+                Err(Refused)
             }
         },
-    };
+        Err(e) => {
+            info!(%remote, "refusing control connection: {e}");
+            conn.close(
+                close_code(CloseCode::ControlRefused),
+                e.to_string().as_bytes(),
+            );
+            Err(Refused)
+        }
+    }
+}
+
+/// A slot among the connections without a certificate from `remote`'s
+/// prefix, or [`Refused`] for want of one.
+fn hold_unauthenticated(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+) -> Result<Slot<IpAddr>, Refused> {
+    match ctx
+        .unauthenticated
+        .try_acquire(HANDSHAKES.prefix_of(remote.ip()))
+    {
+        Ok(slot) => Ok(slot),
+        Err(cap) => {
+            let reason =
+                format!("too many connections without a certificate ({cap}); try again later");
+            budgeted_info!(ctx.refusals, %remote, "refusing control connection: {reason}");
+            conn.close(close_code(CloseCode::Busy), reason.as_bytes());
+            Err(Refused)
+        }
+    }
+}
+
+/// Serves each request stream on `conn` until the peer goes, or, for a
+/// peer without a certificate, until its UNAUTHENTICATED_LIFETIME ends.
+async fn serve_streams(ctx: Arc<Ctx>, conn: quinn::Connection, peer: Option<PeerIdentity>) {
     let lifetime = async {
         match peer {
             Some(_) => std::future::pending().await,
@@ -515,7 +560,6 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
         }
     };
     tokio::pin!(lifetime);
-    debug!(%remote, peer = ?peer, "control connection");
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
