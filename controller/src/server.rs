@@ -877,25 +877,43 @@ async fn router_sync(
         .await;
         return;
     }
-    let recorded = {
-        let (name, advertise) = (peer.name.clone(), advertise.clone());
-        off_workers(ctx, move |c| {
-            c.store.update(false, None, |s| {
-                s.routers.insert(
-                    name.clone(),
-                    RouterRecord {
-                        advertise: advertise.clone(),
-                        last_seen: unix_now(),
-                    },
-                );
-                Ok::<_, ControlError>(())
-            })
-        })
-        .await
-    };
-    if recorded.is_err() {
+    if record_router(ctx, peer, &advertise).await.is_err() {
         return;
     }
+    let session = go_online(ctx, peer);
+    info!(router = %peer.name, %advertise, "router connected");
+    send_snapshots(ctx, peer, send).await;
+    ctx.online
+        .remove_if(&peer.name, |_, p| p.session == session);
+    ctx.metrics.set_routers_online(ctx.online.len());
+    info!(router = %peer.name, "router disconnected");
+}
+
+/// Stores the router's advertise address, and that it was seen now.
+async fn record_router(
+    ctx: &Arc<Ctx>,
+    peer: &PeerIdentity,
+    advertise: &str,
+) -> Result<(), ControlError> {
+    let (name, advertise) = (peer.name.clone(), advertise.to_string());
+    off_workers(ctx, move |c| {
+        c.store.update(false, None, |s| {
+            s.routers.insert(
+                name.clone(),
+                RouterRecord {
+                    advertise: advertise.clone(),
+                    last_seen: unix_now(),
+                },
+            );
+            Ok::<_, ControlError>(())
+        })
+    })
+    .await
+}
+
+/// Marks the router online with a new session, which only this sync
+/// session may end (a newer one replaces it).
+fn go_online(ctx: &Ctx, peer: &PeerIdentity) -> u64 {
     let session = rand_session();
     ctx.online.insert(
         peer.name.clone(),
@@ -906,7 +924,12 @@ async fn router_sync(
         },
     );
     ctx.metrics.set_routers_online(ctx.online.len());
-    info!(router = %peer.name, %advertise, "router connected");
+    session
+}
+
+/// Sends the router its snapshot, then a new one at each change, until
+/// it goes, stops taking them, or is no longer a current identity.
+async fn send_snapshots(ctx: &Ctx, peer: &PeerIdentity, send: &mut quinn::SendStream) {
     let mut rx = ctx.store.subscribe();
     loop {
         let snapshot = rx.borrow_and_update().clone();
@@ -943,10 +966,6 @@ async fn router_sync(
             _ = send.stopped() => break,
         }
     }
-    ctx.online
-        .remove_if(&peer.name, |_, p| p.session == session);
-    ctx.metrics.set_routers_online(ctx.online.len());
-    info!(router = %peer.name, "router disconnected");
 }
 
 /// A router's advertise address must be `host:port`, at most
