@@ -186,8 +186,8 @@ async fn session(
 /// A client endpoint and the TLS and transport settings for a sync
 /// session with a controller.
 fn sync_endpoint(identity: &Identity) -> Result<(quinn::Endpoint, quinn::ClientConfig), String> {
-    let mut config = darkport_transport::tls::controller_client_config(identity)
-        .map_err(|e| e.to_string())?;
+    let mut config =
+        darkport_transport::tls::controller_client_config(identity).map_err(|e| e.to_string())?;
     config.transport_config(darkport_transport::endpoint::sync_transport_config());
     let endpoint = darkport_transport::endpoint::client(None).map_err(|e| e.to_string())?;
     Ok((endpoint, config))
