@@ -279,7 +279,7 @@ fn local_identities(
     name: &IdentityName,
     advertise: &str,
 ) -> Result<CertRecord, DataDirError> {
-    let admin = IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    let admin = fixed_name("admin")?;
     let mut admin_cert = None;
     for (kind, name, path) in [
         (Kind::Controller, name, dir.controller_identity()),
@@ -349,14 +349,9 @@ pub fn join(dir: &DataDir, opts: &JoinOptions) -> Result<(), DataDirError> {
     }
     make_private_dir(&dir.root)?;
     let ca_key = from.read_secret(&from.ca_key())?;
-    write_private_file(&dir.ca_key(), &ca_key, false)
-        .map_err(|e| file_err(&dir.ca_key())(e.to_string()))?;
-    std::fs::write(dir.ca_cert(), &ca.cert_pem)
-        .map_err(|e| file_err(&dir.ca_cert())(e.to_string()))?;
-    write_private_file(&dir.token_key(), &token_key, false)
-        .map_err(|e| file_err(&dir.token_key())(e.to_string()))?;
+    write_keys(dir, &ca_key, &ca.cert_pem, &token_key)?;
     let admin_cert = local_identities(dir, &ca, &opts.name, &opts.advertise)?;
-    let admin = IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    let admin = fixed_name("admin")?;
     store.update(
         false,
         crate::store::audit(
@@ -486,54 +481,27 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
     if dir.ca_key().exists() || dir.state().exists() {
         return Err(DataDirError::AlreadyInitialized(dir.root.clone()));
     }
-    if opts.cert_ttl < MIN_CERT_TTL || opts.cert_ttl > MAX_CERT_TTL {
-        return Err(DataDirError::Invalid(format!(
-            "--cert-ttl must be between {} s and {} days",
-            MIN_CERT_TTL.as_secs(),
-            MAX_CERT_TTL.as_secs() / 86400
-        )));
-    }
+    check_cert_ttl(opts.cert_ttl)?;
     check_advertise(&opts.advertise)?;
     // A shared store must be empty: a second controller joins instead.
-    let shared = match &opts.store {
-        Some(url) => {
-            let store = open_url(url)?;
-            if store.read().generation != 0 {
-                return Err(DataDirError::Invalid(format!(
-                    "the store {} already holds a deployment; add this controller with darkport-controller join, or use an empty database",
-                    store.describe()
-                )));
-            }
-            Some(store)
-        }
-        None => None,
-    };
+    let shared = opts.store.as_deref().map(open_empty_store).transpose()?;
     make_private_dir(&dir.root)?;
     let (ca, ca_key_pem) = Ca::generate()?;
-    write_private_file(&dir.ca_key(), ca_key_pem.as_bytes(), false)
-        .map_err(|e| file_err(&dir.ca_key())(e.to_string()))?;
-    std::fs::write(dir.ca_cert(), &ca.cert_pem)
-        .map_err(|e| file_err(&dir.ca_cert())(e.to_string()))?;
+    let token_key = random_token_key()?;
+    write_keys(dir, ca_key_pem.as_bytes(), &ca.cert_pem, &token_key)?;
 
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-        .map_err(|_| DataDirError::Invalid("the system random generator failed".into()))?;
-    write_private_file(&dir.token_key(), &secret, false)
-        .map_err(|e| file_err(&dir.token_key())(e.to_string()))?;
-
-    let controller =
-        IdentityName::new("controller").map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    let controller = fixed_name("controller")?;
     let admin_cert = local_identities(dir, &ca, &controller, &opts.advertise)?;
     let now = darkport_transport::unix_now();
-    let admin_record = Some(IdentityRecord {
-        name: IdentityName::new("admin").map_err(|e| DataDirError::Invalid(e.to_string()))?,
+    let admin = IdentityRecord {
+        name: fixed_name("admin")?,
         kind: Kind::Admin,
         roles: vec![],
         certificates: vec![admin_cert],
         created_at: now,
         revoked_at: None,
         last_seen: None,
-    });
+    };
 
     write_config(
         dir,
@@ -549,19 +517,82 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<(), DataDirError> {
         Some(s) => s,
         None => Store::open(&dir.state())?,
     };
-    let all_routers = IdentityName::new(DEFAULT_ROUTER_POLICY)
-        .map_err(|e| DataDirError::Invalid(e.to_string()))?;
+    seed_state(&store, &controller, &admin, &opts.advertise, now)
+}
+
+/// `--cert-ttl` must be within [`MIN_CERT_TTL`] and [`MAX_CERT_TTL`].
+fn check_cert_ttl(cert_ttl: Duration) -> Result<(), DataDirError> {
+    if cert_ttl < MIN_CERT_TTL || cert_ttl > MAX_CERT_TTL {
+        return Err(DataDirError::Invalid(format!(
+            "--cert-ttl must be between {} s and {} days",
+            MIN_CERT_TTL.as_secs(),
+            MAX_CERT_TTL.as_secs() / 86400
+        )));
+    }
+    Ok(())
+}
+
+/// The shared store at `url`, if it holds no deployment yet.
+fn open_empty_store(url: &str) -> Result<Store, DataDirError> {
+    let store = open_url(url)?;
+    if store.read().generation != 0 {
+        return Err(DataDirError::Invalid(format!(
+            "the store {} already holds a deployment; add this controller with darkport-controller join, or use an empty database",
+            store.describe()
+        )));
+    }
+    Ok(store)
+}
+
+/// A new token secret, from the system's random generator.
+fn random_token_key() -> Result<[u8; 32], DataDirError> {
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| DataDirError::Invalid("the system random generator failed".into()))?;
+    Ok(secret)
+}
+
+/// Writes the CA's key and certificate and the token secret into `dir`,
+/// the secrets readable by their owner only.
+fn write_keys(
+    dir: &DataDir,
+    ca_key: &[u8],
+    ca_cert_pem: &str,
+    token_key: &[u8],
+) -> Result<(), DataDirError> {
+    write_private_file(&dir.ca_key(), ca_key, false)
+        .map_err(|e| file_err(&dir.ca_key())(e.to_string()))?;
+    std::fs::write(dir.ca_cert(), ca_cert_pem)
+        .map_err(|e| file_err(&dir.ca_cert())(e.to_string()))?;
+    write_private_file(&dir.token_key(), token_key, false)
+        .map_err(|e| file_err(&dir.token_key())(e.to_string()))
+}
+
+/// A name Darkport itself gives (`admin`, `controller`, …), which is
+/// always valid.
+fn fixed_name(name: &str) -> Result<IdentityName, DataDirError> {
+    IdentityName::new(name).map_err(|e| DataDirError::Invalid(e.to_string()))
+}
+
+/// A new deployment's first state: the admin identity, this controller,
+/// and the default router policy.
+fn seed_state(
+    store: &Store,
+    controller: &IdentityName,
+    admin: &IdentityRecord,
+    advertise: &str,
+    now: u64,
+) -> Result<(), DataDirError> {
+    let all_routers = fixed_name(DEFAULT_ROUTER_POLICY)?;
     store.update(
         true,
-        crate::store::audit("init", format!("initialized, advertise {}", opts.advertise)),
+        crate::store::audit("init", format!("initialized, advertise {advertise}")),
         |s| {
-            if let Some(admin) = &admin_record {
-                s.identities.insert(admin.name.clone(), admin.clone());
-            }
+            s.identities.insert(admin.name.clone(), admin.clone());
             s.controllers.insert(
                 controller.clone(),
                 crate::store::ControllerRecord {
-                    advertise: opts.advertise.clone(),
+                    advertise: advertise.to_string(),
                     last_seen: now,
                 },
             );

@@ -29,7 +29,7 @@ use darkport_proto::{ProtoError, ALPN_CONTROL};
 use darkport_transport::admission::{GateLimits, HandshakeAbort, HandshakeGate, Ticket};
 use darkport_transport::budgeted_info;
 use darkport_transport::identity::Identity;
-use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit};
+use darkport_transport::limits::{report_suppressed, Caps, LogBudget, Rate, RateLimit, Slot};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, stream_code, unix_now};
 
@@ -196,25 +196,13 @@ pub async fn run_with_store(
     let ca = dir.load_ca()?;
     let ca_fingerprint = crate::datadir::pem_fingerprint(&ca.cert_pem)?;
     let identity = Identity::load(&dir.controller_identity())?;
-    if config.store.is_none() && !dir.state().exists() && dir.root().join("state.json").exists() {
-        return Err(DataDirError::Invalid(format!(
-            "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
-            dir.root().display()
-        ))
-        .into());
-    }
+    check_not_legacy(&dir, &config)?;
     let store = dir.open_store(&config)?;
     {
         let m = metrics.clone();
         store.observe(Box::new(move |op, took| m.store_op(op, took)));
     }
-    let expiry = |der: &rustls::pki_types::CertificateDer<'_>| {
-        tls::cert_validity(der).map_or(0, |(_, not_after)| not_after)
-    };
-    metrics.set_expiries(
-        identity.chain.first().map_or(0, expiry),
-        expiry(&identity.ca),
-    );
+    set_expiries(&metrics, &identity);
     let ctx = Arc::new(Ctx {
         name: identity.name.clone(),
         metrics: metrics.clone(),
@@ -241,24 +229,71 @@ pub async fn run_with_store(
         refusals: Arc::new(LogBudget::new(REFUSAL_LINES, REFUSAL_INTERVAL)),
         config,
     });
-    let mut server_config = tls::server_config(&identity, ClientAuth::Optional, ALPN_CONTROL)?;
-    server_config.transport_config(darkport_transport::endpoint::control_transport_config());
-    let reset_key =
-        darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
-    let endpoint = darkport_transport::endpoint::server_with_reset_key(
-        socket,
-        server_config,
-        Some(&reset_key),
-    )?;
+    let endpoint = control_endpoint(&dir, &identity, socket)?;
     info!(
         addr = %endpoint.local_addr()?,
         advertise = %ctx.config.advertise,
         "controller listening"
     );
-    tokio::pin!(shutdown);
+    let mut tasks = start_background(&ctx)?;
+    metrics.set_ready(true);
+    accept_until(&endpoint, &ctx, &mut tasks, shutdown).await;
+    metrics.set_ready(false);
+    endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Refuses a data dir an older Darkport made (state in `state.json`),
+/// rather than starting over with an empty store beside it.
+fn check_not_legacy(dir: &DataDir, config: &Config) -> Result<(), DataDirError> {
+    if config.store.is_none() && !dir.state().exists() && dir.root().join("state.json").exists() {
+        return Err(DataDirError::Invalid(format!(
+            "{} was created by an older Darkport (state.json); this version keeps state in state.db and does not import it; run init in a new data dir",
+            dir.root().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Tells `metrics` when this controller's certificate and the CA expire
+/// (0 where a certificate cannot be read).
+fn set_expiries(metrics: &Metrics, identity: &Identity) {
+    let expiry = |der: &rustls::pki_types::CertificateDer<'_>| {
+        tls::cert_validity(der).map_or(0, |(_, not_after)| not_after)
+    };
+    metrics.set_expiries(
+        identity.chain.first().map_or(0, expiry),
+        expiry(&identity.ca),
+    );
+}
+
+/// The QUIC endpoint on `socket`, with this controller's identity and the
+/// data dir's stateless-reset key (so a restarted controller can reset
+/// its old connections).
+fn control_endpoint(
+    dir: &DataDir,
+    identity: &Identity,
+    socket: UdpSocket,
+) -> Result<quinn::Endpoint, ServerError> {
+    let mut server_config = tls::server_config(identity, ClientAuth::Optional, ALPN_CONTROL)?;
+    server_config.transport_config(darkport_transport::endpoint::control_transport_config());
+    let reset_key =
+        darkport_transport::endpoint::load_or_create_reset_key(&dir.root().join("reset.key"))?;
+    Ok(darkport_transport::endpoint::server_with_reset_key(
+        socket,
+        server_config,
+        Some(&reset_key),
+    )?)
+}
+
+/// Writes the first heartbeat, then starts what runs beside the
+/// connections: refusal summaries, heartbeats and following other
+/// controllers' changes; warns of identities tag patterns cannot match.
+fn start_background(ctx: &Arc<Ctx>) -> Result<JoinSet<()>, ServerError> {
     let mut tasks = JoinSet::new();
     tasks.spawn(report_suppressed(ctx.refusals.clone(), "refusals"));
-    heartbeat(&ctx).map_err(DataDirError::from)?;
+    heartbeat(ctx).map_err(DataDirError::from)?;
     tasks.spawn(heartbeats(ctx.clone()));
     if let Some(changes) = ctx.store.changes() {
         tasks.spawn(follow_changes(ctx.clone(), changes));
@@ -266,7 +301,18 @@ pub async fn run_with_store(
     for why in untaggable_identities(&ctx.store.read()) {
         warn!("{why}");
     }
-    metrics.set_ready(true);
+    Ok(tasks)
+}
+
+/// Accepts connections until `shutdown` completes or the endpoint closes,
+/// asking unvalidated sources to retry when the handshake gate says so.
+async fn accept_until(
+    endpoint: &quinn::Endpoint,
+    ctx: &Arc<Ctx>,
+    tasks: &mut JoinSet<()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -284,10 +330,6 @@ pub async fn run_with_store(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    metrics.set_ready(false);
-    endpoint.close(close_code(CloseCode::Done), b"controller shutting down");
-    tasks.shutdown().await;
-    Ok(())
 }
 
 /// Why `${identity}` tag patterns never match some client identities (a
@@ -412,7 +454,33 @@ pub fn renew_rate(cert_ttl_secs: u64) -> Rate {
     }
 }
 
-async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handshake: Ticket) {
+async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, handshake: Ticket) {
+    let remote = incoming.remote_address();
+    let Some(conn) = accept_within(&ctx, incoming, handshake).await else {
+        return;
+    };
+    let Ok(peer) = admit_peer(&ctx, &conn, remote) else {
+        return;
+    };
+    // A peer without a certificate holds a slot for its address, and has
+    // UNAUTHENTICATED_LIFETIME to enroll.
+    let _unauthenticated = match &peer {
+        Some(_) => None,
+        None => match hold_unauthenticated(&ctx, &conn, remote) {
+            Ok(slot) => Some(slot),
+            Err(Refused) => return,
+        },
+    };
+    debug!(%remote, peer = ?peer, "control connection");
+    serve_streams(ctx, conn, peer).await;
+}
+
+/// The handshake, unless it fails or the handshake gate evicts it first.
+async fn accept_within(
+    ctx: &Ctx,
+    incoming: quinn::Incoming,
+    mut handshake: Ticket,
+) -> Option<quinn::Connection> {
     let remote = incoming.remote_address();
     let accepted = tokio::select! {
         c = darkport_transport::endpoint::accept(incoming, "control") => c,
@@ -423,49 +491,68 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
     };
     // Done (or failed): out of the pending pool.
     drop(handshake);
-    let Some(conn) = accepted else {
-        return;
-    };
-    let peer = if conn.peer_identity().is_some() {
-        match tls::peer_identity(&conn) {
-            Ok(p) => match check_current(&ctx.store.read(), &p, unix_now()) {
-                Ok(()) => Some(p),
-                Err(refusal) => {
-                    budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
-                    conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
-                    return;
-                }
-            },
-            Err(e) => {
-                info!(%remote, "refusing control connection: {e}");
-                conn.close(
-                    close_code(CloseCode::ControlRefused),
-                    e.to_string().as_bytes(),
-                );
-                return;
-            }
-        }
-    } else {
-        None
-    };
-    // A peer without a certificate holds a slot for its address, and has
-    // UNAUTHENTICATED_LIFETIME to enroll.
-    let _unauthenticated = match &peer {
-        Some(_) => None,
-        None => match ctx
-            .unauthenticated
-            .try_acquire(HANDSHAKES.prefix_of(remote.ip()))
-        {
-            Ok(slot) => Some(slot),
-            Err(cap) => {
-                let reason =
-                    format!("too many connections without a certificate ({cap}); try again later");
-                budgeted_info!(ctx.refusals, %remote, "refusing control connection: {reason}");
-                conn.close(close_code(CloseCode::Busy), reason.as_bytes());
-                return;
+    accepted
+}
+
+/// A control connection was refused, and closed saying why.
+struct Refused;
+
+/// Who is on `conn`: `None` for a peer without a certificate, the peer
+/// for a current identity; [`Refused`] for an unreadable, revoked or
+/// replaced certificate.
+fn admit_peer(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+) -> Result<Option<PeerIdentity>, Refused> {
+    if conn.peer_identity().is_none() {
+        return Ok(None);
+    }
+    match tls::peer_identity(conn) {
+        Ok(p) => match check_current(&ctx.store.read(), &p, unix_now()) {
+            Ok(()) => Ok(Some(p)),
+            Err(refusal) => {
+                budgeted_info!(ctx.refusals, %remote, peer = %p, "refusing control connection: {}", refusal.reason);
+                conn.close(close_code(refusal.close_code()), refusal.reason.as_bytes());
+                Err(Refused)
             }
         },
-    };
+        Err(e) => {
+            info!(%remote, "refusing control connection: {e}");
+            conn.close(
+                close_code(CloseCode::ControlRefused),
+                e.to_string().as_bytes(),
+            );
+            Err(Refused)
+        }
+    }
+}
+
+/// A slot among the connections without a certificate from `remote`'s
+/// prefix, or [`Refused`] for want of one.
+fn hold_unauthenticated(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+) -> Result<Slot<IpAddr>, Refused> {
+    match ctx
+        .unauthenticated
+        .try_acquire(HANDSHAKES.prefix_of(remote.ip()))
+    {
+        Ok(slot) => Ok(slot),
+        Err(cap) => {
+            let reason =
+                format!("too many connections without a certificate ({cap}); try again later");
+            budgeted_info!(ctx.refusals, %remote, "refusing control connection: {reason}");
+            conn.close(close_code(CloseCode::Busy), reason.as_bytes());
+            Err(Refused)
+        }
+    }
+}
+
+/// Serves each request stream on `conn` until the peer goes, or, for a
+/// peer without a certificate, until its UNAUTHENTICATED_LIFETIME ends.
+async fn serve_streams(ctx: Arc<Ctx>, conn: quinn::Connection, peer: Option<PeerIdentity>) {
     let lifetime = async {
         match peer {
             Some(_) => std::future::pending().await,
@@ -473,7 +560,6 @@ async fn handle_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, mut handsha
         }
     };
     tokio::pin!(lifetime);
-    debug!(%remote, peer = ?peer, "control connection");
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -791,25 +877,43 @@ async fn router_sync(
         .await;
         return;
     }
-    let recorded = {
-        let (name, advertise) = (peer.name.clone(), advertise.clone());
-        off_workers(ctx, move |c| {
-            c.store.update(false, None, |s| {
-                s.routers.insert(
-                    name.clone(),
-                    RouterRecord {
-                        advertise: advertise.clone(),
-                        last_seen: unix_now(),
-                    },
-                );
-                Ok::<_, ControlError>(())
-            })
-        })
-        .await
-    };
-    if recorded.is_err() {
+    if record_router(ctx, peer, &advertise).await.is_err() {
         return;
     }
+    let session = go_online(ctx, peer);
+    info!(router = %peer.name, %advertise, "router connected");
+    send_snapshots(ctx, peer, send).await;
+    ctx.online
+        .remove_if(&peer.name, |_, p| p.session == session);
+    ctx.metrics.set_routers_online(ctx.online.len());
+    info!(router = %peer.name, "router disconnected");
+}
+
+/// Stores the router's advertise address, and that it was seen now.
+async fn record_router(
+    ctx: &Arc<Ctx>,
+    peer: &PeerIdentity,
+    advertise: &str,
+) -> Result<(), ControlError> {
+    let (name, advertise) = (peer.name.clone(), advertise.to_string());
+    off_workers(ctx, move |c| {
+        c.store.update(false, None, |s| {
+            s.routers.insert(
+                name.clone(),
+                RouterRecord {
+                    advertise: advertise.clone(),
+                    last_seen: unix_now(),
+                },
+            );
+            Ok::<_, ControlError>(())
+        })
+    })
+    .await
+}
+
+/// Marks the router online with a new session, which only this sync
+/// session may end (a newer one replaces it).
+fn go_online(ctx: &Ctx, peer: &PeerIdentity) -> u64 {
     let session = rand_session();
     ctx.online.insert(
         peer.name.clone(),
@@ -820,7 +924,12 @@ async fn router_sync(
         },
     );
     ctx.metrics.set_routers_online(ctx.online.len());
-    info!(router = %peer.name, %advertise, "router connected");
+    session
+}
+
+/// Sends the router its snapshot, then a new one at each change, until
+/// it goes, stops taking them, or is no longer a current identity.
+async fn send_snapshots(ctx: &Ctx, peer: &PeerIdentity, send: &mut quinn::SendStream) {
     let mut rx = ctx.store.subscribe();
     loop {
         let snapshot = rx.borrow_and_update().clone();
@@ -857,10 +966,6 @@ async fn router_sync(
             _ = send.stopped() => break,
         }
     }
-    ctx.online
-        .remove_if(&peer.name, |_, p| p.session == session);
-    ctx.metrics.set_routers_online(ctx.online.len());
-    info!(router = %peer.name, "router disconnected");
 }
 
 /// A router's advertise address must be `host:port`, at most

@@ -172,30 +172,44 @@ async fn session(
     clients: &Clients,
     policy: &Arc<PolicyClock>,
 ) -> SessionEnd {
-    let mut config = match darkport_transport::tls::controller_client_config(identity) {
-        Ok(c) => c,
-        Err(e) => return SessionEnd::Failed(e.to_string()),
-    };
-    config.transport_config(darkport_transport::endpoint::sync_transport_config());
-    let endpoint = match darkport_transport::endpoint::client(None) {
+    let (endpoint, config) = match sync_endpoint(identity) {
         Ok(e) => e,
-        Err(e) => return SessionEnd::Failed(e.to_string()),
+        Err(why) => return SessionEnd::Failed(why),
     };
-    let conn = match control::connect(&endpoint, known, config).await {
-        Ok(c) => c,
-        Err(e) => return e.into(),
+    let (conn, first, recv) = match register(&endpoint, config, known, advertise).await {
+        Ok(r) => r,
+        Err(end) => return end,
     };
-    let (first, mut recv) = match control::request(
+    follow(&conn, first, recv, tx, cache, clients, policy).await
+}
+
+/// A client endpoint and the TLS and transport settings for a sync
+/// session with a controller.
+fn sync_endpoint(identity: &Identity) -> Result<(quinn::Endpoint, quinn::ClientConfig), String> {
+    let mut config =
+        darkport_transport::tls::controller_client_config(identity).map_err(|e| e.to_string())?;
+    config.transport_config(darkport_transport::endpoint::sync_transport_config());
+    let endpoint = darkport_transport::endpoint::client(None).map_err(|e| e.to_string())?;
+    Ok((endpoint, config))
+}
+
+/// Connects to one of the `known` controllers and opens the sync stream
+/// (its first message, and the rest to read); updates `known` with the
+/// controllers that one lists.
+async fn register(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    known: &mut String,
+    advertise: &str,
+) -> Result<(quinn::Connection, ControlResponse, quinn::RecvStream), SessionEnd> {
+    let conn = control::connect(endpoint, known, config).await?;
+    let (first, recv) = control::request(
         &conn,
         ControlBody::RouterSync {
             advertise: advertise.to_string(),
         },
     )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => return e.into(),
-    };
+    .await?;
     // Which controllers exist, from this one (it names itself first).
     if let Ok((ControlResponse::Controllers(live), _)) =
         control::request(&conn, ControlBody::ListControllers).await
@@ -205,6 +219,21 @@ async fn session(
         }
     }
     info!(controller = %conn.remote_address(), controllers = %known, %advertise, "registered with the controller");
+    Ok((conn, first, recv))
+}
+
+/// Takes snapshots from the sync stream, starting with `first`, and
+/// reports this router's clients, until the controller refuses, goes
+/// silent or the stream ends.
+async fn follow(
+    conn: &quinn::Connection,
+    first: ControlResponse,
+    mut recv: quinn::RecvStream,
+    tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
+    cache: Option<&std::path::Path>,
+    clients: &Clients,
+    policy: &Arc<PolicyClock>,
+) -> SessionEnd {
     let mut next = Some(first);
     let mut report = tokio::time::interval(REPORT_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,7 +255,7 @@ async fn session(
                     }
                 },
                 _ = report.tick() => {
-                    send_report(&conn, tx, clients, policy);
+                    send_report(conn, tx, clients, policy);
                     continue;
                 }
                 now = watchdog.tick() => {
@@ -240,25 +269,15 @@ async fn session(
                     continue;
                 }
                 _ = clients.changed() => {
-                    send_report(&conn, tx, clients, policy);
+                    send_report(conn, tx, clients, policy);
                     continue;
                 }
             },
         };
         match msg {
             ControlResponse::Snapshot(s) => {
-                info!(
-                    version = s.version,
-                    services = s.services.len(),
-                    policies = s.policies.len(),
-                    "policy snapshot received"
-                );
-                if let Some(path) = cache {
-                    crate::cache::store(path, &s);
-                }
-                tx.send_replace(Some(Arc::new(s)));
-                policy.set_live(true, unix_now());
-                send_report(&conn, tx, clients, policy);
+                apply_snapshot(s, tx, cache, policy);
+                send_report(conn, tx, clients, policy);
             }
             ControlResponse::Error(e) => {
                 return control::ControlClientError::Refused(e).into();
@@ -266,6 +285,27 @@ async fn session(
             _ => return SessionEnd::Failed("unexpected message on the sync stream".into()),
         }
     }
+}
+
+/// Makes `snapshot` the router's policy, and caches it for a restart
+/// without a controller.
+fn apply_snapshot(
+    snapshot: PolicySnapshot,
+    tx: &watch::Sender<Option<Arc<PolicySnapshot>>>,
+    cache: Option<&std::path::Path>,
+    policy: &PolicyClock,
+) {
+    info!(
+        version = snapshot.version,
+        services = snapshot.services.len(),
+        policies = snapshot.policies.len(),
+        "policy snapshot received"
+    );
+    if let Some(path) = cache {
+        crate::cache::store(path, &snapshot);
+    }
+    tx.send_replace(Some(Arc::new(snapshot)));
+    policy.set_live(true, unix_now());
 }
 
 /// When the controller was last heard from: the count of datagrams

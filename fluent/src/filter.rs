@@ -564,25 +564,15 @@ impl Filter {
         out: &mut Vec<u8>,
         denials: &mut Vec<Denial>,
     ) -> Result<usize, FluentError> {
-        let Some(p) = self.partial.as_ref() else {
+        let Some(p) = self.partial.as_mut() else {
             return Ok(0);
         };
         let avail = &rest[..rest.len().min(p.left)];
-        let mut end = p.framed.min(avail.len());
-        while end < avail.len() {
-            match scan::value_len(&avail[end..])? {
-                Some(n) => end += n,
-                None => break,
-            }
-        }
-        if let Some(p) = self.partial.as_mut() {
-            p.framed = end;
-        }
-        let Some(p) = self.partial.as_ref() else {
-            return Ok(0);
-        };
-        if end < p.left {
-            if avail.len() == p.left {
+        let end = whole_entries(avail, p.framed.min(avail.len()))?;
+        p.framed = end;
+        let (left, has_options) = (p.left, p.options);
+        if end < left {
+            if avail.len() == left {
                 return Err(FluentError::Malformed(
                     "an entry runs past the end of the packed payload",
                 ));
@@ -597,52 +587,32 @@ impl Filter {
             return Ok(end);
         }
         // The payload is all in; the option map follows.
-        let opts_len = if p.options {
-            match scan::value_len(&rest[end..])? {
-                Some(n) => n,
-                None if rest.len() - end > MAX_OPTIONS => {
-                    return Err(FluentError::TooLarge {
-                        what: "option map",
-                        limit: MAX_OPTIONS,
-                    })
-                }
-                None => return Ok(0),
-            }
-        } else {
-            0
+        let Some((opts_len, options)) = packed_options(&rest[end..], has_options)? else {
+            return Ok(0);
         };
-        let options = if p.options {
-            crate::message::options(&rest[end..end + opts_len])?
-        } else {
-            crate::message::Options::default()
-        };
-        if options.compressed.is_some() {
-            return Err(FluentError::Malformed(
-                "compressed: gzip or zstd, but the payload is uncompressed entries",
-            ));
-        }
-        if options.non_log_signal().is_some() {
-            return Err(FluentError::Malformed(
-                "fluent_signal says these are not logs, but the payload holds log entries",
-            ));
-        }
         self.piece(&rest[..end], Some(options), out)?;
+        self.finish_packed(options.chunk.is_some(), denials);
+        Ok(end + opts_len)
+    }
+
+    /// Counts the message in progress, whose last piece is out: passed,
+    /// or denied (and, if `chunked`, the stream stops for its ack).
+    fn finish_packed(&mut self, chunked: bool, denials: &mut Vec<Denial>) {
         let Some(p) = self.partial.take() else {
-            return Ok(end + opts_len);
+            return;
         };
         if !p.allowed {
             self.counts.denied_messages += 1;
-            self.stopped = options.chunk.is_some();
+            self.stopped = chunked;
             denials.push(Denial {
                 tag: p.tag,
                 records: p.entries,
-                chunked: options.chunk.is_some(),
+                chunked,
                 reason: DenialReason::Tag,
             });
         } else {
             self.counts.messages += 1;
         }
-        Ok(end + opts_len)
     }
 
     /// One piece of a cut-through message: its entries stamped as a
@@ -875,6 +845,55 @@ fn write_options(out: &mut Vec<u8>, size: u64, options: &message::Options<'_>) {
         crate::stamp::put_str(out, "fluent_signal");
         out.extend_from_slice(signal);
     }
+}
+
+/// Where the whole entries at the start of `avail` end, scanning on from
+/// `from` (the end of those already framed).
+fn whole_entries(avail: &[u8], from: usize) -> Result<usize, FluentError> {
+    let mut end = from;
+    while end < avail.len() {
+        match scan::value_len(&avail[end..])? {
+            Some(n) => end += n,
+            None => break,
+        }
+    }
+    Ok(end)
+}
+
+/// The option map at the start of `after` (a cut-through message's
+/// payload) and its length, if the message has one (`has_options`);
+/// `None` while it is not all in. Refuses options that say the payload is
+/// compressed or not logs: it held log entries.
+fn packed_options(
+    after: &[u8],
+    has_options: bool,
+) -> Result<Option<(usize, message::Options<'_>)>, FluentError> {
+    let (len, options) = if has_options {
+        let len = match scan::value_len(after)? {
+            Some(n) => n,
+            None if after.len() > MAX_OPTIONS => {
+                return Err(FluentError::TooLarge {
+                    what: "option map",
+                    limit: MAX_OPTIONS,
+                })
+            }
+            None => return Ok(None),
+        };
+        (len, crate::message::options(&after[..len])?)
+    } else {
+        (0, crate::message::Options::default())
+    };
+    if options.compressed.is_some() {
+        return Err(FluentError::Malformed(
+            "compressed: gzip or zstd, but the payload is uncompressed entries",
+        ));
+    }
+    if options.non_log_signal().is_some() {
+        return Err(FluentError::Malformed(
+            "fluent_signal says these are not logs, but the payload holds log entries",
+        ));
+    }
+    Ok(Some((len, options)))
 }
 
 #[cfg(test)]

@@ -587,15 +587,7 @@ pub fn explain(
             roles(&svc.roles)
         ));
     }
-    out.routers = snapshot
-        .identities
-        .iter()
-        .filter(|r| r.kind == Kind::Router)
-        .filter_map(|r| {
-            let ps: Vec<_> = snapshot.serve_policies(r, svc).cloned().collect();
-            (!ps.is_empty()).then(|| (r.name.clone(), ps))
-        })
-        .collect();
+    out.routers = serving_routers(snapshot, svc);
     if out.routers.is_empty() {
         out.reasons.push(format!(
             "no router policy lets any router serve service {}",
@@ -604,38 +596,7 @@ pub fn explain(
     }
     out.allowed = has_certificate && !out.dial_policies.is_empty() && !out.routers.is_empty();
     if let (Some(tag), false) = (tag, out.dial_policies.is_empty()) {
-        let ok = match tag_patterns(snapshot, id, svc) {
-            None => {
-                out.reasons
-                    .push(format!("tag {tag:?}: a policy allows every tag"));
-                true
-            }
-            Some(patterns) => {
-                let ok = crate::tags::TagRules::new(patterns.iter().copied(), identity.as_str())
-                    .map(|r| r.allows(tag))
-                    .unwrap_or(false);
-                if patterns
-                    .iter()
-                    .any(|p| p.contains(crate::tags::IDENTITY_PLACEHOLDER))
-                {
-                    if let Err(e) = crate::tags::check_identity_for_tags(identity.as_str()) {
-                        out.reasons.push(e.to_string());
-                    }
-                }
-                out.reasons.push(format!(
-                    "tag {tag:?} is {} by the tag patterns {}",
-                    if ok { "allowed" } else { "DENIED" },
-                    patterns.join(", ")
-                ));
-                ok
-            }
-        };
-        if !matches!(svc.protocol, ServiceProtocol::FluentForward(_)) {
-            out.reasons.push(format!(
-                "service {} is plain TCP: tags are only enforced on fluent-forward services",
-                svc.name
-            ));
-        }
+        let ok = explain_tag(snapshot, id, svc, tag, &mut out.reasons);
         out.tag_allowed = Some(ok);
         out.allowed &= ok;
     }
@@ -651,6 +612,67 @@ pub fn explain(
         ));
     }
     out
+}
+
+/// The routers that may serve `svc`, each with the router policies that
+/// let it.
+fn serving_routers(
+    snapshot: &PolicySnapshot,
+    svc: &ServiceEntry,
+) -> Vec<(IdentityName, Vec<IdentityName>)> {
+    snapshot
+        .identities
+        .iter()
+        .filter(|r| r.kind == Kind::Router)
+        .filter_map(|r| {
+            let ps: Vec<_> = snapshot.serve_policies(r, svc).cloned().collect();
+            (!ps.is_empty()).then(|| (r.name.clone(), ps))
+        })
+        .collect()
+}
+
+/// Whether the policies letting `id` dial `svc` let it write `tag`, with
+/// the reasons why pushed onto `reasons`.
+fn explain_tag(
+    snapshot: &PolicySnapshot,
+    id: &IdentityEntry,
+    svc: &ServiceEntry,
+    tag: &str,
+    reasons: &mut Vec<String>,
+) -> bool {
+    let identity = &id.name;
+    let ok = match tag_patterns(snapshot, id, svc) {
+        None => {
+            reasons.push(format!("tag {tag:?}: a policy allows every tag"));
+            true
+        }
+        Some(patterns) => {
+            let ok = crate::tags::TagRules::new(patterns.iter().copied(), identity.as_str())
+                .map(|r| r.allows(tag))
+                .unwrap_or(false);
+            if patterns
+                .iter()
+                .any(|p| p.contains(crate::tags::IDENTITY_PLACEHOLDER))
+            {
+                if let Err(e) = crate::tags::check_identity_for_tags(identity.as_str()) {
+                    reasons.push(e.to_string());
+                }
+            }
+            reasons.push(format!(
+                "tag {tag:?} is {} by the tag patterns {}",
+                if ok { "allowed" } else { "DENIED" },
+                patterns.join(", ")
+            ));
+            ok
+        }
+    };
+    if !matches!(svc.protocol, ServiceProtocol::FluentForward(_)) {
+        reasons.push(format!(
+            "service {} is plain TCP: tags are only enforced on fluent-forward services",
+            svc.name
+        ));
+    }
+    ok
 }
 
 fn roles(r: &[IdentityName]) -> String {
