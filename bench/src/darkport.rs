@@ -227,8 +227,11 @@ impl Darkport {
                     "--listen",
                     &self.router_addr.to_string(),
                     // The memory scenario holds 10,000 connections of one
-                    // identity open at once; the default cap is 4,096.
+                    // identity open at once, over one client connection;
+                    // the default caps are 4,096 and 1,024.
                     "--max-streams-per-identity",
+                    "20000",
+                    "--max-streams-per-connection",
                     "20000",
                 ])
                 .current_dir(&self.dir)

@@ -110,6 +110,10 @@ pub struct RouterLimits {
     /// service-side socket) one client identity may hold here, across all
     /// its connections.
     pub max_streams_per_identity: usize,
+    /// Concurrent streams one QUIC client connection may have open (what
+    /// quinn grants the peer; further opens wait at the client until a
+    /// stream ends). Never more than `max_streams_per_identity`.
+    pub max_streams_per_connection: usize,
     /// Connections of all identities together.
     pub max_connections: usize,
     /// New dials are refused once the router has not heard from the
@@ -128,6 +132,16 @@ pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 8;
 /// Default for [`RouterLimits::max_streams_per_identity`]: far above what
 /// a log shipper opens (a few), far below what pins a router.
 pub const MAX_STREAMS_PER_IDENTITY: usize = 4096;
+
+/// Default for [`RouterLimits::max_streams_per_connection`]. quinn keeps
+/// the state of one finished stream, with its reassembly index at the
+/// largest it ever grew, for every stream a peer may have open
+/// (quinn-proto 0.11, `Assembler::reinit`), so this number, not the
+/// traffic, sets what an idle connection keeps: at 20,000 a soaked router
+/// grew for minutes (docs/benchmarks.md, "Soak"). 1,024 app connections
+/// at once through one client to one router is far above what log
+/// shippers open.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 
 /// Default for [`RouterLimits::max_connections`].
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -150,6 +164,7 @@ impl RouterLimits {
         RouterLimits {
             max_connections_per_identity: MAX_CONNECTIONS_PER_IDENTITY,
             max_streams_per_identity: MAX_STREAMS_PER_IDENTITY,
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
             max_connections: MAX_CONNECTIONS,
             max_policy_age: lifetime.filter(|d| !d.is_zero()),
             handshakes: darkport_transport::admission::GateLimits::default(),

@@ -116,6 +116,7 @@ impl Guard {
             info!(
                 max_connections_per_identity = new.max_connections_per_identity,
                 max_streams_per_identity = new.max_streams_per_identity,
+                max_streams_per_connection = new.max_streams_per_connection,
                 max_policy_age_secs = new.max_policy_age.map(|d| d.as_secs()),
                 "limits reloaded"
             );
@@ -127,20 +128,16 @@ impl Guard {
         *limits = new;
     }
 
-    /// Streams one client connection may have open at once: the
-    /// identity's stream cap, which no connection can usefully pass, and
-    /// never more than [`MAX_STREAMS`](darkport_transport::endpoint::MAX_STREAMS).
-    /// It is also what quinn keeps per connection: it holds the state of
-    /// a finished stream, with the high-water capacity of its reassembly
-    /// index, for reuse by a later one, one per stream the peer may have
-    /// open (quinn-proto 0.11, `Assembler::reinit`). A smaller number is a
-    /// smaller plateau; the soak in docs/benchmarks.md measures it.
+    /// Streams one QUIC client connection may have open at once:
+    /// `max_streams_per_connection`, within the identity's stream cap
+    /// (no connection can usefully pass it) and
+    /// [`MAX_STREAMS`](darkport_transport::endpoint::MAX_STREAMS). See
+    /// [`crate::MAX_STREAMS_PER_CONNECTION`] for why it is small.
     fn streams_per_connection(&self) -> u32 {
-        let cap = self
-            .limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .max_streams_per_identity;
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = limits
+            .max_streams_per_connection
+            .min(limits.max_streams_per_identity);
         u32::try_from(cap)
             .unwrap_or(u32::MAX)
             .min(darkport_transport::endpoint::MAX_STREAMS)

@@ -77,6 +77,11 @@ struct RunArgs {
     /// LimitReached (reloaded on SIGHUP).
     #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_streams_per_identity: usize,
+    /// Concurrent streams one QUIC client connection may have open; more
+    /// wait at the client until one ends. What quinn keeps per connection
+    /// grows with it (reloaded on SIGHUP, for new connections).
+    #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_CONNECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20_000))]
+    max_streams_per_connection: usize,
     /// Refuse new dials once the controller has not been heard from
     /// for this long (e.g. "7d", "12h"; "0" never refuses). Default:
     /// the lifetime of the router's certificate (reloaded on SIGHUP).
@@ -114,6 +119,7 @@ impl RunArgs {
     fn limits(&self, mut base: RouterLimits) -> RouterLimits {
         base.max_connections_per_identity = self.max_connections_per_identity;
         base.max_streams_per_identity = self.max_streams_per_identity;
+        base.max_streams_per_connection = self.max_streams_per_connection;
         if let Some(age) = self.max_policy_age {
             base.max_policy_age = (!age.is_zero()).then_some(age);
         }

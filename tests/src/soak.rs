@@ -265,9 +265,17 @@ impl Cluster {
     /// Starts everything with the `darkport-test-node` binary at `node`;
     /// returns once a connection through the tunnel works.
     pub async fn start(node: &str) -> Result<Cluster> {
+        Cluster::start_with_routers(node, 2).await
+    }
+
+    /// [`Cluster::start`] with `routers` routers (`router-1`, …): one for
+    /// a soak that measures a router under the whole load, two for
+    /// failover.
+    pub async fn start_with_routers(node: &str, routers: usize) -> Result<Cluster> {
+        let names: Vec<String> = (1..=routers).map(|i| format!("router-{i}")).collect();
         let (dir, data_dir, controller_addr, controller) = controller_process_with_echo(node).await;
         let mut routers = Vec::new();
-        for name in ["router-1", "router-2"] {
+        for name in &names {
             let id = enroll_at(&data_dir, dir.path(), name, Kind::Router, &[]).await?;
             let addr = crate::free_udp_addr()?;
             let router = Node::spawn(node, "router", &id, addr)?;
@@ -294,13 +302,13 @@ impl Cluster {
         {
             bail!("no connection through the tunnel within 15 s of start");
         }
-        cluster.wait_both_routers().await?;
+        cluster.wait_all_routers().await?;
         Ok(cluster)
     }
 
     /// The client connects to both routers in the background: waits until
     /// both report it connected.
-    async fn wait_both_routers(&self) -> Result<()> {
+    async fn wait_all_routers(&self) -> Result<()> {
         let routers = self.routers.len();
         poll_until(
             &format!("the edge client to be connected to {routers} routers"),

@@ -45,6 +45,11 @@ struct Args {
     /// median of its first quarter).
     #[arg(long, default_value_t = 10.0)]
     max_growth: f64,
+    /// Routers in the soak. One (the default) carries the whole load, so
+    /// its memory is measured under a steady share; with two, the client
+    /// spreads its streams and each router's share moves.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    soak_routers: u8,
     /// Skip parts: load, faults, soak.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -127,7 +132,7 @@ async fn main() -> Result<()> {
     }
 
     if !skip("soak") {
-        let cluster = Cluster::start(&node).await?;
+        let cluster = Cluster::start_with_routers(&node, usize::from(args.soak_routers)).await?;
         let total = args.warmup + args.soak;
         let every = (total / 72).max(Duration::from_secs(1));
         let (r, routers, client) = soak(&cluster, total, every, 1024 * 1024, 32).await;
