@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use darkport_transport::mux::{RecvHalf, SendHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use darkport_fluent::handshake::{
@@ -407,6 +408,10 @@ pub struct Hooks<'a> {
 
 /// Runs a fluent-forward stream until both sides end, one fails, the
 /// client's data is refused, or `cancel`.
+///
+/// The steps: [`upstream`] (client to service, through the filter) and
+/// [`downstream`] (service to client, untouched) run side by side under
+/// [`race`]; then both ends are closed as the ending says.
 #[allow(clippy::too_many_arguments)]
 pub async fn splice(
     tcp: TcpStream,
@@ -426,117 +431,20 @@ pub async fn splice(
     let mut from_client = 0u64;
     let mut to_client = 0u64;
     let Leftovers {
-        from_service: leftover,
-        from_client: mut first,
+        from_service,
+        from_client: first,
     } = leftovers;
     let ending = {
-        let up = async {
-            let mut out = Vec::with_capacity(READ);
-            loop {
-                let chunk = if !first.is_empty() {
-                    bytes::Bytes::from(std::mem::take(&mut first))
-                } else {
-                    match recv.read_chunk(READ).await {
-                        Ok(Some(c)) => c,
-                        Ok(None) => {
-                            if let Err(e) = filter.finish() {
-                                return FluentEnding::Rejected(Rejection::Invalid(e));
-                            }
-                            let _ = w.shutdown().await;
-                            return FluentEnding::Clean;
-                        }
-                        Err(_) => return FluentEnding::ClientReset,
-                    }
-                };
-                from_client += chunk.len() as u64;
-                let before = filter.counts();
-                let denials = match filter.feed(&chunk, &mut out) {
-                    Ok(d) => d,
-                    Err(e) => return FluentEnding::Rejected(Rejection::Invalid(e)),
-                };
-                let after = filter.counts();
-                if after.records > before.records {
-                    (hooks.on_forward)(
-                        after.records - before.records,
-                        after.overwritten - before.overwritten,
-                    );
-                }
-                for d in &denials {
-                    (hooks.on_denial)(d);
-                }
-                if !out.is_empty() {
-                    if w.write_all(&out).await.is_err() {
-                        return FluentEnding::ServiceReset;
-                    }
-                    (meter.received)(out.len() as u64);
-                    out.clear();
-                    // A large message's buffer is not kept for the
-                    // stream's life.
-                    darkport_fluent::shrink_buffer(&mut out);
-                }
-                if filter.stopped() {
-                    // Let the service ack what it has: end what it receives.
-                    let _ = w.shutdown().await;
-                    let denial = denials.into_iter().rev().find(|d| d.chunked);
-                    return FluentEnding::Rejected(Rejection::Denied(denial.unwrap_or(Denial {
-                        tag: String::new(),
-                        records: 0,
-                        chunked: true,
-                        reason: DenialReason::Tag,
-                    })));
-                }
-            }
+        let client = Upstream {
+            recv: &mut recv,
+            filter: &mut filter,
+            w: &mut w,
+            meter,
+            hooks,
         };
-        let down = async {
-            if !leftover.is_empty() {
-                if send.write_all(&leftover).await.is_err() {
-                    return FluentEnding::ClientReset;
-                }
-                to_client += leftover.len() as u64;
-            }
-            let mut buf = vec![0u8; READ];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) => {
-                        send.finish();
-                        return FluentEnding::Clean;
-                    }
-                    Ok(n) => {
-                        if send.write_all(&buf[..n]).await.is_err() {
-                            return FluentEnding::ClientReset;
-                        }
-                        to_client += n as u64;
-                        (meter.sent)(n as u64);
-                    }
-                    Err(_) => return FluentEnding::ServiceReset,
-                }
-            }
-        };
-        tokio::pin!(up, down, cancel);
-        let (mut up_end, mut down_end) = (None, None);
-        loop {
-            tokio::select! {
-                e = &mut up, if up_end.is_none() => {
-                    if let FluentEnding::Rejected(why) = &e {
-                        if matches!(why, Rejection::Denied(_)) {
-                            // Acks of what was forwarded may still come.
-                            let _ = tokio::time::timeout(ACK_DRAIN_TIMEOUT, &mut down).await;
-                        }
-                        break e;
-                    }
-                    if e != FluentEnding::Clean { break e; }
-                    up_end = Some(e);
-                }
-                e = &mut down, if down_end.is_none() => {
-                    if e != FluentEnding::Clean { break e; }
-                    down_end = Some(e);
-                }
-                _ = &mut cancel => break FluentEnding::Cut,
-            }
-            if up_end.is_some() && down_end.is_some() {
-                break FluentEnding::Clean;
-            }
-        }
+        let up = upstream(client, first, &mut from_client);
+        let down = downstream(&mut r, &mut send, from_service, meter, &mut to_client);
+        race(up, down, cancel).await
     };
     close(&ending, &mut send, &mut recv);
     if let Ok(tcp) = r.reunite(w) {
@@ -551,6 +459,165 @@ pub async fn splice(
         to_client,
         counts: filter.counts(),
         ending,
+    }
+}
+
+/// What [`upstream`] works with: the client's stream, the filter, the
+/// service's socket, and who hears of the bytes and records.
+struct Upstream<'s, 'm> {
+    recv: &'s mut RecvHalf,
+    filter: &'s mut Filter,
+    w: &'s mut OwnedWriteHalf,
+    meter: &'s Meter<'m>,
+    hooks: &'s Hooks<'m>,
+}
+
+/// Client to service: `first` (read past the app's handshake), then each
+/// chunk from the client, through the filter, counted in `from_client`.
+/// Ends when the client ends, either side fails, or the filter stops.
+async fn upstream(s: Upstream<'_, '_>, mut first: Vec<u8>, from_client: &mut u64) -> FluentEnding {
+    // One output buffer for the stream: the filter appends to it, it is
+    // written and cleared, so forwarding allocates nothing per record.
+    let mut out = Vec::with_capacity(READ);
+    loop {
+        let chunk = if !first.is_empty() {
+            bytes::Bytes::from(std::mem::take(&mut first))
+        } else {
+            match s.recv.read_chunk(READ).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if let Err(e) = s.filter.finish() {
+                        return FluentEnding::Rejected(Rejection::Invalid(e));
+                    }
+                    let _ = s.w.shutdown().await;
+                    return FluentEnding::Clean;
+                }
+                Err(_) => return FluentEnding::ClientReset,
+            }
+        };
+        *from_client += chunk.len() as u64;
+        let denials = match filter_chunk(s.filter, &chunk, &mut out, s.hooks) {
+            Ok(d) => d,
+            Err(e) => return FluentEnding::Rejected(Rejection::Invalid(e)),
+        };
+        if !out.is_empty() {
+            if s.w.write_all(&out).await.is_err() {
+                return FluentEnding::ServiceReset;
+            }
+            (s.meter.received)(out.len() as u64);
+            out.clear();
+            // A large message's buffer is not kept for the stream's life.
+            darkport_fluent::shrink_buffer(&mut out);
+        }
+        if s.filter.stopped() {
+            // Let the service ack what it has: end what it receives.
+            let _ = s.w.shutdown().await;
+            return FluentEnding::Rejected(Rejection::Denied(stopping_denial(denials)));
+        }
+    }
+}
+
+/// Feeds one chunk to the filter (output appended to `out`) and tells
+/// `hooks` of the records it forwarded and the messages it denied.
+fn filter_chunk(
+    filter: &mut Filter,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+    hooks: &Hooks<'_>,
+) -> Result<Vec<Denial>, FluentError> {
+    let before = filter.counts();
+    let denials = filter.feed(chunk, out)?;
+    let after = filter.counts();
+    if after.records > before.records {
+        (hooks.on_forward)(
+            after.records - before.records,
+            after.overwritten - before.overwritten,
+        );
+    }
+    for d in &denials {
+        (hooks.on_denial)(d);
+    }
+    Ok(denials)
+}
+
+/// The denial that stopped the filter: the last one that asked for an
+/// ack, or a bare tag denial if the chunk's did not say.
+fn stopping_denial(denials: Vec<Denial>) -> Denial {
+    let denial = denials.into_iter().rev().find(|d| d.chunked);
+    denial.unwrap_or(Denial {
+        tag: String::new(),
+        records: 0,
+        chunked: true,
+        reason: DenialReason::Tag,
+    })
+}
+
+/// Service to client, untouched (the service's acks): `leftover` (read
+/// past the service's PONG) first, counted in `to_client`.
+async fn downstream(
+    r: &mut OwnedReadHalf,
+    send: &mut SendHalf,
+    leftover: Vec<u8>,
+    meter: &Meter<'_>,
+    to_client: &mut u64,
+) -> FluentEnding {
+    if !leftover.is_empty() {
+        if send.write_all(&leftover).await.is_err() {
+            return FluentEnding::ClientReset;
+        }
+        *to_client += leftover.len() as u64;
+    }
+    let mut buf = vec![0u8; READ];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => {
+                send.finish();
+                return FluentEnding::Clean;
+            }
+            Ok(n) => {
+                if send.write_all(&buf[..n]).await.is_err() {
+                    return FluentEnding::ClientReset;
+                }
+                *to_client += n as u64;
+                (meter.sent)(n as u64);
+            }
+            Err(_) => return FluentEnding::ServiceReset,
+        }
+    }
+}
+
+/// Runs both directions until both end cleanly, one fails, or `cancel`.
+/// After a denied chunk, the service has [`ACK_DRAIN_TIMEOUT`] to send
+/// the acks of what was forwarded before it.
+async fn race(
+    up: impl std::future::Future<Output = FluentEnding>,
+    down: impl std::future::Future<Output = FluentEnding>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> FluentEnding {
+    tokio::pin!(up, down, cancel);
+    let (mut up_end, mut down_end) = (None, None);
+    loop {
+        tokio::select! {
+            e = &mut up, if up_end.is_none() => {
+                if let FluentEnding::Rejected(why) = &e {
+                    if matches!(why, Rejection::Denied(_)) {
+                        // Acks of what was forwarded may still come.
+                        let _ = tokio::time::timeout(ACK_DRAIN_TIMEOUT, &mut down).await;
+                    }
+                    break e;
+                }
+                if e != FluentEnding::Clean { break e; }
+                up_end = Some(e);
+            }
+            e = &mut down, if down_end.is_none() => {
+                if e != FluentEnding::Clean { break e; }
+                down_end = Some(e);
+            }
+            _ = &mut cancel => break FluentEnding::Cut,
+        }
+        if up_end.is_some() && down_end.is_some() {
+            break FluentEnding::Clean;
+        }
     }
 }
 
