@@ -18,7 +18,7 @@ use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
 use darkport_proto::policy::{check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_transport::identity::Identity;
-use darkport_transport::mux::{Conn, RecvHalf, SendHalf};
+use darkport_transport::mux::{Conn, RecvHalf, SendHalf, TlsAcceptor};
 use darkport_transport::shards::Shards;
 use darkport_transport::splice::{splice_tcp_metered, Ending, Meter};
 use darkport_transport::tls::{self, ClientAuth};
@@ -176,6 +176,11 @@ impl Guard {
 pub use crate::admission::check_policy_age;
 
 /// Accepts clients until `shutdown`.
+///
+/// The steps: bind ([`Listening::bind`]); accept QUIC
+/// ([`spawn_quic_handshake`]) and TLS over TCP ([`spawn_tcp_handshake`])
+/// peers onto the connection threads, and present a renewed certificate
+/// ([`Listening::renew`]); at `shutdown`, [`drain`], then close.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut identity: watch::Receiver<Arc<Identity>>,
@@ -189,97 +194,179 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let id = identity.borrow_and_update().clone();
-    let router = id.name.clone();
-    let config = tls::server_config(&id, ClientAuth::Required, ALPN_DATA)?;
-    let endpoint = {
-        // The endpoint's driver runs on the first connection thread.
-        let _shard = shards.first().enter();
-        darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key.as_deref())?
+    let ctx = ConnContext {
+        router: id.name.clone(),
+        snapshots,
+        clients,
+        guard,
     };
-    let tcp = match tcp {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            let _shard = shards.first().enter();
-            Some(tokio::net::TcpListener::from_std(l)?)
-        }
-        None => None,
-    };
-    let tcp_config = |id: &Identity| {
-        tls::rustls_server_config(id, ClientAuth::Required, ALPN_DATA_TCP)
-            .map(|c| darkport_transport::mux::TlsAcceptor::from(Arc::new(c)))
-    };
-    let mut acceptor = tcp_config(&id)?;
-    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-    info!(addr = %endpoint.local_addr()?, tcp = ?tcp_addr, router = %router, threads = shards.len(), "router listening");
+    let mut listening = Listening::bind(&id, socket, tcp, reset_key.as_deref(), shards)?;
+    let tcp_addr = listening.tcp.as_ref().and_then(|l| l.local_addr().ok());
+    info!(addr = %listening.endpoint.local_addr()?, tcp = ?tcp_addr, router = %ctx.router, threads = shards.len(), "router listening");
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
     conns.spawn(report_suppressed(
-        guard.refusals.global().clone(),
+        ctx.guard.refusals.global().clone(),
         "refusals",
     ));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            incoming = endpoint.accept() => {
+            incoming = listening.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if guard.quic_handshakes.wants_retry(incoming.remote_address_validated()) && incoming.may_retry() {
-                    // Stateless: a spoofed source never gets further.
-                    let _ = incoming.retry();
-                    continue;
-                }
-                // Admitted here, in arrival order, so the gate decides
-                // which handshake makes room before any task runs.
-                let ticket = guard.quic_handshakes.enter(incoming.remote_address().ip());
-                // The handshake completes on the shard, so quinn's driver
-                // for this connection runs there too, beside its streams.
-                shards.spawn(&mut conns, handle_connection(incoming, ticket, router.clone(), snapshots.clone(), clients.clone(), guard.clone()));
+                spawn_quic_handshake(incoming, &ctx, shards, &mut conns);
             }
-            accepted = accept_tcp(tcp.as_ref()) => {
+            accepted = accept_tcp(listening.tcp.as_ref()) => {
                 let Ok((stream, remote)) = accepted else { continue };
-                let mut ticket = guard.tcp_handshakes.enter(remote.ip());
-                let (acceptor, router, snapshots, clients, guard) = (acceptor.clone(), router.clone(), snapshots.clone(), clients.clone(), guard.clone());
-                shards.spawn(&mut conns, async move {
-                    let conn = tokio::select! {
-                        c = darkport_transport::mux::accept_tcp(stream, acceptor) => c,
-                        () = ticket.evicted() => {
-                            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "dropped a TCP handshake in progress: {}", HandshakeAbort::Evicted);
-                            return;
-                        }
-                    };
-                    // Authenticated (or failed): out of the pending pool.
-                    drop(ticket);
-                    match conn {
-                        Ok(conn) => serve_connection(conn, router, snapshots, clients, guard).await,
-                        Err(e) => budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "client handshake over TCP failed: {e}"),
-                    }
-                });
+                let acceptor = listening.acceptor.clone();
+                spawn_tcp_handshake(stream, remote, acceptor, &ctx, shards, &mut conns);
             }
             Ok(()) = identity.changed() => {
-                // A renewed certificate: new handshakes present it.
                 let id = identity.borrow_and_update().clone();
-                match tls::server_config(&id, ClientAuth::Required, ALPN_DATA) {
-                    Ok(c) => {
-                        endpoint.set_server_config(Some(c));
-                        info!("serving with the renewed certificate");
-                    }
-                    Err(e) => warn!("cannot use the renewed certificate: {e}"),
-                }
-                match tcp_config(&id) {
-                    Ok(a) => acceptor = a,
-                    Err(e) => warn!("cannot use the renewed certificate over TCP: {e}"),
-                }
+                listening.renew(&id);
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    drain(&endpoint, tcp.as_ref(), &guard, &mut conns).await;
+    let Listening { endpoint, tcp, .. } = listening;
+    drain(&endpoint, tcp.as_ref(), &ctx.guard, &mut conns).await;
     endpoint.close(close_code(CloseCode::Done), b"router shutting down");
     conns.shutdown().await;
     Ok(())
 }
 
-/// Stops taking connections and dials, and lets the streams in flight
-/// finish for at most the grace period.
+/// What every client connection is served with; cloned into each
+/// connection's task.
+#[derive(Clone)]
+struct ConnContext {
+    /// This router's name, for dial answers and logs.
+    router: IdentityName,
+    /// The policy snapshot: admission and each dial check against it.
+    snapshots: SnapshotRx,
+    /// Connected client identities, by connection.
+    clients: Clients,
+    /// Caps, draining, revocation, refusal log budget.
+    guard: Arc<Guard>,
+}
+
+/// The router's listeners and the certificate they present.
+struct Listening {
+    /// QUIC.
+    endpoint: quinn::Endpoint,
+    /// TLS over TCP, unless `--no-tcp`.
+    tcp: Option<tokio::net::TcpListener>,
+    /// TLS over TCP handshakes: replaced when the certificate is renewed.
+    acceptor: TlsAcceptor,
+}
+
+impl Listening {
+    /// Sets up both listeners on the first connection thread, which runs
+    /// the QUIC endpoint's driver.
+    fn bind(
+        id: &Identity,
+        socket: UdpSocket,
+        tcp: Option<std::net::TcpListener>,
+        reset_key: Option<&[u8]>,
+        shards: &Shards,
+    ) -> Result<Listening, RouterError> {
+        let config = tls::server_config(id, ClientAuth::Required, ALPN_DATA)?;
+        let endpoint = {
+            // The endpoint's driver runs on the first connection thread.
+            let _shard = shards.first().enter();
+            darkport_transport::endpoint::server_with_reset_key(socket, config, reset_key)?
+        };
+        let tcp = match tcp {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let _shard = shards.first().enter();
+                Some(tokio::net::TcpListener::from_std(l)?)
+            }
+            None => None,
+        };
+        let acceptor = tcp_acceptor(id)?;
+        Ok(Listening {
+            endpoint,
+            tcp,
+            acceptor,
+        })
+    }
+
+    /// A renewed certificate: new handshakes present it; on failure the
+    /// old one stays.
+    fn renew(&mut self, id: &Identity) {
+        match tls::server_config(id, ClientAuth::Required, ALPN_DATA) {
+            Ok(c) => {
+                self.endpoint.set_server_config(Some(c));
+                info!("serving with the renewed certificate");
+            }
+            Err(e) => warn!("cannot use the renewed certificate: {e}"),
+        }
+        match tcp_acceptor(id) {
+            Ok(a) => self.acceptor = a,
+            Err(e) => warn!("cannot use the renewed certificate over TCP: {e}"),
+        }
+    }
+}
+
+/// The TLS over TCP server side for `id`.
+fn tcp_acceptor(id: &Identity) -> Result<TlsAcceptor, tls::TlsError> {
+    tls::rustls_server_config(id, ClientAuth::Required, ALPN_DATA_TCP)
+        .map(|c| TlsAcceptor::from(Arc::new(c)))
+}
+
+/// A new QUIC peer: asked to prove its address (Retry) when handshakes
+/// are many, else admitted to the handshake gate and handed to a
+/// connection thread.
+fn spawn_quic_handshake(
+    incoming: quinn::Incoming,
+    ctx: &ConnContext,
+    shards: &Shards,
+    conns: &mut JoinSet<()>,
+) {
+    let gate = &ctx.guard.quic_handshakes;
+    if gate.wants_retry(incoming.remote_address_validated()) && incoming.may_retry() {
+        // Stateless: a spoofed source never gets further.
+        let _ = incoming.retry();
+        return;
+    }
+    // Admitted here, in arrival order, so the gate decides which handshake
+    // makes room before any task runs.
+    let ticket = gate.enter(incoming.remote_address().ip());
+    // The handshake completes on the shard, so quinn's driver for this
+    // connection runs there too, beside its streams.
+    shards.spawn(conns, handle_connection(incoming, ticket, ctx.clone()));
+}
+
+/// A new TCP peer: admitted to the handshake gate, then its TLS handshake
+/// and connection run on a connection thread.
+fn spawn_tcp_handshake(
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    ctx: &ConnContext,
+    shards: &Shards,
+    conns: &mut JoinSet<()>,
+) {
+    let mut ticket = ctx.guard.tcp_handshakes.enter(remote.ip());
+    let ctx = ctx.clone();
+    shards.spawn(conns, async move {
+        let guard = &ctx.guard;
+        let conn = tokio::select! {
+            c = darkport_transport::mux::accept_tcp(stream, acceptor) => c,
+            () = ticket.evicted() => {
+                budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "dropped a TCP handshake in progress: {}", HandshakeAbort::Evicted);
+                return;
+            }
+        };
+        // Authenticated (or failed): out of the pending pool.
+        drop(ticket);
+        match conn {
+            Ok(conn) => serve_connection(conn, ctx).await,
+            Err(e) => budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "client handshake over TCP failed: {e}"),
+        }
+    });
+}
+
 /// The next TCP connection, if there is a TCP listener (else never).
 async fn accept_tcp(
     tcp: Option<&tokio::net::TcpListener>,
@@ -290,6 +377,8 @@ async fn accept_tcp(
     }
 }
 
+/// Stops taking connections and dials, and lets the streams in flight
+/// finish for at most the grace period.
 async fn drain(
     endpoint: &quinn::Endpoint,
     tcp: Option<&tokio::net::TcpListener>,
@@ -358,20 +447,15 @@ async fn admit(snapshots: &mut SnapshotRx, peer: &PeerIdentity) -> Result<(), De
     }
 }
 
-async fn handle_connection(
-    incoming: quinn::Incoming,
-    mut ticket: Ticket,
-    router: IdentityName,
-    snapshots: SnapshotRx,
-    clients: Clients,
-    guard: Arc<Guard>,
-) {
+/// A QUIC peer's handshake, until it completes or the gate evicts it to
+/// make room; then its connection.
+async fn handle_connection(incoming: quinn::Incoming, mut ticket: Ticket, ctx: ConnContext) {
     let remote = incoming.remote_address();
     let conn = tokio::select! {
         c = darkport_transport::endpoint::accept(incoming, "client") => c,
         () = ticket.evicted() => {
             // Dropping the handshake closes it and frees its state.
-            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, "dropped a QUIC handshake in progress: {}", HandshakeAbort::Evicted);
+            budgeted_info_for!(ctx.guard.refusals, &remote.ip().to_string(), %remote, "dropped a QUIC handshake in progress: {}", HandshakeAbort::Evicted);
             None
         }
     };
@@ -380,59 +464,21 @@ async fn handle_connection(
     let Some(conn) = conn else {
         return;
     };
-    serve_connection(conn.into(), router, snapshots, clients, guard).await
+    serve_connection(conn.into(), ctx).await
 }
 
 /// Admits a client connection (either transport) and serves its streams.
-async fn serve_connection(
-    conn: Conn,
-    router: IdentityName,
-    mut snapshots: SnapshotRx,
-    clients: Clients,
-    guard: Arc<Guard>,
-) {
+async fn serve_connection(conn: Conn, ctx: ConnContext) {
+    let ConnContext {
+        router,
+        mut snapshots,
+        clients,
+        guard,
+    } = ctx;
     let remote = conn.remote_address();
     let transport = conn.transport();
-    if let Some(reason) = guard.revoked() {
-        conn.close(
-            CloseCode::RouterRevoked,
-            format!("this router was revoked: {reason}").as_bytes(),
-        );
+    let Some((peer, _slot)) = admit_connection(&conn, &mut snapshots, &guard).await else {
         return;
-    }
-    let peer = match conn.peer_identity() {
-        Ok(p) => p,
-        Err(e) => {
-            info!(%remote, "refusing client: {e}");
-            conn.close(CloseCode::Forbidden, e.to_string().as_bytes());
-            return;
-        }
-    };
-    if peer.kind != Kind::Client {
-        let reason = format!(
-            "{} identities cannot dial services; use a client identity",
-            peer.kind
-        );
-        budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {reason}");
-        conn.close(CloseCode::Forbidden, reason.as_bytes());
-        return;
-    }
-    if let Err(d) = admit(&mut snapshots, &peer).await {
-        budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {d}");
-        conn.close(CloseCode::Revoked, d.to_string().as_bytes());
-        return;
-    }
-    let _slot = match guard.conns.try_acquire(peer.name.clone()) {
-        Ok(slot) => slot,
-        Err(cap) => {
-            let reason = format!(
-                "too many connections to this router ({cap}); close unused clients of identity {}",
-                peer.name
-            );
-            budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {reason}");
-            conn.close(CloseCode::Busy, reason.as_bytes());
-            return;
-        }
     };
     // Admitted: from the few streams a peer gets during its handshake (a
     // pending handshake's stream state is allocated up front) to its
@@ -440,13 +486,89 @@ async fn serve_connection(
     if let Some(q) = conn.as_quic() {
         q.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(guard.streams_per_connection()));
     }
-    let mut revoked = guard.revoked.clone();
     let _open = guard.metrics.connection_open(peer.kind);
     info!(%remote, %peer, %transport, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
-    // `admit` checked the snapshot it last marked seen; a newer one wakes
-    // the loop below.
+    serve_streams(&conn, &peer, &router, snapshots, &guard, &mut streams).await;
+    clients.remove(conn.stable_id());
+    // Streams of a closed connection end by themselves (their reads fail).
+    while streams.join_next().await.is_some() {}
+}
+
+/// Admission of a connected peer: the router not revoked, a client
+/// identity, known to the policy ([`admit`]), within its identity's
+/// connection cap. A refused peer's connection is closed with the reason.
+async fn admit_connection(
+    conn: &Conn,
+    snapshots: &mut SnapshotRx,
+    guard: &Guard,
+) -> Option<(PeerIdentity, Slot<IdentityName>)> {
+    let remote = conn.remote_address();
+    if let Some(reason) = guard.revoked() {
+        close_revoked(conn, &reason);
+        return None;
+    }
+    let peer = match conn.peer_identity() {
+        Ok(p) => p,
+        Err(e) => {
+            info!(%remote, "refusing client: {e}");
+            conn.close(CloseCode::Forbidden, e.to_string().as_bytes());
+            return None;
+        }
+    };
+    let refuse = |code: CloseCode, reason: &str| {
+        budgeted_info_for!(guard.refusals, &remote.ip().to_string(), %remote, %peer, "refusing connection: {reason}");
+        conn.close(code, reason.as_bytes());
+    };
+    if peer.kind != Kind::Client {
+        let reason = format!(
+            "{} identities cannot dial services; use a client identity",
+            peer.kind
+        );
+        refuse(CloseCode::Forbidden, &reason);
+        return None;
+    }
+    if let Err(d) = admit(snapshots, &peer).await {
+        refuse(CloseCode::Revoked, &d.to_string());
+        return None;
+    }
+    match guard.conns.try_acquire(peer.name.clone()) {
+        Ok(slot) => Some((peer, slot)),
+        Err(cap) => {
+            let reason = format!(
+                "too many connections to this router ({cap}); close unused clients of identity {}",
+                peer.name
+            );
+            refuse(CloseCode::Busy, &reason);
+            None
+        }
+    }
+}
+
+/// Closes `conn` because this router was revoked.
+fn close_revoked(conn: &Conn, reason: &str) {
+    conn.close(
+        CloseCode::RouterRevoked,
+        format!("this router was revoked: {reason}").as_bytes(),
+    );
+}
+
+/// The stream accept loop of an admitted connection: each new stream
+/// gets a task, until the connection ends, the peer is no longer allowed
+/// by a new snapshot, or the router is revoked (the connection is closed
+/// then). `admit` checked the snapshot it last marked seen; a newer one
+/// wakes the loop.
+async fn serve_streams(
+    conn: &Conn,
+    peer: &PeerIdentity,
+    router: &IdentityName,
+    mut snapshots: SnapshotRx,
+    guard: &Arc<Guard>,
+    streams: &mut JoinSet<()>,
+) {
+    let remote = conn.remote_address();
+    let mut revoked = guard.revoked.clone();
     loop {
         tokio::select! {
             s = conn.accept_bi() => match s {
@@ -471,7 +593,7 @@ async fn serve_connection(
             },
             Ok(()) = snapshots.changed() => {
                 snapshots.borrow_and_update();
-                if let Err(d) = peer_allowed(&snapshots, &peer) {
+                if let Err(d) = peer_allowed(&snapshots, peer) {
                     info!(%remote, %peer, "closing connection: {d}");
                     conn.close(CloseCode::Revoked, d.to_string().as_bytes());
                     break;
@@ -480,18 +602,12 @@ async fn serve_connection(
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             Ok(()) = revoked.changed() => {
                 if let Some(reason) = revoked.borrow_and_update().clone() {
-                    conn.close(
-                        CloseCode::RouterRevoked,
-                        format!("this router was revoked: {reason}").as_bytes(),
-                    );
+                    close_revoked(conn, &reason);
                     break;
                 }
             }
         }
     }
-    clients.remove(conn.stable_id());
-    // Streams of a closed connection end by themselves (their reads fail).
-    while streams.join_next().await.is_some() {}
 }
 
 /// Writes a dial answer within [`RESPONSE_TIMEOUT`]; resets the stream
