@@ -1,138 +1,18 @@
 //! `darkport-edge-router`: parse arguments, then call the library.
+//!
+//! - [`cli`]: the command line (the clap tree).
+//! - [`commands`]: what `run` does.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use darkport_cli::health::Health;
-use darkport_cli::{AssetsArgs, EnrollArgs};
+use anyhow::Result;
 
-use darkport_edge_router::metrics::RouterMetrics;
-use darkport_edge_router::{run, RouterConfig, RouterLimits};
 use darkport_proto::identity::Kind;
-use darkport_transport::admission::GateLimits;
 
-#[derive(Parser)]
-#[command(
-    name = "darkport-edge-router",
-    version,
-    about = "Darkport edge router: the public QUIC endpoint"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-    #[command(flatten)]
-    log: darkport_cli::LogArgs,
-}
+use cli::{Cli, Cmd};
 
-impl darkport_cli::CommandLine for Cli {
-    fn log_args(&self) -> &darkport_cli::LogArgs {
-        &self.log
-    }
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Write man pages and shell completions into DIR (for packaging).
-    #[command(hide = true)]
-    GenerateAssets(AssetsArgs),
-    /// Redeem an enrollment token; the key pair is made here.
-    Enroll(EnrollArgs),
-    /// Accept clients and carry their streams to services.
-    Run(Box<RunArgs>),
-}
-
-/// The settings of `run`; each is also a key of the config file.
-#[derive(Args)]
-struct RunArgs {
-    #[command(flatten)]
-    common: darkport_cli::RunCommon,
-    /// Identity file from `enroll`.
-    #[arg(long, env = "DARKPORT_IDENTITY")]
-    identity: PathBuf,
-    /// Address to listen on: UDP for QUIC, and TCP on the same port for
-    /// clients whose networks block UDP (TLS 1.3 over TCP).
-    #[arg(long, env = "DARKPORT_LISTEN")]
-    listen: SocketAddr,
-    /// Listen on UDP (QUIC) only, not on TCP.
-    #[arg(long, env = "DARKPORT_NO_TCP")]
-    no_tcp: bool,
-    /// HOST:PORT clients use to reach this router (default: --listen).
-    /// The last policy snapshot is kept in IDENTITY.snapshot, and the
-    /// certificate is renewed in IDENTITY automatically.
-    #[arg(long, env = "DARKPORT_ADVERTISE")]
-    advertise: Option<String>,
-    /// Threads carrying client connections; each connection and its
-    /// streams stay on one thread (default: one per core).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: Option<u16>,
-    /// Concurrent QUIC connections one client identity may hold here
-    /// (reloaded on SIGHUP).
-    #[arg(long, default_value_t = darkport_edge_router::MAX_CONNECTIONS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_connections_per_identity: usize,
-    /// Concurrent streams (tunneled connections) one client identity
-    /// may hold here, across its connections; more are refused with
-    /// LimitReached (reloaded on SIGHUP).
-    #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_IDENTITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_streams_per_identity: usize,
-    /// Concurrent streams one QUIC client connection may have open; more
-    /// wait at the client until one ends. What quinn keeps per connection
-    /// grows with it (reloaded on SIGHUP, for new connections).
-    #[arg(long, default_value_t = darkport_edge_router::MAX_STREAMS_PER_CONNECTION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20_000))]
-    max_streams_per_connection: usize,
-    /// Refuse new dials once the controller has not been heard from
-    /// for this long (e.g. "7d", "12h"; "0" never refuses). Default:
-    /// the lifetime of the router's certificate (reloaded on SIGHUP).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    max_policy_age: Option<std::time::Duration>,
-    /// TLS handshakes in progress (peers not yet authenticated) on each
-    /// listener, QUIC and TCP; when full, the oldest handshake of the
-    /// busiest source prefix makes room (reloaded on SIGHUP).
-    #[arg(long, default_value_t = GateLimits::default().total, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_handshakes: usize,
-    /// Handshakes in progress from one source prefix (see
-    /// --handshake-prefix-v4/-v6); more end the prefix's oldest.
-    #[arg(long, default_value_t = GateLimits::default().per_prefix, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    max_handshakes_per_prefix: usize,
-    /// QUIC: above this many handshakes in progress, new peers prove their
-    /// address with a Retry first.
-    #[arg(long, default_value_t = GateLimits::default().retry_above)]
-    retry_above_handshakes: usize,
-    /// Length of the IPv4 prefix that counts as one source for
-    /// --max-handshakes-per-prefix.
-    #[arg(long, default_value_t = GateLimits::default().v4_prefix, value_parser = clap::value_parser!(u8).range(0..=32))]
-    handshake_prefix_v4: u8,
-    /// Length of the IPv6 prefix that counts as one source.
-    #[arg(long, default_value_t = GateLimits::default().v6_prefix, value_parser = clap::value_parser!(u8).range(0..=128))]
-    handshake_prefix_v6: u8,
-    /// On SIGTERM or Ctrl-C: refuse new dials with "draining" (clients
-    /// move to another router at once) and let streams in flight go on
-    /// for up to this long, then reset the rest.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    grace_period: std::time::Duration,
-}
-
-impl RunArgs {
-    /// The limits these settings ask for, over `base`.
-    fn limits(&self, mut base: RouterLimits) -> RouterLimits {
-        base.max_connections_per_identity = self.max_connections_per_identity;
-        base.max_streams_per_identity = self.max_streams_per_identity;
-        base.max_streams_per_connection = self.max_streams_per_connection;
-        if let Some(age) = self.max_policy_age {
-            base.max_policy_age = (!age.is_zero()).then_some(age);
-        }
-        base.handshakes = GateLimits {
-            total: self.max_handshakes,
-            per_prefix: self.max_handshakes_per_prefix,
-            retry_above: self.retry_above_handshakes,
-            v4_prefix: self.handshake_prefix_v4,
-            v6_prefix: self.handshake_prefix_v6,
-        };
-        base
-    }
-}
+mod cli;
+mod commands;
 
 /// The main thread accepts connections and talks to the controller;
 /// client connections run on the router's connection threads.
@@ -146,53 +26,7 @@ async fn real_main() -> Result<()> {
     match cli.cmd {
         Cmd::GenerateAssets(args) => args.write::<Cli>()?,
         Cmd::Enroll(args) => args.enroll(Kind::Router).await?,
-        Cmd::Run(args) => {
-            let advertise = match &args.advertise {
-                Some(a) => a.clone(),
-                None if args.listen.ip().is_unspecified() => {
-                    bail!("--listen {} is a wildcard address; pass --advertise HOST:PORT so clients know where to connect", args.listen)
-                }
-                None => args.listen.to_string(),
-            };
-            let socket = darkport_edge_router::Listeners::bind(args.listen, !args.no_tcp)
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let mut config = RouterConfig::from_identity_file(args.identity.clone(), advertise)?;
-            if let Some(n) = args.threads {
-                config.threads = n.into();
-            }
-            let base = config.limits;
-            config.limits = args.limits(base);
-            config.grace_period = args.grace_period;
-            let (limits_tx, limits_rx) = tokio::sync::watch::channel(config.limits);
-            config.limit_updates = Some(limits_rx);
-            let health = Health::of(
-                config.metrics.clone(),
-                RouterMetrics::register,
-                RouterMetrics::ready,
-                Some(RouterMetrics::refresh),
-            );
-            darkport_cli::health::start(&args.common.metrics, health, std::future::pending())
-                .await?;
-            // Signals are handled from here on; socket bound, identity
-            // loaded: ready, for systemd.
-            let stopping = darkport_cli::ready_until_stopped::<Cli>(log, move |c| {
-                if let Cmd::Run(a) = &c.cmd {
-                    let _ = limits_tx.send(a.limits(base));
-                }
-            });
-            run(config, socket, stopping).await?;
-        }
+        Cmd::Run(args) => commands::run::exec(args, log).await?,
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn every_flag_and_argument_has_help() {
-        darkport_cli::assert_cli_documented(Cli::command());
-    }
 }
