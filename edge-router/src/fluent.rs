@@ -409,9 +409,9 @@ pub struct Hooks<'a> {
 /// Runs a fluent-forward stream until both sides end, one fails, the
 /// client's data is refused, or `cancel`.
 ///
-/// The steps: [`upstream`] (client to service, through the filter) and
-/// [`downstream`] (service to client, untouched) run side by side under
-/// [`race`]; then both ends are closed as the ending says.
+/// The steps: `upstream` (client to service, through the filter) and
+/// `downstream` (service to client, untouched) run side by side under
+/// `race`; then both ends are closed as the ending says.
 #[allow(clippy::too_many_arguments)]
 pub async fn splice(
     tcp: TcpStream,

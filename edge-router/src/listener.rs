@@ -177,10 +177,10 @@ pub use crate::admission::check_policy_age;
 
 /// Accepts clients until `shutdown`.
 ///
-/// The steps: bind ([`Listening::bind`]); accept QUIC
-/// ([`spawn_quic_handshake`]) and TLS over TCP ([`spawn_tcp_handshake`])
+/// The steps: bind (`Listening::bind`); accept QUIC
+/// (`spawn_quic_handshake`) and TLS over TCP (`spawn_tcp_handshake`)
 /// peers onto the connection threads, and present a renewed certificate
-/// ([`Listening::renew`]); at `shutdown`, [`drain`], then close.
+/// (`Listening::renew`); at `shutdown`, `drain`, then close.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut identity: watch::Receiver<Arc<Identity>>,
