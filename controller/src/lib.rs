@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bounds;
 pub mod ca;
 pub mod datadir;
 pub mod decide;

@@ -92,9 +92,6 @@ pub const RENEW_BURST: u32 = 3;
 /// between update only memory.
 pub const REPORT_PERSIST_EVERY: Duration = Duration::from_secs(5);
 
-/// Longest router advertise address (`host:port`).
-pub const MAX_ADVERTISE_LEN: usize = 255;
-
 /// Keys tracked by each rate limit (source addresses, identities).
 const RATE_LIMIT_KEYS: usize = 65_536;
 
@@ -104,8 +101,7 @@ const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
 
 pub use crate::decide::MAX_LIVE_CERTIFICATES;
 
-/// Longest enrollment token lifetime an admin may ask for.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use crate::bounds::{check_advertise, CONTROLLER_LIVE, MAX_ADVERTISE_LEN, MAX_TOKEN_TTL};
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -356,10 +352,6 @@ pub fn untaggable_identities(state: &State) -> Vec<String> {
 
 /// How often a controller records that it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
-
-/// A controller not heard from for this long is left out of the lists
-/// routers and clients get.
-pub const CONTROLLER_LIVE: Duration = Duration::from_secs(30);
 
 /// Records this controller (and its advertised address) as alive; an
 /// audit entry when it is new or moved.
@@ -966,27 +958,6 @@ async fn send_snapshots(ctx: &Ctx, peer: &PeerIdentity, send: &mut quinn::SendSt
             _ = send.stopped() => break,
         }
     }
-}
-
-/// A router's advertise address must be `host:port`, at most
-/// [`MAX_ADVERTISE_LEN`] bytes of printable ASCII: it is stored, listed to
-/// every client and printed on admin terminals.
-pub fn check_advertise(advertise: &str) -> Result<(), String> {
-    if advertise.len() > MAX_ADVERTISE_LEN {
-        return Err(format!(
-            "advertise address is {} bytes long (at most {MAX_ADVERTISE_LEN}); pass --advertise HOST:PORT",
-            advertise.len()
-        ));
-    }
-    if !advertise.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "advertise address {advertise:?} has spaces, control or non-ASCII characters; pass --advertise HOST:PORT"
-        ));
-    }
-    if darkport_transport::endpoint::parse_host_port(advertise).is_none() {
-        return Err(format!("advertise address {advertise:?} is not HOST:PORT"));
-    }
-    Ok(())
 }
 
 fn rand_session() -> u64 {

@@ -14,6 +14,14 @@ use cli::{Cli, Cmd};
 mod cli;
 mod commands;
 
+/// jemalloc, not glibc's malloc: under the churn of many short streams
+/// glibc's per-thread arenas let the router's RSS creep upwards for
+/// minutes, where jemalloc gives freed pages back on a decay clock
+/// (docs/benchmarks.md, "Soak").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The main thread accepts connections and talks to the controller;
 /// client connections run on the router's connection threads.
 #[tokio::main(flavor = "current_thread")]

@@ -208,7 +208,7 @@ impl Identity {
         let key = PrivateKeyDer::from_pem_slice(file.key_pem.as_bytes())
             .map_err(|e| format!("private key: {e}"))?;
         let (kind, name, _) =
-            crate::tls::cert_identity(&leaf).map_err(|e| format!("certificate: {e}"))?;
+            crate::cert::cert_identity(&leaf).map_err(|e| format!("certificate: {e}"))?;
         if kind != file.kind || name != file.name {
             return Err(format!(
                 "certificate names {kind} {name} but the file says {} {}",

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cert;
 pub mod connect;
 pub mod control;
 pub mod endpoint;

@@ -6,7 +6,7 @@ use darkport_proto::token::{SignedToken, TokenClaims};
 use dashmap::DashMap;
 
 use super::{bad, err, insert_new, not_found, Caller, Issuer, Presence};
-use crate::server::MAX_TOKEN_TTL;
+use crate::bounds::MAX_TOKEN_TTL;
 use crate::store::{IdentityRecord, Store, TokenRecord};
 
 /// What `identity create` asks for.

@@ -40,7 +40,7 @@ pub fn list(
     let state = store.read();
     let snapshot = store.snapshot();
     // Other controllers serve routers only when more than one is alive.
-    let live = crate::server::CONTROLLER_LIVE.as_secs();
+    let live = crate::bounds::CONTROLLER_LIVE.as_secs();
     let shared = state
         .controllers
         .values()

@@ -161,14 +161,14 @@ impl std::fmt::Debug for Store {
 pub fn sanitize(state: &mut State) -> Vec<String> {
     let mut dropped = Vec::new();
     state.routers.retain(|name, r| {
-        let ok = crate::server::check_advertise(&r.advertise);
+        let ok = crate::bounds::check_advertise(&r.advertise);
         if let Err(why) = &ok {
             dropped.push(format!("router {name}: {why}"));
         }
         ok.is_ok()
     });
     state.controllers.retain(|name, c| {
-        let ok = crate::server::check_advertise(&c.advertise);
+        let ok = crate::bounds::check_advertise(&c.advertise);
         if let Err(why) = &ok {
             dropped.push(format!("controller {name}: {why}"));
         }

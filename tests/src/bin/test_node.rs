@@ -8,6 +8,12 @@
 //! darkport-test-node client IDENTITY_FILE FORWARD_TCP_ADDR   (to service "echo")
 //! ```
 
+/// The production router's allocator (edge-router/src/main.rs), so the
+/// soak measures the router as it ships.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
