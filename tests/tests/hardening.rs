@@ -312,6 +312,25 @@ async fn echo_once(client: &Client) -> Result<(), DialError> {
     Ok(())
 }
 
+/// A fixture with a second router, `router-2`, tuned by `tune`, an echo
+/// service and a policy letting everyone dial it; `router-2`'s address.
+async fn router_with_echo(
+    tune: impl FnOnce(&mut darkport_edge_router::RouterConfig),
+) -> (Fixture, std::net::SocketAddr) {
+    let mut fx = Fixture::start().await.expect("fixture");
+    let r2 = fx
+        .enroll("router-2", Kind::Router, &[])
+        .await
+        .expect("enroll");
+    let r2_addr = fx.start_router_with(&r2, tune).await.expect("router-2");
+    let echo = echo_server().await.expect("echo");
+    fx.service("echo", echo).await.expect("service");
+    fx.policy("all", &["#all"], &["#all"])
+        .await
+        .expect("policy");
+    (fx, r2_addr)
+}
+
 fn client_via(id: &std::path::Path, routers: Vec<String>) -> Client {
     Client::from_identity_file(
         id,
@@ -405,20 +424,7 @@ async fn a_revoked_router_stops_serving_and_clients_move_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_identity_over_its_stream_cap_is_refused_and_others_are_not() {
-    let mut fx = Fixture::start().await.expect("fixture");
-    let r2 = fx
-        .enroll("router-2", Kind::Router, &[])
-        .await
-        .expect("enroll");
-    let r2_addr = fx
-        .start_router_with(&r2, |c| c.limits.max_streams_per_identity = 4)
-        .await
-        .expect("router-2");
-    let echo = echo_server().await.expect("echo");
-    fx.service("echo", echo).await.expect("service");
-    fx.policy("all", &["#all"], &["#all"])
-        .await
-        .expect("policy");
+    let (fx, r2_addr) = router_with_echo(|c| c.limits.max_streams_per_identity = 4).await;
     let greedy = client_via(
         &fx.enroll("greedy", Kind::Client, &[])
             .await
@@ -456,6 +462,69 @@ async fn one_identity_over_its_stream_cap_is_refused_and_others_are_not() {
         echo_once(&greedy).await.is_ok(),
         Duration::from_secs(2),
         "a freed slot is usable again"
+    );
+}
+
+/// The streams one QUIC client connection may have open at once
+/// (`--max-streams-per-connection`) are what quinn grants the client: past
+/// them a dial waits for a stream to end, and gives up with LimitReached
+/// after the dial timeout rather than waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_per_connection_cap_wait_then_are_refused() {
+    let (fx, r2_addr) = router_with_echo(|c| c.limits.max_streams_per_connection = 2).await;
+    let client = Client::from_identity_file(
+        &fx.enroll("busy", Kind::Client, &[]).await.expect("enroll"),
+        ClientOptions {
+            routers: vec![r2_addr.to_string()],
+            // The cap is QUIC's stream credit; HTTP/2 has its own.
+            transport: darkport_transport::mux::TransportMode::Quic,
+            ..darkport_tests::client_options()
+        },
+    )
+    .expect("client");
+    // A connection is granted `PENDING_STREAMS` (64) streams during its
+    // handshake, before the router knows who it is; QUIC credit cannot be
+    // taken back, so the cap holds from the 65th stream on.
+    for _ in 0..=darkport_transport::endpoint::PENDING_STREAMS {
+        echo_once(&client).await.expect("a short stream");
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = client.dial("echo").await.expect("within the cap");
+        s.write_all(b"a").await.expect("write");
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.expect("echo");
+        held.push(s);
+    }
+    // A third waits for credit: freed by a stream that ends, it goes on.
+    let client = std::sync::Arc::new(client);
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { echo_once(&client).await })
+    };
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a stream that ended makes room")
+        .expect("task")
+        .expect("the waiting dial goes on");
+    // With both held, one gives up after the dial timeout, with a reason.
+    let mut s = client.dial("echo").await.expect("within the cap again");
+    s.write_all(b"a").await.expect("write");
+    held.push(s);
+    let started = std::time::Instant::now();
+    match client.dial("echo").await {
+        Err(DialError::LimitReached { message, .. }) => {
+            assert!(
+                message.contains("--max-streams-per-connection"),
+                "{message}"
+            )
+        }
+        other => panic!("expected LimitReached, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < edge_client::client::DIAL_TIMEOUT + Duration::from_secs(5),
+        "gave up within the dial timeout"
     );
 }
 

@@ -155,10 +155,19 @@ struct Sent {
 /// router failed.
 async fn send_request(live: &Live, service: &str, resend: &[Bytes]) -> Result<Sent, DialError> {
     let heard_before = live.conn.heard();
-    let (mut send, recv) = live
-        .conn
-        .open_bi()
+    // The router grants a connection a number of streams at once
+    // (`--max-streams-per-connection`); past it, opening waits for one to
+    // end, and at most [`DIAL_TIMEOUT`].
+    let (mut send, recv) = tokio::time::timeout(DIAL_TIMEOUT, live.conn.open_bi())
         .await
+        .map_err(|_| DialError::LimitReached {
+            service: service.to_string(),
+            message: format!(
+                "router {} allows no more streams at once on this connection (its --max-streams-per-connection) and none ended within {} s; close idle connections or raise the router's limit",
+                live.router,
+                DIAL_TIMEOUT.as_secs()
+            ),
+        })?
         .map_err(|e| live.lost(RouterFailure::Ended(e)))?;
     write_frame(&mut send, &DialRequest::new(service), MAX_DIAL_FRAME)
         .await
