@@ -785,24 +785,21 @@ pub mod pg {
     }
 
     fn psql(url: &str, sql: &str) -> Result<()> {
-        let out = Command::new("psql")
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-d", url, "-c", sql])
-            .output()
-            .context("running psql (Debian package postgresql-client)")?;
-        if !out.status.success() {
-            bail!(
-                "psql {sql:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        run_psql(url, "-q", sql).map(drop)
     }
 
     /// The rows `sql` returns at `url`, as psql prints them unaligned
     /// (`|` between columns, one row a line), trimmed.
     pub fn query(url: &str, sql: &str) -> Result<String> {
+        let out = run_psql(url, "-qtA", sql)?;
+        Ok(String::from_utf8_lossy(&out).trim().to_string())
+    }
+
+    /// Runs `sql` at `url` with psql and `flags`, stopping at the first
+    /// error; its standard output.
+    fn run_psql(url: &str, flags: &str, sql: &str) -> Result<Vec<u8>> {
         let out = Command::new("psql")
-            .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-d", url, "-c", sql])
+            .args(["-v", "ON_ERROR_STOP=1", flags, "-d", url, "-c", sql])
             .output()
             .context("running psql (Debian package postgresql-client)")?;
         if !out.status.success() {
@@ -811,7 +808,7 @@ pub mod pg {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(out.stdout)
     }
 
     /// How many sessions of `url`'s database other than this one wait on
