@@ -447,6 +447,7 @@ mod tests {
             ControlBody::RouterReport(RouterReport {
                 snapshot_version: 1,
                 clients: vec![],
+                terminators: Default::default(),
             })
         };
         let routed = |body: ControlBody, p: Option<&PeerIdentity>| match route(request(body), p) {
@@ -675,6 +676,7 @@ mod tests {
                 address: "10.0.0.1:5432".into(),
                 roles: vec![],
                 protocol: Default::default(),
+                strategy: Default::default(),
             })
         };
         let rows: Vec<(ControlErrorCode, Result<(), ControlError>)> = vec![

@@ -377,12 +377,14 @@ connected to:  -
                 address: "127.0.0.1:24224".into(),
                 roles: vec![n("fluent"), n("prod")],
                 protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
+                strategy: Default::default(),
             },
             ServiceEntry {
                 name: n("db"),
                 address: "db.internal.example:5432".into(),
                 roles: vec![],
                 protocol: ServiceProtocol::Tcp,
+                strategy: Default::default(),
             },
         ];
         let text = render(&AdminResponse::Services(v), false);
@@ -408,12 +410,14 @@ db                       db.internal.example:5432         tcp             -
                 services: vec![sel("logs")],
                 identities: vec![sel("#web"), sel("@batch")],
                 tags: vec!["app.${identity}.**".into(), "sys.*".into()],
+                kind: Default::default(),
             },
             PolicyEntry {
                 name: n("all"),
                 services: vec![sel("#all")],
                 identities: vec![sel("#all")],
                 tags: vec![],
+                kind: Default::default(),
             },
         ];
         let text = render(&AdminResponse::Policies(v), false);

@@ -1029,6 +1029,7 @@ mod tests {
             services: vec![Selector::All],
             identities: vec![Selector::All],
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            kind: Default::default(),
         };
         state.policies.insert(n("p"), policy(&["app.web.**"]));
         assert!(

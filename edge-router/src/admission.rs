@@ -221,6 +221,7 @@ mod tests {
             address: address.into(),
             roles: vec![],
             protocol: ServiceProtocol::Tcp,
+            strategy: Default::default(),
         };
         PolicySnapshot {
             version: 1,
@@ -238,6 +239,7 @@ mod tests {
                 services: vec![Selector::All],
                 identities: vec![Selector::Name(n("app"))],
                 tags: vec![],
+                kind: Default::default(),
             }],
             router_policies: vec![RouterPolicyEntry {
                 name: n("r1-db"),

@@ -32,12 +32,13 @@ pub use codec::ProtoError;
 pub use identity::{IdentityName, Kind, PeerIdentity};
 
 /// Version of the wire protocol carried in the first message of every stream.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest version whose messages are still understood where they did
 /// not change: dial requests, enrollment, renewal and the router and
-/// controller lists are the same bytes in versions 3 and 4, so edge clients
+/// controller lists are the same bytes in versions 3 to 5, so edge clients
 /// of version 3 keep working through an upgrade (docs/protocol.md, 6.2).
+/// Hosting (version 5) is new streams on the same dial messages.
 pub const OLDEST_COMPATIBLE_VERSION: u16 = 3;
 
 /// ALPN for the data plane (client ⇄ router).

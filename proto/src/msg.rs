@@ -203,6 +203,122 @@ impl ControlBody {
     }
 }
 
+/// The service name of a hoster's host stream: a [`DialRequest`] for it is
+/// followed by [`HostRequest`]s (docs/protocol.md, "Hosting"). Names
+/// starting with `@` are not valid service names, so a router of an older
+/// version answers `UnknownService`.
+pub const HOST_STREAM: &str = "@host";
+
+/// The service name of a hoster's offer stream: an idle stream the router
+/// keeps until a dial needs it, then opens with an [`Incoming`].
+pub const OFFER_STREAM: &str = "@offer";
+
+/// Where a terminator stands among the others of its service: routers use
+/// `Required` ones first, `Default` ones next, `Failed` ones only when no
+/// other is left (a hoster's failed health check sets it).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Precedence {
+    /// Preferred over every other.
+    Required,
+    /// The usual.
+    #[default]
+    Default,
+    /// Unhealthy: a last resort.
+    Failed,
+}
+
+impl Precedence {
+    /// The name the CLI and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precedence::Required => "required",
+            Precedence::Default => "default",
+            Precedence::Failed => "failed",
+        }
+    }
+
+    /// The precedence a CLI name stands for.
+    pub fn parse(s: &str) -> Option<Precedence> {
+        [
+            Precedence::Required,
+            Precedence::Default,
+            Precedence::Failed,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// One service a hoster serves through a router: a terminator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HostedService {
+    /// The service's name.
+    pub name: String,
+    /// The hoster's static cost (0–65535, lower is preferred).
+    pub cost: u16,
+    /// Its precedence (health).
+    pub precedence: Precedence,
+}
+
+/// On a host stream, from the hoster: the whole set of services it serves
+/// through this connection, replacing the previous one. An empty set
+/// withdraws every terminator (a draining hoster sends it first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HostRequest {
+    /// Names this hoster process among others of the same identity (its
+    /// terminators are (service, identity, router, instance)).
+    pub instance: String,
+    /// The services.
+    pub services: Vec<HostedService>,
+}
+
+/// The router's answer to a [`HostRequest`]: one verdict per service, in
+/// the request's order. The router sends another whenever a new policy
+/// changes a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HostResponse {
+    /// Per service: `Ok` (a terminator now), or why not.
+    pub verdicts: Vec<HostVerdict>,
+}
+
+/// One service's verdict in a [`HostResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HostVerdict {
+    /// The service.
+    pub service: String,
+    /// `Ok`, `UnknownService`, `NotAuthorized` (no bind policy),
+    /// `WrongRouter`, `NotReady` or `LimitReached`.
+    pub status: DialStatus,
+    /// Plain-words reason (empty on success).
+    pub message: String,
+}
+
+/// On an offer stream, from the router: a dial for one of the hoster's
+/// services. The hoster answers with a [`DialResponse`] (`Ok` once its
+/// service accepted the connection), then the stream carries the
+/// application's bytes. Everything here is the router's verified view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Incoming {
+    /// The service dialed.
+    pub service: String,
+    /// The caller's identity, from its verified certificate.
+    pub caller: IdentityName,
+    /// The caller's roles, as the controller's policy knows them.
+    pub caller_roles: Vec<IdentityName>,
+    /// The caller's address as the router saw it (`ip:port`).
+    pub caller_address: String,
+    /// The router carrying the stream.
+    pub router: IdentityName,
+}
+
 /// Whether a dial request of `version` is understood: the dial messages
 /// are the same bytes from [`crate::OLDEST_COMPATIBLE_VERSION`] on.
 pub fn dial_version_supported(version: u16) -> bool {
@@ -217,6 +333,29 @@ pub struct RouterReport {
     pub snapshot_version: u64,
     /// Client identities connected right now.
     pub clients: Vec<IdentityName>,
+    /// Terminators registered with this router right now.
+    #[serde(default)]
+    pub terminators: Vec<TerminatorInfo>,
+}
+
+/// A terminator as a router reports it (and `service show` lists it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TerminatorInfo {
+    /// The hosted service.
+    pub service: String,
+    /// The hoster's identity.
+    pub hoster: IdentityName,
+    /// The hoster's instance name.
+    pub instance: String,
+    /// The router it is registered with (filled in by the controller).
+    pub router: IdentityName,
+    /// The hoster's static cost.
+    pub cost: u16,
+    /// Its precedence (health).
+    pub precedence: Precedence,
+    /// Streams open through it now.
+    pub streams: u32,
 }
 
 /// Token plus certificate signing request.

@@ -103,6 +103,62 @@ pub struct ServiceEntry {
     /// What the router speaks with it.
     #[serde(default)]
     pub protocol: ServiceProtocol,
+    /// How a router picks among the service's terminators (hosted
+    /// services, docs/architecture.md "Hosting").
+    #[serde(default)]
+    pub strategy: TerminatorStrategy,
+}
+
+impl ServiceEntry {
+    /// Whether routers may dial the service at its address; a service
+    /// with no address is reached through its terminators only.
+    pub fn has_address(&self) -> bool {
+        !self.address.is_empty()
+    }
+}
+
+/// How a router chooses among the terminators of a hosted service.
+/// Precedence comes first whatever the strategy: `required` terminators
+/// before `default` ones, `failed` ones only when nothing else is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum TerminatorStrategy {
+    /// The lowest cost: the hoster's static cost plus the router's view of
+    /// its latency and open streams.
+    #[default]
+    LowestCost,
+    /// At random, each terminator weighted by the inverse of its cost.
+    Weighted,
+    /// Uniformly at random.
+    Random,
+    /// The same terminator for the same client identity while it is up
+    /// (a hash of the identity over the terminators).
+    Sticky,
+}
+
+impl TerminatorStrategy {
+    /// Every strategy, in the order the CLI lists them.
+    pub const ALL: [TerminatorStrategy; 4] = [
+        TerminatorStrategy::LowestCost,
+        TerminatorStrategy::Weighted,
+        TerminatorStrategy::Random,
+        TerminatorStrategy::Sticky,
+    ];
+
+    /// The name the CLI uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            TerminatorStrategy::LowestCost => "lowest-cost",
+            TerminatorStrategy::Weighted => "weighted",
+            TerminatorStrategy::Random => "random",
+            TerminatorStrategy::Sticky => "sticky",
+        }
+    }
+
+    /// The strategy a CLI name stands for.
+    pub fn parse(s: &str) -> Option<TerminatorStrategy> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
 }
 
 /// What a router does with a service's bytes.
@@ -279,7 +335,39 @@ pub struct RouterPolicyEntry {
     pub services: Vec<Selector>,
 }
 
-/// A service policy: these identities may dial these services.
+/// What a service policy grants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum PolicyKind {
+    /// The identities may dial the services.
+    #[default]
+    Dial,
+    /// The identities may host the services: serve them through
+    /// terminators on connections they dialed out to routers.
+    Bind,
+}
+
+impl PolicyKind {
+    /// The name the CLI uses (`policy create --type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Dial => "dial",
+            PolicyKind::Bind => "bind",
+        }
+    }
+
+    /// The kind a CLI name stands for.
+    pub fn parse(s: &str) -> Option<PolicyKind> {
+        match s {
+            "dial" => Some(PolicyKind::Dial),
+            "bind" => Some(PolicyKind::Bind),
+            _ => None,
+        }
+    }
+}
+
+/// A service policy: these identities may dial (or, with
+/// [`PolicyKind::Bind`], host) these services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PolicyEntry {
@@ -291,8 +379,32 @@ pub struct PolicyEntry {
     pub identities: Vec<Selector>,
     /// For fluent-forward services: the tags these identities may write
     /// (`crate::tags` patterns, `${identity}` allowed); empty: any tag.
+    /// Bind policies have none.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Dial or bind.
+    #[serde(default)]
+    pub kind: PolicyKind,
+}
+
+impl PolicyEntry {
+    /// Whether the policy covers `service` and `identity`, and grants `kind`.
+    pub fn selects(
+        &self,
+        kind: PolicyKind,
+        identity: &IdentityEntry,
+        service: &ServiceEntry,
+    ) -> bool {
+        self.kind == kind
+            && self
+                .services
+                .iter()
+                .any(|s| s.matches(&service.name, &service.roles))
+            && self
+                .identities
+                .iter()
+                .any(|s| s.matches(&identity.name, &identity.roles))
+    }
 }
 
 /// Everything a router needs to decide dials, as pushed by the controller.
@@ -332,14 +444,19 @@ impl PolicySnapshot {
     ) -> impl Iterator<Item = &'a IdentityName> + 'a {
         self.policies
             .iter()
-            .filter(move |p| {
-                p.services
-                    .iter()
-                    .any(|s| s.matches(&service.name, &service.roles))
-                    && p.identities
-                        .iter()
-                        .any(|s| s.matches(&identity.name, &identity.roles))
-            })
+            .filter(move |p| p.selects(PolicyKind::Dial, identity, service))
+            .map(|p| &p.name)
+    }
+
+    /// Names of the bind policies that let `identity` host `service`.
+    pub fn bind_policies<'a>(
+        &'a self,
+        identity: &'a IdentityEntry,
+        service: &'a ServiceEntry,
+    ) -> impl Iterator<Item = &'a IdentityName> + 'a {
+        self.policies
+            .iter()
+            .filter(move |p| p.selects(PolicyKind::Bind, identity, service))
             .map(|p| &p.name)
     }
 
@@ -407,6 +524,14 @@ pub enum Denied {
     /// No service policy allows it.
     #[error("identity {identity} may not dial service {service}: no service policy allows it; add one with darkport-controller policy create")]
     NotAuthorized {
+        /// Who asked.
+        identity: IdentityName,
+        /// For what.
+        service: IdentityName,
+    },
+    /// No bind policy lets the identity host the service.
+    #[error("identity {identity} may not host service {service}: no bind policy allows it; add one with darkport-controller policy create NAME --type bind")]
+    NotAllowedToHost {
         /// Who asked.
         identity: IdentityName,
         /// For what.
@@ -481,6 +606,53 @@ pub fn authorize<'a>(
     })
 }
 
+/// An allowed terminator: which service, which bind policy allowed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindPermit<'a> {
+    /// The hosted service.
+    pub service: &'a ServiceEntry,
+    /// The first bind policy that allowed it.
+    pub policy: &'a IdentityName,
+}
+
+/// Decides whether `peer` may host `service` through `router` under
+/// `snapshot` at `now`: a current client identity, a bind policy that
+/// selects it and the service, and a router policy that lets this router
+/// serve the service. Routers check it when a hoster registers and again
+/// on every snapshot change, removing terminators that fail it.
+pub fn authorize_bind<'a>(
+    snapshot: &'a PolicySnapshot,
+    router: &IdentityName,
+    peer: &PeerIdentity,
+    service: &str,
+    now: u64,
+) -> Result<BindPermit<'a>, Denied> {
+    let identity = check_peer(snapshot, peer, now)?;
+    let svc = snapshot
+        .service(service)
+        .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
+    let policy = snapshot
+        .bind_policies(identity, svc)
+        .next()
+        .ok_or_else(|| Denied::NotAllowedToHost {
+            identity: identity.name.clone(),
+            service: svc.name.clone(),
+        })?;
+    let serves = snapshot
+        .identity(Kind::Router, router)
+        .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
+    if !serves {
+        return Err(Denied::RouterNotAllowed {
+            router: router.clone(),
+            service: svc.name.clone(),
+        });
+    }
+    Ok(BindPermit {
+        service: svc,
+        policy,
+    })
+}
+
 /// The tag patterns that the policies letting `identity` dial `service`
 /// give it: `None` if any of them allows every tag.
 fn tag_patterns<'a>(
@@ -489,14 +661,11 @@ fn tag_patterns<'a>(
     service: &ServiceEntry,
 ) -> Option<Vec<&'a str>> {
     let mut out = Vec::new();
-    for p in snapshot.policies.iter().filter(|p| {
-        p.services
-            .iter()
-            .any(|s| s.matches(&service.name, &service.roles))
-            && p.identities
-                .iter()
-                .any(|s| s.matches(&identity.name, &identity.roles))
-    }) {
+    for p in snapshot
+        .policies
+        .iter()
+        .filter(|p| p.selects(PolicyKind::Dial, identity, service))
+    {
         if p.tags.is_empty() {
             return None;
         }
@@ -731,12 +900,14 @@ mod tests {
                     address: "127.0.0.1:24224".into(),
                     roles: vec![n("logs")],
                     protocol: Default::default(),
+                    strategy: Default::default(),
                 },
                 ServiceEntry {
                     name: n("db"),
                     address: "127.0.0.1:5432".into(),
                     roles: vec![],
                     protocol: Default::default(),
+                    strategy: Default::default(),
                 },
             ],
             policies: vec![
@@ -745,12 +916,14 @@ mod tests {
                     services: vec![Selector::Role(n("logs"))],
                     identities: vec![Selector::Role(n("log-writers"))],
                     tags: vec![],
+                    kind: Default::default(),
                 },
                 PolicyEntry {
                     name: n("app2-db"),
                     services: vec![Selector::Name(n("db"))],
                     identities: vec![Selector::Name(n("app-2"))],
                     tags: vec![],
+                    kind: Default::default(),
                 },
             ],
             router_policies: vec![RouterPolicyEntry {
@@ -833,6 +1006,7 @@ mod tests {
             services: vec![Selector::All],
             identities: vec![Selector::All],
             tags: vec![],
+            kind: Default::default(),
         }];
         let r = n("router-1");
         assert!(authorize(&s, &r, &peer(Kind::Client, "app-2", "bb"), "fluentd", NOW).is_ok());

@@ -23,8 +23,8 @@ fn name(s: &str) -> IdentityName {
 }
 
 #[test]
-fn protocol_version_is_four() {
-    assert_eq!(PROTOCOL_VERSION, 4);
+fn protocol_version_is_five() {
+    assert_eq!(PROTOCOL_VERSION, 5);
 }
 
 #[test]
@@ -93,6 +93,7 @@ fn control_body_and_response_indices() {
             ControlBody::RouterReport(RouterReport {
                 snapshot_version: 0,
                 clients: vec![],
+                terminators: Default::default(),
             }),
             5,
         ),
@@ -221,7 +222,7 @@ fn server_names_alpns_and_token_prefix() {
 fn worked_examples_of_protocol_md() {
     assert_eq!(
         hex(&encode_frame(&DialRequest::new("fluentd"), MAX_DIAL_FRAME).expect("encode")),
-        "00000011".to_owned() + "0004" + "0000000000000007" + "666c75656e7464"
+        "00000011".to_owned() + "0005" + "0000000000000007" + "666c75656e7464"
     );
     let ok = DialResponse {
         status: DialStatus::Ok,
@@ -237,21 +238,23 @@ fn worked_examples_of_protocol_md() {
             MAX_CONTROL_FRAME
         )
         .expect("encode")),
-        "00000006".to_owned() + "0004" + "00000003"
+        "00000006".to_owned() + "0005" + "00000003"
     );
     let report = ControlRequest::new(ControlBody::RouterReport(RouterReport {
         snapshot_version: 7,
         clients: vec![name("app-1")],
+        terminators: Default::default(),
     }));
     assert_eq!(
         hex(&encode_frame(&report, MAX_CONTROL_FRAME).expect("encode")),
-        "00000023".to_owned()
-            + "0004"
+        "0000002b".to_owned()
+            + "0005"
             + "00000005"
             + "0000000000000007"
             + "0000000000000001"
             + "0000000000000005"
             + "6170702d31"
+            + "0000000000000000" // terminators: none
     );
     assert_eq!(
         hex(&encode_frame(&ControlResponse::Ack, MAX_CONTROL_FRAME).expect("encode")),
@@ -313,15 +316,20 @@ fn version_three_peers_may_still_dial_enroll_and_renew() {
     use darkport_proto::msg::dial_version_supported;
     assert!(dial_version_supported(3));
     assert!(dial_version_supported(4));
+    assert!(dial_version_supported(5));
     assert!(!dial_version_supported(2));
-    assert!(!dial_version_supported(5));
+    assert!(!dial_version_supported(6));
     let renew = ControlBody::Renew { csr_der: vec![] };
     assert!(renew.accepts_version(3) && renew.accepts_version(4));
     assert!(!renew.accepts_version(2));
     assert!(ControlBody::ListRouters.accepts_version(3));
     let admin = ControlBody::Admin(AdminRequest::ListIdentities);
     assert!(!admin.accepts_version(3), "admin requests carry services");
-    assert!(admin.accepts_version(4));
+    assert!(
+        !admin.accepts_version(4),
+        "admin requests carry policies, which have a kind since version 5"
+    );
+    assert!(admin.accepts_version(5));
     let sync = ControlBody::RouterSync {
         advertise: String::new(),
     };

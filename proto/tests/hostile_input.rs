@@ -32,12 +32,14 @@ fn samples() -> Vec<Vec<u8>> {
             address: "127.0.0.1:24224".into(),
             roles: vec![n("logs")],
             protocol: Default::default(),
+            strategy: Default::default(),
         }],
         policies: vec![PolicyEntry {
             name: n("p"),
             services: vec![Selector::All],
             identities: vec![Selector::Role(n("w"))],
             tags: vec![],
+            kind: Default::default(),
         }],
         router_policies: vec![],
     };

@@ -311,6 +311,7 @@ impl Fixture {
             address: address.to_string(),
             roles: vec![],
             protocol,
+            strategy: Default::default(),
         }))
         .await?;
         Ok(())
@@ -672,6 +673,7 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
         address: echo.to_string(),
         roles: vec![],
         protocol: Default::default(),
+        strategy: Default::default(),
     };
     admin(data_dir, AdminRequest::CreateService(service))
         .await

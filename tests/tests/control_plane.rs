@@ -181,6 +181,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
             address: "127.0.0.1:9".into(),
             roles: vec![],
             protocol: Default::default(),
+            strategy: Default::default(),
         }),
     )
     .await

@@ -454,6 +454,7 @@ async fn compressed_amplification_is_refused_within_bounded_memory() {
             address: receiver.addr.to_string(),
             roles: vec![],
             protocol: darkport_proto::policy::ServiceProtocol::FluentForward(Default::default()),
+            strategy: Default::default(),
         }),
     )
     .await

@@ -232,6 +232,7 @@ async fn create_service(via: &DataDir, name: &str, address: SocketAddr) {
             address: address.to_string(),
             roles: vec![],
             protocol: Default::default(),
+            strategy: Default::default(),
         }),
     )
     .await
@@ -413,6 +414,7 @@ async fn database_down_clear_errors_data_plane_on_and_recovery() {
             address: echo.to_string(),
             roles: vec![],
             protocol: Default::default(),
+            strategy: Default::default(),
         }),
     )
     .await
@@ -434,6 +436,7 @@ async fn database_down_clear_errors_data_plane_on_and_recovery() {
         address: echo.to_string(),
         roles: vec![],
         protocol: Default::default(),
+        strategy: Default::default(),
     };
     // A change through A (retried: each failure changes nothing).
     assert_eventually!(
@@ -730,6 +733,7 @@ async fn a_stuck_commit_stalls_no_reads_and_no_router_session() {
                     address: "127.0.0.1:9".into(),
                     roles: vec![],
                     protocol: Default::default(),
+                    strategy: Default::default(),
                 }))
                 .await;
             (started.elapsed(), r)

@@ -27,6 +27,7 @@ pub async fn exec(cmd: ServiceCmd) -> Result<()> {
                 address,
                 roles: names(&roles)?,
                 protocol: protocol.protocol()?.unwrap_or_default(),
+                strategy: Default::default(),
             };
             call(&admin, AdminRequest::CreateService(svc)).await?;
             eprintln!("created service {n}");

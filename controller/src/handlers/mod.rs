@@ -131,6 +131,7 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
                 services,
                 identities,
                 tags,
+                kind: Default::default(),
             },
         ),
         AdminRequest::ListPolicies => Ok(policies::list(store)),

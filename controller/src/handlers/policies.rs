@@ -154,6 +154,7 @@ mod tests {
                 services: vec![Selector::Name(name("db"))],
                 identities: vec![Selector::Role(name("app"))],
                 tags: vec!["app.${identity}.*".into()],
+                kind: Default::default(),
             }]
         );
         assert_eq!(f.store.read().version, 1);
@@ -284,6 +285,7 @@ mod tests {
                 address: "db:5432".into(),
                 roles: vec![],
                 protocol: ServiceProtocol::Tcp,
+                strategy: Default::default(),
             },
         );
         let f = Fixture::with(s);

@@ -139,6 +139,7 @@ mod tests {
                     address: format!("{svc}:1"),
                     roles: vec![],
                     protocol: ServiceProtocol::Tcp,
+                    strategy: Default::default(),
                 },
             );
         }
@@ -157,6 +158,7 @@ mod tests {
                 services: vec![Selector::Name(name("db"))],
                 identities: vec![Selector::Name(name("alice"))],
                 tags: vec![],
+                kind: Default::default(),
             },
         );
         let f = Fixture::with(s);

@@ -204,6 +204,7 @@ mod tests {
             address: address.into(),
             roles: vec![name("logs")],
             protocol,
+            strategy: Default::default(),
         }
     }
 

@@ -433,6 +433,7 @@ mod tests {
                     address: address.into(),
                     roles: vec![],
                     protocol: Default::default(),
+                    strategy: Default::default(),
                 },
             );
         }
@@ -444,6 +445,7 @@ mod tests {
                     services: vec![Selector::All],
                     identities: vec![Selector::All],
                     tags: tags.into_iter().map(String::from).collect(),
+                    kind: Default::default(),
                 },
             );
         }

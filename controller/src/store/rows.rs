@@ -360,6 +360,7 @@ static SERVICES: Table = Table {
             address: row.text(1)?,
             roles: json(row, 2)?,
             protocol: json(row, 3)?,
+            strategy: Default::default(),
         };
         state.services.insert(n, entry);
         Ok(())
@@ -393,6 +394,7 @@ static SERVICE_POLICIES: Table = Table {
             services: json(row, 1)?,
             identities: json(row, 2)?,
             tags: json(row, 3)?,
+            kind: Default::default(),
         };
         state.policies.insert(n, entry);
         Ok(())

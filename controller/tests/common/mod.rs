@@ -80,6 +80,7 @@ pub fn rich_state() -> State {
                 shared_key: Some("k3y".into()),
                 ..FluentSettings::default()
             }),
+            strategy: Default::default(),
         },
     );
     s.services.insert(
@@ -89,6 +90,7 @@ pub fn rich_state() -> State {
             address: "10.0.0.1:80".into(),
             roles: vec![],
             protocol: ServiceProtocol::Tcp,
+            strategy: Default::default(),
         },
     );
     s.policies.insert(
@@ -98,6 +100,7 @@ pub fn rich_state() -> State {
             services: vec![sel("#logs")],
             identities: vec![sel("@app1"), sel("#all")],
             tags: vec!["app.**".into(), "sys.*".into()],
+            kind: Default::default(),
         },
     );
     s.router_policies.insert(
