@@ -209,6 +209,14 @@ impl ControlBody {
 /// version answers `UnknownService`.
 pub const HOST_STREAM: &str = "@host";
 
+/// Largest [`HostRequest`] or [`HostResponse`] frame (a hoster with many
+/// services); [`Incoming`] is a dial frame (`codec::MAX_DIAL_FRAME`).
+pub const MAX_HOST_FRAME: usize = 64 * 1024;
+
+/// Most idle offer streams a router keeps per hoster connection; past it,
+/// an offer is refused with `LimitReached`.
+pub const MAX_IDLE_OFFERS: usize = 64;
+
 /// The service name of a hoster's offer stream: an idle stream the router
 /// keeps until a dial needs it, then opens with an [`Incoming`].
 pub const OFFER_STREAM: &str = "@offer";
