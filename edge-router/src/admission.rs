@@ -41,8 +41,13 @@ pub struct RouterView<'a> {
 /// An authorized dial: where to, and how to speak with the service (no
 /// `Debug`: a fluent plan holds shared keys).
 pub struct Dialed {
-    /// The private service's `host:port`.
+    /// The private service's `host:port`; empty for a service reached
+    /// through terminators only.
     pub address: String,
+    /// How to choose among its terminators.
+    pub strategy: darkport_proto::policy::TerminatorStrategy,
+    /// The caller's roles (for a hoster's [`darkport_proto::msg::Incoming`]).
+    pub caller_roles: Vec<IdentityName>,
     /// `Some` for a fluent-forward service.
     pub fluent: Option<crate::fluent::Plan>,
 }
@@ -119,7 +124,8 @@ pub fn check_still_allowed(
     authorize(snapshot, router, peer, service, now).map(|_| ())
 }
 
-fn refusal(status: DialStatus, message: String) -> DialResponse {
+/// A refusal with `status`, saying `message`.
+pub fn refusal(status: DialStatus, message: String) -> DialResponse {
     DialResponse { status, message }
 }
 
@@ -177,6 +183,8 @@ fn decide(
     };
     Ok(Dialed {
         address: permit.service.address.clone(),
+        strategy: permit.service.strategy,
+        caller_roles: permit.identity.roles.clone(),
         fluent,
     })
 }

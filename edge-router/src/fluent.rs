@@ -26,9 +26,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use darkport_transport::mux::{RecvHalf, SendHalf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::service::ServiceConn;
 
 use darkport_fluent::handshake::{
     HandshakeError, Helo, Ping, Pong, Refusal, ServerAuth, User, MAX_HANDSHAKE,
@@ -186,7 +186,7 @@ trait Source {
     async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure>;
 }
 
-impl Source for TcpStream {
+impl<T: AsyncRead + Unpin> Source for T {
     async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure> {
         let mut chunk = [0u8; 1024];
         let n = self
@@ -195,19 +195,6 @@ impl Source for TcpStream {
             .map_err(|e| HandshakeFailure::Io(e.to_string()))?;
         buf.extend_from_slice(&chunk[..n]);
         Ok(n > 0)
-    }
-}
-
-impl Source for RecvHalf {
-    async fn more(&mut self, buf: &mut Vec<u8>) -> Result<bool, HandshakeFailure> {
-        match self.read_chunk(MAX_HANDSHAKE).await {
-            Ok(Some(c)) => {
-                buf.extend_from_slice(&c);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => Err(HandshakeFailure::Io(e.to_string())),
-        }
     }
 }
 
@@ -239,7 +226,22 @@ async fn read_message(
 /// The `<security>` handshake with the service, as its client; returns
 /// whatever the service sent after the PONG (normally nothing).
 pub async fn handshake(
-    tcp: &mut TcpStream,
+    service: &mut ServiceConn,
+    plan: &Plan,
+    router: &IdentityName,
+) -> Result<Vec<u8>, HandshakeFailure> {
+    match service {
+        ServiceConn::Tcp(tcp) => {
+            let (mut r, mut w) = tcp.split();
+            handshake_io(&mut r, &mut w, plan, router).await
+        }
+        ServiceConn::Hosted(h) => handshake_io(&mut h.recv, &mut h.send, plan, router).await,
+    }
+}
+
+async fn handshake_io(
+    r: &mut (impl AsyncRead + Unpin),
+    w: &mut (impl AsyncWrite + Unpin),
     plan: &Plan,
     router: &IdentityName,
 ) -> Result<Vec<u8>, HandshakeFailure> {
@@ -248,7 +250,7 @@ pub async fn handshake(
     };
     let hint = " (is <security> with a shared_key on at the service?)";
     let mut buf = Vec::new();
-    let n = read_message(tcp, &mut buf, hint).await?;
+    let n = read_message(r, &mut buf, hint).await?;
     let helo = Helo::parse(&buf[..n])?;
     buf.drain(..n);
     let salt: [u8; 16] = rand::random();
@@ -259,10 +261,10 @@ pub async fn handshake(
         key,
         plan.service_user.as_ref(),
     );
-    tcp.write_all(&ping.encode())
+    w.write_all(&ping.encode())
         .await
         .map_err(|e| HandshakeFailure::Io(format!("sending PING: {e}")))?;
-    let n = read_message(tcp, &mut buf, hint).await?;
+    let n = read_message(r, &mut buf, hint).await?;
     let pong = Pong::parse(&buf[..n])?;
     buf.drain(..n);
     pong.check(&helo, &ping, key).map_err(FluentError::from)?;
@@ -414,18 +416,64 @@ pub struct Hooks<'a> {
 /// `race`; then both ends are closed as the ending says.
 #[allow(clippy::too_many_arguments)]
 pub async fn splice(
-    tcp: TcpStream,
-    mut send: SendHalf,
-    mut recv: RecvHalf,
+    service: ServiceConn,
+    send: SendHalf,
+    recv: RecvHalf,
     leftovers: Leftovers,
     plan: Plan,
     cancel: impl std::future::Future<Output = ()>,
     meter: &Meter<'_>,
     hooks: &Hooks<'_>,
 ) -> FluentStats {
-    let _ = tcp.set_nodelay(true);
-    darkport_transport::splice::abort_on_drop(&tcp);
-    let (mut r, mut w) = tcp.into_split();
+    let client = (send, recv);
+    match service {
+        ServiceConn::Tcp(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            darkport_transport::splice::abort_on_drop(&tcp);
+            let (mut r, mut w) = tcp.into_split();
+            let stats = splice_io(
+                (&mut r, &mut w),
+                client,
+                leftovers,
+                plan,
+                cancel,
+                meter,
+                hooks,
+            )
+            .await;
+            if let Ok(tcp) = r.reunite(w) {
+                if stats.ending == FluentEnding::Clean {
+                    let _ = socket2::SockRef::from(&tcp).set_linger(None);
+                } else {
+                    darkport_transport::splice::reset_tcp(tcp);
+                }
+            }
+            stats
+        }
+        ServiceConn::Hosted(mut h) => {
+            let (r, w) = (&mut h.recv, &mut h.send);
+            let stats = splice_io((r, w), client, leftovers, plan, cancel, meter, hooks).await;
+            if stats.ending != FluentEnding::Clean {
+                h.send.reset(StreamCode::Reset);
+                h.recv.stop(StreamCode::Reset);
+            }
+            stats
+        }
+    }
+}
+
+/// [`splice`] over any service side: the filter between the client's
+/// stream and `(r, w)`.
+#[allow(clippy::too_many_arguments)]
+async fn splice_io<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    (r, w): (&mut R, &mut W),
+    (mut send, mut recv): (SendHalf, RecvHalf),
+    leftovers: Leftovers,
+    plan: Plan,
+    cancel: impl std::future::Future<Output = ()>,
+    meter: &Meter<'_>,
+    hooks: &Hooks<'_>,
+) -> FluentStats {
     let mut filter =
         Filter::new(plan.stamp, plan.tags, Limits::default()).with_event_time(plan.event_time);
     let mut from_client = 0u64;
@@ -438,22 +486,15 @@ pub async fn splice(
         let client = Upstream {
             recv: &mut recv,
             filter: &mut filter,
-            w: &mut w,
+            w,
             meter,
             hooks,
         };
         let up = upstream(client, first, &mut from_client);
-        let down = downstream(&mut r, &mut send, from_service, meter, &mut to_client);
+        let down = downstream(r, &mut send, from_service, meter, &mut to_client);
         race(up, down, cancel).await
     };
     close(&ending, &mut send, &mut recv);
-    if let Ok(tcp) = r.reunite(w) {
-        if ending == FluentEnding::Clean {
-            let _ = socket2::SockRef::from(&tcp).set_linger(None);
-        } else {
-            darkport_transport::splice::reset_tcp(tcp);
-        }
-    }
     FluentStats {
         from_client,
         to_client,
@@ -464,10 +505,10 @@ pub async fn splice(
 
 /// What [`upstream`] works with: the client's stream, the filter, the
 /// service's socket, and who hears of the bytes and records.
-struct Upstream<'s, 'm> {
+struct Upstream<'s, 'm, W> {
     recv: &'s mut RecvHalf,
     filter: &'s mut Filter,
-    w: &'s mut OwnedWriteHalf,
+    w: &'s mut W,
     meter: &'s Meter<'m>,
     hooks: &'s Hooks<'m>,
 }
@@ -475,7 +516,11 @@ struct Upstream<'s, 'm> {
 /// Client to service: `first` (read past the app's handshake), then each
 /// chunk from the client, through the filter, counted in `from_client`.
 /// Ends when the client ends, either side fails, or the filter stops.
-async fn upstream(s: Upstream<'_, '_>, mut first: Vec<u8>, from_client: &mut u64) -> FluentEnding {
+async fn upstream<W: AsyncWrite + Unpin>(
+    s: Upstream<'_, '_, W>,
+    mut first: Vec<u8>,
+    from_client: &mut u64,
+) -> FluentEnding {
     // One output buffer for the stream: the filter appends to it, it is
     // written and cleared, so forwarding allocates nothing per record.
     let mut out = Vec::with_capacity(READ);
@@ -554,8 +599,8 @@ fn stopping_denial(denials: Vec<Denial>) -> Denial {
 
 /// Service to client, untouched (the service's acks): `leftover` (read
 /// past the service's PONG) first, counted in `to_client`.
-async fn downstream(
-    r: &mut OwnedReadHalf,
+async fn downstream<R: AsyncRead + Unpin>(
+    r: &mut R,
     send: &mut SendHalf,
     leftover: Vec<u8>,
     meter: &Meter<'_>,

@@ -21,6 +21,10 @@
 //! - [`admission`]: whether a dial may go ahead ([`admission::admit_dial`]):
 //!   pure, fed `now`, table-tested.
 //! - [`listener`]: accepting clients and handling dial streams (the I/O).
+//! - [`hosting`]: hosted services: terminators on connections hosters
+//!   dialed out, the choice among them, failover.
+//! - [`service`]: a dial's service side (a TCP connection or a hosted
+//!   stream).
 //! - [`cache`]: the on-disk snapshot.
 //! - [`fluent`]: fluent-forward services: stamping, tag policy, the
 //!   shared-key handshake.
@@ -30,8 +34,10 @@
 pub mod admission;
 pub mod cache;
 pub mod fluent;
+pub mod hosting;
 pub mod listener;
 pub mod metrics;
+pub mod service;
 pub mod sync;
 
 use std::future::Future;
@@ -253,6 +259,8 @@ pub type SnapshotRx = watch::Receiver<Option<Arc<PolicySnapshot>>>;
 pub struct ClientRegistry {
     map: DashMap<usize, IdentityName>,
     changed: tokio::sync::Notify,
+    /// Terminators of hosted services, on hoster connections.
+    pub hosting: hosting::Hosting,
 }
 
 impl ClientRegistry {
@@ -279,6 +287,11 @@ impl ClientRegistry {
     /// Completes at the next change.
     pub async fn changed(&self) {
         self.changed.notified().await
+    }
+
+    /// Tells the control session that terminators changed.
+    pub fn touch(&self) {
+        self.changed.notify_one();
     }
 }
 
@@ -347,6 +360,7 @@ pub async fn run(
     let (revoked_tx, revoked_rx) = watch::channel(None);
     let (id_tx, id_rx) = watch::channel(Arc::new(config.identity.clone()));
     let clients: Clients = Arc::new(ClientRegistry::default());
+    clients.hosting.set_router(config.identity.name.clone());
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sync::run(
         id_rx.clone(),
@@ -367,9 +381,12 @@ pub async fn run(
         None => None,
     };
     let shards = darkport_transport::shards::Shards::new(config.threads, "router-conn")?;
-    config
-        .metrics
-        .attach(snap_rx.clone(), revoked_rx.clone(), id_rx.clone());
+    config.metrics.attach(
+        snap_rx.clone(),
+        revoked_rx.clone(),
+        id_rx.clone(),
+        clients.clone(),
+    );
     let guard = listener::Guard::new(
         config.limits,
         config.grace_period,

@@ -14,13 +14,15 @@ use tracing::{debug, info, warn};
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::codes::{CloseCode, StreamCode};
 use darkport_proto::identity::{IdentityName, Kind};
-use darkport_proto::msg::{DialRequest, DialResponse, DialStatus};
+use darkport_proto::msg::{
+    DialRequest, DialResponse, DialStatus, Incoming, HOST_STREAM, OFFER_STREAM,
+};
 use darkport_proto::policy::{check_peer, Denied};
 use darkport_proto::{PeerIdentity, ALPN_DATA, ALPN_DATA_TCP};
 use darkport_transport::identity::Identity;
 use darkport_transport::mux::{Conn, RecvHalf, SendHalf, TlsAcceptor};
 use darkport_transport::shards::Shards;
-use darkport_transport::splice::{splice_tcp_metered, Ending, Meter};
+use darkport_transport::splice::{splice_streams, splice_tcp_metered, Ending, Meter};
 use darkport_transport::tls::{self, ClientAuth};
 use darkport_transport::{close_code, unix_now};
 
@@ -30,7 +32,9 @@ use darkport_transport::limits::{report_suppressed, CapExceeded, Caps, Slot, Sou
 
 use crate::admission::{self, admit_dial, check_still_allowed, Dialed, RouterView};
 use crate::fluent::FluentEnding;
+use crate::hosting::{self, HostedConn};
 use crate::metrics::{RouterMetrics, UNKNOWN_SERVICE};
+use crate::service::ServiceConn;
 use crate::{Clients, PolicyClock, RevokedRx, RouterError, RouterLimits, SnapshotRx};
 
 /// Time a client has to send its dial request on a new stream.
@@ -229,6 +233,7 @@ pub async fn run(
         }
     }
     let Listening { endpoint, tcp, .. } = listening;
+    ctx.clients.hosting.drain();
     drain(&endpoint, tcp.as_ref(), &ctx.guard, &mut conns).await;
     endpoint.close(close_code(CloseCode::Done), b"router shutting down");
     conns.shutdown().await;
@@ -490,8 +495,18 @@ async fn serve_connection(conn: Conn, ctx: ConnContext) {
     info!(%remote, %peer, %transport, "client connected");
     clients.insert(conn.stable_id(), peer.name.clone());
     let mut streams = JoinSet::new();
-    serve_streams(&conn, &peer, &router, snapshots, &guard, &mut streams).await;
+    let ctx = StreamCtx {
+        peer,
+        router,
+        snapshots,
+        guard,
+        clients: clients.clone(),
+        conn: conn.clone(),
+    };
+    serve_streams(&ctx, &mut streams).await;
     clients.remove(conn.stable_id());
+    clients.hosting.close_link(conn.stable_id());
+    clients.touch();
     // Streams of a closed connection end by themselves (their reads fail).
     while streams.join_next().await.is_some() {}
 }
@@ -559,14 +574,9 @@ fn close_revoked(conn: &Conn, reason: &str) {
 /// by a new snapshot, or the router is revoked (the connection is closed
 /// then). `admit` checked the snapshot it last marked seen; a newer one
 /// wakes the loop.
-async fn serve_streams(
-    conn: &Conn,
-    peer: &PeerIdentity,
-    router: &IdentityName,
-    mut snapshots: SnapshotRx,
-    guard: &Arc<Guard>,
-    streams: &mut JoinSet<()>,
-) {
+async fn serve_streams(ctx: &StreamCtx, streams: &mut JoinSet<()>) {
+    let (conn, peer, guard) = (&ctx.conn, &ctx.peer, &ctx.guard);
+    let mut snapshots = ctx.snapshots.clone();
     let remote = conn.remote_address();
     let mut revoked = guard.revoked.clone();
     loop {
@@ -577,7 +587,7 @@ async fn serve_streams(
                     // a burst of streams cannot race past the cap.
                     match guard.streams.try_acquire(peer.name.clone()) {
                         Ok(slot) => {
-                            streams.spawn(handle_stream(peer.clone(), router.clone(), snapshots.clone(), guard.clone(), slot, send, recv));
+                            streams.spawn(handle_stream(ctx.clone(), slot, send, recv));
                         }
                         // Over the cap: refused at once, without waiting
                         // for (or reading) its dial request.
@@ -608,6 +618,21 @@ async fn serve_streams(
             }
         }
     }
+}
+
+/// What each stream of an admitted connection is served with.
+#[derive(Clone)]
+struct StreamCtx {
+    /// The connection's verified identity.
+    peer: PeerIdentity,
+    /// This router's name.
+    router: IdentityName,
+    snapshots: SnapshotRx,
+    guard: Arc<Guard>,
+    /// Connected clients and the terminators of hosted services.
+    clients: Clients,
+    /// The connection (its address, and the link of a hoster).
+    conn: Conn,
 }
 
 /// Writes a dial answer within [`RESPONSE_TIMEOUT`]; resets the stream
@@ -682,26 +707,36 @@ async fn over_cap(
 }
 
 /// One dial stream, from its request to its access line. The decision is
-/// [`admit_dial`]; the steps here are I/O.
+/// [`admit_dial`]; the steps here are I/O. A hoster's host and offer
+/// streams start the same way, and go to [`host_stream`] and
+/// [`offer_stream`].
 async fn handle_stream(
-    peer: PeerIdentity,
-    router: IdentityName,
-    snapshots: SnapshotRx,
-    guard: Arc<Guard>,
+    ctx: StreamCtx,
     slot: Slot<IdentityName>,
     mut send: SendHalf,
     mut recv: RecvHalf,
 ) {
     let started = tokio::time::Instant::now();
-    let Some(req) = read_request(&peer, &guard, &mut send, &mut recv).await else {
+    let StreamCtx {
+        peer,
+        router,
+        snapshots,
+        guard,
+        ..
+    } = &ctx;
+    let Some(req) = read_request(peer, guard, &mut send, &mut recv).await else {
         return;
     };
-    let label = RouterMetrics::service_label(&snapshots, &req.service);
+    match req.service.as_str() {
+        HOST_STREAM => return host_stream(&ctx, slot, send, recv).await,
+        OFFER_STREAM => return offer_stream(&ctx, slot, send, recv).await,
+        _ => {}
+    }
+    let label = RouterMetrics::service_label(snapshots, &req.service);
     let _slot = slot;
     let snapshot = snapshots.borrow().clone();
-    let view = guard.view(&router, &peer, None);
-    let Dialed { address, fluent } = match admit_dial(unix_now(), &view, snapshot.as_deref(), &req)
-    {
+    let view = guard.view(router, peer, None);
+    let dialed = match admit_dial(unix_now(), &view, snapshot.as_deref(), &req) {
         Ok(d) => d,
         Err(resp) => {
             // Every dial of a draining router is refused: not logged.
@@ -712,38 +747,120 @@ async fn handle_stream(
             return refuse(&mut send, &mut recv, resp).await;
         }
     };
-    let (tcp, leftover) =
-        match connect_service(&router, &req.service, &address, fluent.as_ref()).await {
-            Ok(c) => c,
-            Err(why) => {
-                guard.metrics.dial(label, DialStatus::ServiceUnreachable);
-                let resp = admission::unreachable(&req.service, &address, &why);
-                warn!(%peer, "refused dial: {}", resp.message);
-                return refuse(&mut send, &mut recv, resp).await;
-            }
-        };
+    let (service, leftover) = match connect_service(&ctx, &req.service, &dialed).await {
+        Ok(c) => c,
+        Err(resp) => {
+            guard.metrics.dial(label, DialStatus::ServiceUnreachable);
+            warn!(%peer, "refused dial: {}", resp.message);
+            return refuse(&mut send, &mut recv, resp).await;
+        }
+    };
     let ok = DialResponse {
         status: DialStatus::Ok,
         message: String::new(),
     };
     if !respond(&mut send, &ok).await {
         debug!(%peer, service = ?req.service, "client went away before the dial completed");
-        darkport_transport::splice::reset_tcp(tcp);
+        service.reset();
         return;
     }
-    debug!(%peer, service = ?req.service, %address, "dial accepted");
+    debug!(%peer, service = ?req.service, terminator = ?service.terminator(), address = %dialed.address, "dial accepted");
+    let fluent = dialed.fluent;
     guard.metrics.dial_ok(&label, started.elapsed());
     let stream = OpenStream {
-        peer,
-        router,
+        peer: peer.clone(),
+        router: router.clone(),
         service: req.service,
+        terminator: service.terminator().unwrap_or_default(),
         label,
         started,
-        guard,
+        guard: guard.clone(),
     };
     stream
-        .splice(tcp, leftover, fluent, snapshots, send, recv)
+        .splice(service, leftover, fluent, snapshots.clone(), send, recv)
         .await;
+}
+
+/// A hoster's host stream: answered `Ok` (unless the router is draining
+/// or the connection has one already), then [`hosting::serve_host_stream`]
+/// for as long as it lasts. It holds one of the hoster's stream slots.
+async fn host_stream(
+    ctx: &StreamCtx,
+    _slot: Slot<IdentityName>,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+) {
+    let (peer, guard) = (&ctx.peer, &ctx.guard);
+    if guard.draining.load(Ordering::Relaxed) {
+        let resp = DialResponse {
+            status: DialStatus::Draining,
+            message: format!(
+                "router {} is shutting down; host through another router",
+                ctx.router
+            ),
+        };
+        return refuse(&mut send, &mut recv, resp).await;
+    }
+    let Some(link) = ctx.clients.hosting.open_link(&ctx.conn, peer) else {
+        let resp = DialResponse {
+            status: DialStatus::BadRequest,
+            message:
+                "this connection has a host stream already; send a new host request on it instead"
+                    .into(),
+        };
+        return refuse(&mut send, &mut recv, resp).await;
+    };
+    let ok = DialResponse {
+        status: DialStatus::Ok,
+        message: String::new(),
+    };
+    if !respond(&mut send, &ok).await {
+        ctx.clients.hosting.close_link(ctx.conn.stable_id());
+        return;
+    }
+    info!(%peer, remote = %ctx.conn.remote_address(), "hoster connected");
+    let hosting = &ctx.clients.hosting;
+    let clients = ctx.clients.clone();
+    let touch = async move {
+        // Tell the controller when the terminators change.
+        let mut seen = clients.hosting.version();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = clients.hosting.version();
+            if now != seen {
+                seen = now;
+                clients.touch();
+            }
+        }
+    };
+    let serve = hosting::serve_host_stream(
+        hosting,
+        link,
+        &ctx.router,
+        ctx.snapshots.clone(),
+        (send, recv),
+    );
+    tokio::select! {
+        () = serve => {}
+        () = touch => {}
+    }
+    ctx.clients.touch();
+    info!(%peer, "hoster's host stream ended");
+}
+
+/// A hoster's idle offer stream: kept (with its slot) until a dial of one
+/// of its services takes it; refused without a host stream first, or
+/// past [`darkport_proto::msg::MAX_IDLE_OFFERS`].
+async fn offer_stream(ctx: &StreamCtx, slot: Slot<IdentityName>, send: SendHalf, recv: RecvHalf) {
+    if let Err(refused) = ctx
+        .clients
+        .hosting
+        .add_offer(ctx.conn.stable_id(), send, recv, slot)
+    {
+        let (mut send, mut recv, resp) = *refused;
+        budgeted_info_for!(ctx.guard.refusals, ctx.peer.name.as_str(), peer = %ctx.peer, "refused an offer stream: {}", resp.message);
+        refuse(&mut send, &mut recv, resp).await;
+    }
 }
 
 /// Reads the dial request within [`DIAL_REQUEST_TIMEOUT`]; `None` when
@@ -776,38 +893,82 @@ async fn read_request(
     }
 }
 
-/// Connects to the private service within [`SERVICE_CONNECT_TIMEOUT`],
-/// and does its Fluentd handshake if it has one: the connection and what
-/// the service sent after its handshake, or why it cannot be reached.
+/// Reaches the private service: through one of its terminators when this
+/// router has any (they win over the address), else at its address within
+/// [`SERVICE_CONNECT_TIMEOUT`]; then its Fluentd handshake if it has one.
+/// Returns the service side and what the service sent after its
+/// handshake, or the refusal to answer.
 async fn connect_service(
-    router: &IdentityName,
+    ctx: &StreamCtx,
     service: &str,
-    address: &str,
-    fluent: Option<&crate::fluent::Plan>,
-) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut tcp =
-        match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => {
-                return Err(format!(
-                    "no answer within {} s",
-                    SERVICE_CONNECT_TIMEOUT.as_secs()
-                ))
-            }
-        };
-    // If the router dies from here on, the service sees a reset.
-    darkport_transport::splice::abort_on_drop(&tcp);
-    let Some(plan) = fluent else {
-        return Ok((tcp, Vec::new()));
+    dialed: &Dialed,
+) -> Result<(ServiceConn, Vec<u8>), DialResponse> {
+    let incoming = Incoming {
+        service: service.to_string(),
+        caller: ctx.peer.name.clone(),
+        caller_roles: dialed.caller_roles.clone(),
+        caller_address: ctx.conn.remote_address().to_string(),
+        router: ctx.router.clone(),
     };
-    match crate::fluent::handshake(&mut tcp, plan, router).await {
-        Ok(rest) => Ok((tcp, rest)),
+    let address = dialed.address.as_str();
+    let hosted = ctx
+        .clients
+        .hosting
+        .connect(dialed.strategy, &incoming)
+        .await;
+    let mut conn = match hosted {
+        Ok(Some(h)) => ServiceConn::Hosted(h),
+        Ok(None) if address.is_empty() => {
+            return Err(admission::refusal(
+                DialStatus::ServiceUnreachable,
+                format!(
+                    "no hoster serves service {service} on router {}; start `darkport-edge-client host` for it, or dial through another router",
+                    ctx.router
+                ),
+            ))
+        }
+        Err(why) if address.is_empty() => {
+            return Err(admission::refusal(
+                DialStatus::ServiceUnreachable,
+                format!("cannot reach hosted service {service}: {why}"),
+            ))
+        }
+        // No terminator answered: the address is the fallback.
+        Ok(None) | Err(_) => ServiceConn::Tcp(
+            connect_tcp(address)
+                .await
+                .map_err(|why| admission::unreachable(service, address, &why))?,
+        ),
+    };
+    let Some(plan) = dialed.fluent.as_ref() else {
+        return Ok((conn, Vec::new()));
+    };
+    match crate::fluent::handshake(&mut conn, plan, &ctx.router).await {
+        Ok(rest) => Ok((conn, rest)),
         Err(why) => {
-            darkport_transport::splice::reset_tcp(tcp);
-            Err(format!("Fluentd handshake failed: {}", why.advice(service)))
+            conn.reset();
+            let why = format!("Fluentd handshake failed: {}", why.advice(service));
+            Err(admission::unreachable(service, address, &why))
         }
     }
+}
+
+/// Connects to a service's address within [`SERVICE_CONNECT_TIMEOUT`].
+async fn connect_tcp(address: &str) -> Result<TcpStream, String> {
+    let tcp = match tokio::time::timeout(SERVICE_CONNECT_TIMEOUT, TcpStream::connect(address)).await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => {
+            return Err(format!(
+                "no answer within {} s",
+                SERVICE_CONNECT_TIMEOUT.as_secs()
+            ))
+        }
+    };
+    // If the router dies from here on, the service sees a reset.
+    darkport_transport::splice::abort_on_drop(&tcp);
+    Ok(tcp)
 }
 
 /// An accepted dial, between its service and its client: what its log
@@ -816,6 +977,9 @@ struct OpenStream {
     peer: PeerIdentity,
     router: IdentityName,
     service: String,
+    /// `hoster/instance` of a hosted service's terminator; empty when the
+    /// router dialed the address.
+    terminator: String,
     /// The service's metric label.
     label: String,
     started: tokio::time::Instant,
@@ -834,7 +998,7 @@ impl OpenStream {
     /// no longer allows it, then writes its access line.
     async fn splice(
         self,
-        tcp: TcpStream,
+        tcp: ServiceConn,
         leftover: Vec<u8>,
         fluent: Option<crate::fluent::Plan>,
         snapshots: SnapshotRx,
@@ -856,8 +1020,22 @@ impl OpenStream {
         let (cut_tx, reason) = tokio::sync::oneshot::channel();
         let (router, peer) = (self.router.clone(), self.peer.clone());
         let service = self.service.clone();
+        // A hosted stream is also cut when its hoster may no longer host.
+        let unbound = match &tcp {
+            ServiceConn::Hosted(h) => Some(h.terminator.cut()),
+            ServiceConn::Tcp(_) => None,
+        };
         let watch = async move {
-            let reason = revoked(router, peer, service, snapshots).await;
+            let unbound = async {
+                match unbound {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let reason = tokio::select! {
+                r = revoked(router, peer, service, snapshots) => r,
+                r = unbound => r,
+            };
             let _ = cut_tx.send(reason);
         };
         let cut = Cut { watch, reason };
@@ -873,13 +1051,24 @@ impl OpenStream {
 
     async fn splice_tcp(
         &self,
-        tcp: TcpStream,
+        service: ServiceConn,
         send: SendHalf,
         recv: RecvHalf,
         cut: Cut<impl Future<Output = ()>>,
         meter: &Meter<'_>,
     ) {
-        let stats = splice_tcp_metered(tcp, send, recv, cut.watch, meter).await;
+        let stats = match service {
+            ServiceConn::Tcp(tcp) => splice_tcp_metered(tcp, send, recv, cut.watch, meter).await,
+            ServiceConn::Hosted(h) => {
+                let HostedConn {
+                    send: to_hoster,
+                    recv: from_hoster,
+                    held: _held,
+                    ..
+                } = h;
+                splice_streams((to_hoster, from_hoster), send, recv, cut.watch, meter).await
+            }
+        };
         let (ended, reason) = match stats.ending {
             Ending::Clean => ("clean", String::new()),
             Ending::LocalReset => ("service_reset", String::new()),
@@ -891,6 +1080,7 @@ impl OpenStream {
             identity = %self.peer.name,
             service = %self.service,
             router = %self.router,
+            terminator = %self.terminator,
             bytes_to_service = stats.received,
             bytes_to_client = stats.sent,
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -904,7 +1094,7 @@ impl OpenStream {
     /// the filter that stamps and checks them.
     async fn splice_fluent(
         &self,
-        tcp: TcpStream,
+        tcp: ServiceConn,
         (plan, from_service): (crate::fluent::Plan, Vec<u8>),
         mut send: SendHalf,
         mut recv: RecvHalf,
@@ -946,6 +1136,7 @@ impl OpenStream {
             identity = %peer.name,
             service = %self.service,
             router = %self.router,
+            terminator = %self.terminator,
             bytes_to_service = stats.from_client,
             bytes_to_client = stats.to_client,
             records = stats.counts.records,
@@ -1004,13 +1195,13 @@ impl OpenStream {
     async fn reject_app(
         &self,
         why: &crate::fluent::HandshakeFailure,
-        tcp: TcpStream,
+        tcp: ServiceConn,
         mut send: SendHalf,
         mut recv: RecvHalf,
     ) {
         let peer = &self.peer;
         self.guard.metrics.fluent_app_handshake_failed(&self.label);
-        darkport_transport::splice::reset_tcp(tcp);
+        tcp.reset();
         // A FIN, not a reset, which would drop the PONG.
         send.finish();
         recv.stop(StreamCode::Rejected);

@@ -60,6 +60,7 @@ pub struct RouterMetrics {
     fluent_overwritten: Family<ServiceLabels, Counter>,
     fluent_app_handshakes: Family<ServiceLabels, Counter>,
     fluent_refused_streams: Family<DialLabels, Counter>,
+    terminators: Family<ServiceLabels, Gauge>,
     snapshot_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     session_up: Gauge,
@@ -78,6 +79,7 @@ struct Watches {
     snapshots: SnapshotRx,
     revoked: RevokedRx,
     identity: watch::Receiver<Arc<Identity>>,
+    clients: crate::Clients,
 }
 
 impl Default for RouterMetrics {
@@ -94,6 +96,7 @@ impl Default for RouterMetrics {
             fluent_overwritten: Family::default(),
             fluent_app_handshakes: Family::default(),
             fluent_refused_streams: Family::default(),
+            terminators: Family::default(),
             snapshot_version: Gauge::default(),
             snapshot_age: Gauge::default(),
             session_up: Gauge::default(),
@@ -158,6 +161,11 @@ impl RouterMetrics {
             self.fluent_overwritten.clone(),
         );
         r.register(
+            "terminators",
+            "Terminators of hosted services registered here now, by service",
+            self.terminators.clone(),
+        );
+        r.register(
             "snapshot_version",
             "Version of the policy snapshot in force (0: none)",
             self.snapshot_version.clone(),
@@ -186,11 +194,13 @@ impl RouterMetrics {
         snapshots: SnapshotRx,
         revoked: RevokedRx,
         identity: watch::Receiver<Arc<Identity>>,
+        clients: crate::Clients,
     ) {
         *self.watches.lock().unwrap_or_else(|p| p.into_inner()) = Some(Watches {
             snapshots,
             revoked,
             identity,
+            clients,
         });
     }
 
@@ -206,6 +216,12 @@ impl RouterMetrics {
         let version = w.snapshots.borrow().as_ref().map_or(0, |s| s.version);
         self.snapshot_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.terminators.clear();
+        for (service, n) in w.clients.hosting.counts() {
+            self.terminators
+                .get_or_create(&ServiceLabels { service })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let id = w.identity.borrow().clone();
         if let Some(leaf) = id.chain.first() {
             if let Ok((_, not_after)) = darkport_transport::tls::cert_validity(leaf) {

@@ -343,7 +343,7 @@ fn send_report(
     let body = ControlBody::RouterReport(RouterReport {
         snapshot_version: version,
         clients: names,
-        terminators: Default::default(),
+        terminators: clients.hosting.report(),
     });
     // On its own task: a slow answer must not delay the next snapshot.
     let (conn, policy) = (conn.clone(), policy.clone());

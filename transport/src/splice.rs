@@ -381,6 +381,87 @@ pub async fn splice_tcp_metered(
     }
 }
 
+/// One direction of [`splice_streams`]: chunks from `from` go to `to` as
+/// they arrived (no copy). A clean end of `from` finishes `to` (and waits
+/// until its peer read it, as [`finish`] says); a failed read is the
+/// `from_side`'s reset, a failed write the other side's.
+async fn stream_to_stream(
+    from: &mut RecvHalf,
+    to: &mut SendHalf,
+    count: &mut u64,
+    meter: &(dyn Fn(u64) + Sync),
+    reset_of: (Ending, Ending),
+    remote: &mut Option<RemoteEnd>,
+) -> Ending {
+    let (from_reset, to_reset) = reset_of;
+    loop {
+        match from.read_chunk(BUF_SIZE).await {
+            Ok(Some(chunk)) => {
+                let n = chunk.len() as u64;
+                if let Err(e) = to.write_chunk(chunk).await {
+                    if to_reset == Ending::RemoteReset {
+                        *remote = Some(e);
+                    }
+                    return to_reset;
+                }
+                *count += n;
+                meter(n);
+            }
+            Ok(None) => return finish(to).await,
+            Err(e) => {
+                if from_reset == Ending::RemoteReset {
+                    *remote = Some(e);
+                }
+                return from_reset;
+            }
+        }
+    }
+}
+
+/// Splices two Darkport streams: a client's (`send`, `recv`, the remote
+/// side) with a hoster's (`local_send`, `local_recv`, which stands where a
+/// service's TCP connection would). Byte-exact, FIN and reset carried
+/// both ways as [`splice_tcp_metered`] does: a clean end finishes the
+/// other stream, a reset of either (or `cancel`) resets both.
+pub async fn splice_streams(
+    (mut local_send, mut local_recv): (SendHalf, RecvHalf),
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    cancel: impl std::future::Future<Output = ()>,
+    meter: &Meter<'_>,
+) -> SpliceStats {
+    let (mut sent, mut received) = (0u64, 0u64);
+    let (mut up, mut down) = (None, None);
+    let ending = both(
+        stream_to_stream(
+            &mut local_recv,
+            &mut send,
+            &mut sent,
+            meter.sent,
+            (Ending::LocalReset, Ending::RemoteReset),
+            &mut up,
+        ),
+        stream_to_stream(
+            &mut recv,
+            &mut local_send,
+            &mut received,
+            meter.received,
+            (Ending::RemoteReset, Ending::LocalReset),
+            &mut down,
+        ),
+        cancel,
+    )
+    .await;
+    reset_quic(ending, &mut send, &mut recv);
+    reset_quic(ending, &mut local_send, &mut local_recv);
+    SpliceStats {
+        sent,
+        received,
+        ending,
+        remote: remote_end(ending, up, down),
+    }
+}
+
 /// Closes a TCP connection with RST instead of FIN.
 pub fn reset_tcp(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
