@@ -199,7 +199,8 @@ pub fn routers(out: &mut dyn Write, v: &[RouterInfo]) -> io::Result<()> {
     Ok(())
 }
 
-/// `policy explain`: the verdict, its reasons, then the policies behind it.
+/// `policy explain`: the verdict on dialing (what the exit status says),
+/// its reasons (hosting's among them), then the policies behind both.
 pub fn explanation(out: &mut dyn Write, e: &Explanation) -> io::Result<()> {
     writeln!(out, "{}", if e.allowed { "ALLOWED" } else { "DENIED" })?;
     for r in &e.reasons {
@@ -207,6 +208,14 @@ pub fn explanation(out: &mut dyn Write, e: &Explanation) -> io::Result<()> {
     }
     if !e.dial_policies.is_empty() {
         writeln!(out, "service policies: {}", list(&e.dial_policies, ""))?;
+    }
+    if !e.bind_policies.is_empty() {
+        writeln!(
+            out,
+            "bind policies: {} (may host: {})",
+            list(&e.bind_policies, ""),
+            if e.may_host { "yes" } else { "no" }
+        )?;
     }
     for (router, policies) in &e.routers {
         writeln!(
@@ -508,6 +517,8 @@ r2                       10.0.0.2:4433            offline  -         -
             ],
             reasons: vec!["service policy ship-logs allows it".into()],
             tag_allowed: None,
+            bind_policies: vec![n("host-logs")],
+            may_host: true,
         };
         assert_eq!(
             render(&AdminResponse::Explanation(allowed), false),
@@ -515,6 +526,7 @@ r2                       10.0.0.2:4433            offline  -         -
 ALLOWED
   - service policy ship-logs allows it
 service policies: ship-logs,all
+bind policies: host-logs (may host: yes)
 router r1 may serve it (router policies: eu-serves-logs)
 router r2 may serve it (router policies: a,b)
 "
@@ -525,6 +537,8 @@ router r2 may serve it (router policies: a,b)
             routers: vec![],
             reasons: vec!["no service policy allows it".into(), "no router".into()],
             tag_allowed: None,
+            bind_policies: vec![],
+            may_host: false,
         };
         assert_eq!(
             render(&AdminResponse::Explanation(denied), false),

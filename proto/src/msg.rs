@@ -455,7 +455,8 @@ pub enum AdminRequest {
         /// Its name.
         name: IdentityName,
     },
-    /// Explain whether an identity may dial a service.
+    /// Explain whether an identity may dial a service, and whether it may
+    /// host it.
     Explain {
         /// Client identity.
         identity: IdentityName,
