@@ -335,3 +335,102 @@ fn version_three_peers_may_still_dial_enroll_and_renew() {
     };
     assert!(!sync.accepts_version(3), "snapshots carry services");
 }
+
+/// docs/protocol.md, sections 6.2 and 6.3: the enums of hosting (version
+/// 5), and the admin variants added for it, at the end of their enums.
+#[test]
+fn hosting_enums_and_admin_indices() {
+    use darkport_proto::policy::{PolicyKind, ServiceEntry, TerminatorStrategy};
+    let kinds = [(PolicyKind::Dial, 0u32), (PolicyKind::Bind, 1)];
+    for (kind, index) in kinds {
+        assert_eq!(to_bytes(&kind).expect("encode"), index.to_be_bytes());
+    }
+    assert_eq!(PolicyKind::default(), PolicyKind::Dial);
+    let strategies = [
+        (TerminatorStrategy::LowestCost, 0u32),
+        (TerminatorStrategy::Weighted, 1),
+        (TerminatorStrategy::Random, 2),
+        (TerminatorStrategy::Sticky, 3),
+    ];
+    assert_eq!(strategies.len(), TerminatorStrategy::ALL.len());
+    for (strategy, index) in strategies {
+        assert_eq!(to_bytes(&strategy).expect("encode"), index.to_be_bytes());
+    }
+    assert_eq!(
+        TerminatorStrategy::default(),
+        TerminatorStrategy::LowestCost
+    );
+    let precedences = [
+        (Precedence::Required, 0u32),
+        (Precedence::Default, 1),
+        (Precedence::Failed, 2),
+    ];
+    for (precedence, index) in precedences {
+        assert_eq!(to_bytes(&precedence).expect("encode"), index.to_be_bytes());
+    }
+    let requests = [
+        (
+            AdminRequest::CreatePolicy {
+                name: name("p"),
+                services: vec![],
+                identities: vec![],
+                tags: vec![],
+                kind: PolicyKind::Bind,
+            },
+            6u32,
+        ),
+        (
+            AdminRequest::UpdateService {
+                name: name("s"),
+                address: None,
+                protocol: None,
+                strategy: None,
+            },
+            18,
+        ),
+        (AdminRequest::ShowService { name: name("s") }, 19),
+    ];
+    for (req, index) in requests {
+        assert_eq!(to_bytes(&req).expect("encode")[..4], index.to_be_bytes());
+    }
+    // CreatePolicy's kind is its last field.
+    let bind = AdminRequest::CreatePolicy {
+        name: name("p"),
+        services: vec![Selector::All],
+        identities: vec![Selector::All],
+        tags: vec![],
+        kind: PolicyKind::Bind,
+    };
+    assert_eq!(
+        hex(&to_bytes(&bind).expect("encode")),
+        "00000006".to_owned()
+            + "0000000000000001" // name
+            + "70"
+            + "0000000000000001" // services: [All]
+            + "00000000"
+            + "0000000000000001" // identities: [All]
+            + "00000000"
+            + "0000000000000000" // tags: none
+            + "00000001" // kind: Bind
+    );
+    let service = ServiceEntry {
+        name: name("s"),
+        address: String::new(),
+        roles: vec![],
+        protocol: Default::default(),
+        strategy: TerminatorStrategy::Sticky,
+    };
+    let responses = [
+        (AdminResponse::Done, 9u32),
+        (
+            AdminResponse::Service(ServiceDetail {
+                entry: service,
+                terminators: vec![],
+            }),
+            10,
+        ),
+    ];
+    for (resp, index) in responses {
+        assert_eq!(to_bytes(&resp).expect("encode")[..4], index.to_be_bytes());
+    }
+}

@@ -1,14 +1,14 @@
 //! Registered routers, whether they are online, and what they may serve.
 
 use darkport_proto::identity::{IdentityName, Kind, PeerIdentity};
-use darkport_proto::msg::RouterInfo;
+use darkport_proto::msg::{RouterInfo, RouterReport, TerminatorInfo};
 use darkport_proto::policy::{IdentityEntry, PolicySnapshot};
 use dashmap::DashMap;
 
 use crate::store::Store;
 
 /// What the controller knows of a connected router.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Presence {
     /// Distinguishes sessions, so an old session ending does not mark a
     /// newer one offline.
@@ -17,6 +17,27 @@ pub struct Presence {
     pub snapshot_version: Option<u64>,
     /// Clients connected to it, as last reported.
     pub clients: Vec<IdentityName>,
+    /// Terminators registered with it, as last reported (each report
+    /// replaces them; they go with the session). `router` is this
+    /// router's name, whatever the report said.
+    pub terminators: Vec<TerminatorInfo>,
+}
+
+impl Presence {
+    /// Takes in a report from `router`: its snapshot version, clients and
+    /// terminators replace what the previous report said.
+    pub fn record(&mut self, router: &IdentityName, report: &RouterReport) {
+        self.snapshot_version = Some(report.snapshot_version);
+        self.clients = report.clients.clone();
+        self.terminators = report
+            .terminators
+            .iter()
+            .map(|t| TerminatorInfo {
+                router: router.clone(),
+                ..t.clone()
+            })
+            .collect();
+    }
 }
 
 /// A router synced to another controller (high availability) counts as
@@ -167,7 +188,7 @@ mod tests {
             Presence {
                 session: 1,
                 snapshot_version: Some(4),
-                clients: vec![],
+                ..Presence::default()
             },
         );
         f
