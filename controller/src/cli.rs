@@ -531,21 +531,15 @@ mod tests {
     #[test]
     fn strategy_and_policy_type_names_are_protos() {
         use clap::ValueEnum;
+        fn cli_name(a: &impl ValueEnum) -> String {
+            let v = a.to_possible_value().expect("listed");
+            v.get_name().to_string()
+        }
         for a in StrategyArg::value_variants() {
-            let name = a
-                .to_possible_value()
-                .expect("listed")
-                .get_name()
-                .to_string();
-            assert_eq!(a.strategy().name(), name);
+            assert_eq!(a.strategy().name(), cli_name(a));
         }
         for a in PolicyTypeArg::value_variants() {
-            let name = a
-                .to_possible_value()
-                .expect("listed")
-                .get_name()
-                .to_string();
-            assert_eq!(a.kind().name(), name);
+            assert_eq!(a.kind().name(), cli_name(a));
         }
     }
 

@@ -1182,14 +1182,17 @@ mod tests {
         let s = hosting_snapshot();
         let hoster = peer(Kind::Client, "hoster-1", "hh");
         let (r1, r2, r9) = (n("router-1"), n("router-2"), n("router-9"));
-        let cases: Vec<(
-            &str,
+        // What the row checks, who, through which router, which service,
+        // when, and the verdict (the bind policy's name, or why not).
+        type Case<'a> = (
+            &'a str,
             PeerIdentity,
-            &IdentityName,
-            &str,
+            &'a IdentityName,
+            &'a str,
             u64,
-            Result<&str, Denied>,
-        )> = vec![
+            Result<&'a str, Denied>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "allowed",
                 hoster.clone(),

@@ -22,6 +22,18 @@ fn name(s: &str) -> IdentityName {
     IdentityName::new(s).expect("name")
 }
 
+/// Each unit variant encodes as its index, a big-endian u32.
+#[track_caller]
+fn assert_indices<T: serde::Serialize + std::fmt::Debug>(all: &[(T, u32)]) {
+    for (value, index) in all {
+        assert_eq!(
+            to_bytes(value).expect("encode"),
+            index.to_be_bytes(),
+            "{value:?}"
+        );
+    }
+}
+
 #[test]
 fn protocol_version_is_five() {
     assert_eq!(PROTOCOL_VERSION, 5);
@@ -40,13 +52,7 @@ fn dial_status_indices() {
         (DialStatus::LimitReached, 7),
         (DialStatus::Draining, 8),
     ];
-    for (status, index) in all {
-        assert_eq!(
-            to_bytes(&status).expect("encode"),
-            index.to_be_bytes(),
-            "{status:?}"
-        );
-    }
+    assert_indices(&all);
 }
 
 #[test]
@@ -61,13 +67,7 @@ fn control_error_code_indices() {
         (ControlErrorCode::RateLimited, 6),
         (ControlErrorCode::Revoked, 7),
     ];
-    for (code, index) in all {
-        assert_eq!(
-            to_bytes(&code).expect("encode"),
-            index.to_be_bytes(),
-            "{code:?}"
-        );
-    }
+    assert_indices(&all);
 }
 
 #[test]
@@ -341,33 +341,25 @@ fn version_three_peers_may_still_dial_enroll_and_renew() {
 #[test]
 fn hosting_enums_and_admin_indices() {
     use darkport_proto::policy::{PolicyKind, ServiceEntry, TerminatorStrategy};
-    let kinds = [(PolicyKind::Dial, 0u32), (PolicyKind::Bind, 1)];
-    for (kind, index) in kinds {
-        assert_eq!(to_bytes(&kind).expect("encode"), index.to_be_bytes());
-    }
+    assert_indices(&[(PolicyKind::Dial, 0), (PolicyKind::Bind, 1)]);
     assert_eq!(PolicyKind::default(), PolicyKind::Dial);
     let strategies = [
-        (TerminatorStrategy::LowestCost, 0u32),
+        (TerminatorStrategy::LowestCost, 0),
         (TerminatorStrategy::Weighted, 1),
         (TerminatorStrategy::Random, 2),
         (TerminatorStrategy::Sticky, 3),
     ];
     assert_eq!(strategies.len(), TerminatorStrategy::ALL.len());
-    for (strategy, index) in strategies {
-        assert_eq!(to_bytes(&strategy).expect("encode"), index.to_be_bytes());
-    }
+    assert_indices(&strategies);
     assert_eq!(
         TerminatorStrategy::default(),
         TerminatorStrategy::LowestCost
     );
-    let precedences = [
-        (Precedence::Required, 0u32),
+    assert_indices(&[
+        (Precedence::Required, 0),
         (Precedence::Default, 1),
         (Precedence::Failed, 2),
-    ];
-    for (precedence, index) in precedences {
-        assert_eq!(to_bytes(&precedence).expect("encode"), index.to_be_bytes());
-    }
+    ]);
     let requests = [
         (
             AdminRequest::CreatePolicy {

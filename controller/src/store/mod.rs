@@ -465,28 +465,17 @@ mod tests {
         }
         let dropped = sanitize(&mut state);
         assert_eq!(dropped.len(), 6, "{dropped:?}");
-        assert_eq!(
-            state.routers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["good"]
-        );
+        fn names<V>(m: &std::collections::BTreeMap<IdentityName, V>) -> Vec<&str> {
+            m.keys().map(|k| k.as_str()).collect()
+        }
+        assert_eq!(names(&state.routers), ["good"]);
         assert!(state.controllers.is_empty());
         assert_eq!(
-            state
-                .services
-                .keys()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>(),
+            names(&state.services),
             ["hosted", "ok"],
             "a service without an address is hosted, not broken"
         );
-        assert_eq!(
-            state
-                .policies
-                .keys()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>(),
-            ["fine", "host"]
-        );
+        assert_eq!(names(&state.policies), ["fine", "host"]);
         for d in [
             "policy odd",
             "policy host-tags: a bind policy with tag patterns",
