@@ -341,6 +341,7 @@ impl Fixture {
             services: sel(services)?,
             identities: sel(identities)?,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            kind: Default::default(),
         })
         .await?;
         Ok(())
@@ -683,6 +684,7 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
         services: vec![Selector::All],
         identities: vec![Selector::All],
         tags: vec![],
+        kind: Default::default(),
     };
     admin(data_dir, policy).await.expect("policy");
 }
