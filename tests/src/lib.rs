@@ -347,6 +347,29 @@ impl Fixture {
         Ok(())
     }
 
+    /// Creates a bind policy: `identities` may host `services`.
+    pub async fn bind_policy(
+        &self,
+        name: &str,
+        services: &[&str],
+        identities: &[&str],
+    ) -> Result<()> {
+        let sel = |v: &[&str]| {
+            v.iter()
+                .map(|s| Selector::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        self.admin(AdminRequest::CreatePolicy {
+            name: n(name),
+            services: sel(services)?,
+            identities: sel(identities)?,
+            tags: vec![],
+            kind: darkport_proto::policy::PolicyKind::Bind,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// An SDK client for an identity file, pointed at this fixture's router.
     pub fn client(&self, identity: &std::path::Path) -> Result<Arc<Client>> {
         Ok(Arc::new(Client::from_identity_file(
