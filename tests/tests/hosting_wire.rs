@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{
-    AdminRequest, DialRequest, DialResponse, DialStatus, HostRequest, HostResponse, HostedService,
-    Incoming, Precedence, HOST_STREAM, MAX_HOST_FRAME, OFFER_STREAM,
+    AdminRequest, AdminResponse, DialRequest, DialResponse, DialStatus, HostRequest, HostResponse,
+    HostedService, Incoming, Precedence, HOST_STREAM, MAX_HOST_FRAME, OFFER_STREAM,
 };
 use darkport_proto::ALPN_DATA;
-use darkport_tests::{echo_server, n, payload, sha256, Fixture};
+use darkport_tests::{echo_server, n, payload, sha256, wait_until, Fixture};
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{self, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,6 +181,23 @@ async fn a_hosted_service_is_reached_through_its_terminator_byte_exact_with_the_
     assert_eq!(verdicts.verdicts[0].status, DialStatus::Ok, "{verdicts:?}");
     let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let _offers = serve_offers(conn.clone(), echo, 2, tx);
+    // The controller lists the terminator (router reports).
+    wait_until(
+        "service show lists the terminator",
+        Duration::from_secs(10),
+        || async {
+            match fx
+                .admin(AdminRequest::ShowService { name: n("echo-h") })
+                .await
+            {
+                Ok(AdminResponse::Service(d)) => d.terminators.iter().any(|t| {
+                    t.hoster == n("host-1") && t.router == n("router-1") && t.instance == "raw-1"
+                }),
+                _ => false,
+            }
+        },
+    )
+    .await;
 
     let client = fx.client(&app).expect("client");
     let data = payload(3 << 20, 21);
