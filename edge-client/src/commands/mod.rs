@@ -3,4 +3,5 @@
 //! darkport-cli's, shared with the other binaries.
 
 pub mod dial;
+pub mod host;
 pub mod run;
