@@ -19,6 +19,14 @@ pub enum HostError {
     /// No service to host was given.
     #[error("no service to host: give at least one")]
     NoServices,
+    /// More services than one host request may name.
+    #[error("{services} services: one host may serve at most {max} services; run another host process for the rest")]
+    TooManyServices {
+        /// How many were given.
+        services: usize,
+        /// The limit, [`MAX_HOSTED_SERVICES`](super::MAX_HOSTED_SERVICES).
+        max: usize,
+    },
     /// The same service was given twice.
     #[error("service {0:?} is given twice; give each service once")]
     DuplicateService(String),
@@ -122,6 +130,7 @@ impl From<HostError> for std::io::Error {
         use std::io::ErrorKind as K;
         let kind = match &e {
             HostError::NoServices
+            | HostError::TooManyServices { .. }
             | HostError::DuplicateService(_)
             | HostError::BadServiceName(_)
             | HostError::Offers { .. }

@@ -79,10 +79,11 @@ use state::{check_registered, Registration};
 /// replaced the offers they used.
 pub const DEFAULT_OFFERS: usize = 16;
 
-/// Time a router gives the host to answer a stream (the router's side of
-/// the contract): [`IncomingStream::accept`] or
-/// [`IncomingStream::refuse`] must have been sent by then.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a router gives the host to answer a stream (the router's
+/// `HOSTER_ANSWER_TIMEOUT`, docs/protocol.md section 4.4):
+/// [`IncomingStream::accept`] or [`IncomingStream::refuse`] must have
+/// been sent by then, or the router tries another terminator.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Time each router has to acknowledge a withdrawal; a router that does
 /// not has its host stream closed, which removes the terminators too.
@@ -95,8 +96,11 @@ pub const LISTEN_TIMEOUT: Duration = DIAL_TIMEOUT;
 /// refused at once (`ServiceUnreachable`, the caller is told why).
 pub const ACCEPT_BACKLOG: usize = 256;
 
-/// Longest instance name.
+/// Longest instance name a router takes.
 pub const MAX_INSTANCE: usize = 128;
+
+/// Most services one host request may name (a router refuses more).
+pub const MAX_HOSTED_SERVICES: usize = 256;
 
 /// Options of [`Client::host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -584,6 +588,12 @@ fn validate(services: &[HostedService], options: &HostOptions) -> Result<(), Hos
     if services.is_empty() {
         return Err(HostError::NoServices);
     }
+    if services.len() > MAX_HOSTED_SERVICES {
+        return Err(HostError::TooManyServices {
+            services: services.len(),
+            max: MAX_HOSTED_SERVICES,
+        });
+    }
     for (i, s) in services.iter().enumerate() {
         if s.name.is_empty() || s.name.starts_with('@') {
             return Err(HostError::BadServiceName(s.name.clone()));
@@ -748,6 +758,13 @@ mod tests {
         let table: Vec<(Vec<HostedService>, HostOptions, &str)> = vec![
             (vec![], ok.clone(), "no service to host"),
             (vec![svc("a"), svc("a")], ok.clone(), "given twice"),
+            (
+                (0..=MAX_HOSTED_SERVICES)
+                    .map(|i| svc(&format!("s{i}")))
+                    .collect(),
+                ok.clone(),
+                "at most 256 services",
+            ),
             (vec![svc("@host")], ok.clone(), "not a service name"),
             (vec![svc("")], ok.clone(), "not a service name"),
             (

@@ -151,8 +151,10 @@ async fn open_host_stream(conn: &Conn) -> Result<(SendHalf, RecvHalf), String> {
         })??;
     match resp.status {
         DialStatus::Ok => Ok((send, recv)),
-        DialStatus::UnknownService => Err(format!(
-            "the router does not host services (too old? it answered UnknownService: {})",
+        // A router older than hosting (protocol 5) takes "@host" for an
+        // invalid service name.
+        status @ (DialStatus::BadRequest | DialStatus::UnknownService) => Err(format!(
+            "the router refused the host stream ({status:?}: {}); a router older than protocol version 5 does not host services",
             resp.message
         )),
         status => Err(format!(

@@ -63,26 +63,30 @@ impl Backoff {
     }
 }
 
-/// The routers a host keeps a connection to, in order, at most `max`:
-/// online ones before offline ones (the controller may be the one that is
-/// down, so offline ones are still tried), and among them those the
-/// controller lists as serving one of `services` first. Every router is
-/// taken when there is no cap: a router the controller does not list as
-/// serving the service may still accept the terminator (its list is of
-/// services this identity may dial, not host).
+/// The routers a host keeps a connection to, in order, at most `max`.
+/// The controller lists, for each router, the services this identity may
+/// host there (a bind policy and a router policy): when any router lists
+/// one of `services`, only those routers are taken (the others would
+/// refuse every terminator). When none does (a controller older than
+/// hosting, or no policy yet), every router is taken, so each says why it
+/// refuses. Online routers come before offline ones (the controller may
+/// be the one that is down, so offline ones are still tried).
 pub fn hosting_routers(
     list: &[RouterInfo],
     services: &[String],
     max: Option<usize>,
 ) -> Vec<String> {
-    let mut list: Vec<&RouterInfo> = list.iter().collect();
     let listed = |r: &RouterInfo| {
         r.services
             .iter()
             .any(|s| services.iter().any(|x| x == s.as_str()))
     };
+    let mut list: Vec<&RouterInfo> = list.iter().collect();
+    if list.iter().any(|r| listed(r)) {
+        list.retain(|r| listed(r));
+    }
     // Stable: the controller's order stands among equals.
-    list.sort_by_key(|r| (!r.online, !listed(r)));
+    list.sort_by_key(|r| !r.online);
     let mut out: Vec<String> = vec![];
     for r in list {
         if !out.contains(&r.advertise) {
@@ -222,24 +226,31 @@ mod tests {
     }
 
     #[test]
-    fn hosting_routers_prefer_online_and_listing_routers_and_obey_the_cap() {
+    fn hosting_routers_are_those_listing_a_service_online_first() {
         let list = [
             router("a:1", false, &["logs"]),
             router("b:1", true, &[]),
             router("c:1", true, &["logs"]),
             router("d:1", true, &["other"]),
             router("c:1", true, &["logs"]),
+            router("e:1", true, &["metrics", "logs"]),
         ];
         let svc = vec!["logs".to_string()];
         let table: [(Option<usize>, &[&str]); 4] = [
-            (None, &["c:1", "b:1", "d:1", "a:1"]),
-            (Some(2), &["c:1", "b:1"]),
+            (None, &["c:1", "e:1", "a:1"]),
+            (Some(2), &["c:1", "e:1"]),
             (Some(0), &[]),
-            (Some(10), &["c:1", "b:1", "d:1", "a:1"]),
+            (Some(10), &["c:1", "e:1", "a:1"]),
         ];
         for (max, want) in table {
             assert_eq!(hosting_routers(&list, &svc, max), want, "max {max:?}");
         }
+        // No router lists it: every router, to hear each one's refusal.
+        let none = vec!["nowhere".to_string()];
+        assert_eq!(
+            hosting_routers(&list, &none, None),
+            ["b:1", "c:1", "d:1", "e:1", "a:1"]
+        );
         assert!(hosting_routers(&[], &svc, None).is_empty());
     }
 

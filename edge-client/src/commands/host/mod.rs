@@ -32,7 +32,9 @@ use edge_client::{Client, ClientOptions, Host, IncomingStream};
 
 use crate::cli::{Cli, HealthCheck, HostArgs};
 
-/// Time to connect to a local service for a stream.
+/// Time to connect to a local service for a stream: within the router's
+/// 6 s for the answer ([`edge_client::host::ANSWER_TIMEOUT`]), with room
+/// for the PROXY header and the answer itself.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest health check, whatever the interval.
@@ -265,7 +267,9 @@ async fn write_proxy_header(
     caller: &edge_client::Caller,
 ) -> std::io::Result<()> {
     let header = proxy::header(caller, tcp.peer_addr()?)?;
-    tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, tcp.write_all(&header))
+    // Local and small: it goes out at once, or the service is stuck
+    // (the router's answer deadline is near anyway).
+    tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&header))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
