@@ -87,9 +87,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, router: String) {
         };
         backoff.after_session(up);
         let wait = backoff.next(jitter());
-        // The first failure in a row is worth a warning; the retries of a
-        // router that stays down are not.
-        if failures == 0 {
+        // A connection that ends, or the first failure in a row, is worth
+        // a warning; the retries of a router that stays down are not.
+        if !up.is_zero() || failures == 0 {
             warn!(
                 router,
                 "hosting through this router stopped: {reason}; reconnecting in {wait:?}"
@@ -313,6 +313,8 @@ async fn serve(
                     info!(router, "withdrawal acknowledged");
                     ctx.shared.set_state(router, RouterState::Withdrawn { acknowledged: true });
                     close_offers(ctx, router, &conn, offers).await;
+                    // A clean end: nothing is left to remove.
+                    send.finish();
                     return Outcome::Withdrawn;
                 }
             }
