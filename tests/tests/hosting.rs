@@ -5,56 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use darkport_proto::identity::Kind;
-use darkport_tests::{n, payload, sha256, Fixture};
+use darkport_tests::{echo_through, hosting_setup, n, payload, sha256};
 use edge_client::host::{HostError, ListenOptions, RouterState};
 use edge_client::Precedence;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A service with a dead address (only a terminator can carry a dial), a
-/// dial policy for `#writers` and a bind policy for `#hosters`.
-async fn setup() -> (Fixture, std::path::PathBuf, std::path::PathBuf) {
-    let fx = Fixture::start().await.expect("fixture");
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    fx.service("echo-h", dead).await.expect("service");
-    fx.policy("dialers", &["echo-h"], &["#writers"])
-        .await
-        .expect("dial policy");
-    fx.bind_policy("hosts", &["echo-h"], &["#hosters"])
-        .await
-        .expect("bind policy");
-    let app = fx
-        .enroll("app-1", Kind::Client, &["writers"])
-        .await
-        .expect("app");
-    let hoster = fx
-        .enroll("host-1", Kind::Client, &["hosters"])
-        .await
-        .expect("hoster");
-    (fx, app, hoster)
-}
-
-async fn echo_through(client: &edge_client::Client, service: &str, data: &[u8]) -> Vec<u8> {
-    let mut s = client.dial(service).await.expect("dial");
-    let (mut r, mut w) = tokio::io::split(&mut s);
-    let send = async {
-        w.write_all(data).await.expect("write");
-        w.shutdown().await.expect("shutdown");
-    };
-    let mut back = Vec::new();
-    let recv = async {
-        r.read_to_end(&mut back).await.expect("read");
-    };
-    tokio::join!(send, recv);
-    back
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_serves_byte_exact_with_the_callers_identity_then_close_drains() {
-    let (fx, app, hoster) = setup().await;
+    let (fx, app, hoster) = hosting_setup().await;
     let host_client = fx.client(&hoster).expect("hoster client");
     let listener = std::sync::Arc::new(
         tokio::time::timeout(
@@ -128,7 +86,7 @@ async fn listen_serves_byte_exact_with_the_callers_identity_then_close_drains() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_without_a_bind_policy_is_refused_with_the_routers_reason() {
-    let (fx, app, _hoster) = setup().await;
+    let (fx, app, _hoster) = hosting_setup().await;
     // app-1 may dial echo-h but not host it.
     let client = fx.client(&app).expect("client");
     let e = client

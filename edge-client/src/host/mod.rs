@@ -634,6 +634,10 @@ impl Client {
     /// closed or dropped. Returns at once; [`Host::registered`] waits for
     /// the routers' verdicts and [`Host::routers`] tells them.
     ///
+    /// The host shares the client's QUIC endpoint, transport memory and
+    /// identity (renewed in place while the client lives): keep the
+    /// client, and call [`Client::close`] only after [`Host::close`].
+    ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// use edge_client::host::{HostOptions, HostedService, Precedence};

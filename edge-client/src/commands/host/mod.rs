@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use darkport_transport::splice::{abort_on_drop, reset_tcp, splice_tcp, Ending};
 use edge_client::host::{default_instance, HealthState, HostOptions, HostedService, RouterState};
 use edge_client::metrics::HostMetrics;
-use edge_client::{Client, ClientOptions, Host, IncomingStream};
+use edge_client::{Host, IncomingStream};
 
 use crate::cli::{Cli, HealthCheck, HostArgs};
 
@@ -54,13 +54,10 @@ pub async fn exec(args: HostArgs, log: LogHandle) -> Result<()> {
         .iter()
         .map(|s| parse_service(s))
         .collect::<Result<Vec<_>>>()?;
-    let client = Arc::new(Client::from_identity_file(
+    let client = Arc::new(crate::commands::client(
         &args.identity,
-        ClientOptions {
-            routers: args.routers.clone(),
-            transport: args.transport,
-            ..Default::default()
-        },
+        &args.routers,
+        args.transport,
     )?);
     let hosted: Vec<HostedService> = locals
         .iter()
