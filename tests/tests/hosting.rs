@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use darkport_tests::{echo_through, hosting_setup, n, payload, sha256};
+use darkport_proto::identity::Kind;
+use darkport_tests::{echo_through, hosting_setup, n, payload, poll_until, run_router_at, sha256};
 use edge_client::host::{HostError, ListenOptions, RouterState};
 use edge_client::Precedence;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,4 +106,94 @@ async fn listen_without_a_bind_policy_is_refused_with_the_routers_reason() {
         }
         other => panic!("expected Refused, got {other}"),
     }
+}
+
+/// Self-healing: a router that stops and starts again on the same address
+/// gets the terminator back with no action from the hoster, within a few
+/// seconds of listening again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_restart_gets_the_terminator_back_by_itself() {
+    let (mut fx, app, hoster) = hosting_setup().await;
+    let router_2 = fx
+        .enroll("router-2", Kind::Router, &[])
+        .await
+        .expect("router-2");
+    let quick =
+        |c: &mut darkport_edge_router::RouterConfig| c.grace_period = Duration::from_secs(1);
+    let (addr, stop, handle) = fx
+        .start_router_stoppable(&router_2, quick)
+        .await
+        .expect("router-2 up");
+    let only = |id: &std::path::Path| {
+        std::sync::Arc::new(
+            edge_client::Client::from_identity_file(
+                id,
+                edge_client::ClientOptions {
+                    routers: vec![addr.to_string()],
+                    ..darkport_tests::client_options()
+                },
+            )
+            .expect("client"),
+        )
+    };
+    let host_client = only(&hoster);
+    let listener = std::sync::Arc::new(
+        host_client
+            .listen("echo-h", ListenOptions::default())
+            .await
+            .expect("listen"),
+    );
+    let serving = {
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            while let Ok(a) = listener.accept().await {
+                let mut s = a.stream;
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    if s.read_to_end(&mut buf).await.is_ok() {
+                        let _ = s.write_all(&buf).await;
+                        let _ = s.shutdown().await;
+                    }
+                });
+            }
+        })
+    };
+    let data = payload(10_000, 3);
+    let client = only(&app);
+    assert_eq!(echo_through(&client, "echo-h", &data).await, data);
+
+    // Stop router-2 (it drains: the host stream ends) and start it again.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), handle)
+        .await
+        .expect("router-2 stops")
+        .expect("router task");
+    let (_again, _h) = run_router_at(&fx.data_dir, &router_2, addr, quick, std::future::pending())
+        .await
+        .expect("router-2 again");
+    let back = std::time::Instant::now();
+    poll_until(
+        "the terminator on the restarted router",
+        Duration::from_secs(10),
+        || {
+            let listener = listener.clone();
+            async move {
+                listener.routers().iter().any(|r| {
+                    r.verdicts
+                        .iter()
+                        .any(|v| v.status == darkport_proto::msg::DialStatus::Ok)
+                })
+            }
+        },
+    )
+    .await
+    .expect("re-registered");
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "re-registered after {took:?}"
+    );
+    let client = only(&app);
+    assert_eq!(echo_through(&client, "echo-h", &data).await, data);
+    serving.abort();
 }
