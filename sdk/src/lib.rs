@@ -192,6 +192,14 @@
 //! cargo run -p darkport --example dial -- --identity app-1.id --service echo \
 //!     [--router HOST:PORT]... [--transport auto|quic|tcp]
 //! ```
+//!
+//! `examples/http_hosted.rs` serves an HTTP app (hyper) straight over
+//! Darkport, with no local port: each caller's stream is an HTTP/1.1
+//! connection, and the answer names the caller as the router verified it.
+//!
+//! ```text
+//! cargo run -p darkport --example http_hosted -- --identity web-1.id --service web
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
