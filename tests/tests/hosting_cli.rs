@@ -1,0 +1,425 @@
+//! `darkport-edge-client host`, the binary, as an operator runs it: it
+//! listens on nothing, carries a real Fluentd client's records, survives
+//! `kill -9` of one of two hosters without a failed dial, drains on
+//! SIGTERM, and hands the caller's identity to a PROXY protocol v2 parser.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use darkport_proto::identity::Kind;
+use darkport_proto::msg::{AdminRequest, AdminResponse};
+use darkport_proto::policy::{FluentSettings, ServiceEntry, ServiceProtocol};
+use darkport_tests::fluent::FluentReceiver;
+use darkport_tests::ops::Proc;
+use darkport_tests::{
+    echo_through, hosting_setup, n, payload, poll_until, sha256, wait_until, Fixture,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Starts `darkport-edge-client host` for `services` (`NAME=ADDR`) with
+/// `extra` flags, logging to `name`.log.
+fn hoster(fx: &Fixture, id: &Path, name: &str, services: &[String], extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "host".to_string(),
+        "--identity".into(),
+        id.display().to_string(),
+        "--router".into(),
+        fx.router_addr.to_string(),
+        "--instance".into(),
+        name.into(),
+    ];
+    for s in services {
+        args.extend(["--service".into(), s.clone()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start(
+        "darkport-edge-client",
+        &args,
+        &fx.dir.path().join(format!("{name}.log")),
+    )
+    .expect("start the hoster")
+}
+
+/// The instances the controller lists as terminators of `service`.
+async fn terminators(fx: &Fixture, service: &str) -> Vec<String> {
+    match fx
+        .admin(AdminRequest::ShowService { name: n(service) })
+        .await
+    {
+        Ok(AdminResponse::Service(d)) => {
+            let mut v: Vec<String> = d.terminators.iter().map(|t| t.instance.clone()).collect();
+            v.sort();
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until exactly `instances` host `service` (the controller hears
+/// of it from the router's reports).
+async fn wait_terminators(fx: &Fixture, service: &str, instances: &[&str], hosters: &[&Proc]) {
+    let want: Vec<String> = instances.iter().map(|s| s.to_string()).collect();
+    let r = poll_until(
+        &format!("terminators {want:?} of {service}"),
+        Duration::from_secs(20),
+        || async { terminators(fx, service).await == want },
+    )
+    .await;
+    if let Err(e) = r {
+        let logs: Vec<String> = hosters.iter().map(|p| p.log_text()).collect();
+        panic!("{e}; hoster logs:\n{}", logs.join("\n---\n"));
+    }
+}
+
+/// Lines of `ss` (listening sockets with their process) that belong to `pid`.
+fn listening_sockets(pid: u32, flags: &str) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args([flags, "-H", "-p"])
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(out.status.success(), "ss {flags} failed");
+    let needle = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect()
+}
+
+/// A QUIC handshake to `addr` (with a valid client certificate) does not
+/// complete.
+async fn assert_handshake_refused(identity: &Path, addr: SocketAddr) {
+    let id = darkport_transport::identity::Identity::load(identity).expect("load");
+    let config = darkport_transport::tls::client_config(
+        Some(&id),
+        darkport_transport::tls::Trust::Ca(id.ca.clone()),
+        Kind::Client,
+        darkport_proto::ALPN_DATA,
+    )
+    .expect("config");
+    let endpoint = darkport_transport::endpoint::client(None).expect("endpoint");
+    let connecting = endpoint
+        .connect_with(config, addr, "hoster")
+        .expect("connect");
+    let r = tokio::time::timeout(Duration::from_secs(3), connecting).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a QUIC handshake to the hoster's UDP socket {addr} completed"
+    );
+}
+
+/// Whether npm fluent-logger is installed for tests/interop/node (it acks
+/// every chunk); skips loudly without it, fails under CI=true.
+fn node_client() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node");
+    let ok = dir.join("node_modules/fluent-logger").is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg =
+            "SKIPPED: npm fluent-logger (and node) missing: (cd tests/interop/node && npm ci)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("{msg}");
+        return None;
+    }
+    Some(dir.join("send.js"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hoster_listens_on_nothing_and_carries_a_real_fluent_clients_records() {
+    let Some(send_js) = node_client() else { return };
+    let receiver = FluentReceiver::start().await.expect("receiver");
+    let mut fx = Fixture::start().await.expect("fixture");
+    // Hosted only: no address, so only the hoster can reach Fluentd.
+    fx.admin(AdminRequest::CreateService(ServiceEntry {
+        name: n("logs"),
+        address: String::new(),
+        roles: vec![],
+        protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
+        strategy: Default::default(),
+    }))
+    .await
+    .expect("service");
+    fx.policy_with_tags("writers", &["logs"], &["#writers"], &["app.**"])
+        .await
+        .expect("dial policy");
+    fx.bind_policy("fluent-hosts", &["logs"], &["#hosters"])
+        .await
+        .expect("bind policy");
+    let app = fx
+        .enroll("app-1", Kind::Client, &["writers"])
+        .await
+        .expect("app");
+    let host_id = fx
+        .enroll("host-1", Kind::Client, &["hosters"])
+        .await
+        .expect("hoster");
+    let service = format!("logs={}", receiver.addr);
+    let over_tcp = hoster(
+        &fx,
+        &host_id,
+        "tcp",
+        &[service.clone()],
+        &["--transport", "tcp"],
+    );
+    let over_quic = hoster(&fx, &host_id, "quic", &[service], &["--transport", "quic"]);
+    wait_terminators(&fx, "logs", &["quic", "tcp"], &[&over_tcp, &over_quic]).await;
+
+    // No listening socket. No TCP one at all; one UDP socket, the QUIC
+    // client endpoint (the control plane to the controller is QUIC on
+    // either transport), which has no server configuration: a handshake
+    // to it gets nowhere.
+    for h in [&over_tcp, &over_quic] {
+        assert_eq!(listening_sockets(h.pid(), "-ltn"), Vec::<String>::new());
+        let udp = listening_sockets(h.pid(), "-lun");
+        assert_eq!(udp.len(), 1, "{udp:?}");
+        let port = udp[0]
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("a port in {udp:?}"));
+        assert_handshake_refused(&app, SocketAddr::from(([127, 0, 0, 1], port))).await;
+    }
+
+    // A real client with acks, through a forwarder, to the hosted service.
+    let forward = fx
+        .forward(fx.client(&app).expect("client"), "logs")
+        .await
+        .expect("forwarder");
+    const COUNT: usize = 200;
+    let out = tokio::process::Command::new("node")
+        .args([
+            send_js.display().to_string(),
+            "127.0.0.1".into(),
+            forward.port().to_string(),
+            "app.hosted".into(),
+            COUNT.to_string(),
+            "PackedForward".into(),
+        ])
+        .output()
+        .await
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "send.js: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every record acked (the script checks), each once, stamped by the
+    // router with the caller's verified identity.
+    let records = receiver.records();
+    let ours: Vec<_> = records.iter().filter(|r| r.tag == "app.hosted").collect();
+    assert_eq!(ours.len(), COUNT, "records through the hoster");
+    for r in &ours {
+        let stamped = r
+            .record
+            .as_map()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.as_str() == Some("darkport_identity"))
+            })
+            .and_then(|(_, v)| v.as_str());
+        assert_eq!(stamped, Some("app-1"), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_one_of_two_hosters_during_a_dial_loop_fails_no_dial() {
+    let (fx, app, host_id) = hosting_setup().await;
+    let echo = darkport_tests::echo_server().await.expect("echo");
+    let service = format!("echo-h={echo}");
+    let mut a = hoster(&fx, &host_id, "a", &[service.clone()], &[]);
+    let b = hoster(&fx, &host_id, "b", &[service], &[]);
+    wait_terminators(&fx, "echo-h", &["a", "b"], &[&a, &b]).await;
+    let client = fx.client(&app).expect("client");
+    // Four dials a second for 15 s (past the QUIC idle timeout of the
+    // killed hoster's connection); kill -9 after the 20th.
+    const DIALS: u64 = 60;
+    let mut ok = 0u64;
+    let mut slowest = Duration::ZERO;
+    for i in 0..DIALS {
+        if i == 20 {
+            a.kill9();
+        }
+        let started = Instant::now();
+        let data = payload(20_000, i);
+        let back = tokio::time::timeout(
+            Duration::from_secs(20),
+            echo_through(&client, "echo-h", &data),
+        )
+        .await
+        .expect("dial within 20 s");
+        if sha256(&back) == sha256(&data) {
+            ok += 1;
+        }
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("{ok} of {DIALS} dials byte-exact; slowest {slowest:?}");
+    assert!(
+        ok * 1000 >= DIALS * 999,
+        "{ok} of {DIALS} dials succeeded (at least 99.9 % must)"
+    );
+    // The dead hoster's terminator is gone once its connection timed out.
+    wait_terminators(&fx, "echo-h", &["b"], &[&b]).await;
+}
+
+/// An echo server that first writes `tag`, counting the connections it
+/// took.
+async fn tagged_echo(tag: u8) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = tcp.write_all(&[tag]).await;
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_withdraws_first_and_lets_the_open_stream_finish() {
+    let (fx, app, host_id) = hosting_setup().await;
+    let (a_addr, a_count) = tagged_echo(b'A').await;
+    let (b_addr, _) = tagged_echo(b'B').await;
+    // a is preferred (cost 0); b costs more.
+    let mut a = hoster(
+        &fx,
+        &host_id,
+        "a",
+        &[format!("echo-h={a_addr}")],
+        &["--grace-period", "20s"],
+    );
+    let b = hoster(
+        &fx,
+        &host_id,
+        "b",
+        &[format!("echo-h={b_addr}")],
+        &["--cost", "5000"],
+    );
+    wait_terminators(&fx, "echo-h", &["a", "b"], &[&a, &b]).await;
+    let client = fx.client(&app).expect("client");
+    let mut open = client.dial("echo-h").await.expect("dial");
+    let mut tag = [0u8; 1];
+    open.read_exact(&mut tag).await.expect("tag");
+    assert_eq!(&tag, b"A", "the open stream goes through a");
+
+    a.signal("-TERM");
+    wait_terminators(&fx, "echo-h", &["b"], &[&a, &b]).await;
+    let reached_a = a_count.load(Ordering::SeqCst);
+    // New dials go to b only.
+    for i in 0..10 {
+        let mut s = client.dial("echo-h").await.expect("dial while a drains");
+        s.read_exact(&mut tag).await.expect("tag");
+        assert_eq!(&tag, b"B", "dial {i} after the withdrawal");
+    }
+    assert_eq!(
+        a_count.load(Ordering::SeqCst),
+        reached_a,
+        "a took a new stream"
+    );
+    // The open stream still carries bytes both ways, then ends cleanly.
+    let data = payload(500_000, 3);
+    let (mut r, mut w) = tokio::io::split(open);
+    let send = async {
+        w.write_all(&data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let mut back = Vec::new();
+    let (_, got) = tokio::join!(send, r.read_to_end(&mut back));
+    got.expect("the open stream finishes");
+    assert_eq!(sha256(&back), sha256(&data));
+    let status = a.wait(Duration::from_secs(15)).await.expect("a exits");
+    assert!(status.success(), "a exits 0 after draining: {status:?}");
+}
+
+/// A service that parses a PROXY protocol v2 header with the `ppp` crate
+/// and answers with what it found: `source identity roles`.
+async fn proxy_v2_service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(answer_proxy_header(tcp));
+        }
+    });
+    addr
+}
+
+async fn answer_proxy_header(mut tcp: TcpStream) {
+    let mut head = vec![0u8; 16];
+    if tcp.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+    head.resize(16 + len, 0);
+    if tcp.read_exact(&mut head[16..]).await.is_err() {
+        return;
+    }
+    let answer = match ppp::v2::Header::try_from(head.as_slice()) {
+        Ok(h) => {
+            let source = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => format!("{}:{}", a.source_address, a.source_port),
+                ppp::v2::Addresses::IPv6(a) => format!("{}:{}", a.source_address, a.source_port),
+                other => format!("{other:?}"),
+            };
+            let tlv = |kind: u8| {
+                h.tlvs()
+                    .filter_map(Result::ok)
+                    .find(|t| t.kind == kind)
+                    .map(|t| String::from_utf8_lossy(&t.value).into_owned())
+                    .unwrap_or_default()
+            };
+            format!("{source} {} {}", tlv(0xE0), tlv(0xE1))
+        }
+        Err(e) => format!("not a PROXY v2 header: {e}"),
+    };
+    let _ = tcp.write_all(answer.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_carries_the_callers_identity_to_a_real_parser() {
+    let (fx, app, host_id) = hosting_setup().await;
+    let service = proxy_v2_service().await;
+    let h = hoster(
+        &fx,
+        &host_id,
+        "pp",
+        &[format!("echo-h={service}")],
+        &["--proxy-protocol"],
+    );
+    wait_terminators(&fx, "echo-h", &["pp"], &[&h]).await;
+    let client = fx.client(&app).expect("client");
+    let mut s = client.dial("echo-h").await.expect("dial");
+    s.shutdown().await.expect("shutdown");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("answer");
+    let parts: Vec<&str> = answer.split(' ').collect();
+    assert_eq!(parts.len(), 3, "{answer:?}");
+    let source: SocketAddr = parts[0].parse().unwrap_or_else(|_| panic!("{answer:?}"));
+    assert!(source.ip().is_loopback(), "{answer:?}");
+    assert_eq!(parts[1], "app-1", "TLV 0xE0 is the caller's identity");
+    assert_eq!(parts[2], "writers", "TLV 0xE1 its roles");
+    wait_until(
+        "the hoster logged the caller",
+        Duration::from_secs(5),
+        || async { h.log_text().contains("app-1") },
+    )
+    .await;
+}
