@@ -166,7 +166,7 @@ async fn a_hoster_listens_on_nothing_and_carries_a_real_fluent_clients_records()
         &fx,
         &host_id,
         "tcp",
-        &[service.clone()],
+        std::slice::from_ref(&service),
         &["--transport", "tcp"],
     );
     let over_quic = hoster(&fx, &host_id, "quic", &[service], &["--transport", "quic"]);
@@ -235,7 +235,7 @@ async fn kill9_of_one_of_two_hosters_during_a_dial_loop_fails_no_dial() {
     let (fx, app, host_id) = hosting_setup().await;
     let echo = darkport_tests::echo_server().await.expect("echo");
     let service = format!("echo-h={echo}");
-    let mut a = hoster(&fx, &host_id, "a", &[service.clone()], &[]);
+    let mut a = hoster(&fx, &host_id, "a", std::slice::from_ref(&service), &[]);
     let b = hoster(&fx, &host_id, "b", &[service], &[]);
     wait_terminators(&fx, "echo-h", &["a", "b"], &[&a, &b]).await;
     let client = fx.client(&app).expect("client");
