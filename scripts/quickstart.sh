@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Darkport quickstart: runs a controller, an edge router, an edge client and a
-# Fluentd forward-protocol receiver on 127.0.0.1, wires them up exactly as
-# the README's full flow does, and sends Fluentd records through the tunnel:
+# Darkport quickstart: runs a controller, an edge router, an edge client, a
+# hoster and a Fluentd forward-protocol receiver on 127.0.0.1, wires them up
+# exactly as the README's full flow does, and sends Fluentd records through
+# the tunnel. The receiver listens on a loopback port, and nothing dials it
+# but the hoster beside it, which reached the router over an outbound
+# connection (the service has no address the router could dial):
 # one from an app writing to the edge client's local port, one from the Rust
 # SDK example. Everything lives in a temporary directory and every process
 # it started is stopped on exit.
@@ -50,7 +53,7 @@ CTL_PORT=$(free_port udp); ROUTER_PORT=$(free_port udp)
 FLUENTD_PORT=$(free_port tcp); LOCAL_PORT=$(free_port tcp)
 export RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1
 
-echo "==> private service: a Fluentd forward receiver on 127.0.0.1:$FLUENTD_PORT (never exposed)"
+echo "==> private service: a Fluentd forward receiver on 127.0.0.1:$FLUENTD_PORT (loopback only, never exposed)"
 "$BIN/darkport-fluent-sink" --listen "127.0.0.1:$FLUENTD_PORT" > records.jsonl 2> fluentd.log &
 PIDS+=($!)
 
@@ -63,18 +66,30 @@ wait_for "the controller" "$BIN/darkport-controller" identity list --data-dir ./
 echo "==> identities, service and policy"
 "$BIN/darkport-controller" identity create router-1 --kind router --token-out router-1.token --data-dir ./ctl
 "$BIN/darkport-controller" identity create app-1 --role log-writers --token-out app-1.token --data-dir ./ctl
+"$BIN/darkport-controller" identity create fluentd-host --role log-hosts --token-out fluentd-host.token --data-dir ./ctl
 # fluent-forward: the router stamps every record with the sender's verified
 # identity (and here its roles), and only lets it write quickstart.* tags.
-"$BIN/darkport-controller" service create fluentd --address "127.0.0.1:$FLUENTD_PORT" \
+# --hosted: no address; the hoster beside Fluentd serves it over an
+# outbound connection.
+"$BIN/darkport-controller" service create fluentd --hosted \
     --protocol fluent-forward --stamp-roles-key darkport_roles --data-dir ./ctl
 "$BIN/darkport-controller" policy create fluentd-writers --service-roles fluentd --identity-roles '#log-writers' \
     --tags 'quickstart.**' --data-dir ./ctl
+"$BIN/darkport-controller" policy create fluentd-hosts --type bind --service-roles fluentd \
+    --identity-roles '#log-hosts' --data-dir ./ctl
 
 echo "==> edge router on 127.0.0.1:$ROUTER_PORT"
 "$BIN/darkport-edge-router" enroll --token router-1.token --identity router-1.id
 "$BIN/darkport-edge-router" run --identity router-1.id --listen "127.0.0.1:$ROUTER_PORT" 2> router.log &
 PIDS+=($!)
 wait_for "the router to register" sh -c "'$BIN/darkport-controller' router list --json --data-dir ./ctl | grep -q '\"online\": true'"
+
+echo "==> hoster beside Fluentd: dials out to the router, listens on nothing"
+"$BIN/darkport-edge-client" enroll --token fluentd-host.token --identity fluentd-host.id
+"$BIN/darkport-edge-client" host --identity fluentd-host.id --service "fluentd=127.0.0.1:$FLUENTD_PORT" 2> hoster.log &
+PIDS+=($!)
+wait_for "the hoster's terminator" sh -c "'$BIN/darkport-controller' service show fluentd --json --data-dir ./ctl | grep -q fluentd-host"
+"$BIN/darkport-controller" service show fluentd --data-dir ./ctl
 
 echo "==> edge client: 127.0.0.1:$LOCAL_PORT -> service fluentd"
 "$BIN/darkport-edge-client" enroll --token app-1.token --identity app-1.id
@@ -115,5 +130,6 @@ echo
 [ "$(grep -c '"darkport_identity":"app-1"' records.jsonl)" -eq 2 ] || fail "records are not stamped with app-1"
 ! grep -q '"admin"' records.jsonl || fail "a forged darkport_identity got through"
 ! grep -q 'audit.forged' records.jsonl || fail "a denied tag got through"
-echo "OK: Fluentd records crossed the Darkport tunnel, stamped with the verified identity;"
+echo "OK: Fluentd records crossed the Darkport tunnel and the hoster's outbound connection,"
+echo "    stamped with the verified identity;"
 echo "    the forged identity was overwritten and the denied tag dropped (set KEEP=1 to keep $WORK)"
