@@ -141,6 +141,24 @@ impl NetNs {
         ])
     }
 
+    /// Refuses everything inbound that is not an answer: every TCP SYN
+    /// (a connection attempt) and every UDP datagram arriving on the veth
+    /// is dropped; loopback inside the namespace stays open. What the
+    /// namespace dials out over TCP still works (its SYN-ACKs carry ACK).
+    pub fn refuse_inbound(&self) -> Result<()> {
+        self.exec(&["nft", "add", "table", "inet", "dpinbound"])?;
+        self.exec(&[
+            "nft",
+            "add chain inet dpinbound input { type filter hook input priority 0; }",
+        ])?;
+        self.exec(&["nft", "add rule inet dpinbound input iifname lo accept"])?;
+        self.exec(&[
+            "nft",
+            "add rule inet dpinbound input tcp flags & (syn | ack) == syn drop",
+        ])?;
+        self.exec(&["nft", "add rule inet dpinbound input meta l4proto udp drop"])
+    }
+
     /// Lets UDP through again.
     pub fn unblock_udp(&self) -> Result<()> {
         self.exec(&["nft", "delete", "table", "inet", "dptest"])

@@ -423,3 +423,113 @@ async fn proxy_protocol_v2_carries_the_callers_identity_to_a_real_parser() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_arrive_from_a_hoster_whose_network_refuses_every_inbound_syn_and_datagram() {
+    let Some(ns) = darkport_tests::netns::create_or_skip("hosting in a closed namespace") else {
+        return;
+    };
+    let Some(send_js) = node_client() else { return };
+    ns.refuse_inbound().expect("nftables rules");
+    // Fluentd beside the hoster, on the namespace's own loopback (a fresh
+    // namespace: its default port is free).
+    let records = tempfile::NamedTempFile::new().expect("records file");
+    let mut sink = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(darkport_tests::ops::workspace_bin("darkport-fluent-sink"))
+        .args(["--listen", "127.0.0.1:24224"])
+        .stdout(records.reopen().expect("records"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fluent sink in the namespace");
+    let outer = std::net::IpAddr::V4(ns.outer);
+    let mut fx = Fixture::start_at(outer).await.expect("fixture");
+    fx.admin(AdminRequest::CreateService(ServiceEntry {
+        name: n("logs"),
+        address: String::new(),
+        roles: vec![],
+        protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
+        strategy: Default::default(),
+    }))
+    .await
+    .expect("service");
+    fx.policy("writers", &["logs"], &["#writers"])
+        .await
+        .expect("dial policy");
+    fx.bind_policy("hosts", &["logs"], &["#hosters"])
+        .await
+        .expect("bind policy");
+    let app = fx
+        .enroll("app-1", Kind::Client, &["writers"])
+        .await
+        .expect("app");
+    let host_id = fx
+        .enroll("host-1", Kind::Client, &["hosters"])
+        .await
+        .expect("hoster");
+    // Nothing from outside gets in: a TCP connection to the namespace times
+    // out (its SYN is dropped; a closed port would answer with a reset).
+    let knock = tokio::time::timeout(
+        Duration::from_secs(2),
+        TcpStream::connect((ns.inner, 24224)),
+    )
+    .await;
+    assert!(knock.is_err(), "a SYN got into the namespace: {knock:?}");
+    // UDP is dropped too, so the hoster dials out over TLS over TCP.
+    let router = fx.router_addr.to_string();
+    let host = Proc::start_in(
+        &ns.name,
+        "darkport-edge-client",
+        &[
+            "host",
+            "--identity",
+            host_id.to_str().expect("path"),
+            "--router",
+            &router,
+            "--transport",
+            "tcp",
+            "--instance",
+            "closed",
+            "--service",
+            "logs=127.0.0.1:24224",
+        ],
+        &fx.dir.path().join("closed.log"),
+    )
+    .expect("hoster in the namespace");
+    wait_terminators(&fx, "logs", &["closed"], &[&host]).await;
+    let forward = fx
+        .forward(fx.client(&app).expect("client"), "logs")
+        .await
+        .expect("forwarder");
+    const COUNT: usize = 100;
+    let out = tokio::process::Command::new("node")
+        .args([
+            send_js.display().to_string(),
+            "127.0.0.1".into(),
+            forward.port().to_string(),
+            "app.closed".into(),
+            COUNT.to_string(),
+        ])
+        .output()
+        .await
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "send.js (every record acked): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(records.path()).expect("records");
+    let ours = text
+        .lines()
+        .filter(|l| l.contains("\"app.closed\""))
+        .count();
+    assert_eq!(ours, COUNT, "records at the sink:\n{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("\"app.closed\""))
+            .all(|l| l.contains("\"darkport_identity\":\"app-1\"")),
+        "every record stamped app-1"
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+}
