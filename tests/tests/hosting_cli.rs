@@ -533,3 +533,74 @@ async fn records_arrive_from_a_hoster_whose_network_refuses_every_inbound_syn_an
     let _ = sink.kill();
     let _ = sink.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_marks_the_terminator_failed_within_interval_times_count() {
+    let (fx, app, host_id) = hosting_setup().await;
+    let (b_addr, _) = tagged_echo(b'B').await;
+    // a's service: a listener the test closes later.
+    let a_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a_addr = a_listener.local_addr().expect("addr");
+    let a_service = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = a_listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(b"A").await;
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let health = [
+        "--health-check",
+        "tcp",
+        "--health-interval",
+        "500ms",
+        "--health-count",
+        "2",
+    ];
+    let a = hoster(&fx, &host_id, "a", &[format!("echo-h={a_addr}")], &health);
+    let mut b_flags = vec!["--cost", "5000"];
+    b_flags.extend_from_slice(&health);
+    let b = hoster(&fx, &host_id, "b", &[format!("echo-h={b_addr}")], &b_flags);
+    wait_terminators(&fx, "echo-h", &["a", "b"], &[&a, &b]).await;
+    let client = fx.client(&app).expect("client");
+    let first = |client: Arc<edge_client::Client>| async move {
+        let mut s = client.dial("echo-h").await.ok()?;
+        let mut tag = [0u8; 1];
+        s.read_exact(&mut tag).await.ok()?;
+        Some(tag[0])
+    };
+    assert_eq!(first(client.clone()).await, Some(b'A'), "a is preferred");
+
+    // a's service goes away. A dial in between fails over to b at once
+    // (a answers ServiceUnreachable); after two failed checks (1 s) a's
+    // terminator is failed on the router, which the controller shows.
+    a_service.abort();
+    let _ = a_service.await;
+    let started = Instant::now();
+    wait_until(
+        "service show says a failed",
+        Duration::from_secs(10),
+        || async {
+            match fx
+                .admin(AdminRequest::ShowService { name: n("echo-h") })
+                .await
+            {
+                Ok(AdminResponse::Service(d)) => d.terminators.iter().any(|t| {
+                    t.instance == "a" && t.precedence == darkport_proto::msg::Precedence::Failed
+                }),
+                _ => false,
+            }
+        },
+    )
+    .await;
+    let failed = started.elapsed();
+    eprintln!("a failed after {failed:?}");
+    assert!(
+        failed < Duration::from_secs(3),
+        "interval x count is 1 s; failed after {failed:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(first(client.clone()).await, Some(b'B'));
+    }
+}

@@ -294,3 +294,39 @@ async fn a_terminator_that_does_not_answer_is_passed_over_before_the_client_sees
     );
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_hoster_cuts_its_streams_within_a_second() {
+    let (fx, app, hoster) = hosting_setup().await;
+    let echo = echo_server().await.expect("echo");
+    let conn = connect(&fx, &hoster).await;
+    let (_hs, _hr, _) = host(&conn, &[("echo-h", 0)]).await;
+    let (tx, _seen) = tokio::sync::mpsc::unbounded_channel();
+    let _offers = serve_offers(conn.clone(), echo, 2, tx);
+    let client = fx.client(&app).expect("client");
+    let mut open_stream = client.dial("echo-h").await.expect("dial");
+    open_stream.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    open_stream.read_exact(&mut buf).await.expect("echo");
+
+    let started = Instant::now();
+    fx.admin(AdminRequest::RevokeIdentity { name: n("host-1") })
+        .await
+        .expect("revoke");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), open_stream.read_to_end(&mut rest))
+        .await
+        .expect("cut within 5 s");
+    let took = started.elapsed();
+    assert!(end.is_err(), "a cut is a reset, not a clean end: {end:?}");
+    assert!(took < Duration::from_secs(1), "cut after {took:?}");
+    // Its connection is closed, and with it every terminator.
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        closed.to_string().contains("revoked") || closed.to_string().contains("not known"),
+        "{closed}"
+    );
+    assert!(client.dial("echo-h").await.is_err());
+}
