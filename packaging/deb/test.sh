@@ -24,6 +24,8 @@ for bin in darkport-controller darkport-edge-router darkport-edge-client; do
     name="${bin#darkport-}"
     [ -f "/etc/darkport/$name.toml" ] || fail "/etc/darkport/$name.toml missing"
 done
+[ -f /lib/systemd/system/darkport-edge-client-host.service ] || fail "the hoster's unit is missing"
+[ -f /etc/darkport/edge-client-host.toml ] || fail "/etc/darkport/edge-client-host.toml missing"
 ls /usr/share/man/man1/darkport-controller-identity-create.1* >/dev/null 2>&1 \
     || fail "no man page for a subcommand"
 getent passwd darkport >/dev/null || fail "no darkport user"
