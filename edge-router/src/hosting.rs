@@ -33,7 +33,8 @@ use darkport_proto::codes::StreamCode;
 use darkport_proto::identity::IdentityName;
 use darkport_proto::msg::{
     DialResponse, DialStatus, HostRequest, HostResponse, HostVerdict, HostedService, Incoming,
-    Precedence, TerminatorInfo, MAX_HOST_FRAME, MAX_IDLE_OFFERS,
+    Precedence, TerminatorInfo, HOSTER_ANSWER_TIMEOUT, MAX_HOSTED_SERVICES, MAX_HOST_FRAME,
+    MAX_IDLE_OFFERS, MAX_INSTANCE,
 };
 use darkport_proto::policy::{authorize_bind, Denied, PolicySnapshot, TerminatorStrategy};
 use darkport_proto::PeerIdentity;
@@ -47,22 +48,11 @@ use crate::SnapshotRx;
 /// past its idle offers waits for it to open more).
 pub const OFFER_WAIT: Duration = Duration::from_secs(5);
 
-/// How long a hoster has to answer an [`Incoming`]: its own connect to the
-/// service (5 s at most) and a round trip. Past it the terminator is
-/// suspect and the dial tries another.
-pub const HOSTER_ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
-
 /// Time to write an [`Incoming`] on an offer.
 const INCOMING_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most terminators a dial tries before it fails.
 pub const FAILOVER_ATTEMPTS: usize = 3;
-
-/// Most services in one [`HostRequest`].
-pub const MAX_HOSTED_SERVICES: usize = 256;
-
-/// Longest instance name, in bytes.
-pub const MAX_INSTANCE: usize = 128;
 
 /// One terminator as [`choose`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,6 +213,17 @@ pub const HOST_STREAM: &str = "@host";
 /// services); [`Incoming`] is a dial frame (`codec::MAX_DIAL_FRAME`).
 pub const MAX_HOST_FRAME: usize = 64 * 1024;
 
+/// Most services one [`HostRequest`] may name.
+pub const MAX_HOSTED_SERVICES: usize = 256;
+
+/// Longest [`HostRequest::instance`], in bytes.
+pub const MAX_INSTANCE: usize = 128;
+
+/// How long a hoster has to answer an [`Incoming`] (its own connect to the
+/// service and a round trip): past it the router takes the terminator for
+/// suspect and tries another.
+pub const HOSTER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// Most idle offer streams a router keeps per hoster connection; past it,
 /// an offer is refused with `LimitReached`.
 pub const MAX_IDLE_OFFERS: usize = 64;

@@ -79,11 +79,11 @@ use state::{check_registered, Registration};
 /// replaced the offers they used.
 pub const DEFAULT_OFFERS: usize = 16;
 
-/// Time a router gives the host to answer a stream (the router's
-/// `HOSTER_ANSWER_TIMEOUT`, docs/protocol.md section 4.4):
+/// Time a router gives the host to answer a stream
+/// (`HOSTER_ANSWER_TIMEOUT`, docs/protocol.md section 4.4):
 /// [`IncomingStream::accept`] or [`IncomingStream::refuse`] must have
 /// been sent by then, or the router tries another terminator.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
+pub const ANSWER_TIMEOUT: Duration = darkport_proto::msg::HOSTER_ANSWER_TIMEOUT;
 
 /// Time each router has to acknowledge a withdrawal; a router that does
 /// not has its host stream closed, which removes the terminators too.
@@ -97,10 +97,10 @@ pub const LISTEN_TIMEOUT: Duration = DIAL_TIMEOUT;
 pub const ACCEPT_BACKLOG: usize = 256;
 
 /// Longest instance name a router takes.
-pub const MAX_INSTANCE: usize = 128;
+pub const MAX_INSTANCE: usize = darkport_proto::msg::MAX_INSTANCE;
 
 /// Most services one host request may name (a router refuses more).
-pub const MAX_HOSTED_SERVICES: usize = 256;
+pub const MAX_HOSTED_SERVICES: usize = darkport_proto::msg::MAX_HOSTED_SERVICES;
 
 /// Options of [`Client::host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
