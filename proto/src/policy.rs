@@ -577,10 +577,7 @@ pub fn authorize<'a>(
     service: &str,
     now: u64,
 ) -> Result<Permit<'a>, Denied> {
-    let identity = check_peer(snapshot, peer, now)?;
-    let svc = snapshot
-        .service(service)
-        .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
+    let (identity, svc) = peer_and_service(snapshot, peer, service, now)?;
     let policy = snapshot
         .dial_policies(identity, svc)
         .next()
@@ -589,15 +586,7 @@ pub fn authorize<'a>(
             service: svc.name.clone(),
         })?;
     let tags = tag_patterns(snapshot, identity, svc);
-    let serves = snapshot
-        .identity(Kind::Router, router)
-        .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
-    if !serves {
-        return Err(Denied::RouterNotAllowed {
-            router: router.clone(),
-            service: svc.name.clone(),
-        });
-    }
+    check_router_serves(snapshot, router, svc)?;
     Ok(Permit {
         service: svc,
         policy,
@@ -627,10 +616,7 @@ pub fn authorize_bind<'a>(
     service: &str,
     now: u64,
 ) -> Result<BindPermit<'a>, Denied> {
-    let identity = check_peer(snapshot, peer, now)?;
-    let svc = snapshot
-        .service(service)
-        .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
+    let (identity, svc) = peer_and_service(snapshot, peer, service, now)?;
     let policy = snapshot
         .bind_policies(identity, svc)
         .next()
@@ -638,19 +624,46 @@ pub fn authorize_bind<'a>(
             identity: identity.name.clone(),
             service: svc.name.clone(),
         })?;
-    let serves = snapshot
-        .identity(Kind::Router, router)
-        .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
-    if !serves {
-        return Err(Denied::RouterNotAllowed {
-            router: router.clone(),
-            service: svc.name.clone(),
-        });
-    }
+    check_router_serves(snapshot, router, svc)?;
     Ok(BindPermit {
         service: svc,
         policy,
     })
+}
+
+/// The first checks of a dial and of a terminator: the peer is current
+/// ([`check_peer`]) and the service exists.
+fn peer_and_service<'a>(
+    snapshot: &'a PolicySnapshot,
+    peer: &PeerIdentity,
+    service: &str,
+    now: u64,
+) -> Result<(&'a IdentityEntry, &'a ServiceEntry), Denied> {
+    let identity = check_peer(snapshot, peer, now)?;
+    let svc = snapshot
+        .service(service)
+        .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
+    Ok((identity, svc))
+}
+
+/// The last check of a dial and of a terminator: a router policy lets
+/// `router` serve `svc`.
+fn check_router_serves(
+    snapshot: &PolicySnapshot,
+    router: &IdentityName,
+    svc: &ServiceEntry,
+) -> Result<(), Denied> {
+    let serves = snapshot
+        .identity(Kind::Router, router)
+        .is_some_and(|r| snapshot.serve_policies(r, svc).next().is_some());
+    if serves {
+        Ok(())
+    } else {
+        Err(Denied::RouterNotAllowed {
+            router: router.clone(),
+            service: svc.name.clone(),
+        })
+    }
 }
 
 /// The tag patterns that the policies letting `identity` dial `service`

@@ -33,7 +33,7 @@ use darkport_controller::{DataDir, InitOptions};
 use darkport_edge_router::RouterConfig;
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::{AdminRequest, AdminResponse};
-use darkport_proto::policy::{RouterPolicyEntry, Selector, ServiceEntry};
+use darkport_proto::policy::{PolicyKind, RouterPolicyEntry, Selector, ServiceEntry};
 use edge_client::{Client, ClientOptions};
 
 /// Polls `$cond` (an async expression yielding bool) every 20 ms until it
@@ -331,20 +331,8 @@ impl Fixture {
         identities: &[&str],
         tags: &[&str],
     ) -> Result<()> {
-        let sel = |v: &[&str]| {
-            v.iter()
-                .map(|s| Selector::parse(s))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        self.admin(AdminRequest::CreatePolicy {
-            name: n(name),
-            services: sel(services)?,
-            identities: sel(identities)?,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            kind: Default::default(),
-        })
-        .await?;
-        Ok(())
+        self.create_policy(name, (services, identities), tags, PolicyKind::Dial)
+            .await
     }
 
     /// Creates a bind policy: `identities` may host `services`.
@@ -353,6 +341,17 @@ impl Fixture {
         name: &str,
         services: &[&str],
         identities: &[&str],
+    ) -> Result<()> {
+        self.create_policy(name, (services, identities), &[], PolicyKind::Bind)
+            .await
+    }
+
+    async fn create_policy(
+        &self,
+        name: &str,
+        (services, identities): (&[&str], &[&str]),
+        tags: &[&str],
+        kind: PolicyKind,
     ) -> Result<()> {
         let sel = |v: &[&str]| {
             v.iter()
@@ -363,11 +362,41 @@ impl Fixture {
             name: n(name),
             services: sel(services)?,
             identities: sel(identities)?,
-            tags: vec![],
-            kind: darkport_proto::policy::PolicyKind::Bind,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            kind,
         })
         .await?;
         Ok(())
+    }
+
+    /// The instances the controller lists as terminators of `service`
+    /// (from its routers' reports), sorted.
+    pub async fn terminators(&self, service: &str) -> Vec<String> {
+        match self
+            .admin(AdminRequest::ShowService { name: n(service) })
+            .await
+        {
+            Ok(AdminResponse::Service(d)) => {
+                let mut v: Vec<String> = d.terminators.iter().map(|t| t.instance.clone()).collect();
+                v.sort();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Enrolls `app-1` (role `writers`) and `host-1` (role `hosters`), the
+    /// hosting tests' caller and hoster; their identity files.
+    pub async fn enroll_caller_and_hoster(&self) -> (PathBuf, PathBuf) {
+        let app = self
+            .enroll("app-1", Kind::Client, &["writers"])
+            .await
+            .expect("app");
+        let hoster = self
+            .enroll("host-1", Kind::Client, &["hosters"])
+            .await
+            .expect("hoster");
+        (app, hoster)
     }
 
     /// An SDK client for an identity file, pointed at this fixture's router.
@@ -449,14 +478,7 @@ pub async fn hosting_setup() -> (Fixture, PathBuf, PathBuf) {
     fx.bind_policy("hosts", &["echo-h"], &["#hosters"])
         .await
         .expect("bind policy");
-    let app = fx
-        .enroll("app-1", Kind::Client, &["writers"])
-        .await
-        .expect("app");
-    let hoster = fx
-        .enroll("host-1", Kind::Client, &["hosters"])
-        .await
-        .expect("hoster");
+    let (app, hoster) = fx.enroll_caller_and_hoster().await;
     (fx, app, hoster)
 }
 

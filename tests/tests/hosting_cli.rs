@@ -45,21 +45,6 @@ fn hoster(fx: &Fixture, id: &Path, name: &str, services: &[String], extra: &[&st
     .expect("start the hoster")
 }
 
-/// The instances the controller lists as terminators of `service`.
-async fn terminators(fx: &Fixture, service: &str) -> Vec<String> {
-    match fx
-        .admin(AdminRequest::ShowService { name: n(service) })
-        .await
-    {
-        Ok(AdminResponse::Service(d)) => {
-            let mut v: Vec<String> = d.terminators.iter().map(|t| t.instance.clone()).collect();
-            v.sort();
-            v
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// Waits until exactly `instances` host `service` (the controller hears
 /// of it from the router's reports).
 async fn wait_terminators(fx: &Fixture, service: &str, instances: &[&str], hosters: &[&Proc]) {
@@ -67,13 +52,35 @@ async fn wait_terminators(fx: &Fixture, service: &str, instances: &[&str], hoste
     let r = poll_until(
         &format!("terminators {want:?} of {service}"),
         Duration::from_secs(20),
-        || async { terminators(fx, service).await == want },
+        || async { fx.terminators(service).await == want },
     )
     .await;
     if let Err(e) = r {
         let logs: Vec<String> = hosters.iter().map(|p| p.log_text()).collect();
         panic!("{e}; hoster logs:\n{}", logs.join("\n---\n"));
     }
+}
+
+/// A hosted-only fluent-forward service `logs` (no address: only a hoster
+/// reaches Fluentd), `app-1` allowed to write `tags` to it, `host-1` to
+/// host it; their identity files.
+async fn hosted_fluent(fx: &Fixture, tags: &[&str]) -> (PathBuf, PathBuf) {
+    fx.admin(AdminRequest::CreateService(ServiceEntry {
+        name: n("logs"),
+        address: String::new(),
+        roles: vec![],
+        protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
+        strategy: Default::default(),
+    }))
+    .await
+    .expect("service");
+    fx.policy_with_tags("writers", &["logs"], &["#writers"], tags)
+        .await
+        .expect("dial policy");
+    fx.bind_policy("hosts", &["logs"], &["#hosters"])
+        .await
+        .expect("bind policy");
+    fx.enroll_caller_and_hoster().await
 }
 
 /// Lines of `ss` (listening sockets with their process) that belong to `pid`.
@@ -137,30 +144,7 @@ async fn a_hoster_listens_on_nothing_and_carries_a_real_fluent_clients_records()
     let Some(send_js) = node_client() else { return };
     let receiver = FluentReceiver::start().await.expect("receiver");
     let mut fx = Fixture::start().await.expect("fixture");
-    // Hosted only: no address, so only the hoster can reach Fluentd.
-    fx.admin(AdminRequest::CreateService(ServiceEntry {
-        name: n("logs"),
-        address: String::new(),
-        roles: vec![],
-        protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
-        strategy: Default::default(),
-    }))
-    .await
-    .expect("service");
-    fx.policy_with_tags("writers", &["logs"], &["#writers"], &["app.**"])
-        .await
-        .expect("dial policy");
-    fx.bind_policy("fluent-hosts", &["logs"], &["#hosters"])
-        .await
-        .expect("bind policy");
-    let app = fx
-        .enroll("app-1", Kind::Client, &["writers"])
-        .await
-        .expect("app");
-    let host_id = fx
-        .enroll("host-1", Kind::Client, &["hosters"])
-        .await
-        .expect("hoster");
+    let (app, host_id) = hosted_fluent(&fx, &["app.**"]).await;
     let service = format!("logs={}", receiver.addr);
     let over_tcp = hoster(
         &fx,
@@ -444,29 +428,7 @@ async fn records_arrive_from_a_hoster_whose_network_refuses_every_inbound_syn_an
         .expect("fluent sink in the namespace");
     let outer = std::net::IpAddr::V4(ns.outer);
     let mut fx = Fixture::start_at(outer).await.expect("fixture");
-    fx.admin(AdminRequest::CreateService(ServiceEntry {
-        name: n("logs"),
-        address: String::new(),
-        roles: vec![],
-        protocol: ServiceProtocol::FluentForward(FluentSettings::default()),
-        strategy: Default::default(),
-    }))
-    .await
-    .expect("service");
-    fx.policy("writers", &["logs"], &["#writers"])
-        .await
-        .expect("dial policy");
-    fx.bind_policy("hosts", &["logs"], &["#hosters"])
-        .await
-        .expect("bind policy");
-    let app = fx
-        .enroll("app-1", Kind::Client, &["writers"])
-        .await
-        .expect("app");
-    let host_id = fx
-        .enroll("host-1", Kind::Client, &["hosters"])
-        .await
-        .expect("hoster");
+    let (app, host_id) = hosted_fluent(&fx, &[]).await;
     // Nothing from outside gets in: a TCP connection to the namespace times
     // out (its SYN is dropped; a closed port would answer with a reset).
     let knock = tokio::time::timeout(

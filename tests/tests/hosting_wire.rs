@@ -210,12 +210,22 @@ async fn hosting_needs_a_bind_policy_and_offers_need_a_host_stream() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
+/// What a cut leaves for the test to check: the hoster's connection, its
+/// host stream's receive side, the caller's client and the fixture.
+struct AfterCut {
+    fx: Fixture,
+    conn: quinn::Connection,
+    host_recv: quinn::RecvStream,
+    client: std::sync::Arc<edge_client::Client>,
+}
+
+/// A hosted stream open through a raw hoster, then `change` at the
+/// controller: the stream must end with a reset within 1 s.
+async fn cut_by(change: AdminRequest) -> AfterCut {
     let (fx, app, hoster) = hosting_setup().await;
     let echo = echo_server().await.expect("echo");
     let conn = connect(&fx, &hoster).await;
-    let (_hs, mut hr, _) = host(&conn, &[("echo-h", 0)]).await;
+    let (_hs, host_recv, _) = host(&conn, &[("echo-h", 0)]).await;
     let (tx, _seen) = tokio::sync::mpsc::unbounded_channel();
     let _offers = serve_offers(conn.clone(), echo, 2, tx);
     let client = fx.client(&app).expect("client");
@@ -225,9 +235,7 @@ async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
     open_stream.read_exact(&mut buf).await.expect("echo");
 
     let started = Instant::now();
-    fx.admin(AdminRequest::DeletePolicy { name: n("hosts") })
-        .await
-        .expect("delete bind policy");
+    fx.admin(change).await.expect("the change");
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(5), open_stream.read_to_end(&mut rest))
         .await
@@ -235,19 +243,33 @@ async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
     let took = started.elapsed();
     assert!(end.is_err(), "a cut is a reset, not a clean end: {end:?}");
     assert!(took < Duration::from_secs(1), "cut after {took:?}");
+    AfterCut {
+        fx,
+        conn,
+        host_recv,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
+    let mut cut = cut_by(AdminRequest::DeletePolicy { name: n("hosts") }).await;
     // The hoster is told, unasked.
-    let told: HostResponse =
-        tokio::time::timeout(Duration::from_secs(5), read_frame(&mut hr, MAX_HOST_FRAME))
-            .await
-            .expect("told within 5 s")
-            .expect("verdicts");
+    let told: HostResponse = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_frame(&mut cut.host_recv, MAX_HOST_FRAME),
+    )
+    .await
+    .expect("told within 5 s")
+    .expect("verdicts");
     assert_eq!(
         told.verdicts[0].status,
         DialStatus::NotAuthorized,
         "{told:?}"
     );
     // New dials no longer reach it.
-    assert!(client.dial("echo-h").await.is_err());
+    assert!(cut.client.dial("echo-h").await.is_err());
+    drop(cut.fx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,36 +319,15 @@ async fn a_terminator_that_does_not_answer_is_passed_over_before_the_client_sees
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_hoster_cuts_its_streams_within_a_second() {
-    let (fx, app, hoster) = hosting_setup().await;
-    let echo = echo_server().await.expect("echo");
-    let conn = connect(&fx, &hoster).await;
-    let (_hs, _hr, _) = host(&conn, &[("echo-h", 0)]).await;
-    let (tx, _seen) = tokio::sync::mpsc::unbounded_channel();
-    let _offers = serve_offers(conn.clone(), echo, 2, tx);
-    let client = fx.client(&app).expect("client");
-    let mut open_stream = client.dial("echo-h").await.expect("dial");
-    open_stream.write_all(b"ping").await.expect("write");
-    let mut buf = [0u8; 4];
-    open_stream.read_exact(&mut buf).await.expect("echo");
-
-    let started = Instant::now();
-    fx.admin(AdminRequest::RevokeIdentity { name: n("host-1") })
-        .await
-        .expect("revoke");
-    let mut rest = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(5), open_stream.read_to_end(&mut rest))
-        .await
-        .expect("cut within 5 s");
-    let took = started.elapsed();
-    assert!(end.is_err(), "a cut is a reset, not a clean end: {end:?}");
-    assert!(took < Duration::from_secs(1), "cut after {took:?}");
+    let cut = cut_by(AdminRequest::RevokeIdentity { name: n("host-1") }).await;
     // Its connection is closed, and with it every terminator.
-    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+    let closed = tokio::time::timeout(Duration::from_secs(5), cut.conn.closed())
         .await
         .expect("closed within 5 s");
     assert!(
         closed.to_string().contains("revoked") || closed.to_string().contains("not known"),
         "{closed}"
     );
-    assert!(client.dial("echo-h").await.is_err());
+    assert!(cut.client.dial("echo-h").await.is_err());
+    drop(cut.fx);
 }
