@@ -32,7 +32,7 @@ use darkport_controller::admin::Admin;
 use darkport_controller::{DataDir, InitOptions};
 use darkport_edge_router::RouterConfig;
 use darkport_proto::identity::{IdentityName, Kind};
-use darkport_proto::msg::{AdminRequest, AdminResponse};
+use darkport_proto::msg::{AdminRequest, AdminResponse, TerminatorInfo};
 use darkport_proto::policy::{PolicyKind, RouterPolicyEntry, Selector, ServiceEntry};
 use edge_client::{Client, ClientOptions};
 
@@ -369,20 +369,28 @@ impl Fixture {
         Ok(())
     }
 
-    /// The instances the controller lists as terminators of `service`
-    /// (from its routers' reports), sorted.
-    pub async fn terminators(&self, service: &str) -> Vec<String> {
+    /// The terminators of `service` the controller lists (from its
+    /// routers' reports); none when it cannot say.
+    pub async fn terminator_infos(&self, service: &str) -> Vec<TerminatorInfo> {
         match self
             .admin(AdminRequest::ShowService { name: n(service) })
             .await
         {
-            Ok(AdminResponse::Service(d)) => {
-                let mut v: Vec<String> = d.terminators.iter().map(|t| t.instance.clone()).collect();
-                v.sort();
-                v
-            }
+            Ok(AdminResponse::Service(d)) => d.terminators,
             _ => Vec::new(),
         }
+    }
+
+    /// The instance names of [`Fixture::terminator_infos`], sorted.
+    pub async fn terminators(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .terminator_infos(service)
+            .await
+            .into_iter()
+            .map(|t| t.instance)
+            .collect();
+        v.sort();
+        v
     }
 
     /// Enrolls `app-1` (role `writers`) and `host-1` (role `hosters`), the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use darkport_proto::identity::Kind;
-use darkport_proto::msg::{AdminRequest, AdminResponse};
+use darkport_proto::msg::AdminRequest;
 use darkport_proto::policy::{FluentSettings, ServiceEntry, ServiceProtocol};
 use darkport_tests::fluent::FluentReceiver;
 use darkport_tests::ops::Proc;
@@ -544,15 +544,9 @@ async fn a_failing_health_check_marks_the_terminator_failed_within_interval_time
         "service show says a failed",
         Duration::from_secs(10),
         || async {
-            match fx
-                .admin(AdminRequest::ShowService { name: n("echo-h") })
-                .await
-            {
-                Ok(AdminResponse::Service(d)) => d.terminators.iter().any(|t| {
-                    t.instance == "a" && t.precedence == darkport_proto::msg::Precedence::Failed
-                }),
-                _ => false,
-            }
+            fx.terminator_infos("echo-h").await.iter().any(|t| {
+                t.instance == "a" && t.precedence == darkport_proto::msg::Precedence::Failed
+            })
         },
     )
     .await;

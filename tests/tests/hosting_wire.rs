@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::identity::Kind;
 use darkport_proto::msg::{
-    AdminRequest, AdminResponse, DialRequest, DialResponse, DialStatus, HostRequest, HostResponse,
-    HostedService, Incoming, Precedence, HOST_STREAM, MAX_HOST_FRAME, OFFER_STREAM,
+    AdminRequest, DialRequest, DialResponse, DialStatus, HostRequest, HostResponse, HostedService,
+    Incoming, Precedence, HOST_STREAM, MAX_HOST_FRAME, OFFER_STREAM,
 };
 use darkport_proto::ALPN_DATA;
 use darkport_tests::{
@@ -140,15 +140,9 @@ async fn a_hosted_service_is_reached_through_its_terminator_byte_exact_with_the_
         "service show lists the terminator",
         Duration::from_secs(10),
         || async {
-            match fx
-                .admin(AdminRequest::ShowService { name: n("echo-h") })
-                .await
-            {
-                Ok(AdminResponse::Service(d)) => d.terminators.iter().any(|t| {
-                    t.hoster == n("host-1") && t.router == n("router-1") && t.instance == "raw-1"
-                }),
-                _ => false,
-            }
+            fx.terminator_infos("echo-h").await.iter().any(|t| {
+                t.hoster == n("host-1") && t.router == n("router-1") && t.instance == "raw-1"
+            })
         },
     )
     .await;
