@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use darkport_proto::identity::Kind;
-use darkport_proto::msg::AdminRequest;
+use darkport_proto::msg::{AdminRequest, AdminResponse};
 use darkport_proto::policy::{FluentSettings, ServiceEntry, ServiceProtocol};
 use darkport_tests::fluent::FluentReceiver;
 use darkport_tests::ops::Proc;
@@ -559,4 +559,139 @@ async fn a_failing_health_check_marks_the_terminator_failed_within_interval_time
     for _ in 0..5 {
         assert_eq!(first(client.clone()).await, Some(b'B'));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_loses_no_terminator() {
+    use darkport_proto::policy::{PolicyKind, Selector};
+    use darkport_tests::{admin, enroll_at, init_controller, run_router_at, wait_admin, Node};
+    const NODE: &str = env!("CARGO_BIN_EXE_darkport-test-node");
+    let dir = tempfile::tempdir().expect("dir");
+    let ctl_addr = darkport_tests::free_udp_addr().expect("addr");
+    let dd = init_controller(dir.path(), ctl_addr, Duration::from_secs(3600)).expect("init");
+    let mut ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("controller");
+    wait_admin(&dd).await;
+    let echo = darkport_tests::echo_server().await.expect("echo");
+    admin(
+        &dd,
+        AdminRequest::CreateService(ServiceEntry {
+            name: n("echo-h"),
+            address: String::new(),
+            roles: vec![],
+            protocol: Default::default(),
+            strategy: Default::default(),
+        }),
+    )
+    .await
+    .expect("service");
+    for (name, kind, role) in [
+        ("dialers", PolicyKind::Dial, "writers"),
+        ("hosts", PolicyKind::Bind, "hosters"),
+    ] {
+        admin(
+            &dd,
+            AdminRequest::CreatePolicy {
+                name: n(name),
+                services: vec![Selector::All],
+                identities: vec![Selector::Role(n(role))],
+                tags: vec![],
+                kind,
+            },
+        )
+        .await
+        .expect("policy");
+    }
+    let router_id = enroll_at(&dd, dir.path(), "router-1", Kind::Router, &[])
+        .await
+        .expect("router");
+    let (router_addr, _router) = run_router_at(
+        &dd,
+        &router_id,
+        "127.0.0.1:0".parse().expect("addr"),
+        |_| {},
+        std::future::pending(),
+    )
+    .await
+    .expect("router");
+    let app = enroll_at(&dd, dir.path(), "app-1", Kind::Client, &["writers"])
+        .await
+        .expect("app");
+    let host_id = enroll_at(&dd, dir.path(), "host-1", Kind::Client, &["hosters"])
+        .await
+        .expect("hoster");
+    // The hoster finds the router through the controller's list.
+    let host = Proc::start(
+        "darkport-edge-client",
+        &[
+            "host",
+            "--identity",
+            host_id.to_str().expect("path"),
+            "--instance",
+            "h",
+            "--service",
+            &format!("echo-h={echo}"),
+        ],
+        &dir.path().join("hoster.log"),
+    )
+    .expect("hoster");
+    let listed = || async {
+        match admin(&dd, AdminRequest::ShowService { name: n("echo-h") }).await {
+            Ok(AdminResponse::Service(d)) => d.terminators.len() == 1,
+            _ => false,
+        }
+    };
+    if let Err(e) = poll_until("the terminator", Duration::from_secs(20), listed).await {
+        panic!("{e}; hoster log:\n{}", host.log_text());
+    }
+    let client = edge_client::Client::from_identity_file(
+        &app,
+        edge_client::ClientOptions {
+            routers: vec![router_addr.to_string()],
+            ..darkport_tests::client_options()
+        },
+    )
+    .expect("client");
+    let check = |i: u64| {
+        let client = &client;
+        async move {
+            let data = payload(50_000, i);
+            assert_eq!(
+                sha256(&echo_through(client, "echo-h", &data).await),
+                sha256(&data),
+                "dial {i}"
+            );
+        }
+    };
+    check(0).await;
+
+    // The controller dies: the terminator lives at the router, so hosted
+    // dials go on.
+    ctl.kill9();
+    for i in 1..=5 {
+        check(i).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // It comes back: the router reports the terminator again, with no
+    // action from the hoster.
+    let _ctl = Node::spawn(NODE, "controller", dd.root(), ctl_addr).expect("restart");
+    wait_admin(&dd).await;
+    let started = Instant::now();
+    poll_until(
+        "the terminator listed again",
+        Duration::from_secs(15),
+        listed,
+    )
+    .await
+    .expect("listed again");
+    eprintln!(
+        "listed again {:?} after the controller answered",
+        started.elapsed()
+    );
+    check(6).await;
+    let log = host.log_text();
+    assert_eq!(
+        log.matches("host stream up").count(),
+        1,
+        "the hoster never had to register again:\n{log}"
+    );
 }
