@@ -20,7 +20,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -330,8 +330,8 @@ pub struct Hosting {
     links: DashMap<usize, Arc<Link>>,
     /// Terminators by service.
     services: DashMap<String, Vec<Arc<Terminator>>>,
-    /// Bumped on every change (reports, gauges).
-    version: AtomicU64,
+    /// Woken on every change: the control session reports at once.
+    changed: Notify,
     /// This router's name, for reports.
     router: std::sync::OnceLock<IdentityName>,
     /// Set when the router drains: host streams end, offers go.
@@ -448,7 +448,12 @@ impl Hosting {
                 .push(t.clone());
             mine.push(t);
         }
-        self.version.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Completes at the next change of the terminators.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     fn unindex(&self, t: &Arc<Terminator>) {
@@ -566,11 +571,6 @@ impl Hosting {
             .iter()
             .map(|e| (e.key().clone(), e.value().len()))
             .collect()
-    }
-
-    /// Changes so far (reports are sent when it moves).
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Relaxed)
     }
 }
 

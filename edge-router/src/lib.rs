@@ -284,14 +284,12 @@ impl ClientRegistry {
         v
     }
 
-    /// Completes at the next change.
+    /// Completes at the next change of the clients or the terminators.
     pub async fn changed(&self) {
-        self.changed.notified().await
-    }
-
-    /// Tells the control session that terminators changed.
-    pub fn touch(&self) {
-        self.changed.notify_one();
+        tokio::select! {
+            () = self.changed.notified() => {}
+            () = self.hosting.changed() => {}
+        }
     }
 }
 

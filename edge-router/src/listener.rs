@@ -506,7 +506,6 @@ async fn serve_connection(conn: Conn, ctx: ConnContext) {
     serve_streams(&ctx, &mut streams).await;
     clients.remove(conn.stable_id());
     clients.hosting.close_link(conn.stable_id());
-    clients.touch();
     // Streams of a closed connection end by themselves (their reads fail).
     while streams.join_next().await.is_some() {}
 }
@@ -820,31 +819,14 @@ async fn host_stream(
     }
     info!(%peer, remote = %ctx.conn.remote_address(), "hoster connected");
     let hosting = &ctx.clients.hosting;
-    let clients = ctx.clients.clone();
-    let touch = async move {
-        // Tell the controller when the terminators change.
-        let mut seen = clients.hosting.version();
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = clients.hosting.version();
-            if now != seen {
-                seen = now;
-                clients.touch();
-            }
-        }
-    };
-    let serve = hosting::serve_host_stream(
+    hosting::serve_host_stream(
         hosting,
         link,
         &ctx.router,
         ctx.snapshots.clone(),
         (send, recv),
-    );
-    tokio::select! {
-        () = serve => {}
-        () = touch => {}
-    }
-    ctx.clients.touch();
+    )
+    .await;
     info!(%peer, "hoster's host stream ended");
 }
 
