@@ -83,8 +83,42 @@ impl Caller<'_> {
     }
 }
 
-/// Runs `req` for `by`.
+/// Runs `req` for `by`: each resource group has its own function, and
+/// this match names every request once, so a new one does not compile
+/// until it is routed.
 pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminResponse, ControlError> {
+    match req {
+        AdminRequest::CreateIdentity { .. }
+        | AdminRequest::ListIdentities
+        | AdminRequest::ShowIdentity { .. }
+        | AdminRequest::UpdateIdentity { .. }
+        | AdminRequest::RevokeIdentity { .. }
+        | AdminRequest::DeleteIdentity { .. } => identity_request(env, by, req),
+        AdminRequest::CreateService(_)
+        | AdminRequest::ListServices
+        | AdminRequest::UpdateService { .. }
+        | AdminRequest::ShowService { .. }
+        | AdminRequest::DeleteService { .. } => service_request(env, by, req),
+        AdminRequest::CreatePolicy { .. }
+        | AdminRequest::ListPolicies
+        | AdminRequest::DeletePolicy { .. }
+        | AdminRequest::CreateRouterPolicy(_)
+        | AdminRequest::ListRouterPolicies
+        | AdminRequest::DeleteRouterPolicy { .. }
+        | AdminRequest::Explain { .. } => policy_request(env, by, req),
+        AdminRequest::ListRouters => Ok(AdminResponse::Routers(routers::list(
+            env.store, env.online, None, by.now,
+        ))),
+        AdminRequest::Audit { limit } => audit::list(env.store, limit),
+    }
+}
+
+/// Runs an identity request, as routed by [`dispatch`].
+fn identity_request(
+    env: &Env,
+    by: Caller,
+    req: AdminRequest,
+) -> Result<AdminResponse, ControlError> {
     let store = env.store;
     match req {
         AdminRequest::CreateIdentity {
@@ -112,6 +146,18 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
         } => identities::update(store, by, name, add_roles, remove_roles),
         AdminRequest::RevokeIdentity { name } => identities::revoke(store, by, name),
         AdminRequest::DeleteIdentity { name } => identities::delete(store, by, name),
+        other => unreachable!("dispatch routed {other:?} as an identity request"),
+    }
+}
+
+/// Runs a service request, as routed by [`dispatch`].
+fn service_request(
+    env: &Env,
+    by: Caller,
+    req: AdminRequest,
+) -> Result<AdminResponse, ControlError> {
+    let store = env.store;
+    match req {
         AdminRequest::CreateService(svc) => services::create(store, by, svc),
         AdminRequest::ListServices => Ok(services::list(store)),
         AdminRequest::UpdateService {
@@ -131,6 +177,15 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
         ),
         AdminRequest::ShowService { name } => services::show(store, env.online, &name),
         AdminRequest::DeleteService { name } => services::delete(store, by, name),
+        other => unreachable!("dispatch routed {other:?} as a service request"),
+    }
+}
+
+/// Runs a service policy, router policy or `explain` request, as routed
+/// by [`dispatch`].
+fn policy_request(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminResponse, ControlError> {
+    let store = env.store;
+    match req {
         AdminRequest::CreatePolicy {
             name,
             services,
@@ -166,10 +221,7 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
             &service,
             tag.as_deref(),
         )),
-        AdminRequest::ListRouters => Ok(AdminResponse::Routers(routers::list(
-            store, env.online, None, by.now,
-        ))),
-        AdminRequest::Audit { limit } => audit::list(store, limit),
+        other => unreachable!("dispatch routed {other:?} as a policy request"),
     }
 }
 

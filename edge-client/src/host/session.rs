@@ -4,6 +4,7 @@
 //! connection registers the current set again, so a router restart costs
 //! the terminators only until the next reconnect.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,10 +252,10 @@ async fn serve(
         }
     };
     let up_since = Instant::now();
-    let (tx, mut responses) = mpsc::channel(8);
+    let (tx, responses) = mpsc::channel(8);
     let mut reader = JoinSet::new();
     reader.spawn(read_responses(recv, tx));
-    let mut requested = wanted.borrow_and_update().request();
+    let requested = wanted.borrow_and_update().request();
     if wanted.borrow().withdrawn {
         // Withdrawn while the host stream was opening: nothing to register,
         // and nothing to take back.
@@ -265,93 +266,219 @@ async fn serve(
     }
     info!(router, transport = %conn.transport(), "host stream up; registering {} service(s)", requested.len());
     ctx.shared.set_up(router, conn.transport());
-    let mut verdicts: Vec<HostVerdict> = vec![];
-    let mut offers = Offers::new();
-    let mut withdraw_sent: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut heard = (conn.heard(), Instant::now());
-    let mut asked = Instant::now();
-    loop {
-        let withdrawn = wanted.borrow().withdrawn;
-        let target = if wants_offers(withdrawn, &verdicts) {
-            ctx.shared.offers
-        } else {
-            0
-        };
-        offers.fill(&conn, router, target);
-        ctx.shared.set_idle(router, offers.tasks.len());
-        tokio::select! {
-            r = wanted.changed() => {
-                if r.is_err() {
+    let stream = HostStream {
+        ctx,
+        router,
+        offers: Offers::new(),
+        verdicts: vec![],
+        requested,
+        withdraw_sent: None,
+        heard: (conn.heard(), Instant::now()),
+        asked: Instant::now(),
+        reader,
+        responses,
+        up_since,
+        send,
+        conn,
+    };
+    stream.drive(wanted).await
+}
+
+/// How a host stream that is up ends.
+enum End {
+    /// With this outcome, and nothing more to do: dropping the
+    /// [`HostStream`] resets the host stream.
+    Over(Outcome),
+    /// The router acknowledged the withdrawal.
+    Acknowledged,
+    /// The router did not acknowledge the withdrawal within
+    /// [`WITHDRAW_TIMEOUT`].
+    Unacknowledged,
+}
+
+/// A connection whose host stream is up: what was asked and answered on
+/// it, and the connection's idle offers. Its fields drop in the order
+/// written: the offers first, then the host stream (a drop resets it,
+/// which removes the terminators), and the connection last.
+struct HostStream<'a> {
+    ctx: &'a Ctx,
+    router: &'a str,
+    offers: Offers,
+    /// The router's latest verdict per service.
+    verdicts: Vec<HostVerdict>,
+    /// What the last request sent asked for.
+    requested: Vec<HostedService>,
+    /// When the withdrawal (an empty request) was sent.
+    withdraw_sent: Option<Instant>,
+    /// The connection's receive count, and when it last moved.
+    heard: (u64, Instant),
+    /// When the request was last sent again for lack of a registration.
+    asked: Instant,
+    /// Reads the host stream into `responses`, and says how it ended.
+    reader: JoinSet<String>,
+    responses: mpsc::Receiver<HostResponse>,
+    up_since: Instant,
+    send: SendHalf,
+    conn: Conn,
+}
+
+impl HostStream<'_> {
+    /// Keeps the idle offers and answers the host, the router, the offers
+    /// and the clock until the connection ends.
+    async fn drive(mut self, wanted: &mut watch::Receiver<Wanted>) -> Outcome {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let target = self.offer_target(wanted.borrow().withdrawn);
+            self.offers.fill(&self.conn, self.router, target);
+            self.ctx
+                .shared
+                .set_idle(self.router, self.offers.tasks.len());
+            let step = tokio::select! {
+                r = wanted.changed() => match r {
                     // The host is gone.
-                    return Outcome::Withdrawn;
-                }
-                let now = wanted.borrow_and_update().request();
-                if now != requested || (wanted.borrow().withdrawn && withdraw_sent.is_none()) {
-                    if wanted.borrow().withdrawn {
-                        withdraw_sent = Some(Instant::now());
-                        info!(router, "withdrawing every terminator");
+                    Err(_) => ControlFlow::Break(End::Over(Outcome::Withdrawn)),
+                    Ok(()) => self.on_wanted(wanted).await,
+                },
+                r = self.responses.recv() => self.on_response(r).await,
+                Some(done) = self.offers.tasks.join_next(), if !self.offers.tasks.is_empty() => {
+                    if let Ok((end, opened)) = done {
+                        offer_ended(self.ctx, self.router, end, opened, &mut self.offers);
                     }
-                    requested = now;
-                    if let Err(e) = send_request(&mut send, &ctx.shared.instance, &requested).await {
-                        return down(e, up_since.elapsed());
-                    }
+                    ControlFlow::Continue(())
                 }
-            }
-            r = responses.recv() => {
-                let Some(resp) = r else {
-                    let why = match reader.join_next().await {
-                        Some(Ok(why)) => why,
-                        _ => "host stream ended".into(),
-                    };
-                    return down(why, up_since.elapsed());
-                };
-                let acknowledges = answers(&requested, &resp);
-                verdicts = apply(router, std::mem::take(&mut verdicts), resp, acknowledges);
-                ctx.shared.set_verdicts(router, &verdicts);
-                if acknowledges && withdraw_sent.is_some() && requested.is_empty() {
-                    info!(router, "withdrawal acknowledged");
-                    ctx.shared.set_state(router, RouterState::Withdrawn { acknowledged: true });
-                    close_offers(ctx, router, &conn, offers).await;
-                    // A clean end: nothing is left to remove.
-                    send.finish();
-                    return Outcome::Withdrawn;
+                _ = tokio::time::sleep_until(self.offers.hold_until), if self.offers.tasks.len() < target => {
+                    ControlFlow::Continue(())
                 }
-            }
-            Some(done) = offers.tasks.join_next(), if !offers.tasks.is_empty() => {
-                if let Ok((end, opened)) = done {
-                    offer_ended(ctx, router, end, opened, &mut offers);
-                }
-            }
-            _ = tokio::time::sleep_until(offers.hold_until), if offers.tasks.len() < target => {}
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let rx = conn.heard();
-                if rx != heard.0 {
-                    heard = (rx, now);
-                } else if now - heard.1 >= DEAD_AFTER {
-                    conn.close(CloseCode::Done, b"router silent");
-                    return down(format!("nothing heard from the router for {DEAD_AFTER:?}"), up_since.elapsed());
-                }
-                if let Some(end) = conn.close_reason() {
-                    return down(format!("connection ended: {end}"), up_since.elapsed());
-                }
-                if let Some(t) = withdraw_sent {
-                    if now - t >= WITHDRAW_TIMEOUT {
-                        warn!(router, "the router did not acknowledge the withdrawal within {WITHDRAW_TIMEOUT:?}; closing the host stream, which removes the terminators too");
-                        send.reset(StreamCode::Refused);
-                        close_offers(ctx, router, &conn, offers).await;
-                        ctx.shared.set_state(router, RouterState::Withdrawn { acknowledged: false });
-                        return Outcome::Withdrawn;
-                    }
-                } else if !wants_offers(false, &verdicts) && now - asked >= ASK_AGAIN {
-                    asked = now;
-                    if let Err(e) = send_request(&mut send, &ctx.shared.instance, &requested).await {
-                        return down(e, up_since.elapsed());
-                    }
-                }
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let ControlFlow::Break(end) = step {
+                return self.end(end).await;
             }
         }
+    }
+
+    /// How many idle offers to keep.
+    fn offer_target(&self, withdrawn: bool) -> usize {
+        if wants_offers(withdrawn, &self.verdicts) {
+            self.ctx.shared.offers
+        } else {
+            0
+        }
+    }
+
+    /// The host's wanted set changed: sends it when the request differs,
+    /// and the withdrawal once.
+    async fn on_wanted(&mut self, wanted: &mut watch::Receiver<Wanted>) -> ControlFlow<End> {
+        let now = wanted.borrow_and_update().request();
+        if now != self.requested || (wanted.borrow().withdrawn && self.withdraw_sent.is_none()) {
+            if wanted.borrow().withdrawn {
+                self.withdraw_sent = Some(Instant::now());
+                info!(router = self.router, "withdrawing every terminator");
+            }
+            self.requested = now;
+            return self.send_requested().await;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A response from the router (`None`: the host stream ended): its
+    /// verdicts, and whether it acknowledges the withdrawal.
+    async fn on_response(&mut self, resp: Option<HostResponse>) -> ControlFlow<End> {
+        let Some(resp) = resp else {
+            let why = match self.reader.join_next().await {
+                Some(Ok(why)) => why,
+                _ => "host stream ended".into(),
+            };
+            return self.down(why);
+        };
+        let acknowledges = answers(&self.requested, &resp);
+        self.verdicts = apply(
+            self.router,
+            std::mem::take(&mut self.verdicts),
+            resp,
+            acknowledges,
+        );
+        self.ctx.shared.set_verdicts(self.router, &self.verdicts);
+        if acknowledges && self.withdraw_sent.is_some() && self.requested.is_empty() {
+            return ControlFlow::Break(End::Acknowledged);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Every second: the connection's liveness, the withdrawal's timeout,
+    /// and asking again while nothing is registered.
+    async fn on_tick(&mut self) -> ControlFlow<End> {
+        let now = Instant::now();
+        self.check_alive(now)?;
+        if let Some(t) = self.withdraw_sent {
+            if now - t >= WITHDRAW_TIMEOUT {
+                return ControlFlow::Break(End::Unacknowledged);
+            }
+        } else if !wants_offers(false, &self.verdicts) && now - self.asked >= ASK_AGAIN {
+            self.asked = now;
+            return self.send_requested().await;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Ends a connection that heard nothing for [`DEAD_AFTER`], or that
+    /// ended.
+    fn check_alive(&mut self, now: Instant) -> ControlFlow<End> {
+        let rx = self.conn.heard();
+        if rx != self.heard.0 {
+            self.heard = (rx, now);
+        } else if now - self.heard.1 >= DEAD_AFTER {
+            self.conn.close(CloseCode::Done, b"router silent");
+            return self.down(format!("nothing heard from the router for {DEAD_AFTER:?}"));
+        }
+        if let Some(end) = self.conn.close_reason() {
+            return self.down(format!("connection ended: {end}"));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Sends `requested`; the connection is down when that fails.
+    async fn send_requested(&mut self) -> ControlFlow<End> {
+        match send_request(&mut self.send, &self.ctx.shared.instance, &self.requested).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => self.down(e),
+        }
+    }
+
+    /// The connection is down for `reason`.
+    fn down(&self, reason: String) -> ControlFlow<End> {
+        ControlFlow::Break(End::Over(Outcome::Down {
+            reason,
+            up: self.up_since.elapsed(),
+        }))
+    }
+
+    /// The last steps of the host stream.
+    async fn end(mut self, end: End) -> Outcome {
+        let (ctx, router) = (self.ctx, self.router);
+        match end {
+            End::Over(outcome) => return outcome,
+            End::Acknowledged => {
+                info!(router, "withdrawal acknowledged");
+                ctx.shared
+                    .set_state(router, RouterState::Withdrawn { acknowledged: true });
+                close_offers(ctx, router, &self.conn, self.offers).await;
+                // A clean end: nothing is left to remove.
+                self.send.finish();
+            }
+            End::Unacknowledged => {
+                warn!(router, "the router did not acknowledge the withdrawal within {WITHDRAW_TIMEOUT:?}; closing the host stream, which removes the terminators too");
+                self.send.reset(StreamCode::Refused);
+                close_offers(ctx, router, &self.conn, self.offers).await;
+                ctx.shared.set_state(
+                    router,
+                    RouterState::Withdrawn {
+                        acknowledged: false,
+                    },
+                );
+            }
+        }
+        Outcome::Withdrawn
     }
 }
 
