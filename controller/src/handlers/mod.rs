@@ -113,6 +113,15 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
     }
 }
 
+/// A request [`dispatch`] sent to the wrong group: a bug here, answered as
+/// an internal error rather than a panic.
+fn misrouted(req: &AdminRequest) -> ControlError {
+    ControlError {
+        code: ControlErrorCode::Internal,
+        message: format!("the controller routed {req:?} to the wrong handler; please report this"),
+    }
+}
+
 /// Runs an identity request, as routed by [`dispatch`].
 fn identity_request(
     env: &Env,
@@ -146,7 +155,7 @@ fn identity_request(
         } => identities::update(store, by, name, add_roles, remove_roles),
         AdminRequest::RevokeIdentity { name } => identities::revoke(store, by, name),
         AdminRequest::DeleteIdentity { name } => identities::delete(store, by, name),
-        other => unreachable!("dispatch routed {other:?} as an identity request"),
+        other => Err(misrouted(&other)),
     }
 }
 
@@ -177,7 +186,7 @@ fn service_request(
         ),
         AdminRequest::ShowService { name } => services::show(store, env.online, &name),
         AdminRequest::DeleteService { name } => services::delete(store, by, name),
-        other => unreachable!("dispatch routed {other:?} as a service request"),
+        other => Err(misrouted(&other)),
     }
 }
 
@@ -221,7 +230,7 @@ fn policy_request(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespo
             &service,
             tag.as_deref(),
         )),
-        other => unreachable!("dispatch routed {other:?} as a policy request"),
+        other => Err(misrouted(&other)),
     }
 }
 
