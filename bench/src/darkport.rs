@@ -83,6 +83,9 @@ pub struct Darkport {
     pub forwards_hosted: Targets,
     /// The services, which the hoster serves.
     services: Targets,
+    /// Whether the hosted path runs (hoster, its client, the hosted
+    /// twins and the bind policy).
+    hosted: bool,
     /// How the router and the hoster are started (inside the namespace
     /// with --netns, where the services are).
     far: crate::topo::Far,
@@ -100,6 +103,7 @@ impl Darkport {
         services: &Targets,
         env: Vec<(String, String)>,
         topo: &crate::topo::Topology,
+        hosted: bool,
     ) -> Result<Darkport> {
         let ctl_addr = SocketAddr::new(topo.near_ip(), free_udp_port()?.port());
         let router_addr = SocketAddr::new(topo.far_ip(), free_udp_port()?.port());
@@ -122,12 +126,15 @@ impl Darkport {
             admin.run(&["identity", "list"])
         })
         .await?;
-        admin.configure(services).await?;
-        for (bin, token, id) in [
+        admin.configure(services, hosted).await?;
+        let mut enroll = vec![
             (&bins.router, "router-1.token", "router-1.id"),
             (&bins.client, "bench-client.token", "bench-client.id"),
-            (&bins.client, "bench-hoster.token", "bench-hoster.id"),
-        ] {
+        ];
+        if hosted {
+            enroll.push((&bins.client, "bench-hoster.token", "bench-hoster.id"));
+        }
+        for (bin, token, id) in enroll {
             run(bin, &["enroll", "--token", token, "--identity", id], dir).await?;
         }
         let mut d = Darkport {
@@ -144,6 +151,7 @@ impl Darkport {
             client_hosted: None,
             forwards_hosted: local_ports()?,
             services: *services,
+            hosted,
             far: topo.far_side(),
             env,
         };
@@ -177,7 +185,9 @@ impl Darkport {
                 .envs(self.env.iter().map(|(k, v)| (k, v))),
             &self.dir.join("router.log"),
         )?);
-        self.hoster = Some(self.spawn_hoster()?);
+        if self.hosted {
+            self.hoster = Some(self.spawn_hoster()?);
+        }
         self.client = Some(self.spawn_client(
             "edge client",
             &self.forwards,
@@ -194,14 +204,16 @@ impl Darkport {
             false,
             "client-tcp.log",
         )?);
-        self.client_hosted = Some(self.spawn_client(
-            "edge client (hosted)",
-            &self.forwards_hosted,
-            self.router_addr,
-            "quic",
-            true,
-            "client-hosted.log",
-        )?);
+        if self.hosted {
+            self.client_hosted = Some(self.spawn_client(
+                "edge client (hosted)",
+                &self.forwards_hosted,
+                self.router_addr,
+                "quic",
+                true,
+                "client-hosted.log",
+            )?);
+        }
         self.wait_ready().await
     }
 
@@ -265,7 +277,7 @@ impl Darkport {
     /// Waits until one request/reply crosses the tunnel (the router has
     /// its policy and the client its connection).
     pub async fn wait_ready(&mut self) -> Result<()> {
-        for (rr, what) in [
+        let mut ready = vec![
             (
                 self.forwards.rr,
                 "a request to cross the Darkport tunnel (QUIC)",
@@ -274,11 +286,14 @@ impl Darkport {
                 self.forwards_tcp.rr,
                 "a request to cross the Darkport tunnel (TCP)",
             ),
-            (
+        ];
+        if self.hosted {
+            ready.push((
                 self.forwards_hosted.rr,
                 "a request to reach a hosted service (the hoster registered)",
-            ),
-        ] {
+            ));
+        }
+        for (rr, what) in ready {
             wait_until(what, Duration::from_secs(30), || load::one_rr(rr)).await?;
         }
         self.check_alive()
@@ -318,7 +333,7 @@ impl Darkport {
         match path {
             PathKind::Darkport => Some(self.forwards),
             PathKind::DarkportTcp => Some(self.forwards_tcp),
-            PathKind::DarkportHosted => Some(self.forwards_hosted),
+            PathKind::DarkportHosted => self.hosted.then_some(self.forwards_hosted),
             PathKind::Direct | PathKind::Stunnel => None,
         }
     }
@@ -361,14 +376,17 @@ impl Admin<'_> {
     }
 
     /// Identities, services and policies: a router, a client (role
-    /// `bench`) that may dial every service, and a hoster (role `hoster`)
-    /// that may host the hosted twins (role `hosted`).
-    async fn configure(&self, services: &Targets) -> Result<()> {
-        for (name, extra) in [
+    /// `bench`) that may dial every service, and (`hosted`) a hoster (role
+    /// `hoster`) that may host the hosted twins (role `hosted`).
+    async fn configure(&self, services: &Targets, hosted: bool) -> Result<()> {
+        let mut identities = vec![
             ("router-1", ["--kind", "router"]),
             ("bench-client", ["--role", "bench"]),
-            ("bench-hoster", ["--role", "hoster"]),
-        ] {
+        ];
+        if hosted {
+            identities.push(("bench-hoster", ["--role", "hoster"]));
+        }
+        for (name, extra) in identities {
             let token = format!("{name}.token");
             let mut args = vec!["identity", "create", name];
             args.extend(extra);
@@ -388,6 +406,9 @@ impl Admin<'_> {
             let mut dialed = vec!["service", "create", name, "--address", &addr];
             dialed.extend(protocol);
             self.run(&dialed).await?;
+            if !hosted {
+                continue;
+            }
             let twin = format!("{name}{HOSTED_SUFFIX}");
             let mut hosted = vec!["service", "create", &twin, "--hosted", "--role", "hosted"];
             hosted.extend(protocol);
@@ -403,6 +424,9 @@ impl Admin<'_> {
             "#bench",
         ])
         .await?;
+        if !hosted {
+            return Ok(());
+        }
         self.run(&[
             "policy",
             "create",

@@ -193,6 +193,21 @@ fn thousands(n: usize) -> String {
     report::group_thousands(&n.to_string())
 }
 
+/// The paths `--paths` selects (all when it is empty).
+fn enabled_paths(selected: &[PathArg]) -> Vec<PathKind> {
+    let arg = |p: PathKind| match p {
+        PathKind::Direct => PathArg::Direct,
+        PathKind::Stunnel => PathArg::Stunnel,
+        PathKind::Darkport => PathArg::Darkport,
+        PathKind::DarkportTcp => PathArg::DarkportTcp,
+        PathKind::DarkportHosted => PathArg::DarkportHosted,
+    };
+    PathKind::ALL
+        .into_iter()
+        .filter(|p| selected.is_empty() || selected.contains(&arg(*p)))
+        .collect()
+}
+
 /// The order of the paths in run `run`: rotated, so that no path is always
 /// first (cold) or last.
 fn order(run: usize) -> [PathKind; PathKind::ALL.len()] {
@@ -427,7 +442,12 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         );
         println!();
     }
-    let darkport = Darkport::start(&bins, &dp_dir, &services.targets, edge_env, &topo).await?;
+    let enabled = enabled_paths(&cli.paths);
+    // Without the hosted path, no hoster either: `--paths darkport` stays
+    // a run of router-dialed services only.
+    let hosted = enabled.contains(&PathKind::DarkportHosted);
+    let darkport =
+        Darkport::start(&bins, &dp_dir, &services.targets, edge_env, &topo, hosted).await?;
     let stunnel = match &stunnel_bin {
         Some(b) => {
             let st_dir = dir.join("stunnel");
@@ -436,22 +456,6 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         }
         None => None,
     };
-    let enabled = PathKind::ALL
-        .into_iter()
-        .filter(|p| {
-            cli.paths.is_empty()
-                || cli.paths.iter().any(|a| {
-                    matches!(
-                        (a, p),
-                        (PathArg::Direct, PathKind::Direct)
-                            | (PathArg::Stunnel, PathKind::Stunnel)
-                            | (PathArg::Darkport, PathKind::Darkport)
-                            | (PathArg::DarkportTcp, PathKind::DarkportTcp)
-                            | (PathArg::DarkportHosted, PathKind::DarkportHosted)
-                    )
-                })
-        })
-        .collect();
     let mut paths = Paths {
         services,
         darkport,
