@@ -245,28 +245,37 @@ pub enum IdentityCmd {
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
-    /// Create a service reachable at a private address.
+    /// Create a service reachable at a private address, or hosted.
     Create {
         /// Service name (what clients dial).
         name: String,
-        /// Private HOST:PORT the router connects to.
-        #[arg(long)]
-        address: String,
+        #[command(flatten)]
+        reach: ReachArgs,
         /// Role (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// How routers choose among the service's terminators.
+        #[arg(long, value_enum, default_value_t = StrategyArg::LowestCost)]
+        strategy: StrategyArg,
         #[command(flatten)]
         protocol: ProtocolArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Change a service's address or protocol.
+    /// Change a service's address, protocol or terminator strategy.
     Update {
         /// Service name.
         name: String,
         /// New private HOST:PORT.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hosted")]
         address: Option<String>,
+        /// Remove the address: from now on the service is reached only
+        /// through hosters' terminators.
+        #[arg(long)]
+        hosted: bool,
+        /// New terminator strategy.
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
         #[command(flatten)]
         protocol: ProtocolArgs,
         #[command(flatten)]
@@ -274,9 +283,79 @@ pub enum ServiceCmd {
     },
     /// List services.
     List(ReadArgs),
+    /// Show a service and the terminators that serve it (as the routers in
+    /// session with this controller report them).
+    Show {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// Delete a service.
     #[command(mut_arg("name", |a| a.help("Service name")))]
     Delete(NameArgs),
+}
+
+/// How routers reach a service: exactly one of the two.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct ReachArgs {
+    /// Private HOST:PORT the router connects to.
+    #[arg(long)]
+    pub address: Option<String>,
+    /// No address: routers reach the service only through the terminators
+    /// of hosters (identities a bind policy allows, running
+    /// darkport-edge-client host); with none registered it is unreachable.
+    #[arg(long)]
+    pub hosted: bool,
+}
+
+/// How routers choose among a hosted service's terminators (after
+/// precedence: required first, failed last).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// The lowest cost: the hoster's cost plus the router's view of its
+    /// latency and open streams.
+    LowestCost,
+    /// At random, weighted by the inverse of the cost.
+    Weighted,
+    /// Uniformly at random.
+    Random,
+    /// The same terminator for the same client identity while it is up.
+    Sticky,
+}
+
+impl StrategyArg {
+    /// The strategy on the wire.
+    pub fn strategy(self) -> darkport_proto::policy::TerminatorStrategy {
+        use darkport_proto::policy::TerminatorStrategy as T;
+        match self {
+            StrategyArg::LowestCost => T::LowestCost,
+            StrategyArg::Weighted => T::Weighted,
+            StrategyArg::Random => T::Random,
+            StrategyArg::Sticky => T::Sticky,
+        }
+    }
+}
+
+/// What a service policy grants.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum PolicyTypeArg {
+    /// The identities may dial the services.
+    Dial,
+    /// The identities may host the services (serve them through
+    /// terminators on connections they dial out to routers).
+    Bind,
+}
+
+impl PolicyTypeArg {
+    /// The kind on the wire.
+    pub fn kind(self) -> darkport_proto::policy::PolicyKind {
+        match self {
+            PolicyTypeArg::Dial => darkport_proto::policy::PolicyKind::Dial,
+            PolicyTypeArg::Bind => darkport_proto::policy::PolicyKind::Bind,
+        }
+    }
 }
 
 /// What the router speaks with a service.
@@ -363,10 +442,15 @@ pub enum ProtocolArg {
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
-    /// Allow identities to dial services.
+    /// Allow identities to dial services (--type dial, the default) or to
+    /// host them (--type bind).
     Create {
         /// Policy name.
         name: String,
+        /// dial: the identities may dial the services. bind: they may host
+        /// them (a router also needs a router policy to serve them).
+        #[arg(long = "type", value_enum, default_value_t = PolicyTypeArg::Dial)]
+        kind: PolicyTypeArg,
         /// Services: #ROLE, @NAME, NAME or #all (repeatable).
         #[arg(long = "service-roles", alias = "service", required = true)]
         services: Vec<String>,
@@ -376,7 +460,7 @@ pub enum PolicyCmd {
         /// For fluent-forward services: the tags these identities may
         /// write, comma-separated Fluentd patterns (*, **, {a,b}) with
         /// ${identity} for the sender's name, e.g. 'app.${identity}.**'.
-        /// Default: any tag.
+        /// Default: any tag. Dial policies only.
         #[arg(long, value_name = "PATTERNS")]
         tags: Option<String>,
         #[command(flatten)]
@@ -384,7 +468,8 @@ pub enum PolicyCmd {
     },
     /// List policies.
     List(ReadArgs),
-    /// Say whether an identity may dial a service, and which policies decide it.
+    /// Say whether an identity may dial a service, whether it may host it,
+    /// and which policies decide it.
     Explain {
         /// Client identity name.
         #[arg(long, alias = "identity")]
@@ -439,5 +524,46 @@ mod tests {
     #[test]
     fn every_flag_and_argument_has_help() {
         darkport_cli::assert_cli_documented(Cli::command());
+    }
+
+    /// The CLI's names are the ones the docs, `service list` and the
+    /// store use.
+    #[test]
+    fn strategy_and_policy_type_names_are_protos() {
+        use clap::ValueEnum;
+        fn cli_name(a: &impl ValueEnum) -> String {
+            let v = a.to_possible_value().expect("listed");
+            v.get_name().to_string()
+        }
+        for a in StrategyArg::value_variants() {
+            assert_eq!(a.strategy().name(), cli_name(a));
+        }
+        for a in PolicyTypeArg::value_variants() {
+            assert_eq!(a.kind().name(), cli_name(a));
+        }
+    }
+
+    /// A service is created with exactly one of --address and --hosted.
+    #[test]
+    fn service_create_needs_an_address_or_hosted_not_both() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["darkport-controller", "service", "create", "api"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--data-dir", "d"]);
+            Cli::try_parse_from(args)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&["--address", "h:1"]), Ok(()));
+        assert_eq!(parse(&["--hosted", "--strategy", "sticky"]), Ok(()));
+        let none = parse(&[]).expect_err("neither");
+        assert!(
+            none.contains("--address") && none.contains("--hosted"),
+            "{none}"
+        );
+        let both = parse(&["--address", "h:1", "--hosted"]).expect_err("both");
+        assert!(both.contains("cannot be used with"), "{both}");
+        let bad = parse(&["--hosted", "--strategy", "round-robin"]).expect_err("strategy");
+        assert!(bad.contains("lowest-cost"), "{bad}");
     }
 }

@@ -9,16 +9,18 @@
 //! - [`response`]: any [`AdminResponse`], as a table or as JSON.
 //! - [`json`]: the `--json` form.
 //! - One function per table: [`identities`], [`identity`], [`services`],
-//!   [`policies`], [`router_policies`], [`routers`], [`explanation`],
-//!   [`audit`].
+//!   [`service`], [`policies`], [`router_policies`], [`routers`],
+//!   [`explanation`], [`audit`].
 //!
 //! An empty value in a list column shows as `-`, so columns never vanish.
 
 use std::fmt::Display;
 use std::io::{self, Write};
 
-use darkport_proto::msg::{AdminResponse, AuditEntry, IdentityInfo, RouterInfo};
-use darkport_proto::policy::{Explanation, PolicyEntry, RouterPolicyEntry, ServiceEntry};
+use darkport_proto::msg::{AdminResponse, AuditEntry, IdentityInfo, RouterInfo, ServiceDetail};
+use darkport_proto::policy::{
+    Explanation, PolicyEntry, PolicyKind, RouterPolicyEntry, ServiceEntry,
+};
 use darkport_proto::token::fmt_time;
 
 /// Writes `resp` as JSON if `json`, else as its table. Answers with
@@ -37,6 +39,7 @@ pub fn response(out: &mut dyn Write, resp: &AdminResponse, json: bool) -> io::Re
         AdminResponse::Routers(v) => routers(out, v),
         AdminResponse::Explanation(e) => explanation(out, e),
         AdminResponse::Audit(v) => audit(out, v),
+        AdminResponse::Service(d) => service(out, d),
         AdminResponse::Token { .. } | AdminResponse::Done => Ok(()),
     }
 }
@@ -53,6 +56,7 @@ pub fn json(out: &mut dyn Write, resp: &AdminResponse) -> io::Result<()> {
         AdminResponse::RouterPolicies(v) => serde_json::to_string_pretty(v)?,
         AdminResponse::Explanation(v) => serde_json::to_string_pretty(v)?,
         AdminResponse::Audit(v) => serde_json::to_string_pretty(v)?,
+        AdminResponse::Service(v) => serde_json::to_string_pretty(v)?,
         AdminResponse::Token { .. } | AdminResponse::Done => "null".into(),
     };
     writeln!(out, "{text}")
@@ -112,43 +116,90 @@ pub fn identity(out: &mut dyn Write, i: &IdentityInfo) -> io::Result<()> {
 }
 
 /// `service list`. Shared keys are not shown (the controller redacts them
-/// anyway).
+/// anyway). A service with no address is reached through terminators
+/// only: `(hosted)`.
 pub fn services(out: &mut dyn Write, v: &[ServiceEntry]) -> io::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<32} {:<15} ROLES",
-        "NAME", "ADDRESS", "PROTOCOL"
+        "{:<24} {:<32} {:<15} {:<12} ROLES",
+        "NAME", "ADDRESS", "PROTOCOL", "STRATEGY"
     )?;
     for s in v {
         writeln!(
             out,
-            "{:<24} {:<32} {:<15} {}",
+            "{:<24} {:<32} {:<15} {:<12} {}",
             s.name,
-            s.address,
+            address(s),
             s.protocol.name(),
+            s.strategy.name(),
             list(&s.roles, "#")
         )?;
     }
     Ok(())
 }
 
-/// `policy list`. A policy without tag patterns allows any tag: `(any)`.
+/// A service's address, or `(hosted)` when it has none.
+fn address(s: &ServiceEntry) -> &str {
+    if s.has_address() {
+        &s.address
+    } else {
+        "(hosted)"
+    }
+}
+
+/// `service show`: one field per line, then the terminators, one line
+/// each (`PRECEDENCE` is the hoster's health: `failed` ones are used
+/// last).
+pub fn service(out: &mut dyn Write, d: &ServiceDetail) -> io::Result<()> {
+    let s = &d.entry;
+    writeln!(out, "name:         {}", s.name)?;
+    writeln!(out, "address:      {}", address(s))?;
+    writeln!(out, "protocol:     {}", s.protocol.name())?;
+    writeln!(out, "strategy:     {}", s.strategy.name())?;
+    writeln!(out, "roles:        {}", list(&s.roles, "#"))?;
+    writeln!(out, "terminators:  {}", d.terminators.len())?;
+    if d.terminators.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:<16} {:<20} {:>5} {:<10} {:>7}",
+        "HOSTER", "INSTANCE", "ROUTER", "COST", "PRECEDENCE", "STREAMS"
+    )?;
+    for t in &d.terminators {
+        writeln!(
+            out,
+            "{:<20} {:<16} {:<20} {:>5} {:<10} {:>7}",
+            t.hoster,
+            t.instance,
+            t.router,
+            t.cost,
+            t.precedence.as_str(),
+            t.streams
+        )?;
+    }
+    Ok(())
+}
+
+/// `policy list`. A dial policy without tag patterns allows any tag:
+/// `(any)`; bind policies have none: `-`.
 pub fn policies(out: &mut dyn Write, v: &[PolicyEntry]) -> io::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<32} {:<32} TAGS",
-        "NAME", "SERVICES", "IDENTITIES"
+        "{:<24} {:<5} {:<32} {:<32} TAGS",
+        "NAME", "TYPE", "SERVICES", "IDENTITIES"
     )?;
     for p in v {
-        let tags = if p.tags.is_empty() {
-            "(any)".to_string()
-        } else {
-            p.tags.join(",")
+        let tags = match (p.kind, p.tags.is_empty()) {
+            (PolicyKind::Bind, true) => "-".to_string(),
+            (_, true) => "(any)".to_string(),
+            (_, false) => p.tags.join(","),
         };
         writeln!(
             out,
-            "{:<24} {:<32} {:<32} {}",
+            "{:<24} {:<5} {:<32} {:<32} {}",
             p.name,
+            p.kind.name(),
             list(&p.services, ""),
             list(&p.identities, ""),
             tags
@@ -199,7 +250,8 @@ pub fn routers(out: &mut dyn Write, v: &[RouterInfo]) -> io::Result<()> {
     Ok(())
 }
 
-/// `policy explain`: the verdict, its reasons, then the policies behind it.
+/// `policy explain`: the verdict on dialing (what the exit status says),
+/// its reasons (hosting's among them), then the policies behind both.
 pub fn explanation(out: &mut dyn Write, e: &Explanation) -> io::Result<()> {
     writeln!(out, "{}", if e.allowed { "ALLOWED" } else { "DENIED" })?;
     for r in &e.reasons {
@@ -207,6 +259,14 @@ pub fn explanation(out: &mut dyn Write, e: &Explanation) -> io::Result<()> {
     }
     if !e.dial_policies.is_empty() {
         writeln!(out, "service policies: {}", list(&e.dial_policies, ""))?;
+    }
+    if !e.bind_policies.is_empty() {
+        writeln!(
+            out,
+            "bind policies: {} (may host: {})",
+            list(&e.bind_policies, ""),
+            if e.may_host { "yes" } else { "no" }
+        )?;
     }
     for (router, policies) in &e.routers {
         writeln!(
@@ -248,7 +308,8 @@ fn time_or(t: Option<u64>, none: &str) -> String {
 mod tests {
     use super::*;
     use darkport_proto::identity::{IdentityName, Kind};
-    use darkport_proto::policy::{FluentSettings, Selector, ServiceProtocol};
+    use darkport_proto::msg::{Precedence, TerminatorInfo};
+    use darkport_proto::policy::{FluentSettings, Selector, ServiceProtocol, TerminatorStrategy};
 
     /// 2026-01-02T03:04:05Z.
     const T1: u64 = 1_767_323_045;
@@ -386,20 +447,74 @@ connected to:  -
                 protocol: ServiceProtocol::Tcp,
                 strategy: Default::default(),
             },
+            hosted_api(),
         ];
         let text = render(&AdminResponse::Services(v), false);
         assert_eq!(
             text,
             "\
-NAME                     ADDRESS                          PROTOCOL        ROLES
-logs                     127.0.0.1:24224                  fluent-forward  #fluent,#prod
-db                       db.internal.example:5432         tcp             -
+NAME                     ADDRESS                          PROTOCOL        STRATEGY     ROLES
+logs                     127.0.0.1:24224                  fluent-forward  lowest-cost  #fluent,#prod
+db                       db.internal.example:5432         tcp             lowest-cost  -
+api                      (hosted)                         tcp             sticky       #web
 "
         );
         assert_eq!(
             render(&AdminResponse::Services(vec![]), false),
-            "NAME                     ADDRESS                          PROTOCOL        ROLES\n"
+            "NAME                     ADDRESS                          PROTOCOL        STRATEGY     ROLES\n"
         );
+    }
+
+    fn hosted_api() -> ServiceEntry {
+        ServiceEntry {
+            name: n("api"),
+            address: String::new(),
+            roles: vec![n("web")],
+            protocol: ServiceProtocol::Tcp,
+            strategy: TerminatorStrategy::Sticky,
+        }
+    }
+
+    #[test]
+    fn service_show() {
+        let terminator = |hoster: &str, router: &str, precedence| TerminatorInfo {
+            service: "api".into(),
+            hoster: n(hoster),
+            instance: "api-7f9c".into(),
+            router: n(router),
+            cost: 20,
+            precedence,
+            streams: 3,
+        };
+        let d = ServiceDetail {
+            entry: hosted_api(),
+            terminators: vec![
+                terminator("api-host-1", "r1", Precedence::Default),
+                terminator("api-host-2", "r2", Precedence::Failed),
+            ],
+        };
+        assert_eq!(
+            render(&AdminResponse::Service(d.clone()), false),
+            "\
+name:         api
+address:      (hosted)
+protocol:     tcp
+strategy:     sticky
+roles:        #web
+terminators:  2
+HOSTER               INSTANCE         ROUTER                COST PRECEDENCE STREAMS
+api-host-1           api-7f9c         r1                      20 default          3
+api-host-2           api-7f9c         r2                      20 failed           3
+"
+        );
+        let none = ServiceDetail {
+            terminators: vec![],
+            ..d.clone()
+        };
+        assert!(render(&AdminResponse::Service(none), false).ends_with("terminators:  0\n"));
+        let back: ServiceDetail =
+            serde_json::from_str(&render(&AdminResponse::Service(d.clone()), true)).unwrap();
+        assert_eq!(back, d);
     }
 
     #[test]
@@ -419,19 +534,27 @@ db                       db.internal.example:5432         tcp             -
                 tags: vec![],
                 kind: Default::default(),
             },
+            PolicyEntry {
+                name: n("host-api"),
+                services: vec![sel("api")],
+                identities: vec![sel("#api-hosts")],
+                tags: vec![],
+                kind: PolicyKind::Bind,
+            },
         ];
         let text = render(&AdminResponse::Policies(v), false);
         assert_eq!(
             text,
             "\
-NAME                     SERVICES                         IDENTITIES                       TAGS
-ship-logs                @logs                            #web,@batch                      app.${identity}.**,sys.*
-all                      #all                             #all                             (any)
+NAME                     TYPE  SERVICES                         IDENTITIES                       TAGS
+ship-logs                dial  @logs                            #web,@batch                      app.${identity}.**,sys.*
+all                      dial  #all                             #all                             (any)
+host-api                 bind  @api                             #api-hosts                       -
 "
         );
         assert_eq!(
             render(&AdminResponse::Policies(vec![]), false),
-            "NAME                     SERVICES                         IDENTITIES                       TAGS\n"
+            "NAME                     TYPE  SERVICES                         IDENTITIES                       TAGS\n"
         );
     }
 
@@ -508,6 +631,8 @@ r2                       10.0.0.2:4433            offline  -         -
             ],
             reasons: vec!["service policy ship-logs allows it".into()],
             tag_allowed: None,
+            bind_policies: vec![n("host-logs")],
+            may_host: true,
         };
         assert_eq!(
             render(&AdminResponse::Explanation(allowed), false),
@@ -515,6 +640,7 @@ r2                       10.0.0.2:4433            offline  -         -
 ALLOWED
   - service policy ship-logs allows it
 service policies: ship-logs,all
+bind policies: host-logs (may host: yes)
 router r1 may serve it (router policies: eu-serves-logs)
 router r2 may serve it (router policies: a,b)
 "
@@ -525,6 +651,8 @@ router r2 may serve it (router policies: a,b)
             routers: vec![],
             reasons: vec!["no service policy allows it".into(), "no router".into()],
             tag_allowed: None,
+            bind_policies: vec![],
+            may_host: false,
         };
         assert_eq!(
             render(&AdminResponse::Explanation(denied), false),

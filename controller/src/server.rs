@@ -829,8 +829,7 @@ fn renew(ctx: &Ctx, peer: &PeerIdentity, csr_der: &[u8]) -> Result<(String, Stri
 
 fn router_report(ctx: &Ctx, peer: &PeerIdentity, report: RouterReport) -> Result<(), ControlError> {
     if let Some(mut p) = ctx.online.get_mut(&peer.name) {
-        p.snapshot_version = Some(report.snapshot_version);
-        p.clients = report.clients.clone();
+        p.record(&peer.name, &report);
     }
     // Presence is live in memory; the commit of last_seen is rate-limited.
     if ctx
@@ -911,8 +910,7 @@ fn go_online(ctx: &Ctx, peer: &PeerIdentity) -> u64 {
         peer.name.clone(),
         Presence {
             session,
-            snapshot_version: None,
-            clients: vec![],
+            ..Presence::default()
         },
     );
     ctx.metrics.set_routers_online(ctx.online.len());

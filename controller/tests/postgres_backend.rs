@@ -146,8 +146,10 @@ identities: 'router1', 'router', '[]', '950', '5000', NULL
 certificates: 'bb22', 'app1', '0', '2000', '88400'
 certificates: 'cc33', 'router1', '0', '1500', '87900'
 certificates: 'dd44', 'app1', '1', '3000', '89400'
-services: 'fluentd', '127.0.0.1:24224', '["logs"]', '{"FluentForward":{"identity_key":"darkport_identity","roles_key":"roles","router_key":null,"shared_key":"k3y","service_user":null,"event_time":"Unwrap","metadata_key":null,"app_handshake":"Off"}}'
-service_policies: 'logs-in', '[{"Role":"logs"}]', '[{"Name":"app1"},"All"]', '["other"]'
+services: 'api', '', '[]', '"Tcp"', 'sticky'
+services: 'fluentd', '127.0.0.1:24224', '["logs"]', '{"FluentForward":{"identity_key":"darkport_identity","roles_key":"roles","router_key":null,"shared_key":"k3y","service_user":null,"event_time":"Unwrap","metadata_key":null,"app_handshake":"Off"}}', 'lowest-cost'
+service_policies: 'api-hosts', '[{"Name":"api"}]', '[{"Role":"hosters"}]', '[]', 'bind'
+service_policies: 'logs-in', '[{"Role":"logs"}]', '[{"Name":"app1"},"All"]', '["other"]', 'dial'
 router_policies: 'everywhere', '["All"]', '[{"Name":"fluentd"}]'
 tokens: 'tok-free', 'router1', '9999', '3000'
 tokens: 'tok-used', 'app1', '9999', '1000'
@@ -554,4 +556,48 @@ fn rows_that_fail_the_write_checks_are_ignored_on_load() {
         })
         .expect("commit after bad rows");
     assert!(store_on(&url).read().routers.contains_key(&n("new")));
+}
+
+/// A database at schema version 1 (before bind policies and strategies),
+/// with rows, is upgraded in place: its policies dial, its services pick
+/// terminators by lowest cost. A name this version does not know fails
+/// the load, naming it (read as a default, a bind policy could become a
+/// dial policy).
+#[test]
+fn version_1_rows_get_the_defaults_and_unknown_names_are_refused() {
+    use darkport_proto::policy::{PolicyKind, TerminatorStrategy};
+    let Some(url) = fresh_db() else { return };
+    drop(connect(&url));
+    admin_sql(
+        &url,
+        "ALTER TABLE services DROP COLUMN strategy; \
+         ALTER TABLE service_policies DROP COLUMN kind; \
+         DELETE FROM schema_migrations WHERE version > 1; \
+         INSERT INTO services (name, address, roles) VALUES ('web', '10.0.0.1:80', '[]'); \
+         INSERT INTO service_policies (name, services, identities) VALUES ('p', '[\"All\"]', '[\"All\"]');",
+    );
+    let state = connect(&url).load().expect("load after the upgrade");
+    assert_eq!(
+        state.services[&n("web")].strategy,
+        TerminatorStrategy::LowestCost
+    );
+    assert_eq!(state.policies[&n("p")].kind, PolicyKind::Dial);
+    for (sql, want) in [
+        (
+            "UPDATE service_policies SET kind = 'forward'",
+            "unknown policy kind \"forward\"",
+        ),
+        (
+            "UPDATE service_policies SET kind = 'bind'; UPDATE services SET strategy = 'round-robin'",
+            "unknown terminator strategy \"round-robin\"",
+        ),
+    ] {
+        admin_sql(&url, sql);
+        match connect(&url).load() {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(want), "{e}")
+            }
+            other => panic!("expected Corrupt naming {want}, got {other:?}"),
+        }
+    }
 }

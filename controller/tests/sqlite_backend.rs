@@ -67,8 +67,10 @@ identities: 'router1', 'router', '[]', 950, 5000, NULL
 certificates: 'bb22', 'app1', 0, 2000, 88400
 certificates: 'cc33', 'router1', 0, 1500, 87900
 certificates: 'dd44', 'app1', 1, 3000, 89400
-services: 'fluentd', '127.0.0.1:24224', '["logs"]', '{"FluentForward":{"identity_key":"darkport_identity","roles_key":"roles","router_key":null,"shared_key":"k3y","service_user":null,"event_time":"Unwrap","metadata_key":null,"app_handshake":"Off"}}'
-service_policies: 'logs-in', '[{"Role":"logs"}]', '[{"Name":"app1"},"All"]', '["other"]'
+services: 'api', '', '[]', '"Tcp"', 'sticky'
+services: 'fluentd', '127.0.0.1:24224', '["logs"]', '{"FluentForward":{"identity_key":"darkport_identity","roles_key":"roles","router_key":null,"shared_key":"k3y","service_user":null,"event_time":"Unwrap","metadata_key":null,"app_handshake":"Off"}}', 'lowest-cost'
+service_policies: 'api-hosts', '[{"Name":"api"}]', '[{"Role":"hosters"}]', '[]', 'bind'
+service_policies: 'logs-in', '[{"Role":"logs"}]', '[{"Name":"app1"},"All"]', '["other"]', 'dial'
 router_policies: 'everywhere', '["All"]', '[{"Name":"fluentd"}]'
 tokens: 'tok-free', 'router1', 9999, 3000
 tokens: 'tok-used', 'app1', 9999, 1000

@@ -413,10 +413,13 @@ pub enum AdminRequest {
         name: IdentityName,
         /// Which services it covers.
         services: Vec<Selector>,
-        /// Which identities may dial them.
+        /// Which identities may dial (or host) them.
         identities: Vec<Selector>,
-        /// Tag patterns for fluent-forward services (empty: any tag).
+        /// Tag patterns for fluent-forward services (empty: any tag);
+        /// dial policies only.
         tags: Vec<String>,
+        /// Dial or bind (host).
+        kind: crate::policy::PolicyKind,
     },
     /// List policies.
     ListPolicies,
@@ -455,7 +458,8 @@ pub enum AdminRequest {
         /// Its name.
         name: IdentityName,
     },
-    /// Explain whether an identity may dial a service.
+    /// Explain whether an identity may dial a service, and whether it may
+    /// host it.
     Explain {
         /// Client identity.
         identity: IdentityName,
@@ -469,14 +473,23 @@ pub enum AdminRequest {
         /// At most this many entries.
         limit: u32,
     },
-    /// Change a service's address or protocol.
+    /// Change a service's address, protocol or terminator strategy.
     UpdateService {
         /// Its name.
         name: IdentityName,
-        /// New private address, if changing.
+        /// New private address, if changing; an empty one makes the
+        /// service hosted (reached through terminators only).
         address: Option<String>,
         /// New protocol, if changing.
         protocol: Option<crate::policy::ServiceProtocol>,
+        /// New terminator strategy, if changing.
+        strategy: Option<crate::policy::TerminatorStrategy>,
+    },
+    /// One service with the terminators this controller's routers
+    /// reported for it.
+    ShowService {
+        /// Its name.
+        name: IdentityName,
     },
 }
 
@@ -586,6 +599,20 @@ pub enum AdminResponse {
     Audit(Vec<AuditEntry>),
     /// Done, nothing to return.
     Done,
+    /// One service and its terminators.
+    Service(ServiceDetail),
+}
+
+/// A service as `service show` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ServiceDetail {
+    /// The service (secrets redacted, as listed).
+    pub entry: ServiceEntry,
+    /// Its terminators, as the routers with a session to the answering
+    /// controller last reported them (each router's report replaces its
+    /// previous one), sorted by router, hoster and instance.
+    pub terminators: Vec<TerminatorInfo>,
 }
 
 /// One entry of the controller's audit log.

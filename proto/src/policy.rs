@@ -714,10 +714,19 @@ pub struct Explanation {
     /// With a tag asked about: whether the policies let the identity
     /// write it.
     pub tag_allowed: Option<bool>,
+    /// Bind policies that let the identity host the service.
+    #[serde(default)]
+    pub bind_policies: Vec<IdentityName>,
+    /// Whether the identity may host the service (serve it through
+    /// terminators) through at least one router: a valid certificate, a
+    /// bind policy, and a router that may serve the service.
+    #[serde(default)]
+    pub may_host: bool,
 }
 
-/// Explains whether `identity` may dial `service`, and which policies
-/// decide it. Pure; the controller runs it on its current snapshot.
+/// Explains whether `identity` may dial `service`, and whether it may
+/// host it, and which policies decide it. Pure; the controller runs it on
+/// its current snapshot.
 pub fn explain(
     snapshot: &PolicySnapshot,
     identity: &IdentityName,
@@ -730,6 +739,8 @@ pub fn explain(
         routers: vec![],
         reasons: vec![],
         tag_allowed: None,
+        bind_policies: vec![],
+        may_host: false,
     };
     let Some(id) = snapshot.identity(Kind::Client, identity) else {
         out.reasons.push(format!(
@@ -780,7 +791,54 @@ pub fn explain(
             out.routers.len()
         ));
     }
+    explain_bind(snapshot, id, svc, has_certificate, &mut out);
     out
+}
+
+/// The hosting half of [`explain`]: fills `bind_policies` and `may_host`
+/// (the certificate and router findings are the dial half's) and says
+/// why.
+fn explain_bind(
+    snapshot: &PolicySnapshot,
+    id: &IdentityEntry,
+    svc: &ServiceEntry,
+    has_certificate: bool,
+    out: &mut Explanation,
+) {
+    out.bind_policies = snapshot.bind_policies(id, svc).cloned().collect();
+    out.may_host = has_certificate && !out.bind_policies.is_empty() && !out.routers.is_empty();
+    let policies = out
+        .bind_policies
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.reasons.push(if out.may_host {
+        format!(
+            "may host service {} by bind policy {policies} through {} router(s)",
+            svc.name,
+            out.routers.len()
+        )
+    } else if out.bind_policies.is_empty() {
+        format!(
+            "no bind policy lets identity {} (roles: {}) host service {} (roles: {})",
+            id.name,
+            roles(&id.roles),
+            svc.name,
+            roles(&svc.roles)
+        )
+    } else {
+        format!(
+            "bind policy {policies} selects {} and service {}, but it may not host it without a valid certificate and a router that may serve the service",
+            id.name, svc.name
+        )
+    });
+    if !svc.has_address() {
+        out.reasons.push(format!(
+            "service {} is hosted (no address): dials reach it only through a hoster's terminators",
+            svc.name
+        ));
+    }
 }
 
 /// The routers that may serve `svc`, each with the router policies that
@@ -1090,6 +1148,208 @@ mod tests {
             authorize(&s, &r, &app1, "fluentd", NOW),
             Err(Denied::RouterNotAllowed { .. })
         ));
+    }
+
+    /// [`snapshot`] plus a hoster: client `hoster-1` (role `hosters`)
+    /// that bind policy `host-logs` lets host the `#logs` services, and a
+    /// second router that no router policy covers.
+    fn hosting_snapshot() -> PolicySnapshot {
+        let mut s = snapshot();
+        s.identities.push(IdentityEntry {
+            name: n("hoster-1"),
+            kind: Kind::Client,
+            roles: vec![n("hosters")],
+            certificates: vec![cert("hh")],
+        });
+        s.identities.push(IdentityEntry {
+            name: n("router-2"),
+            kind: Kind::Router,
+            roles: vec![],
+            certificates: vec![cert("dd")],
+        });
+        s.policies.push(PolicyEntry {
+            name: n("host-logs"),
+            services: vec![Selector::Role(n("logs"))],
+            identities: vec![Selector::Role(n("hosters"))],
+            tags: vec![],
+            kind: PolicyKind::Bind,
+        });
+        s
+    }
+
+    #[test]
+    fn authorize_bind_table() {
+        let s = hosting_snapshot();
+        let hoster = peer(Kind::Client, "hoster-1", "hh");
+        let (r1, r2, r9) = (n("router-1"), n("router-2"), n("router-9"));
+        // What the row checks, who, through which router, which service,
+        // when, and the verdict (the bind policy's name, or why not).
+        type Case<'a> = (
+            &'a str,
+            PeerIdentity,
+            &'a IdentityName,
+            &'a str,
+            u64,
+            Result<&'a str, Denied>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "allowed",
+                hoster.clone(),
+                &r1,
+                "fluentd",
+                NOW,
+                Ok("host-logs"),
+            ),
+            (
+                "no bind policy for the service",
+                hoster.clone(),
+                &r1,
+                "db",
+                NOW,
+                Err(Denied::NotAllowedToHost {
+                    identity: n("hoster-1"),
+                    service: n("db"),
+                }),
+            ),
+            (
+                "a dial policy does not allow hosting",
+                peer(Kind::Client, "app-1", "aa"),
+                &r1,
+                "fluentd",
+                NOW,
+                Err(Denied::NotAllowedToHost {
+                    identity: n("app-1"),
+                    service: n("fluentd"),
+                }),
+            ),
+            (
+                "no router policy lets this router serve it",
+                hoster.clone(),
+                &r2,
+                "fluentd",
+                NOW,
+                Err(Denied::RouterNotAllowed {
+                    router: n("router-2"),
+                    service: n("fluentd"),
+                }),
+            ),
+            (
+                "a router the snapshot does not know",
+                hoster.clone(),
+                &r9,
+                "fluentd",
+                NOW,
+                Err(Denied::RouterNotAllowed {
+                    router: n("router-9"),
+                    service: n("fluentd"),
+                }),
+            ),
+            (
+                "revoked or unknown identity (absent from the snapshot)",
+                peer(Kind::Client, "ghost", "hh"),
+                &r1,
+                "fluentd",
+                NOW,
+                Err(Denied::UnknownIdentity(n("ghost"))),
+            ),
+            (
+                "a certificate not among the identity's",
+                peer(Kind::Client, "hoster-1", "zz"),
+                &r1,
+                "fluentd",
+                NOW,
+                Err(Denied::StaleCertificate(n("hoster-1"))),
+            ),
+            (
+                "an expired certificate",
+                hoster.clone(),
+                &r1,
+                "fluentd",
+                1_000,
+                Err(Denied::StaleCertificate(n("hoster-1"))),
+            ),
+            (
+                "routers do not host",
+                peer(Kind::Router, "router-1", "cc"),
+                &r1,
+                "fluentd",
+                NOW,
+                Err(Denied::WrongKind(Kind::Router)),
+            ),
+            (
+                "unknown service",
+                hoster.clone(),
+                &r1,
+                "nope",
+                NOW,
+                Err(Denied::UnknownService("nope".into())),
+            ),
+        ];
+        for (what, p, router, svc, now, want) in cases {
+            let got = authorize_bind(&s, router, &p, svc, now).map(|permit| permit.policy.as_str());
+            assert_eq!(got, want, "{what}: {p} hosts {svc} via {router}");
+        }
+        // A bind policy does not allow dialing.
+        assert_eq!(
+            authorize(&s, &r1, &hoster, "fluentd", NOW).map(|p| p.policy.clone()),
+            Err(Denied::NotAuthorized {
+                identity: n("hoster-1"),
+                service: n("fluentd"),
+            })
+        );
+    }
+
+    #[test]
+    fn explain_covers_hosting() {
+        let mut s = hosting_snapshot();
+        let e = explain(&s, &n("hoster-1"), "fluentd", None);
+        assert!(!e.allowed && e.may_host, "{e:?}");
+        assert_eq!(e.bind_policies, vec![n("host-logs")]);
+        assert!(e.dial_policies.is_empty());
+        assert!(
+            e.reasons
+                .iter()
+                .any(|r| r
+                    == "may host service fluentd by bind policy host-logs through 1 router(s)"),
+            "{e:?}"
+        );
+        // A dialer may not host.
+        let e = explain(&s, &n("app-1"), "fluentd", None);
+        assert!(
+            e.allowed && !e.may_host && e.bind_policies.is_empty(),
+            "{e:?}"
+        );
+        assert!(
+            e.reasons.iter().any(|r| r.starts_with(
+                "no bind policy lets identity app-1 (roles: #log-writers) host service fluentd"
+            )),
+            "{e:?}"
+        );
+        // A bind policy without a router to serve the service hosts nothing.
+        s.router_policies.clear();
+        let e = explain(&s, &n("hoster-1"), "fluentd", None);
+        assert!(
+            !e.may_host && e.bind_policies == vec![n("host-logs")],
+            "{e:?}"
+        );
+        assert!(
+            e.reasons.iter().any(|r| r.contains("no router policy"))
+                && e.reasons
+                    .iter()
+                    .any(|r| r.starts_with("bind policy host-logs selects hoster-1")),
+            "{e:?}"
+        );
+        // A hosted service says how it is reached.
+        let mut s = hosting_snapshot();
+        s.services[0].address.clear();
+        let e = explain(&s, &n("hoster-1"), "fluentd", None);
+        assert!(
+            e.reasons
+                .iter()
+                .any(|r| r.starts_with("service fluentd is hosted (no address)")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,18 @@ fn name(s: &str) -> IdentityName {
     IdentityName::new(s).expect("name")
 }
 
+/// Each unit variant encodes as its index, a big-endian u32.
+#[track_caller]
+fn assert_indices<T: serde::Serialize + std::fmt::Debug>(all: &[(T, u32)]) {
+    for (value, index) in all {
+        assert_eq!(
+            to_bytes(value).expect("encode"),
+            index.to_be_bytes(),
+            "{value:?}"
+        );
+    }
+}
+
 #[test]
 fn protocol_version_is_five() {
     assert_eq!(PROTOCOL_VERSION, 5);
@@ -40,13 +52,7 @@ fn dial_status_indices() {
         (DialStatus::LimitReached, 7),
         (DialStatus::Draining, 8),
     ];
-    for (status, index) in all {
-        assert_eq!(
-            to_bytes(&status).expect("encode"),
-            index.to_be_bytes(),
-            "{status:?}"
-        );
-    }
+    assert_indices(&all);
 }
 
 #[test]
@@ -61,13 +67,7 @@ fn control_error_code_indices() {
         (ControlErrorCode::RateLimited, 6),
         (ControlErrorCode::Revoked, 7),
     ];
-    for (code, index) in all {
-        assert_eq!(
-            to_bytes(&code).expect("encode"),
-            index.to_be_bytes(),
-            "{code:?}"
-        );
-    }
+    assert_indices(&all);
 }
 
 #[test]
@@ -334,4 +334,95 @@ fn version_three_peers_may_still_dial_enroll_and_renew() {
         advertise: String::new(),
     };
     assert!(!sync.accepts_version(3), "snapshots carry services");
+}
+
+/// docs/protocol.md, sections 6.2 and 6.3: the enums of hosting (version
+/// 5), and the admin variants added for it, at the end of their enums.
+#[test]
+fn hosting_enums_and_admin_indices() {
+    use darkport_proto::policy::{PolicyKind, ServiceEntry, TerminatorStrategy};
+    assert_indices(&[(PolicyKind::Dial, 0), (PolicyKind::Bind, 1)]);
+    assert_eq!(PolicyKind::default(), PolicyKind::Dial);
+    let strategies = [
+        (TerminatorStrategy::LowestCost, 0),
+        (TerminatorStrategy::Weighted, 1),
+        (TerminatorStrategy::Random, 2),
+        (TerminatorStrategy::Sticky, 3),
+    ];
+    assert_eq!(strategies.len(), TerminatorStrategy::ALL.len());
+    assert_indices(&strategies);
+    assert_eq!(
+        TerminatorStrategy::default(),
+        TerminatorStrategy::LowestCost
+    );
+    assert_indices(&[
+        (Precedence::Required, 0),
+        (Precedence::Default, 1),
+        (Precedence::Failed, 2),
+    ]);
+    let requests = [
+        (
+            AdminRequest::CreatePolicy {
+                name: name("p"),
+                services: vec![],
+                identities: vec![],
+                tags: vec![],
+                kind: PolicyKind::Bind,
+            },
+            6u32,
+        ),
+        (
+            AdminRequest::UpdateService {
+                name: name("s"),
+                address: None,
+                protocol: None,
+                strategy: None,
+            },
+            18,
+        ),
+        (AdminRequest::ShowService { name: name("s") }, 19),
+    ];
+    for (req, index) in requests {
+        assert_eq!(to_bytes(&req).expect("encode")[..4], index.to_be_bytes());
+    }
+    // CreatePolicy's kind is its last field.
+    let bind = AdminRequest::CreatePolicy {
+        name: name("p"),
+        services: vec![Selector::All],
+        identities: vec![Selector::All],
+        tags: vec![],
+        kind: PolicyKind::Bind,
+    };
+    assert_eq!(
+        hex(&to_bytes(&bind).expect("encode")),
+        "00000006".to_owned()
+            + "0000000000000001" // name
+            + "70"
+            + "0000000000000001" // services: [All]
+            + "00000000"
+            + "0000000000000001" // identities: [All]
+            + "00000000"
+            + "0000000000000000" // tags: none
+            + "00000001" // kind: Bind
+    );
+    let service = ServiceEntry {
+        name: name("s"),
+        address: String::new(),
+        roles: vec![],
+        protocol: Default::default(),
+        strategy: TerminatorStrategy::Sticky,
+    };
+    let responses = [
+        (AdminResponse::Done, 9u32),
+        (
+            AdminResponse::Service(ServiceDetail {
+                entry: service,
+                terminators: vec![],
+            }),
+            10,
+        ),
+    ];
+    for (resp, index) in responses {
+        assert_eq!(to_bytes(&resp).expect("encode")[..4], index.to_be_bytes());
+    }
 }

@@ -341,6 +341,30 @@ impl Fixture {
             services: sel(services)?,
             identities: sel(identities)?,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            kind: Default::default(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a bind policy: `identities` may host `services`.
+    pub async fn bind_policy(
+        &self,
+        name: &str,
+        services: &[&str],
+        identities: &[&str],
+    ) -> Result<()> {
+        let sel = |v: &[&str]| {
+            v.iter()
+                .map(|s| Selector::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        self.admin(AdminRequest::CreatePolicy {
+            name: n(name),
+            services: sel(services)?,
+            identities: sel(identities)?,
+            tags: vec![],
+            kind: darkport_proto::policy::PolicyKind::Bind,
         })
         .await?;
         Ok(())
@@ -683,6 +707,7 @@ pub async fn echo_service_for_all(data_dir: &DataDir) {
         services: vec![Selector::All],
         identities: vec![Selector::All],
         tags: vec![],
+        kind: Default::default(),
     };
     admin(data_dir, policy).await.expect("policy");
 }

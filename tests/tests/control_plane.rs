@@ -193,6 +193,7 @@ async fn controller_restart_keeps_state_and_consumed_tokens() {
             services: vec![Selector::All],
             identities: vec![Selector::Role(n("w"))],
             tags: vec![],
+            kind: Default::default(),
         },
     )
     .await

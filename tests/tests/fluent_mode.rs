@@ -365,6 +365,7 @@ async fn the_shared_key_handshake_works_and_a_wrong_key_fails() {
     fx.admin(AdminRequest::UpdateService {
         name: n("fluentd"),
         address: None,
+        strategy: None,
         protocol: Some(ServiceProtocol::FluentForward(FluentSettings {
             shared_key: Some("wrong".into()),
             ..FluentSettings::default()

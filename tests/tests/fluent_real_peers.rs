@@ -282,6 +282,7 @@ async fn apps_that_keep_their_own_shared_key_are_answered_and_checked() {
     fx.admin(AdminRequest::UpdateService {
         name: n("fluentd"),
         address: None,
+        strategy: None,
         protocol: Some(ServiceProtocol::FluentForward(FluentSettings {
             app_handshake: AppHandshake::AnyKey,
             ..FluentSettings::default()
@@ -324,6 +325,7 @@ async fn fluentd_with_users_names_the_refusal_and_takes_the_configured_user() {
     fx.admin(AdminRequest::UpdateService {
         name: n("fluentd"),
         address: None,
+        strategy: None,
         protocol: Some(ServiceProtocol::FluentForward(FluentSettings {
             shared_key: Some("k3y".into()),
             service_user: Some(FluentUser {

@@ -15,6 +15,7 @@ pub async fn exec(cmd: PolicyCmd) -> Result<ExitCode> {
     match cmd {
         PolicyCmd::Create {
             name: n,
+            kind,
             services,
             identities,
             tags,
@@ -29,9 +30,10 @@ pub async fn exec(cmd: PolicyCmd) -> Result<ExitCode> {
                 services: selectors(&services)?,
                 identities: selectors(&identities)?,
                 tags,
+                kind: kind.kind(),
             };
             call(&admin, req).await?;
-            eprintln!("created policy {n}");
+            eprintln!("created {} policy {n}", kind.kind().name());
         }
         PolicyCmd::List(args) => list(args, AdminRequest::ListPolicies).await?,
         PolicyCmd::Explain {

@@ -1,4 +1,4 @@
-//! `service create|update|list|delete`, and how the protocol flags
+//! `service create|update|list|show|delete`, and how the protocol flags
 //! ([`ProtocolArgs`]) become a service's protocol.
 
 use std::path::Path;
@@ -17,24 +17,27 @@ pub async fn exec(cmd: ServiceCmd) -> Result<()> {
     match cmd {
         ServiceCmd::Create {
             name: n,
-            address,
+            reach,
             roles,
+            strategy,
             protocol,
             admin,
         } => {
             let svc = ServiceEntry {
                 name: name(&n)?,
-                address,
+                address: address(reach.address, reach.hosted)?.unwrap_or_default(),
                 roles: names(&roles)?,
                 protocol: protocol.protocol()?.unwrap_or_default(),
-                strategy: Default::default(),
+                strategy: strategy.strategy(),
             };
             call(&admin, AdminRequest::CreateService(svc)).await?;
             eprintln!("created service {n}");
         }
         ServiceCmd::Update {
             name: n,
-            address,
+            address: new_address,
+            hosted,
+            strategy,
             protocol,
             admin,
         } => {
@@ -46,23 +49,41 @@ pub async fn exec(cmd: ServiceCmd) -> Result<()> {
                 _ => None,
             };
             let protocol = protocol.update_of(current.as_ref())?;
-            if address.is_none() && protocol.is_none() {
-                bail!("nothing to change: give --address, --protocol or a fluent-forward flag (--stamp-*, --shared-key-file, --event-time, …)");
+            let address = address(new_address, hosted)?;
+            if address.is_none() && protocol.is_none() && strategy.is_none() {
+                bail!("nothing to change: give --address, --hosted, --strategy, --protocol or a fluent-forward flag (--stamp-*, --shared-key-file, --event-time, …)");
             }
             let req = AdminRequest::UpdateService {
                 name: name(&n)?,
                 address,
                 protocol,
+                strategy: strategy.map(|s| s.strategy()),
             };
             call(&admin, req).await?;
             eprintln!("updated service {n}");
         }
         ServiceCmd::List(args) => list(args, AdminRequest::ListServices).await?,
+        ServiceCmd::Show { name: n, read } => {
+            list(read, AdminRequest::ShowService { name: name(&n)? }).await?
+        }
         ServiceCmd::Delete(args) => {
             delete(args, "service", |name| AdminRequest::DeleteService { name }).await?
         }
     }
     Ok(())
+}
+
+/// The address `--address` and `--hosted` give, as the wire says it (an
+/// empty address is a hosted service); `None` if neither is given.
+fn address(address: Option<String>, hosted: bool) -> Result<Option<String>> {
+    match (address, hosted) {
+        (Some(a), _) if a.is_empty() => {
+            bail!("--address is HOST:PORT; for a service with no address (reached only through hosters' terminators) give --hosted")
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, true) => Ok(Some(String::new())),
+        (None, false) => Ok(None),
+    }
 }
 
 /// Reads a secret (shared key, password) from a 0600 file: one line of

@@ -38,6 +38,7 @@ mod tests {
                     services: vec![darkport_proto::policy::Selector::All],
                     identities: vec![darkport_proto::policy::Selector::All],
                     tags: vec![],
+                    kind: Default::default(),
                 },
             )
             .expect("policy created");

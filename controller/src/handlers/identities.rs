@@ -366,6 +366,7 @@ mod tests {
                 session: 1,
                 snapshot_version: Some(3),
                 clients: vec![name("alice")],
+                ..Presence::default()
             },
         );
         let Ok(AdminResponse::Identities(all)) = f.run(T0, AdminRequest::ListIdentities) else {

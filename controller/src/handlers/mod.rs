@@ -8,8 +8,10 @@
 //!
 //! - [`identities`]: create (with its enrollment token), list, show,
 //!   update roles, revoke, delete.
-//! - [`services`]: create, list (shared keys redacted), update, delete.
-//! - [`policies`]: service policies, router policies and `explain`.
+//! - [`services`]: create, list (shared keys redacted), update, show
+//!   (with the terminators routers reported), delete.
+//! - [`policies`]: service policies (dial and bind), router policies and
+//!   `explain`.
 //! - [`routers`]: registered routers and what they may serve.
 //! - [`audit`]: the audit log.
 //!
@@ -116,13 +118,25 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
             name,
             address,
             protocol,
-        } => services::update(store, by, name, address, protocol),
+            strategy,
+        } => services::update(
+            store,
+            by,
+            name,
+            services::ServiceUpdate {
+                address,
+                protocol,
+                strategy,
+            },
+        ),
+        AdminRequest::ShowService { name } => services::show(store, env.online, &name),
         AdminRequest::DeleteService { name } => services::delete(store, by, name),
         AdminRequest::CreatePolicy {
             name,
             services,
             identities,
             tags,
+            kind,
         } => policies::create(
             store,
             by,
@@ -131,7 +145,7 @@ pub fn dispatch(env: &Env, by: Caller, req: AdminRequest) -> Result<AdminRespons
                 services,
                 identities,
                 tags,
-                kind: Default::default(),
+                kind,
             },
         ),
         AdminRequest::ListPolicies => Ok(policies::list(store)),

@@ -1,18 +1,24 @@
-//! Service policies (who may dial what), router policies (which router
-//! may serve what) and `explain`, which evaluates them.
+//! Service policies (who may dial what, and, bind policies, who may host
+//! what), router policies (which router may serve what) and `explain`,
+//! which evaluates them.
 
 use darkport_proto::identity::IdentityName;
 use darkport_proto::msg::{AdminResponse, ControlError};
-use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry};
+use darkport_proto::policy::{PolicyEntry, PolicyKind, RouterPolicyEntry};
 
 use super::{bad, insert_new, remove_named, Caller};
 use crate::store::Store;
 
-/// Creates a service policy.
+/// Creates a service policy, dial or bind.
 pub fn create(store: &Store, by: Caller, p: PolicyEntry) -> Result<AdminResponse, ControlError> {
     if p.services.is_empty() || p.identities.is_empty() {
         return Err(bad(
             "a policy needs at least one --service-roles and one --identity-roles selector",
+        ));
+    }
+    if p.kind == PolicyKind::Bind && !p.tags.is_empty() {
+        return Err(bad(
+            "a bind policy has no tag patterns: --tags limits what dialing identities may write to a fluent-forward service; give it to a dial policy",
         ));
     }
     if p.tags.len() > darkport_proto::tags::MAX_PATTERNS {
@@ -24,14 +30,14 @@ pub fn create(store: &Store, by: Caller, p: PolicyEntry) -> Result<AdminResponse
     for t in &p.tags {
         darkport_proto::tags::check(t).map_err(|e| bad(e.to_string()))?;
     }
-    store.update(
-        true,
-        by.audit(format!("created service policy {}", p.name)),
-        |s| {
-            insert_new(&mut s.policies, "policy", p.name.clone(), p.clone())?;
-            Ok(AdminResponse::Done)
-        },
-    )
+    let what = match p.kind {
+        PolicyKind::Dial => "service policy",
+        PolicyKind::Bind => "bind policy",
+    };
+    store.update(true, by.audit(format!("created {what} {}", p.name)), |s| {
+        insert_new(&mut s.policies, "policy", p.name.clone(), p.clone())?;
+        Ok(AdminResponse::Done)
+    })
 }
 
 /// Every service policy.
@@ -124,11 +130,16 @@ mod tests {
     use darkport_proto::policy::{Selector, ServiceEntry, ServiceProtocol};
 
     fn policy(n: &str, tags: &[&str]) -> AdminRequest {
+        policy_of(PolicyKind::Dial, n, tags)
+    }
+
+    fn policy_of(kind: PolicyKind, n: &str, tags: &[&str]) -> AdminRequest {
         AdminRequest::CreatePolicy {
             name: name(n),
             services: vec![Selector::Name(name("db"))],
             identities: vec![Selector::Role(name("app"))],
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            kind,
         }
     }
 
@@ -170,6 +181,25 @@ mod tests {
         );
     }
 
+    /// A bind policy is stored as one, audited as one, and has no tags.
+    #[test]
+    fn create_bind_policy() {
+        let f = Fixture::new();
+        done(f.run(T0, policy_of(PolicyKind::Bind, "hosts", &[])));
+        assert_eq!(
+            f.store.read().policies[&name("hosts")].kind,
+            PolicyKind::Bind
+        );
+        assert_eq!(f.audit()[0].action, "created bind policy hosts");
+        let m = fails(
+            f.run(T0, policy_of(PolicyKind::Bind, "tagged", &["app.**"])),
+            ControlErrorCode::BadRequest,
+        );
+        assert!(m.starts_with("a bind policy has no tag patterns"), "{m}");
+        assert!(!f.store.read().policies.contains_key(&name("tagged")));
+        assert_eq!(f.audit().len(), 1);
+    }
+
     #[test]
     fn create_policy_refusals() {
         let f = Fixture::new();
@@ -184,6 +214,7 @@ mod tests {
             services: vec![],
             identities: vec![Selector::All],
             tags: vec![],
+            kind: PolicyKind::Bind,
         };
         let m = fails(f.run(T0, empty), ControlErrorCode::BadRequest);
         assert_eq!(

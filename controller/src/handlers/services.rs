@@ -1,21 +1,39 @@
-//! Services: the private `host:port` endpoints routers connect to.
+//! Services: the private `host:port` endpoints routers connect to, or
+//! hosted services (no address) that routers reach through the
+//! terminators of hosters, and `service show` with those terminators.
 
 use darkport_proto::identity::IdentityName;
-use darkport_proto::msg::{AdminResponse, ControlError};
-use darkport_proto::policy::{AppHandshake, EventTimeForm, ServiceEntry, ServiceProtocol};
+use darkport_proto::msg::{AdminResponse, ControlError, ServiceDetail};
+use darkport_proto::policy::{
+    AppHandshake, EventTimeForm, ServiceEntry, ServiceProtocol, TerminatorStrategy,
+};
+use dashmap::DashMap;
 
-use super::{bad, insert_new, not_found, remove_named, Caller};
+use super::{bad, insert_new, not_found, remove_named, Caller, Presence};
 use crate::store::Store;
 
 /// Creates a service.
 pub fn create(store: &Store, by: Caller, svc: ServiceEntry) -> Result<AdminResponse, ControlError> {
     check_address(&svc.address)?;
     check_protocol(&svc.protocol)?;
-    let what = format!("created service {} at {}", svc.name, svc.address);
+    let mut what = format!("created service {} {}", svc.name, reached(&svc.address));
+    if svc.strategy != TerminatorStrategy::default() {
+        what.push_str(&format!(" strategy {}", svc.strategy.name()));
+    }
     store.update(true, by.audit(what), |s| {
         insert_new(&mut s.services, "service", svc.name.clone(), svc.clone())?;
         Ok(AdminResponse::Done)
     })
+}
+
+/// How a service is reached, for audit entries: `at ADDRESS`, or
+/// `hosted`.
+fn reached(address: &str) -> String {
+    if address.is_empty() {
+        "hosted".into()
+    } else {
+        format!("at {address}")
+    }
 }
 
 /// Every service, shared keys redacted.
@@ -31,31 +49,49 @@ pub fn list(store: &Store) -> AdminResponse {
     )
 }
 
-/// Changes a service's address, protocol, or both.
+/// What `service update` changes; `None` keeps the current value.
+#[derive(Debug, Default)]
+pub struct ServiceUpdate {
+    /// A new address (`HOST:PORT`), or empty: hosted.
+    pub address: Option<String>,
+    /// A new protocol.
+    pub protocol: Option<ServiceProtocol>,
+    /// A new terminator strategy.
+    pub strategy: Option<TerminatorStrategy>,
+}
+
+/// Changes what `change` gives of a service.
 pub fn update(
     store: &Store,
     by: Caller,
     name: IdentityName,
-    address: Option<String>,
-    protocol: Option<ServiceProtocol>,
+    change: ServiceUpdate,
 ) -> Result<AdminResponse, ControlError> {
+    let ServiceUpdate {
+        address,
+        protocol,
+        strategy,
+    } = change;
     if let Some(a) = &address {
         check_address(a)?;
     }
     if let Some(p) = &protocol {
         check_protocol(p)?;
     }
-    let what = format!(
-        "updated service {name}{}{}",
-        address
-            .as_ref()
-            .map(|a| format!(" address {a}"))
-            .unwrap_or_default(),
-        protocol
-            .as_ref()
-            .map(|p| format!(" protocol {}", p.name()))
-            .unwrap_or_default()
-    );
+    let mut what = format!("updated service {name}");
+    if let Some(a) = &address {
+        if a.is_empty() {
+            what.push_str(" hosted");
+        } else {
+            what.push_str(&format!(" address {a}"));
+        }
+    }
+    if let Some(p) = &protocol {
+        what.push_str(&format!(" protocol {}", p.name()));
+    }
+    if let Some(t) = strategy {
+        what.push_str(&format!(" strategy {}", t.name()));
+    }
     store.update(true, by.audit(what), |s| {
         let svc = s
             .services
@@ -67,8 +103,43 @@ pub fn update(
         if let Some(p) = &protocol {
             svc.protocol = keep_redacted(&svc.protocol, p.clone());
         }
+        if let Some(t) = strategy {
+            svc.strategy = t;
+        }
         Ok(AdminResponse::Done)
     })
+}
+
+/// One service (secrets redacted, as listed) with the terminators that
+/// the routers in session with this controller last reported for it.
+pub fn show(
+    store: &Store,
+    online: &DashMap<IdentityName, Presence>,
+    name: &IdentityName,
+) -> Result<AdminResponse, ControlError> {
+    let entry = store
+        .read()
+        .services
+        .get(name)
+        .cloned()
+        .ok_or_else(|| not_found("service", name))?;
+    let mut terminators: Vec<_> = online
+        .iter()
+        .flat_map(|p| {
+            p.terminators
+                .iter()
+                .filter(|t| t.service == name.as_str())
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    terminators.sort_by(|a, b| {
+        (&a.router, &a.hoster, &a.instance).cmp(&(&b.router, &b.hoster, &b.instance))
+    });
+    Ok(AdminResponse::Service(ServiceDetail {
+        entry: redact_shared_key(entry),
+        terminators,
+    }))
 }
 
 /// Deletes a service.
@@ -82,9 +153,10 @@ pub fn delete(
     })
 }
 
-/// Routers dial the address as given: it must be `HOST:PORT`.
+/// Routers dial the address as given: it must be `HOST:PORT`, or empty
+/// for a hosted service.
 fn check_address(address: &str) -> Result<(), ControlError> {
-    if darkport_transport::endpoint::parse_host_port(address).is_none() {
+    if !address.is_empty() && darkport_transport::endpoint::parse_host_port(address).is_none() {
         return Err(bad(format!("service address {address:?} is not HOST:PORT")));
     }
     Ok(())
@@ -195,7 +267,9 @@ fn check_protocol(p: &ServiceProtocol) -> Result<(), ControlError> {
 mod tests {
     use super::*;
     use crate::handlers::testing::{done, fails, name, Fixture, T0};
-    use darkport_proto::msg::{AdminRequest, ControlErrorCode};
+    use darkport_proto::msg::{
+        AdminRequest, ControlErrorCode, Precedence, RouterReport, TerminatorInfo,
+    };
     use darkport_proto::policy::FluentSettings;
 
     fn svc(n: &str, address: &str, protocol: ServiceProtocol) -> ServiceEntry {
@@ -243,6 +317,7 @@ mod tests {
                 name: name("logs"),
                 address: None,
                 protocol: Some(ServiceProtocol::FluentForward(listed)),
+                strategy: None,
             },
         ));
         let ServiceProtocol::FluentForward(stored) =
@@ -455,6 +530,7 @@ mod tests {
             name: name("db"),
             address: address.map(String::from),
             protocol,
+            strategy: None,
         };
         done(f.run(T0 + 1, update(Some("db2:5432"), None)));
         done(f.run(T0 + 2, update(None, Some(fluent(|_| {})))));
@@ -494,12 +570,133 @@ mod tests {
                     name: name("web"),
                     address: None,
                     protocol: None,
+                    strategy: None,
                 },
             ),
             ControlErrorCode::NotFound,
         );
         assert_eq!(m, "no service named web");
         assert_eq!(f.audit().len(), 3);
+    }
+
+    /// A service with no address is hosted; `update` moves a service
+    /// between an address and hosting, and changes its strategy.
+    #[test]
+    fn hosted_services_and_strategies() {
+        let f = Fixture::new();
+        let mut api = svc("api", "", ServiceProtocol::Tcp);
+        api.strategy = TerminatorStrategy::Sticky;
+        done(f.run(T0, AdminRequest::CreateService(api.clone())));
+        assert_eq!(f.store.read().services[&name("api")], api);
+        let update = |address: Option<&str>, strategy| AdminRequest::UpdateService {
+            name: name("api"),
+            address: address.map(String::from),
+            protocol: None,
+            strategy,
+        };
+        done(f.run(T0 + 1, update(Some("api:443"), None)));
+        done(f.run(T0 + 2, update(Some(""), Some(TerminatorStrategy::Random))));
+        let stored = f.store.read().services[&name("api")].clone();
+        assert!(!stored.has_address());
+        assert_eq!(stored.strategy, TerminatorStrategy::Random);
+        let actions: Vec<String> = f.audit().into_iter().map(|a| a.action).collect();
+        assert_eq!(
+            actions,
+            [
+                "created service api hosted strategy sticky",
+                "updated service api address api:443",
+                "updated service api hosted strategy random",
+            ]
+        );
+    }
+
+    fn terminator(service: &str, hoster: &str, router: &str) -> TerminatorInfo {
+        TerminatorInfo {
+            service: service.into(),
+            hoster: name(hoster),
+            instance: "i-1".into(),
+            router: name(router),
+            cost: 10,
+            precedence: Precedence::Default,
+            streams: 2,
+        }
+    }
+
+    fn report(terminators: Vec<TerminatorInfo>) -> RouterReport {
+        RouterReport {
+            snapshot_version: 1,
+            clients: vec![],
+            terminators,
+        }
+    }
+
+    fn show(f: &Fixture, n: &str) -> ServiceDetail {
+        match f.run(T0, AdminRequest::ShowService { name: name(n) }) {
+            Ok(AdminResponse::Service(d)) => d,
+            other => panic!("expected a service, got {other:?}"),
+        }
+    }
+
+    /// `service show` lists the terminators of the service from every
+    /// router's latest report, named by the router that reported them
+    /// (whatever the report said), sorted; a report replaces the
+    /// router's previous one, and a router whose session ended has none.
+    #[test]
+    fn show_lists_the_terminators_routers_reported() {
+        let f = Fixture::new();
+        let p = fluent(|s| s.shared_key = Some("secret".into()));
+        done(f.run(T0, AdminRequest::CreateService(svc("logs", "", p))));
+        for (router, session) in [("r2", 2), ("r1", 1)] {
+            f.online.insert(
+                name(router),
+                Presence {
+                    session,
+                    ..Presence::default()
+                },
+            );
+        }
+        let record = |router: &str, r: RouterReport| {
+            f.online
+                .get_mut(&name(router))
+                .expect("online")
+                .record(&name(router), &r);
+        };
+        record(
+            "r2",
+            report(vec![
+                terminator("logs", "h-b", "lies"),
+                terminator("other", "h-b", "r2"),
+            ]),
+        );
+        record("r1", report(vec![terminator("logs", "h-a", "r1")]));
+        let d = show(&f, "logs");
+        assert_eq!(d.entry.name, name("logs"));
+        let ServiceProtocol::FluentForward(listed) = &d.entry.protocol else {
+            panic!("fluent-forward");
+        };
+        assert_eq!(listed.shared_key.as_deref(), Some(REDACTED), "redacted");
+        assert_eq!(
+            d.terminators,
+            vec![
+                terminator("logs", "h-a", "r1"),
+                terminator("logs", "h-b", "r2")
+            ]
+        );
+        // The next report replaces the last: r1's hoster withdrew.
+        record("r1", report(vec![]));
+        assert_eq!(d_hosters(&show(&f, "logs")), ["h-b"]);
+        // r2's session ended.
+        f.online.remove(&name("r2"));
+        assert!(show(&f, "logs").terminators.is_empty());
+        let m = fails(
+            f.run(T0, AdminRequest::ShowService { name: name("nope") }),
+            ControlErrorCode::NotFound,
+        );
+        assert_eq!(m, "no service named nope");
+    }
+
+    fn d_hosters(d: &ServiceDetail) -> Vec<&str> {
+        d.terminators.iter().map(|t| t.hoster.as_str()).collect()
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::PolicySnapshot;
+use darkport_proto::policy::{PolicyEntry, PolicyKind, PolicySnapshot};
 
 pub mod model;
 pub mod postgres;
@@ -154,8 +154,9 @@ impl std::fmt::Debug for Store {
 /// Takes out of a state loaded from a database the rows that the checks on
 /// write would have refused (someone with write access to the database
 /// wrote them, or a bug did): routers and controllers whose advertised
-/// address is not `HOST:PORT`, services whose address is not, policies
-/// whose tag patterns do not compile. What is taken out fails closed: a
+/// address is not `HOST:PORT`, services whose address is neither that
+/// nor empty (hosted), policies whose tag patterns do not compile, bind
+/// policies with tag patterns. What is taken out fails closed: a
 /// policy less grants less, a router or controller not listed is not
 /// dialed. Returns a line per row, to log.
 pub fn sanitize(state: &mut State) -> Vec<String> {
@@ -175,8 +176,9 @@ pub fn sanitize(state: &mut State) -> Vec<String> {
         ok.is_ok()
     });
     state.services.retain(|name, svc| {
-        let ok = svc.address.len() <= 1024
-            && darkport_transport::endpoint::parse_host_port(&svc.address).is_some();
+        let ok = !svc.has_address()
+            || (svc.address.len() <= 1024
+                && darkport_transport::endpoint::parse_host_port(&svc.address).is_some());
         if !ok {
             dropped.push(format!(
                 "service {name}: address {:?} is not HOST:PORT",
@@ -186,24 +188,27 @@ pub fn sanitize(state: &mut State) -> Vec<String> {
         ok
     });
     state.policies.retain(|name, p| {
-        let bad = (p.tags.len() > darkport_proto::tags::MAX_PATTERNS)
-            .then(|| {
-                format!(
-                    "more than {} tag patterns",
-                    darkport_proto::tags::MAX_PATTERNS
-                )
-            })
-            .or_else(|| {
-                p.tags
-                    .iter()
-                    .find_map(|t| darkport_proto::tags::check(t).err().map(|e| e.to_string()))
-            });
+        let bad = policy_fault(p);
         if let Some(why) = &bad {
             dropped.push(format!("policy {name}: {why}"));
         }
         bad.is_none()
     });
     dropped
+}
+
+/// Why the checks on write would refuse `p`, if they would.
+fn policy_fault(p: &PolicyEntry) -> Option<String> {
+    use darkport_proto::tags;
+    if p.kind == PolicyKind::Bind && !p.tags.is_empty() {
+        return Some("a bind policy with tag patterns".into());
+    }
+    if p.tags.len() > tags::MAX_PATTERNS {
+        return Some(format!("more than {} tag patterns", tags::MAX_PATTERNS));
+    }
+    p.tags
+        .iter()
+        .find_map(|t| tags::check(t).err().map(|e| e.to_string()))
 }
 
 /// Loads the state from `backend`, without the rows [`sanitize`] refuses
@@ -425,7 +430,11 @@ mod tests {
                 last_seen: 0,
             },
         );
-        for (name, address) in [("ok", "10.0.0.5:24224"), ("broken", "nowhere")] {
+        for (name, address) in [
+            ("ok", "10.0.0.5:24224"),
+            ("broken", "nowhere"),
+            ("hosted", ""),
+        ] {
             state.services.insert(
                 n(name),
                 ServiceEntry {
@@ -437,7 +446,12 @@ mod tests {
                 },
             );
         }
-        for (name, tags) in [("fine", vec!["app.**"]), ("odd", vec!["app.{a"])] {
+        for (name, tags, kind) in [
+            ("fine", vec!["app.**"], PolicyKind::Dial),
+            ("odd", vec!["app.{a"], PolicyKind::Dial),
+            ("host", vec![], PolicyKind::Bind),
+            ("host-tags", vec!["app.**"], PolicyKind::Bind),
+        ] {
             state.policies.insert(
                 n(name),
                 PolicyEntry {
@@ -445,23 +459,29 @@ mod tests {
                     services: vec![Selector::All],
                     identities: vec![Selector::All],
                     tags: tags.into_iter().map(String::from).collect(),
-                    kind: Default::default(),
+                    kind,
                 },
             );
         }
         let dropped = sanitize(&mut state);
-        assert_eq!(dropped.len(), 5, "{dropped:?}");
-        assert_eq!(
-            state.routers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["good"]
-        );
+        assert_eq!(dropped.len(), 6, "{dropped:?}");
+        fn names<V>(m: &std::collections::BTreeMap<IdentityName, V>) -> Vec<&str> {
+            m.keys().map(|k| k.as_str()).collect()
+        }
+        assert_eq!(names(&state.routers), ["good"]);
         assert!(state.controllers.is_empty());
-        assert!(state.services.contains_key(&n("ok")) && state.services.len() == 1);
-        assert!(state.policies.contains_key(&n("fine")) && state.policies.len() == 1);
-        assert!(
-            dropped.iter().any(|d| d.starts_with("policy odd")),
-            "{dropped:?}"
+        assert_eq!(
+            names(&state.services),
+            ["hosted", "ok"],
+            "a service without an address is hosted, not broken"
         );
+        assert_eq!(names(&state.policies), ["fine", "host"]);
+        for d in [
+            "policy odd",
+            "policy host-tags: a bind policy with tag patterns",
+        ] {
+            assert!(dropped.iter().any(|x| x.starts_with(d)), "{dropped:?}");
+        }
     }
 
     #[test]

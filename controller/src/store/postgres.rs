@@ -52,7 +52,8 @@
 //! upgrades version `i` to `i + 1`, each in its own transaction holding a
 //! transaction-level advisory lock, so two controllers starting together
 //! migrate once. A schema newer than this build knows is refused. Version
-//! 1 is SQLite's version 3 (JSON in text columns, the same encoding).
+//! 1 is SQLite's version 3 (JSON in text columns, the same encoding),
+//! version 2 SQLite's version 4.
 //!
 //! # TLS
 //! The store URL takes libpq's `sslmode` (`disable`, `prefer`, `require`,
@@ -79,7 +80,8 @@ use super::model::{Backend, State, StoreError};
 use super::rows::{self, Change, SqlValue, StoredRow, TABLES};
 
 /// Schema migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('snapshot_version', 0), ('generation', 0);
 CREATE TABLE identities (
@@ -125,7 +127,14 @@ CREATE TABLE audit (
     actor TEXT NOT NULL,
     action TEXT NOT NULL
 );
-"#];
+"#,
+    // Version 2 (SQLite's version 4): hosting. Bind policies beside dial
+    // policies, and how routers choose among a service's terminators.
+    r#"
+ALTER TABLE services ADD COLUMN strategy TEXT NOT NULL DEFAULT 'lowest-cost';
+ALTER TABLE service_policies ADD COLUMN kind TEXT NOT NULL DEFAULT 'dial';
+"#,
+];
 
 /// The `NOTIFY` channel told of every commit (payload: the new generation).
 pub const NOTIFY_CHANNEL: &str = "darkport_state";

@@ -10,14 +10,21 @@
 //!
 //! So a new column is one edit here (plus each backend's migration), and
 //! the two backends cannot drift apart on how a value is encoded: JSON
-//! text for lists, selectors and protocols, integers for times.
+//! text for lists, selectors and protocols, the CLI's names for unit
+//! enums (an identity's kind, a policy's kind, a service's terminator
+//! strategy), integers for times. A name this version does not know (a
+//! newer controller wrote it) fails the load with
+//! [`StoreError::Corrupt`] naming the value, rather than being read as
+//! something else.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
-use darkport_proto::policy::{PolicyEntry, RouterPolicyEntry, ServiceEntry};
+use darkport_proto::policy::{
+    PolicyEntry, PolicyKind, RouterPolicyEntry, ServiceEntry, TerminatorStrategy,
+};
 
 use super::model::{
     CertRecord, ControllerRecord, IdentityRecord, RouterRecord, State, StoreError, TokenRecord,
@@ -73,6 +80,23 @@ fn name(row: &dyn StoredRow, col: usize) -> Result<IdentityName, StoreError> {
 
 fn json<T: serde::de::DeserializeOwned>(row: &dyn StoredRow, col: usize) -> Result<T, StoreError> {
     serde_json::from_str(&row.text(col)?).map_err(|e| row.corrupt(Some(col), e.to_string()))
+}
+
+/// A unit enum stored by its CLI name (`what` names it in the error): a
+/// name `parse` does not know is an error, never a default.
+fn named<T>(
+    row: &dyn StoredRow,
+    col: usize,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    let text = row.text(col)?;
+    parse(&text).ok_or_else(|| {
+        row.corrupt(
+            Some(col),
+            format!("unknown {what} {text:?} (written by a newer controller?); upgrade darkport-controller"),
+        )
+    })
 }
 
 /// One table of the state.
@@ -274,12 +298,9 @@ static IDENTITIES: Table = Table {
     },
     read: |state, row| {
         let n = name(row, 0)?;
-        let kind = row.text(1)?;
-        let kind = Kind::parse(&kind)
-            .ok_or_else(|| row.corrupt(None, format!("unknown kind {kind:?}")))?;
         let record = IdentityRecord {
             name: n.clone(),
-            kind,
+            kind: named(row, 1, "identity kind", Kind::parse)?,
             roles: json(row, 2)?,
             certificates: vec![],
             created_at: row.u64(3)?,
@@ -335,7 +356,7 @@ static CERTIFICATES: Table = Table {
 
 static SERVICES: Table = Table {
     name: "services",
-    columns: &["name", "address", "roles", "protocol"],
+    columns: &["name", "address", "roles", "protocol", "strategy"],
     order_by: None,
     diff: |t, old, new, out| {
         diff(
@@ -348,6 +369,7 @@ static SERVICES: Table = Table {
                     SqlValue::text(&v.address),
                     SqlValue::json(&v.roles)?,
                     SqlValue::json(&v.protocol)?,
+                    SqlValue::text(v.strategy.name()),
                 ])
             },
             out,
@@ -360,7 +382,7 @@ static SERVICES: Table = Table {
             address: row.text(1)?,
             roles: json(row, 2)?,
             protocol: json(row, 3)?,
-            strategy: Default::default(),
+            strategy: named(row, 4, "terminator strategy", TerminatorStrategy::parse)?,
         };
         state.services.insert(n, entry);
         Ok(())
@@ -369,7 +391,7 @@ static SERVICES: Table = Table {
 
 static SERVICE_POLICIES: Table = Table {
     name: "service_policies",
-    columns: &["name", "services", "identities", "tags"],
+    columns: &["name", "services", "identities", "tags", "kind"],
     order_by: None,
     diff: |t, old, new, out| {
         diff(
@@ -382,6 +404,7 @@ static SERVICE_POLICIES: Table = Table {
                     SqlValue::json(&v.services)?,
                     SqlValue::json(&v.identities)?,
                     SqlValue::json(&v.tags)?,
+                    SqlValue::text(v.kind.name()),
                 ])
             },
             out,
@@ -394,7 +417,7 @@ static SERVICE_POLICIES: Table = Table {
             services: json(row, 1)?,
             identities: json(row, 2)?,
             tags: json(row, 3)?,
-            kind: Default::default(),
+            kind: named(row, 4, "policy kind", PolicyKind::parse)?,
         };
         state.policies.insert(n, entry);
         Ok(())

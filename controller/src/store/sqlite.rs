@@ -71,6 +71,12 @@ ALTER TABLE service_policies ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
 INSERT INTO meta (key, value) VALUES ('generation', 0);
 CREATE TABLE controllers (name TEXT PRIMARY KEY, advertise TEXT NOT NULL, last_seen INTEGER NOT NULL);
 "#,
+    // Version 4: hosting. Bind policies beside dial policies, and how
+    // routers choose among a service's terminators.
+    r#"
+ALTER TABLE services ADD COLUMN strategy TEXT NOT NULL DEFAULT 'lowest-cost';
+ALTER TABLE service_policies ADD COLUMN kind TEXT NOT NULL DEFAULT 'dial';
+"#,
 ];
 
 /// The SQLite backend.
@@ -263,15 +269,16 @@ impl Backend for SqliteBackend {
 mod tests {
     use super::*;
     use darkport_proto::identity::{IdentityName, Kind};
-    use darkport_proto::policy::{Selector, ServiceProtocol};
+    use darkport_proto::policy::{PolicyKind, Selector, ServiceProtocol, TerminatorStrategy};
 
     fn n(s: &str) -> IdentityName {
         IdentityName::new(s).expect("name")
     }
 
-    /// A file at schema version 1 (before protocols, tags, the generation
-    /// and controllers), with rows, loads with the defaults of the later
-    /// migrations and is upgraded to the current version.
+    /// A file at schema version 1 (before protocols, tags, the generation,
+    /// controllers, policy kinds and strategies), with rows, loads with
+    /// the defaults of the later migrations and is upgraded to the
+    /// current version.
     #[test]
     fn a_version_1_file_loads() {
         let dir = tempfile::tempdir().expect("dir");
@@ -309,10 +316,13 @@ PRAGMA user_version = 1;
             .collect();
         assert_eq!(certs, ["aa11", "bb22"]);
         assert_eq!((app1.revoked_at, app1.last_seen), (None, Some(2100)));
-        assert_eq!(state.services[&n("web")].protocol, ServiceProtocol::Tcp);
+        let web = &state.services[&n("web")];
+        assert_eq!(web.protocol, ServiceProtocol::Tcp);
+        assert_eq!(web.strategy, TerminatorStrategy::LowestCost);
         let policy = &state.policies[&n("logs-in")];
         assert_eq!(policy.identities, [Selector::All]);
         assert!(policy.tags.is_empty());
+        assert_eq!(policy.kind, PolicyKind::Dial, "policies before bind dial");
         assert_eq!(state.tokens["tok-free"].consumed_at, None);
         assert_eq!(state.routers[&n("router1")].advertise, "127.0.0.1:4433");
         assert!(state.controllers.is_empty());
@@ -321,5 +331,36 @@ PRAGMA user_version = 1;
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("user_version");
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    /// A policy kind or strategy this version does not know (a newer
+    /// controller wrote it) fails the load, naming the value: read as a
+    /// default, a bind policy could become a dial policy.
+    #[test]
+    fn unknown_kinds_and_strategies_are_refused_by_name() {
+        for (row, want) in [
+            (
+                "INSERT INTO service_policies VALUES ('p', '[\"All\"]', '[\"All\"]', '[]', 'forward')",
+                "unknown policy kind \"forward\"",
+            ),
+            (
+                "INSERT INTO services VALUES ('s', '', '[]', '\"Tcp\"', 'round-robin')",
+                "unknown terminator strategy \"round-robin\"",
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("state.db");
+            drop(SqliteBackend::open(&path).expect("create"));
+            Connection::open(&path)
+                .expect("open")
+                .execute_batch(row)
+                .expect("insert");
+            let err = SqliteBackend::open(&path)
+                .expect("open")
+                .load()
+                .expect_err("an unknown name is refused");
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
     }
 }

@@ -11,7 +11,8 @@ use darkport_controller::store::{
 use darkport_proto::identity::{IdentityName, Kind};
 use darkport_proto::msg::AuditEntry;
 use darkport_proto::policy::{
-    FluentSettings, PolicyEntry, RouterPolicyEntry, Selector, ServiceEntry, ServiceProtocol,
+    FluentSettings, PolicyEntry, PolicyKind, RouterPolicyEntry, Selector, ServiceEntry,
+    ServiceProtocol, TerminatorStrategy,
 };
 
 pub fn n(s: &str) -> IdentityName {
@@ -93,6 +94,27 @@ pub fn rich_state() -> State {
             strategy: Default::default(),
         },
     );
+    // Hosted: no address, reached through terminators only.
+    s.services.insert(
+        n("api"),
+        ServiceEntry {
+            name: n("api"),
+            address: String::new(),
+            roles: vec![],
+            protocol: ServiceProtocol::Tcp,
+            strategy: TerminatorStrategy::Weighted,
+        },
+    );
+    s.policies.insert(
+        n("api-hosts"),
+        PolicyEntry {
+            name: n("api-hosts"),
+            services: vec![sel("api")],
+            identities: vec![sel("#hosters")],
+            tags: vec![],
+            kind: PolicyKind::Bind,
+        },
+    );
     s.policies.insert(
         n("logs-in"),
         PolicyEntry {
@@ -150,7 +172,8 @@ pub fn changes() -> Vec<(State, Vec<AuditEntry>)> {
     let mut s2 = s1.clone();
     s2.generation += 1;
     s2.version += 1;
-    // A renewal, a moved token, a deleted service, a changed policy.
+    // A renewal, a moved token, a deleted service, a changed strategy, a
+    // changed policy.
     if let Some(i) = s2.identities.get_mut(&n("app1")) {
         i.certificates.push(cert("dd44", 3_000));
         i.certificates.remove(0);
@@ -160,6 +183,9 @@ pub fn changes() -> Vec<(State, Vec<AuditEntry>)> {
         t.consumed_at = Some(3_000);
     }
     s2.services.remove(&n("web"));
+    if let Some(svc) = s2.services.get_mut(&n("api")) {
+        svc.strategy = TerminatorStrategy::Sticky;
+    }
     if let Some(p) = s2.policies.get_mut(&n("logs-in")) {
         p.tags = vec!["other".into()];
     }
