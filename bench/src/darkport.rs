@@ -294,7 +294,12 @@ impl Darkport {
             ));
         }
         for (rr, what) in ready {
-            wait_until(what, Duration::from_secs(30), || load::one_rr(rr)).await?;
+            if let Err(e) = wait_until(what, Duration::from_secs(30), || load::one_rr(rr)).await {
+                // A process that exited says why in its log, which beats
+                // "connection reset".
+                self.check_alive()?;
+                return Err(e);
+            }
         }
         self.check_alive()
     }
