@@ -35,6 +35,9 @@
 //! - [`error`]: [`DialError`], and [`DialError::retry`], which says where a
 //!   failed dial goes next.
 //! - [`forward`]: the local TCP forwarder behind `darkport-edge-client run`.
+//! - [`host`]: hosting a service through routers over outbound
+//!   connections only ([`Client::host`], [`Client::listen`]), behind
+//!   `darkport-edge-client host`.
 //! - `metrics` (with the `cli` feature): the binary's Prometheus metrics,
 //!   read from the SDK's counters at each scrape.
 //!
@@ -46,6 +49,7 @@ pub mod choice;
 pub mod client;
 pub mod error;
 pub mod forward;
+pub mod host;
 #[cfg(feature = "cli")]
 pub mod metrics;
 mod pool;
@@ -54,6 +58,10 @@ pub mod stream;
 pub use client::{Client, ClientOptions, RouterConnection};
 pub use darkport_transport::mux::{RecvHalf, SendHalf, Transport, TransportMode};
 pub use error::{describe_remote_end, DialError, Retry, RouterFailure};
+pub use host::{
+    Accepted, Caller, Host, HostError, HostOptions, IncomingStream, ListenOptions, Listener,
+    Precedence,
+};
 pub use stream::DialStream;
 
 pub use darkport_transport::enroll::{enroll, read_token, EnrollError};

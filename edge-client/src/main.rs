@@ -1,7 +1,7 @@
 //! `darkport-edge-client`: parse arguments, then call the library.
 //!
 //! - [`cli`]: the command line (the clap tree).
-//! - [`commands`]: what `run` and `dial` do, one module each.
+//! - [`commands`]: what `run`, `dial` and `host` do, one module each.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,6 +43,7 @@ async fn real_main() -> Result<()> {
         Cmd::Enroll(args) => args.enroll(Kind::Client).await?,
         Cmd::Run(args) => commands::run::exec(args, log).await?,
         Cmd::Dial(args) => commands::dial::exec(args).await?,
+        Cmd::Host(args) => commands::host::exec(args, log).await?,
     }
     Ok(())
 }

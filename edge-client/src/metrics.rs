@@ -1,5 +1,6 @@
 //! The client's metrics and readiness, for `darkport-edge-client run
-//! --metrics-listen`.
+//! --metrics-listen`, and the hoster's ([`HostMetrics`]), for
+//! `darkport-edge-client host --metrics-listen`.
 //!
 //! The SDK counts in plain atomics ([`Client::dial_counts`],
 //! [`Client::connections`]) and does not know Prometheus; this module reads
@@ -22,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::host::{Host, RouterState};
 use crate::Client;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +127,120 @@ impl ClientMetrics {
             Err("no router connection".into())
         } else {
             Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    service: String,
+    result: &'static str,
+}
+
+/// What a hoster shows, and what its `/ready` asks. Label values are
+/// bounded: `service` is one of the hosted services (given on the command
+/// line), `result` one of a few words.
+#[derive(Debug)]
+pub struct HostMetrics {
+    host: Arc<Host>,
+    terminators: Family<ServiceLabels, Gauge>,
+    router_connections: Gauge,
+    streams: Family<StreamLabels, Counter>,
+}
+
+impl HostMetrics {
+    /// Metrics over `host`.
+    pub fn new(host: Arc<Host>) -> Self {
+        HostMetrics {
+            host,
+            terminators: Family::default(),
+            router_connections: Gauge::default(),
+            streams: Family::default(),
+        }
+    }
+
+    /// Adds every metric to `registry` (which should have the `darkport`
+    /// prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("host");
+        r.register(
+            "terminators",
+            "Routers holding a terminator of this host, by service",
+            self.terminators.clone(),
+        );
+        r.register(
+            "router_connections",
+            "Router connections with the host stream up",
+            self.router_connections.clone(),
+        );
+        r.register(
+            "streams",
+            "Streams brought by routers, by service and result (ok, refused: the local service could not be reached, lost: the router or caller gave up before the answer)",
+            self.streams.clone(),
+        );
+    }
+
+    /// Counts one stream of `service` with `result`.
+    pub fn stream(&self, service: &str, result: &'static str) {
+        self.streams
+            .get_or_create(&StreamLabels {
+                service: service.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Brings the gauges up to date with the host's routers.
+    pub fn refresh(&self) {
+        let routers = self.host.routers();
+        let up = routers
+            .iter()
+            .filter(|r| r.state == RouterState::Up)
+            .count();
+        self.router_connections.set(up as i64);
+        for s in self.host.services() {
+            let n = routers
+                .iter()
+                .filter(|r| {
+                    r.verdicts.iter().any(|v| {
+                        v.service == s.name && v.status == darkport_proto::msg::DialStatus::Ok
+                    })
+                })
+                .count();
+            self.terminators
+                .get_or_create(&ServiceLabels { service: s.name })
+                .set(n as i64);
+        }
+    }
+
+    /// Ready when every hosted service has a terminator on some router.
+    pub fn ready(&self) -> Result<(), String> {
+        let routers = self.host.routers();
+        let missing: Vec<String> = self
+            .host
+            .services()
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|name| {
+                !routers.iter().any(|r| {
+                    r.verdicts.iter().any(|v| {
+                        &v.service == name && v.status == darkport_proto::msg::DialStatus::Ok
+                    })
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no router holds a terminator for {}",
+                missing.join(", ")
+            ))
         }
     }
 }

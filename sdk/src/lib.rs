@@ -1,5 +1,5 @@
 //! Reach a private TCP service by name through Darkport, from inside your
-//! program: no local port, no sidecar.
+//! program: no local port, no sidecar. Or host one, with no open port.
 //!
 //! Darkport is a zero-trust overlay: private services sit behind edge
 //! routers, and a program reaches one only with an identity (a
@@ -89,6 +89,60 @@
 //! [`forward()`] serves a local TCP listener that way, one dial per
 //! accepted connection (what `darkport-edge-client run --forward` does).
 //!
+//! # Hosting a service
+//!
+//! A program can also *be* the service, with no listening socket at all:
+//! [`Client::listen`] keeps outbound connections to every router that may
+//! serve the service, registers it there (a terminator per router), and
+//! routers hand it each caller's dial over those connections. A bind
+//! policy on the controller must let the identity host the service.
+//!
+//! ```no_run
+//! use darkport::{Client, ClientOptions, ListenOptions, Precedence};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let client = Client::from_identity_file("echo-1.id".as_ref(), ClientOptions::default())?;
+//!     // Returns once a router registered it; heals by itself from then on.
+//!     let listener = client.listen("echo", ListenOptions::default()).await?;
+//!     while let Ok(accepted) = listener.accept().await {
+//!         // Who is calling, as the router verified it.
+//!         let who = accepted.caller.identity.clone();
+//!         let mut stream = accepted.stream;
+//!         tokio::spawn(async move {
+//!             let mut buf = Vec::new();
+//!             if stream.read_to_end(&mut buf).await.is_ok() {
+//!                 let _ = stream.write_all(&buf).await;
+//!                 let _ = stream.shutdown().await;
+//!             }
+//!             println!("echoed {} bytes for {who}", buf.len());
+//!         });
+//!         # break;
+//!     }
+//!     // Health: routers prefer other terminators while this one is failed.
+//!     listener.set_precedence(Precedence::Failed)?;
+//!     // Drain: withdraw from every router first, then stop accepting.
+//!     listener.close().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! [`Listener::accept`] yields an [`Accepted`]: the byte stream (a
+//! [`DialStream`], the same type a dial returns) and the [`Caller`]
+//! (identity, roles, address and router, from the router's verified view,
+//! never from the caller's claim). [`ListenOptions`] sets the cost and
+//! [`Precedence`] routers weigh, how many routers to host through and how
+//! many idle streams to keep on each; [`Listener::set_cost`] and
+//! [`Listener::set_precedence`] change them on every router at once, and
+//! [`HealthState`] turns health check results into the precedence. A
+//! router that restarts gets the terminator back as soon as it listens
+//! again (reconnects back off from 250 ms to at most 5 s). [`Client::host`]
+//! hosts several services over the same connections and hands each
+//! stream over unanswered ([`IncomingStream`]), so the program can
+//! connect to a backend first and refuse with a reason if it cannot;
+//! `darkport-edge-client host` is built on it.
+//!
 //! # Errors and retries
 //!
 //! A refusal is an error from [`Client::dial`], typed by who refused: a
@@ -138,6 +192,14 @@
 //! cargo run -p darkport --example dial -- --identity app-1.id --service echo \
 //!     [--router HOST:PORT]... [--transport auto|quic|tcp]
 //! ```
+//!
+//! `examples/http_hosted.rs` serves an HTTP app (hyper) straight over
+//! Darkport, with no local port: each caller's stream is an HTTP/1.1
+//! connection, and the answer names the caller as the router verified it.
+//!
+//! ```text
+//! cargo run -p darkport --example http_hosted -- --identity web-1.id --service web
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -150,6 +212,11 @@ pub use edge_client::client::{
     SharedClient, DIAL_TIMEOUT, LIVENESS_WINDOW, MAX_EARLY_DATA, ROUTER_LIST_TTL,
 };
 pub use edge_client::forward::{forward, forward_draining};
+pub use edge_client::host::{
+    Accepted, AnswerFailure, Caller, HealthState, HealthVerdict, Host, HostError, HostOptions,
+    HostVerdict, HostedService, IncomingStream, ListenOptions, Listener, Precedence, RouterState,
+    RouterStatus, ANSWER_TIMEOUT, DEFAULT_OFFERS, LISTEN_TIMEOUT, WITHDRAW_TIMEOUT,
+};
 pub use edge_client::{
     describe_remote_end, read_token, Client, ClientOptions, DialError, DialStream, EnrollError,
     Identity, RecvHalf, Retry, RouterConnection, RouterFailure, SendHalf, Transport, TransportMode,

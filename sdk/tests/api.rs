@@ -29,6 +29,46 @@ fn entry_points() {
     let _: Transport = Transport::Quic;
     let _: [TransportMode; 3] = [TransportMode::Auto, TransportMode::Quic, TransportMode::Tcp];
     let _: Option<SharedClient> = None;
+    let _: fn(
+        &Client,
+        &[darkport::HostedService],
+        darkport::HostOptions,
+    ) -> Result<darkport::Host, darkport::HostError> = Client::host;
+    let _: fn(&darkport::Listener, darkport::Precedence) -> Result<(), darkport::HostError> =
+        darkport::Listener::set_precedence;
+    let _: fn(&darkport::Listener, u16) -> Result<(), darkport::HostError> =
+        darkport::Listener::set_cost;
+    let _: fn(&darkport::Caller) -> Option<std::net::SocketAddr> = darkport::Caller::socket_addr;
+}
+
+/// `listen`, `accept` and `close` can run in spawned tasks, and a listener
+/// can be shared between them.
+#[allow(dead_code)]
+fn hosting_is_spawnable(client: &Client, listener: &darkport::Listener) {
+    fn spawnable<F: Future + Send>(_: F) {}
+    spawnable(client.listen("echo", darkport::ListenOptions::default()));
+    spawnable(listener.accept());
+    spawnable(listener.close());
+}
+
+#[test]
+fn hosting_types_can_cross_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<darkport::Listener>();
+    send_sync::<darkport::Host>();
+    send::<darkport::Accepted>();
+    send::<darkport::IncomingStream>();
+    send_sync::<darkport::HostError>();
+}
+
+#[test]
+fn host_errors_become_io_errors() {
+    let io: std::io::Error = darkport::HostError::Closed.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::NotConnected);
+    let o = darkport::ListenOptions::default();
+    assert_eq!(o.offers, darkport::DEFAULT_OFFERS);
+    assert_eq!(o.precedence, darkport::Precedence::Default);
 }
 
 /// `enroll` returns the identity file it wrote, and its future can be

@@ -428,6 +428,55 @@ impl Fixture {
     }
 }
 
+/// An address nothing listens on (bound, then closed): a service there is
+/// unreachable except through terminators.
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The hosting fixture: `echo-h` (its address dead), `app-1` (role
+/// `writers`) allowed to dial it, and `host-1` (role `hosters`) allowed to
+/// host it by the bind policy `hosts`. Returns the two identity files.
+pub async fn hosting_setup() -> (Fixture, PathBuf, PathBuf) {
+    let fx = Fixture::start().await.expect("fixture");
+    fx.service("echo-h", dead_address().await)
+        .await
+        .expect("service");
+    fx.policy("dialers", &["echo-h"], &["#writers"])
+        .await
+        .expect("dial policy");
+    fx.bind_policy("hosts", &["echo-h"], &["#hosters"])
+        .await
+        .expect("bind policy");
+    let app = fx
+        .enroll("app-1", Kind::Client, &["writers"])
+        .await
+        .expect("app");
+    let hoster = fx
+        .enroll("host-1", Kind::Client, &["hosters"])
+        .await
+        .expect("hoster");
+    (fx, app, hoster)
+}
+
+/// Sends `data` through a dial of `service` (writing and reading at once)
+/// and returns what came back.
+pub async fn echo_through(client: &Client, service: &str, data: &[u8]) -> Vec<u8> {
+    let mut s = client.dial(service).await.expect("dial");
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let send = async {
+        w.write_all(data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let mut back = Vec::new();
+    let recv = async {
+        r.read_to_end(&mut back).await.expect("read");
+    };
+    tokio::join!(send, recv);
+    back
+}
+
 /// A TCP echo server on 127.0.0.1: echoes until EOF, then half-closes.
 pub async fn echo_server() -> Result<SocketAddr> {
     echo_server_at(std::net::Ipv4Addr::LOCALHOST.into()).await

@@ -14,7 +14,9 @@ use darkport_proto::msg::{
     HostedService, Incoming, Precedence, HOST_STREAM, MAX_HOST_FRAME, OFFER_STREAM,
 };
 use darkport_proto::ALPN_DATA;
-use darkport_tests::{echo_server, n, payload, sha256, wait_until, Fixture};
+use darkport_tests::{
+    echo_server, echo_through, hosting_setup, n, payload, sha256, wait_until, Fixture,
+};
 use darkport_transport::identity::Identity;
 use darkport_transport::tls::{self, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,57 +125,9 @@ fn serve_offers(
     })
 }
 
-/// An address where nothing listens: a dial that reaches it fails.
-async fn dead_address() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// The fixture with `echo-h` (its address dead), `app-1` allowed to dial
-/// it, and `host-1` allowed to host it by the bind policy `hosts`.
-async fn setup() -> (Fixture, std::path::PathBuf, std::path::PathBuf) {
-    let fx = Fixture::start().await.expect("fixture");
-    fx.service("echo-h", dead_address().await)
-        .await
-        .expect("service");
-    fx.policy("dialers", &["echo-h"], &["#writers"])
-        .await
-        .expect("dial policy");
-    fx.bind_policy("hosts", &["echo-h"], &["#hosters"])
-        .await
-        .expect("bind policy");
-    let app = fx
-        .enroll("app-1", Kind::Client, &["writers"])
-        .await
-        .expect("app");
-    let hoster = fx
-        .enroll("host-1", Kind::Client, &["hosters"])
-        .await
-        .expect("hoster");
-    (fx, app, hoster)
-}
-
-/// Sends `data` through a dial of `service` and returns what came back.
-async fn echo_through(client: &edge_client::Client, service: &str, data: &[u8]) -> Vec<u8> {
-    let mut s = client.dial(service).await.expect("dial");
-    let (mut r, mut w) = tokio::io::split(&mut s);
-    let send = async {
-        w.write_all(data).await.expect("write");
-        w.shutdown().await.expect("shutdown");
-    };
-    let mut back = Vec::new();
-    let recv = async {
-        r.read_to_end(&mut back).await.expect("read");
-    };
-    tokio::join!(send, recv);
-    back
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosted_service_is_reached_through_its_terminator_byte_exact_with_the_callers_identity() {
-    let (fx, app, hoster) = setup().await;
+    let (fx, app, hoster) = hosting_setup().await;
     let echo = echo_server().await.expect("echo");
     let conn = connect(&fx, &hoster).await;
     let (_hs, _hr, verdicts) = host(&conn, &[("echo-h", 0)]).await;
@@ -228,7 +182,7 @@ async fn a_hosted_service_is_reached_through_its_terminator_byte_exact_with_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosting_needs_a_bind_policy_and_offers_need_a_host_stream() {
-    let (fx, app, _hoster) = setup().await;
+    let (fx, app, _hoster) = hosting_setup().await;
     // app-1 may dial echo-h, but no bind policy lets it host it.
     let conn = connect(&fx, &app).await;
     let (mut send, mut recv) = open(&conn, OFFER_STREAM).await;
@@ -258,7 +212,7 @@ async fn hosting_needs_a_bind_policy_and_offers_need_a_host_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
-    let (fx, app, hoster) = setup().await;
+    let (fx, app, hoster) = hosting_setup().await;
     let echo = echo_server().await.expect("echo");
     let conn = connect(&fx, &hoster).await;
     let (_hs, mut hr, _) = host(&conn, &[("echo-h", 0)]).await;
@@ -298,7 +252,7 @@ async fn narrowing_the_bind_policy_cuts_hosted_streams_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminator_that_does_not_answer_is_passed_over_before_the_client_sees_an_error() {
-    let (fx, app, hoster) = setup().await;
+    let (fx, app, hoster) = hosting_setup().await;
     let echo = echo_server().await.expect("echo");
     // The preferred terminator (cost 0) takes offers and never answers.
     let stalled = connect(&fx, &hoster).await;

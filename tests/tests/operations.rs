@@ -484,14 +484,16 @@ fn config_files_unknown_keys_are_named_and_examples_load() {
     // Each example config parses; the run then stops at the identity or
     // data dir given on the command line, which does not exist.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config");
-    for (bin, file, args) in [
+    for (bin, command, file, args) in [
         (
             CONTROLLER,
+            "run",
             "controller.toml",
             &["--data-dir", "/nonexistent/ctl", "--listen", "127.0.0.1:0"][..],
         ),
         (
             ROUTER,
+            "run",
             "edge-router.toml",
             &[
                 "--identity",
@@ -502,14 +504,21 @@ fn config_files_unknown_keys_are_named_and_examples_load() {
         ),
         (
             CLIENT,
+            "run",
             "edge-client.toml",
             &["--identity", "/nonexistent/client.id"][..],
+        ),
+        (
+            CLIENT,
+            "host",
+            "edge-client-host.toml",
+            &["--identity", "/nonexistent/host.id"][..],
         ),
     ] {
         let config = examples.join(file);
         assert!(config.exists(), "{}", config.display());
         let out = std::process::Command::new(darkport_tests::ops::workspace_bin(bin))
-            .args(["run", "--config", config.to_str().expect("utf-8")])
+            .args([command, "--config", config.to_str().expect("utf-8")])
             .args(args)
             .output()
             .expect("run");

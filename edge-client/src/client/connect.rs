@@ -19,13 +19,13 @@ use crate::{DialError, RouterFailure};
 
 /// The TLS configurations of both transports for one identity.
 #[derive(Debug, Clone)]
-pub(super) struct Configs {
+pub(crate) struct Configs {
     quic: quinn::ClientConfig,
     tcp: Arc<rustls::ClientConfig>,
 }
 
 impl Configs {
-    pub(super) fn new(identity: &Identity) -> Result<Configs, DialError> {
+    pub(crate) fn new(identity: &Identity) -> Result<Configs, DialError> {
         let trust = || Trust::Ca(identity.ca.clone());
         Ok(Configs {
             quic: client_config(Some(identity), trust(), Kind::Router, ALPN_DATA)?,
@@ -42,7 +42,7 @@ impl Configs {
 /// Makes router connections over the transport the mode and the
 /// [`Memory`] call for; shared by dials and the background maintenance.
 #[derive(Debug, Clone)]
-pub(super) struct Connector {
+pub(crate) struct Connector {
     pub(super) endpoint: quinn::Endpoint,
     pub(super) mode: TransportMode,
     pub(super) remember_tcp: Duration,
@@ -59,7 +59,7 @@ impl Connector {
         self.memory().learned(router, won, clock(), hold);
     }
 
-    pub(super) async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
+    pub(crate) async fn connect(&self, configs: &Configs, router: &str) -> Result<Conn, DialError> {
         let plan = self.memory().plan(self.mode, router, clock());
         let result = match plan {
             Plan::Quic => self

@@ -51,11 +51,11 @@ use crate::choice::REMEMBER_TCP;
 use crate::pool::{candidates_from, PoolState};
 use crate::{DialError, DialStream};
 
-use connect::{Configs, Connector};
+pub(crate) use connect::{Configs, Connector};
 use dial::Early;
 use maintain::maintain;
 use pooled::Pool;
-use router_list::RouterList;
+pub(crate) use router_list::RouterList;
 
 /// Most application bytes [`Client::dial_from`] sends behind a dial
 /// request before the router has answered.
@@ -329,6 +329,28 @@ impl Client {
             tokio::join!(tcp_flushed, quic_idle)
         })
         .await;
+    }
+}
+
+/// What a [`Host`](crate::host::Host) takes from its client: the same
+/// connector (endpoint, transport mode and memory), identity (renewed in
+/// place) and router list as the client's dials.
+pub(crate) struct HostingParts {
+    pub(crate) connector: Connector,
+    pub(crate) identity: watch::Receiver<Arc<Identity>>,
+    pub(crate) router_list: RouterList,
+    /// Routers given by address, else empty.
+    pub(crate) routers: Vec<String>,
+}
+
+impl Client {
+    pub(crate) fn hosting_parts(&self) -> HostingParts {
+        HostingParts {
+            connector: self.connector.clone(),
+            identity: self.identity.clone(),
+            router_list: self.router_list.clone(),
+            routers: self.options.routers.clone(),
+        }
     }
 }
 

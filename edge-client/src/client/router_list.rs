@@ -22,7 +22,7 @@ use crate::DialError;
 /// decision ([`PoolState::list_stale`]); this carries it out, for the dial
 /// path and the background maintenance alike.
 #[derive(Debug, Clone)]
-pub(super) struct RouterList {
+pub(crate) struct RouterList {
     /// The routers were given by address: nothing is fetched.
     fixed: bool,
     /// `<identity file>.routers`, when there is an identity file, so a
@@ -52,7 +52,7 @@ impl RouterList {
 
     /// Asks the controller for its router list, within
     /// [`LIST_FETCH_TIMEOUT`].
-    pub(super) async fn fetch(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
+    pub(crate) async fn fetch(identity: &Identity) -> Result<Vec<RouterInfo>, DialError> {
         let ask = async {
             let config = darkport_transport::tls::controller_client_config(identity)?;
             let resp =
@@ -68,9 +68,18 @@ impl RouterList {
     }
 
     /// The list cached by the last successful fetch, if any.
-    fn cached(&self) -> Option<Vec<RouterInfo>> {
+    pub(crate) fn cached(&self) -> Option<Vec<RouterInfo>> {
         let bytes = std::fs::read(self.cache.as_ref()?).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Caches a list just fetched beside the identity file.
+    pub(crate) fn store(&self, list: &[RouterInfo]) {
+        if let Some(path) = &self.cache {
+            if let Ok(text) = serde_json::to_vec_pretty(list) {
+                let _ = darkport_transport::identity::write_private_file(path, &text, true);
+            }
+        }
     }
 
     /// Fetches the list and hands it to the pool.
@@ -89,11 +98,7 @@ impl RouterList {
     ) {
         match result {
             Ok(list) => {
-                if let Some(path) = &self.cache {
-                    if let Ok(text) = serde_json::to_vec_pretty(&list) {
-                        let _ = darkport_transport::identity::write_private_file(path, &text, true);
-                    }
-                }
+                self.store(&list);
                 let unlisted = lock(pool).state.on_router_list(&list, now);
                 for conn in unlisted {
                     conn.close(CloseCode::Done, b"router no longer listed");

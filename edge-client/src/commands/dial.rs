@@ -5,8 +5,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use darkport_transport::splice::{splice_io, Ending};
 
-use edge_client::{Client, ClientOptions};
-
 use crate::cli::DialArgs;
 
 pub async fn exec(args: DialArgs) -> Result<()> {
@@ -16,14 +14,7 @@ pub async fn exec(args: DialArgs) -> Result<()> {
         routers,
         transport,
     } = args;
-    let client = Client::from_identity_file(
-        &identity,
-        ClientOptions {
-            routers,
-            transport,
-            ..Default::default()
-        },
-    )?;
+    let client = super::client(&identity, &routers, transport)?;
     let stream = client.dial(&service).await?;
     let (mut send, mut recv) = stream.into_split();
     let stats = splice_io(

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use edge_client::metrics::ClientMetrics;
-use edge_client::{Client, ClientOptions};
+use edge_client::Client;
 
 use crate::cli::{Cli, RunArgs};
 
@@ -25,13 +25,10 @@ pub async fn exec(args: RunArgs, log: LogHandle) -> Result<()> {
         .iter()
         .map(|f| parse_forward(f))
         .collect::<Result<Vec<_>>>()?;
-    let client = Arc::new(Client::from_identity_file(
+    let client = Arc::new(super::client(
         &args.identity,
-        ClientOptions {
-            routers: args.routers.clone(),
-            transport: args.transport,
-            ..Default::default()
-        },
+        &args.routers,
+        args.transport,
     )?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = forward_all(&client, &forwards, &stop_rx, args.grace_period).await?;
