@@ -3,12 +3,15 @@
 //! It builds nothing: it starts the release binaries from `--bin-dir`
 //! (controller, router, edge client), a services process (sink,
 //! request/reply, echo and a Fluentd forward receiver) and two stunnel4
-//! processes, then measures every scenario over the three paths in the same
+//! processes, then measures every scenario over the paths in the same
 //! run, alternating them, with the same load generator:
 //!
 //! - direct: app → service
 //! - stunnel: app → client stunnel → (mutual TLS) → server stunnel → service
-//! - Darkport: app → edge client → (QUIC, mutual TLS) → router → service
+//! - Darkport: app → edge client → (QUIC, mutual TLS) → router → service,
+//!   and the same over TLS over TCP
+//! - Darkport hosted: app → edge client → (QUIC) → router → (QUIC, dialed
+//!   out by the hoster) → hoster → service
 //!
 //! Scenarios (see docs/benchmarks.md): bulk throughput on 1 and 8
 //! connections with CPU seconds per GiB, connection setup (sequential and
@@ -49,6 +52,9 @@ const MIB: u64 = 1 << 20;
 
 /// Delay added each way in the WAN-like check (20 ms round trip).
 const WAN_DELAY: Duration = Duration::from_millis(10);
+
+/// Issue 21: a hosted service within 10 % of a router-dialed one.
+const HOSTED_TARGET: Target = Target::HostedNearQuic(0.10);
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +119,9 @@ enum PathArg {
     Darkport,
     /// Darkport over TLS over TCP.
     DarkportTcp,
+    /// A hosted service: Darkport over QUIC to the router, which reaches
+    /// the service through a hoster that dialed out (QUIC).
+    DarkportHosted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -184,9 +193,24 @@ fn thousands(n: usize) -> String {
     report::group_thousands(&n.to_string())
 }
 
+/// The paths `--paths` selects (all when it is empty).
+fn enabled_paths(selected: &[PathArg]) -> Vec<PathKind> {
+    let arg = |p: PathKind| match p {
+        PathKind::Direct => PathArg::Direct,
+        PathKind::Stunnel => PathArg::Stunnel,
+        PathKind::Darkport => PathArg::Darkport,
+        PathKind::DarkportTcp => PathArg::DarkportTcp,
+        PathKind::DarkportHosted => PathArg::DarkportHosted,
+    };
+    PathKind::ALL
+        .into_iter()
+        .filter(|p| selected.is_empty() || selected.contains(&arg(*p)))
+        .collect()
+}
+
 /// The order of the paths in run `run`: rotated, so that no path is always
 /// first (cold) or last.
-fn order(run: usize) -> [PathKind; 4] {
+fn order(run: usize) -> [PathKind; PathKind::ALL.len()] {
     let mut a = PathKind::ALL;
     let n = a.len();
     a.rotate_left(run % n);
@@ -218,12 +242,14 @@ impl Paths {
         match p {
             PathKind::Direct => Some(self.services.targets),
             PathKind::Stunnel => self.stunnel.as_ref().map(|s| s.forwards),
-            PathKind::Darkport => Some(self.darkport.forwards),
-            PathKind::DarkportTcp => Some(self.darkport.forwards_tcp),
+            PathKind::Darkport | PathKind::DarkportTcp | PathKind::DarkportHosted => {
+                self.darkport.forwards(p)
+            }
         }
     }
 
-    /// ("client" | "router"/"server", pid) of the tunnel's processes.
+    /// ("client" | "router" | "server" | "hoster", pid) of the tunnel's
+    /// processes.
     fn pids(&self, p: PathKind) -> Vec<(&'static str, u32)> {
         match p {
             PathKind::Direct => Vec::new(),
@@ -232,8 +258,9 @@ impl Paths {
                 .as_ref()
                 .map(|s| s.data_path_pids())
                 .unwrap_or_default(),
-            PathKind::Darkport => self.darkport.data_path_pids(false),
-            PathKind::DarkportTcp => self.darkport.data_path_pids(true),
+            PathKind::Darkport | PathKind::DarkportTcp | PathKind::DarkportHosted => {
+                self.darkport.data_path_pids(p)
+            }
         }
     }
 
@@ -245,7 +272,9 @@ impl Paths {
                 Some(s) => s.restart().await,
                 None => Ok(()),
             },
-            PathKind::Darkport | PathKind::DarkportTcp => self.darkport.restart_edges().await,
+            PathKind::Darkport | PathKind::DarkportTcp | PathKind::DarkportHosted => {
+                self.darkport.restart_edges().await
+            }
         }
     }
 
@@ -413,7 +442,12 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         );
         println!();
     }
-    let darkport = Darkport::start(&bins, &dp_dir, &services.targets, edge_env, &topo).await?;
+    let enabled = enabled_paths(&cli.paths);
+    // Without the hosted path, no hoster either: `--paths darkport` stays
+    // a run of router-dialed services only.
+    let hosted = enabled.contains(&PathKind::DarkportHosted);
+    let darkport =
+        Darkport::start(&bins, &dp_dir, &services.targets, edge_env, &topo, hosted).await?;
     let stunnel = match &stunnel_bin {
         Some(b) => {
             let st_dir = dir.join("stunnel");
@@ -422,21 +456,6 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         }
         None => None,
     };
-    let enabled = PathKind::ALL
-        .into_iter()
-        .filter(|p| {
-            cli.paths.is_empty()
-                || cli.paths.iter().any(|a| {
-                    matches!(
-                        (a, p),
-                        (PathArg::Direct, PathKind::Direct)
-                            | (PathArg::Stunnel, PathKind::Stunnel)
-                            | (PathArg::Darkport, PathKind::Darkport)
-                            | (PathArg::DarkportTcp, PathKind::DarkportTcp)
-                    )
-                })
-        })
-        .collect();
     let mut paths = Paths {
         services,
         darkport,
@@ -497,14 +516,14 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
         format!("bulk, 1 connection, {size}"),
         "Gbit/s",
         Better::Higher,
-        vec![Target::VsStunnelAtLeast(1.0)],
+        vec![Target::VsStunnelAtLeast(1.0), HOSTED_TARGET],
     );
     report.row(
         "bulk8",
         format!("bulk, 8 connections, {size} in all"),
         "Gbit/s",
         Better::Higher,
-        vec![],
+        vec![HOSTED_TARGET],
     );
     report.row(
         "cpu_client",
@@ -520,13 +539,21 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
         Better::Lower,
         vec![],
     );
-    for key in ["cpu_client", "cpu_server"] {
+    report.row(
+        "cpu_hoster",
+        "CPU per GiB (1 conn), hoster",
+        "s/GiB",
+        Better::Lower,
+        vec![],
+    );
+    for key in ["cpu_client", "cpu_server", "cpu_hoster"] {
         report.missing(
             key,
             PathKind::Direct,
             "no tunnel process on the direct path",
         );
     }
+    missing_hoster(report, "cpu_hoster");
     eprintln!("bulk: {size} one way to a sink");
     for run in 0..params.runs {
         for p in order(run) {
@@ -548,12 +575,7 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
             );
             for ((label, pid), before) in pids.iter().zip(before) {
                 let per_gib = sysinfo::cpu_seconds_since(*pid, before)? / (b.bytes as f64 / GIB);
-                let key = if *label == "client" {
-                    "cpu_client"
-                } else {
-                    "cpu_server"
-                };
-                report.push(key, p, per_gib, during);
+                report.push(&format!("cpu_{}", side(label)), p, per_gib, during);
             }
             let (b, during) = measured(load::bulk(t.sink, params.bulk_bytes, 8)).await?;
             report.push("bulk8", p, b.gbps(), during);
@@ -569,6 +591,24 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
     Ok(())
 }
 
+/// The side of a tunnel process (its label in `Paths::pids`), in the keys
+/// of the CPU and memory rows: `client`, `hoster`, or `server` (router or
+/// server stunnel).
+fn side(label: &str) -> &'static str {
+    match label {
+        "client" => "client",
+        "hoster" => "hoster",
+        _ => "server",
+    }
+}
+
+/// Marks a hoster row n/a on every path but the hosted one.
+fn missing_hoster(report: &mut Report, key: &str) {
+    for p in [PathKind::Stunnel, PathKind::Darkport, PathKind::DarkportTcp] {
+        report.missing(key, p, "no hoster on this path");
+    }
+}
+
 async fn setup(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<()> {
     let n = params.setup_conns;
     let par = params.setup_parallel;
@@ -580,7 +620,11 @@ async fn setup(paths: &mut Paths, params: &Params, report: &mut Report) -> Resul
         format!("{seq}, p50"),
         "ms",
         Better::Lower,
-        vec![Target::AtMost(0.5), Target::VsStunnelAtMost(0.25)],
+        vec![
+            Target::AtMost(0.5),
+            Target::VsStunnelAtMost(0.25),
+            HOSTED_TARGET,
+        ],
     );
     report.row(
         "setup_seq_p99",
@@ -671,7 +715,7 @@ async fn memory(
         report.row(
             &key,
             format!(
-                "{} open connections, RSS per connection, both sides",
+                "{} open connections, RSS per connection, all tunnel processes",
                 thousands(n)
             ),
             "KiB",
@@ -696,10 +740,18 @@ async fn memory(
                 Better::Lower,
                 vec![],
             );
+            report.row(
+                &mem_key(n, "hoster"),
+                format!("{} open, RSS per connection, hoster", thousands(n)),
+                "KiB",
+                Better::Lower,
+                vec![],
+            );
+            missing_hoster(report, &mem_key(n, "hoster"));
         }
     }
     for &n in &params.open_conns {
-        for side in ["total", "client", "server"] {
+        for side in ["total", "client", "server", "hoster"] {
             report.missing(
                 &mem_key(n, side),
                 PathKind::Direct,
@@ -728,7 +780,7 @@ async fn memory(
             for &n in &params.open_conns {
                 let fds_per_conn = if p == PathKind::Stunnel { 2 } else { 1 };
                 if fds_per_conn * n as u64 + 128 > nofile {
-                    for side in ["total", "client", "server"] {
+                    for side in ["total", "client", "server", "hoster"] {
                         report.missing(
                             &mem_key(n, side),
                             p,
@@ -744,12 +796,7 @@ async fn memory(
                 for ((label, pid), base) in pids.iter().zip(&base_rss) {
                     let per = sysinfo::rss_kib(*pid)?.saturating_sub(*base) as f64 / n as f64;
                     total += per;
-                    let side = if *label == "client" {
-                        "client"
-                    } else {
-                        "server"
-                    };
-                    report.push(&mem_key(n, side), p, per, during);
+                    report.push(&mem_key(n, side(label)), p, per, during);
                 }
                 report.push(&mem_key(n, "total"), p, total, during);
                 progress(
@@ -797,11 +844,11 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
     for (key, what) in [
         (
             "fluent100_cpu",
-            "CPU per million records (batches of 100), both tunnel sides",
+            "CPU per million records (batches of 100), all tunnel processes",
         ),
         (
             "fluentfw100_cpu",
-            "CPU per million records, fluent-forward service (batches of 100), both tunnel sides",
+            "CPU per million records, fluent-forward service (batches of 100), all tunnel processes",
         ),
     ] {
         report.row(key, what, "s", Better::Lower, vec![]);
@@ -899,6 +946,11 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
         Better::Higher,
         vec![Target::AtLeast(1.0)],
     );
+    report.missing(
+        "wan",
+        PathKind::DarkportHosted,
+        "the delay relay sits between edge client and router, where the hosted path is the QUIC path; its extra hop (router to hoster) stays local",
+    );
     let netem = probe_netem().await;
     eprintln!(
         "WAN-like: {netem}; using userspace relays adding {} ms each way",
@@ -923,6 +975,7 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
         &wan_fwd,
         udp.addr,
         "quic",
+        false,
         "client-wan.log",
     )?;
     procs::wait_until(
@@ -962,6 +1015,8 @@ async fn wan(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<
                 PathKind::Darkport => wan_fwd.sink,
                 // Its relay is UDP: QUIC only.
                 PathKind::DarkportTcp => continue,
+                // See the note above.
+                PathKind::DarkportHosted => continue,
             };
             paths.check_alive()?;
             wan_client.check_alive()?;

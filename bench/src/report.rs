@@ -15,10 +15,13 @@ pub enum PathKind {
     Darkport,
     /// App → edge client → (TLS over TCP) → router → service.
     DarkportTcp,
+    /// App → edge client → (QUIC) → router → (QUIC, dialed out by the
+    /// hoster) → hoster → service: a hosted service (issue 21).
+    DarkportHosted,
 }
 
 /// How many paths there are.
-const PATHS: usize = 4;
+const PATHS: usize = 5;
 
 impl PathKind {
     /// All paths.
@@ -27,6 +30,14 @@ impl PathKind {
         PathKind::Stunnel,
         PathKind::Darkport,
         PathKind::DarkportTcp,
+        PathKind::DarkportHosted,
+    ];
+
+    /// The Darkport paths, whose cells the targets judge.
+    const DARKPORT: [PathKind; 3] = [
+        PathKind::Darkport,
+        PathKind::DarkportTcp,
+        PathKind::DarkportHosted,
     ];
 
     fn index(self) -> usize {
@@ -35,6 +46,7 @@ impl PathKind {
             PathKind::Stunnel => 1,
             PathKind::Darkport => 2,
             PathKind::DarkportTcp => 3,
+            PathKind::DarkportHosted => 4,
         }
     }
 
@@ -45,6 +57,7 @@ impl PathKind {
             PathKind::Stunnel => "stunnel",
             PathKind::Darkport => "dp-quic",
             PathKind::DarkportTcp => "dp-tcp",
+            PathKind::DarkportHosted => "dp-hosted",
         }
     }
 }
@@ -69,6 +82,23 @@ pub enum Target {
     AtMost(f64),
     /// Darkport ≥ x (in the row's unit).
     AtLeast(f64),
+    /// The hosted path no worse than the router-dialed QUIC path by more
+    /// than the fraction x, in the row's better direction (issue 21: a
+    /// hosted service within 10 % of a router-dialed one). Judges the
+    /// hosted path only.
+    HostedNearQuic(f64),
+}
+
+/// The medians a target is judged against.
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    /// The Darkport path's median.
+    value: f64,
+    /// stunnel's median, if measured.
+    stunnel: Option<f64>,
+    /// The router-dialed QUIC path's median, if measured.
+    quic: Option<f64>,
+    better: Better,
 }
 
 impl Target {
@@ -78,15 +108,29 @@ impl Target {
             Target::VsStunnelAtMost(x) => format!("≤ {x}× stunnel"),
             Target::AtMost(x) => format!("≤ {x} {unit}"),
             Target::AtLeast(x) => format!("≥ {x} {unit}"),
+            Target::HostedNearQuic(x) => format!("hosted within {:.0} % of QUIC", x * 100.0),
         }
     }
 
-    fn met(&self, darkport: f64, stunnel: Option<f64>) -> Option<bool> {
+    /// Whether this target judges `path`'s cell.
+    fn judges(&self, path: PathKind) -> bool {
+        match self {
+            Target::HostedNearQuic(_) => path == PathKind::DarkportHosted,
+            _ => PathKind::DARKPORT.contains(&path),
+        }
+    }
+
+    fn met(&self, j: Judged) -> Option<bool> {
+        let d = j.value;
         match *self {
-            Target::VsStunnelAtLeast(x) => stunnel.map(|s| darkport / s >= x),
-            Target::VsStunnelAtMost(x) => stunnel.map(|s| darkport / s <= x),
-            Target::AtMost(x) => Some(darkport <= x),
-            Target::AtLeast(x) => Some(darkport >= x),
+            Target::VsStunnelAtLeast(x) => j.stunnel.map(|s| d / s >= x),
+            Target::VsStunnelAtMost(x) => j.stunnel.map(|s| d / s <= x),
+            Target::AtMost(x) => Some(d <= x),
+            Target::AtLeast(x) => Some(d >= x),
+            Target::HostedNearQuic(x) => j.quic.map(|q| match j.better {
+                Better::Higher => d >= q * (1.0 - x),
+                Better::Lower => d <= q * (1.0 + x),
+            }),
         }
     }
 }
@@ -207,68 +251,43 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| scenario | unit | direct | stunnel | Darkport QUIC | Darkport TCP | QUIC/stunnel | TCP/stunnel | target | met (QUIC, TCP) |"
+            "| scenario | unit | direct | stunnel | Darkport QUIC | Darkport TCP | Darkport hosted | QUIC/stunnel | TCP/stunnel | hosted/QUIC | target | met (QUIC, TCP, hosted) |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+        );
         for r in &self.rows {
-            let med: Vec<Option<f64>> = r.values.iter().map(|v| median(v)).collect();
-            let cell = |i: usize| match (med[i], &r.missing[i]) {
-                (Some(m), _) => fmt_num(m),
-                (None, Some(_)) => "n/a".to_string(),
-                (None, None) => "—".to_string(),
-            };
-            let ratio = |d: usize| match (med[d], med[1]) {
-                (Some(d), Some(o)) if o != 0.0 => format!("{:.2}×", d / o),
-                _ => "—".to_string(),
-            };
-            let target = r
-                .targets
-                .iter()
-                .map(|t| t.describe(r.unit))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let met_by = |i: usize| match med[i] {
-                Some(d) if !r.targets.is_empty() => {
-                    let checks: Vec<Option<bool>> =
-                        r.targets.iter().map(|t| t.met(d, med[1])).collect();
-                    if checks.contains(&Some(false)) {
-                        "**no**"
-                    } else if checks.iter().all(|c| *c == Some(true)) {
-                        "yes"
-                    } else {
-                        "?"
-                    }
-                }
-                _ => "",
-            };
-            let met = match (met_by(2), met_by(3)) {
-                ("", "") => String::new(),
-                (q, t) => format!("{q}, {t}"),
-            };
-            let busy = if r.interference.busy() { " ⚠" } else { "" };
-            let _ = writeln!(
-                out,
-                "| {}{busy} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.label,
-                r.unit,
-                match r.better {
-                    Better::Higher => " ↑",
-                    Better::Lower => " ↓",
-                },
-                cell(0),
-                cell(1),
-                cell(2),
-                cell(3),
-                ratio(2),
-                ratio(3),
-                target,
-                met
-            );
+            let _ = writeln!(out, "{}", r.table_line());
         }
+        let _ = writeln!(out);
+        self.render_notes(&mut out);
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Medians of the runs; ↑ higher is better, ↓ lower is better; n/a = not measured on that path (see notes)."
+            "Every run (direct | stunnel | Darkport QUIC | Darkport TCP | Darkport hosted):"
+        );
+        for r in &self.rows {
+            let runs: Vec<String> = r
+                .values
+                .iter()
+                .map(|v| v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" "))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<44} {}",
+                format!("{} ({})", r.label, r.unit),
+                runs.join(" | ")
+            );
+        }
+        out
+    }
+
+    /// The legend, the busy rows, the notes and why cells are n/a.
+    fn render_notes(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Medians of the runs; ↑ higher is better, ↓ lower is better; n/a = not measured on that path (see notes); hosted/QUIC compares the hosted service with the router-dialed one over the same transport."
         );
         if self.rows.iter().any(|r| r.interference.busy()) {
             let _ = writeln!(
@@ -297,29 +316,155 @@ impl Report {
                 }
             }
         }
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "Every run (direct | stunnel | Darkport QUIC | Darkport TCP):"
-        );
-        for r in &self.rows {
-            let runs = |i: usize| {
-                r.values[i]
-                    .iter()
-                    .map(|v| fmt_num(*v))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            let _ = writeln!(
-                out,
-                "  {:<44} {} | {} | {} | {}",
-                format!("{} ({})", r.label, r.unit),
-                runs(0),
-                runs(1),
-                runs(2),
-                runs(3)
+    }
+}
+
+impl Row {
+    fn median(&self, p: PathKind) -> Option<f64> {
+        median(&self.values[p.index()])
+    }
+
+    /// One line of the Markdown table.
+    fn table_line(&self) -> String {
+        let cell = |p: PathKind| match (self.median(p), &self.missing[p.index()]) {
+            (Some(m), _) => fmt_num(m),
+            (None, Some(_)) => "n/a".to_string(),
+            (None, None) => "—".to_string(),
+        };
+        let ratio = |p: PathKind, of: PathKind| match (self.median(p), self.median(of)) {
+            (Some(d), Some(o)) if o != 0.0 => format!("{:.2}×", d / o),
+            _ => "—".to_string(),
+        };
+        let target = self
+            .targets
+            .iter()
+            .map(|t| t.describe(self.unit))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let met: Vec<&str> = PathKind::DARKPORT.iter().map(|p| self.met(*p)).collect();
+        let met = if met.iter().all(|m| m.is_empty()) {
+            String::new()
+        } else {
+            met.join(", ")
+        };
+        let busy = if self.interference.busy() { " ⚠" } else { "" };
+        let arrow = match self.better {
+            Better::Higher => " ↑",
+            Better::Lower => " ↓",
+        };
+        let cells: Vec<String> = PathKind::ALL.iter().map(|p| cell(*p)).collect();
+        format!(
+            "| {}{busy} | {}{arrow} | {} | {} | {} | {} | {target} | {met} |",
+            self.label,
+            self.unit,
+            cells.join(" | "),
+            ratio(PathKind::Darkport, PathKind::Stunnel),
+            ratio(PathKind::DarkportTcp, PathKind::Stunnel),
+            ratio(PathKind::DarkportHosted, PathKind::Darkport),
+        )
+    }
+
+    /// "yes", "**no**", "?" (a target cannot be judged yet) or "" (no
+    /// target judges this path, or it has no value).
+    fn met(&self, p: PathKind) -> &'static str {
+        let Some(value) = self.median(p) else {
+            return "";
+        };
+        let judged = Judged {
+            value,
+            stunnel: self.median(PathKind::Stunnel),
+            quic: self.median(PathKind::Darkport),
+            better: self.better,
+        };
+        let checks: Vec<Option<bool>> = self
+            .targets
+            .iter()
+            .filter(|t| t.judges(p))
+            .map(|t| t.met(judged))
+            .collect();
+        if checks.is_empty() {
+            ""
+        } else if checks.contains(&Some(false)) {
+            "**no**"
+        } else if checks.iter().all(|c| *c == Some(true)) {
+            "yes"
+        } else {
+            "?"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(value: f64, quic: f64, better: Better) -> Judged {
+        Judged {
+            value,
+            stunnel: None,
+            quic: Some(quic),
+            better,
+        }
+    }
+
+    #[test]
+    fn hosted_near_quic_follows_the_better_direction() {
+        let t = Target::HostedNearQuic(0.10);
+        // (hosted, QUIC, better, met)
+        let table = [
+            (9.0, 10.0, Better::Higher, Some(true)),
+            (8.9, 10.0, Better::Higher, Some(false)),
+            (12.0, 10.0, Better::Higher, Some(true)),
+            (1.1, 1.0, Better::Lower, Some(true)),
+            (1.11, 1.0, Better::Lower, Some(false)),
+            (0.5, 1.0, Better::Lower, Some(true)),
+        ];
+        for (hosted, quic, better, met) in table {
+            assert_eq!(
+                t.met(judged(hosted, quic, better)),
+                met,
+                "{hosted} vs {quic}"
             );
         }
-        out
+        let unmeasured = Judged {
+            quic: None,
+            ..judged(1.0, 1.0, Better::Lower)
+        };
+        assert_eq!(t.met(unmeasured), None);
+    }
+
+    #[test]
+    fn the_hosted_target_judges_the_hosted_cell_only() {
+        let mut r = Report::default();
+        r.row(
+            "bulk1",
+            "bulk",
+            "Gbit/s",
+            Better::Higher,
+            vec![Target::AtLeast(1.0), Target::HostedNearQuic(0.10)],
+        );
+        let none = Interference::default();
+        for (p, v) in [
+            (PathKind::Direct, 20.0),
+            (PathKind::Stunnel, 5.0),
+            (PathKind::Darkport, 5.0),
+            (PathKind::DarkportTcp, 7.0),
+            (PathKind::DarkportHosted, 4.0),
+        ] {
+            r.push("bulk1", p, v, none);
+        }
+        let out = r.render();
+        let line = out.lines().nth(2).unwrap_or_default();
+        assert_eq!(
+            line,
+            "| bulk | Gbit/s ↑ | 20.0 | 5.00 | 5.00 | 7.00 | 4.00 | 1.00× | 1.40× | 0.80× | ≥ 1 Gbit/s, hosted within 10 % of QUIC | yes, yes, **no** |"
+        );
+        // Every header has a cell: 12 columns in the header, the rule and
+        // the row.
+        for l in out.lines().take(3) {
+            assert_eq!(l.matches('|').count(), 13, "{l}");
+        }
+        assert!(out.contains("  bulk (Gbit/s)"));
+        assert!(out.contains("20.0 | 5.00 | 5.00 | 7.00 | 4.00"));
     }
 }

@@ -39,6 +39,28 @@ pub struct Targets {
     pub fluentfw: SocketAddr,
 }
 
+impl Targets {
+    /// (service name in the controller, address), one per service: the
+    /// same names on every path (the hosted twins add [`HOSTED_SUFFIX`]).
+    pub fn by_name(&self) -> [(&'static str, SocketAddr); 5] {
+        [
+            ("sink", self.sink),
+            ("rr", self.rr),
+            ("echo", self.echo),
+            ("fluent", self.fluent),
+            ("fluentfw", self.fluentfw),
+        ]
+    }
+}
+
+/// Added to a service's name for its hosted twin (`sink-h`, …), which has
+/// no address: the router reaches it through the hoster's terminators.
+pub const HOSTED_SUFFIX: &str = "-h";
+
+/// The service whose router speaks Fluentd's forward protocol (every
+/// record stamped); its address is the plain `fluent` receiver.
+pub const FLUENT_FORWARD: &str = "fluentfw";
+
 /// The services' child process; it also exits when its stdin closes, so it
 /// never outlives the bench.
 #[derive(Debug)]
