@@ -168,9 +168,18 @@ async fn a_router_restart_gets_the_terminator_back_by_itself() {
         .await
         .expect("router-2 stops")
         .expect("router task");
-    let (_again, _h) = run_router_at(&fx.data_dir, &router_2, addr, quick, std::future::pending())
-        .await
-        .expect("router-2 again");
+    // Its QUIC endpoint lets go of the UDP port once its last connection
+    // has closed, which may take a moment after the task ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (_again, _h) = loop {
+        match run_router_at(&fx.data_dir, &router_2, addr, quick, std::future::pending()).await {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("router-2 again: {e}"),
+        }
+    };
     let back = std::time::Instant::now();
     poll_until(
         "the terminator on the restarted router",
