@@ -144,8 +144,52 @@ pub async fn setup(addr: SocketAddr, n: usize, parallel: usize) -> Result<Setup>
     })
 }
 
-/// Bytes each connection echoes, twice.
+/// Bytes each connection echoes, twice; also the ping-pong message.
 const ECHO_SIZE: usize = 64;
+
+/// Result of the ping-pong scenario.
+#[derive(Debug, Clone)]
+pub struct PingPong {
+    /// Round trips measured.
+    pub rounds: usize,
+    /// Median round trip, µs.
+    pub p50_us: f64,
+    /// 99th percentile round trip, µs.
+    pub p99_us: f64,
+}
+
+/// Round trips measured after this many unmeasured ones (connection
+/// warm-up: the first ones pay for the dial and the pools filling).
+const PING_WARMUP: usize = 200;
+
+/// `rounds` round trips of one [`ECHO_SIZE`]-byte message each way on one
+/// kept connection to the echo service: the latency of an acked batch
+/// without the batch.
+pub async fn ping_pong(addr: SocketAddr, rounds: usize) -> Result<PingPong> {
+    let mut tcp = bounded("connecting for ping-pong", async {
+        Ok(TcpStream::connect(addr).await?)
+    })
+    .await?;
+    tcp.set_nodelay(true)?;
+    let mut lat = Vec::with_capacity(rounds);
+    for i in 0..PING_WARMUP + rounds {
+        let t = Instant::now();
+        bounded("a ping-pong round trip", echo_once(&mut tcp, i as u64)).await?;
+        if i >= PING_WARMUP {
+            lat.push(t.elapsed());
+        }
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1e6
+    };
+    Ok(PingPong {
+        rounds,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    })
+}
 
 async fn echo_once(tcp: &mut TcpStream, tag: u64) -> Result<()> {
     let mut msg = [0u8; ECHO_SIZE];

@@ -130,6 +130,8 @@ enum Scenario {
     Bulk,
     /// Connection setup, sequential and 32 at a time.
     Setup,
+    /// Round trips of one small message on a kept connection (issue 22).
+    Pingpong,
     /// Memory per open connection.
     Memory,
     /// Fluentd forward with acks.
@@ -145,6 +147,7 @@ struct Params {
     bulk_bytes: u64,
     setup_conns: usize,
     setup_parallel: usize,
+    pingpong_rounds: usize,
     open_conns: Vec<usize>,
     fluent_records: usize,
     wan_bytes: u64,
@@ -159,6 +162,7 @@ impl Params {
                 bulk_bytes: 128 * MIB,
                 setup_conns: 1_000,
                 setup_parallel: 32,
+                pingpong_rounds: 2_000,
                 open_conns: vec![100, 1_000],
                 fluent_records: 50_000,
                 wan_bytes: 64 * MIB,
@@ -170,6 +174,7 @@ impl Params {
                 bulk_bytes: 2 << 30,
                 setup_conns: 10_000,
                 setup_parallel: 32,
+                pingpong_rounds: 20_000,
                 open_conns: vec![1_000, 10_000],
                 // About a second per measurement at ~2M records/s: shorter runs
                 // were dominated by noise.
@@ -368,6 +373,7 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         vec![
             Scenario::Bulk,
             Scenario::Setup,
+            Scenario::Pingpong,
             Scenario::Memory,
             Scenario::Fluent,
             Scenario::Wan,
@@ -484,6 +490,7 @@ async fn measure(cli: &Cli, params: &Params, dir: &std::path::Path) -> Result<()
         match s {
             Scenario::Bulk => bulk(&mut paths, params, &mut report).await?,
             Scenario::Setup => setup(&mut paths, params, &mut report).await?,
+            Scenario::Pingpong => pingpong(&mut paths, params, &mut report).await?,
             Scenario::Memory => memory(&mut paths, params, &mut report, nofile).await?,
             Scenario::Fluent => fluent(&mut paths, params, &mut report).await?,
             Scenario::Wan if topo.is_netns() => report.notes.push(
@@ -607,6 +614,70 @@ fn missing_hoster(report: &mut Report, key: &str) {
     for p in [PathKind::Stunnel, PathKind::Darkport, PathKind::DarkportTcp] {
         report.missing(key, p, "no hoster on this path");
     }
+}
+
+/// Ping-pong: one 64-byte message each way on a kept connection, the
+/// round trip an acked Fluentd batch pays (issue 22); its latency and the
+/// tunnel processes' CPU per round trip.
+async fn pingpong(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<()> {
+    let n = params.pingpong_rounds;
+    let what = format!("ping-pong, {} round trips of 64 B", thousands(n));
+    report.row(
+        "pp_p50",
+        format!("{what}, p50"),
+        "µs",
+        Better::Lower,
+        vec![],
+    );
+    report.row(
+        "pp_p99",
+        format!("{what}, p99"),
+        "µs",
+        Better::Lower,
+        vec![],
+    );
+    report.row(
+        "pp_cpu",
+        "CPU per round trip, tunnel processes",
+        "µs",
+        Better::Lower,
+        vec![],
+    );
+    report.missing(
+        "pp_cpu",
+        PathKind::Direct,
+        "no tunnel process on the direct path",
+    );
+    eprintln!("ping-pong: {what} on one kept connection to the echo service");
+    for run in 0..params.runs {
+        for p in order(run) {
+            let Some(t) = paths.targets(p) else { continue };
+            paths.check_alive()?;
+            let pids = paths.pids(p);
+            let before = pids
+                .iter()
+                .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
+                .collect::<Result<Vec<_>>>()?;
+            let (r, during) = measured(load::ping_pong(t.echo, n)).await?;
+            report.push("pp_p50", p, r.p50_us, during);
+            report.push("pp_p99", p, r.p99_us, during);
+            if !pids.is_empty() {
+                let mut cpu = 0.0;
+                for ((_, pid), before) in pids.iter().zip(before) {
+                    cpu += sysinfo::cpu_seconds_since(*pid, before)?;
+                }
+                report.push("pp_cpu", p, cpu / r.rounds as f64 * 1e6, during);
+            }
+            progress(
+                "ping-pong",
+                p,
+                run,
+                params.runs,
+                format!("p50 {:.1} µs, p99 {:.1} µs", r.p50_us, r.p99_us),
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn setup(paths: &mut Paths, params: &Params, report: &mut Report) -> Result<()> {
