@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::{watch, Notify};
-use tracing::{debug, info};
+use tracing::debug;
 
 use darkport_proto::codec::{read_frame, write_frame, MAX_DIAL_FRAME};
 use darkport_proto::codes::StreamCode;
@@ -38,7 +38,8 @@ use darkport_proto::msg::{
 };
 use darkport_proto::policy::{authorize_bind, Denied, PolicySnapshot, TerminatorStrategy};
 use darkport_proto::PeerIdentity;
-use darkport_transport::limits::Slot;
+use darkport_transport::budgeted_info_for;
+use darkport_transport::limits::{Slot, SourceLogBudget};
 use darkport_transport::mux::{Conn, RecvHalf, SendHalf};
 use darkport_transport::unix_now;
 
@@ -153,9 +154,12 @@ pub fn verdicts(
         status,
         message,
     };
-    if req.services.len() > MAX_HOSTED_SERVICES || req.instance.len() > MAX_INSTANCE {
+    if req.services.len() > MAX_HOSTED_SERVICES
+        || req.instance.len() > MAX_INSTANCE
+        || req.instance.chars().any(char::is_control)
+    {
         let why = format!(
-            "a host request may name at most {MAX_HOSTED_SERVICES} services and an instance of at most {MAX_INSTANCE} bytes"
+            "a host request may name at most {MAX_HOSTED_SERVICES} services and an instance of at most {MAX_INSTANCE} bytes without control characters"
         );
         return req
             .services
@@ -630,6 +634,16 @@ async fn answer(mut conn: HostedConn) -> Result<HostedConn, String> {
     }
 }
 
+/// The services of `req` whose verdict is `Ok`: what becomes terminators.
+fn allowed_services(req: &HostRequest, verdicts: &[HostVerdict]) -> Vec<HostedService> {
+    req.services
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, v)| v.status == DialStatus::Ok)
+        .map(|(s, _)| s.clone())
+        .collect()
+}
+
 /// The I/O of one host stream (its dial request read and answered `Ok`):
 /// each [`HostRequest`] is checked against the policy, registered and
 /// answered; each new snapshot re-checks the registered set, cutting the
@@ -637,6 +651,7 @@ async fn answer(mut conn: HostedConn) -> Result<HostedConn, String> {
 /// (removing the link) when the stream or its connection ends.
 pub async fn serve_host_stream(
     hosting: &Hosting,
+    log: &SourceLogBudget,
     link: Arc<Link>,
     router: &IdentityName,
     mut snapshots: SnapshotRx,
@@ -672,17 +687,12 @@ pub async fn serve_host_stream(
         if policy_changed && now == last {
             continue;
         }
-        let allowed: Vec<HostedService> = req
-            .services
-            .iter()
-            .zip(&now)
-            .filter(|(_, v)| v.status == DialStatus::Ok)
-            .map(|(s, _)| s.clone())
-            .collect();
+        let allowed = allowed_services(req, &now);
         let cut =
             policy_changed.then_some("a new policy no longer lets the hoster host the service");
         hosting.register(&link, &allowed, cut);
-        info!(%peer, instance = %req.instance, services = ?allowed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "terminators registered");
+        // One line per request the hoster sends: within its log budget.
+        budgeted_info_for!(log, peer.name.as_str(), %peer, instance = ?req.instance, services = ?allowed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "terminators registered");
         let resp = HostResponse {
             verdicts: now.clone(),
         };
@@ -717,6 +727,68 @@ mod tests {
     const D: Precedence = Precedence::Default;
     const R: Precedence = Precedence::Required;
     const F: Precedence = Precedence::Failed;
+
+    fn request(instance: &str, services: usize) -> HostRequest {
+        HostRequest {
+            instance: instance.into(),
+            services: (0..services)
+                .map(|i| HostedService {
+                    name: format!("s{i}"),
+                    cost: 0,
+                    precedence: D,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn host_requests_past_the_bounds_or_before_a_policy_register_nothing() {
+        let n = |s: &str| IdentityName::new(s).expect("name");
+        let peer = PeerIdentity {
+            kind: darkport_proto::identity::Kind::Client,
+            name: n("host-1"),
+            fingerprint: "aa".into(),
+        };
+        let router = n("router-1");
+        let snapshot = PolicySnapshot::default();
+        let statuses = |snap: Option<&PolicySnapshot>, req: &HostRequest| {
+            verdicts(1, snap, &router, &peer, req)
+                .into_iter()
+                .map(|v| v.status)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            statuses(None, &request("a", 2)),
+            vec![DialStatus::NotReady; 2]
+        );
+        // A peer unknown to the policy is refused; nothing is Ok.
+        assert_eq!(
+            statuses(Some(&snapshot), &request("a", 1)),
+            vec![DialStatus::NotAuthorized]
+        );
+        for bad in [
+            request("a\nforged log line", 1),
+            request(&"i".repeat(MAX_INSTANCE + 1), 1),
+        ] {
+            assert_eq!(
+                statuses(Some(&snapshot), &bad),
+                vec![DialStatus::BadRequest]
+            );
+        }
+        let many = statuses(Some(&snapshot), &request("a", MAX_HOSTED_SERVICES + 1));
+        assert_eq!(many.len(), MAX_HOSTED_SERVICES);
+        assert!(many.iter().all(|s| *s == DialStatus::BadRequest));
+        let ok = |name: &str| HostVerdict {
+            service: name.into(),
+            status: DialStatus::Ok,
+            message: String::new(),
+        };
+        let mut no = ok("s1");
+        no.status = DialStatus::NotAuthorized;
+        let allowed = allowed_services(&request("a", 3), &[ok("s0"), no, ok("s2")]);
+        let names: Vec<_> = allowed.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s0", "s2"]);
+    }
 
     #[test]
     fn precedence_comes_before_cost() {

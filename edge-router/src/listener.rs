@@ -821,6 +821,7 @@ async fn host_stream(
     let hosting = &ctx.clients.hosting;
     hosting::serve_host_stream(
         hosting,
+        &ctx.guard.refusals,
         link,
         &ctx.router,
         ctx.snapshots.clone(),
