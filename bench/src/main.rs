@@ -566,11 +566,7 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
         for p in order(run) {
             let Some(t) = paths.targets(p) else { continue };
             paths.check_alive()?;
-            let pids = paths.pids(p);
-            let before = pids
-                .iter()
-                .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
-                .collect::<Result<Vec<_>>>()?;
+            let cpu = CpuWatch::start(paths.pids(p))?;
             let (b, during) = measured(load::bulk(t.sink, params.bulk_bytes, 1)).await?;
             report.push("bulk1", p, b.gbps(), during);
             progress(
@@ -580,8 +576,8 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
                 params.runs,
                 format!("{:.2} Gbit/s", b.gbps()),
             );
-            for ((label, pid), before) in pids.iter().zip(before) {
-                let per_gib = sysinfo::cpu_seconds_since(*pid, before)? / (b.bytes as f64 / GIB);
+            for (label, secs) in cpu.each()? {
+                let per_gib = secs / (b.bytes as f64 / GIB);
                 report.push(&format!("cpu_{}", side(label)), p, per_gib, during);
             }
             let (b, during) = measured(load::bulk(t.sink, params.bulk_bytes, 8)).await?;
@@ -596,6 +592,36 @@ async fn bulk(paths: &mut Paths, params: &Params, report: &mut Report) -> Result
         }
     }
     Ok(())
+}
+
+/// CPU time of a path's tunnel processes from a start.
+struct CpuWatch {
+    /// (label, pid, clock ticks at the start).
+    start: Vec<(&'static str, u32, u64)>,
+}
+
+impl CpuWatch {
+    fn start(pids: Vec<(&'static str, u32)>) -> Result<CpuWatch> {
+        let start = pids
+            .into_iter()
+            .map(|(label, pid)| Ok((label, pid, sysinfo::cpu_ticks(pid)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CpuWatch { start })
+    }
+
+    /// Seconds of CPU each process used since the start, by label.
+    fn each(&self) -> Result<Vec<(&'static str, f64)>> {
+        self.start
+            .iter()
+            .map(|&(label, pid, t)| Ok((label, sysinfo::cpu_seconds_since(pid, t)?)))
+            .collect()
+    }
+
+    /// Their sum; `None` on a path with no tunnel process.
+    fn total(&self) -> Result<Option<f64>> {
+        let each = self.each()?;
+        Ok((!each.is_empty()).then(|| each.iter().map(|(_, s)| s).sum()))
+    }
 }
 
 /// The side of a tunnel process (its label in `Paths::pids`), in the keys
@@ -653,20 +679,12 @@ async fn pingpong(paths: &mut Paths, params: &Params, report: &mut Report) -> Re
         for p in order(run) {
             let Some(t) = paths.targets(p) else { continue };
             paths.check_alive()?;
-            let pids = paths.pids(p);
-            let before = pids
-                .iter()
-                .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
-                .collect::<Result<Vec<_>>>()?;
+            let cpu = CpuWatch::start(paths.pids(p))?;
             let (r, during) = measured(load::ping_pong(t.echo, n)).await?;
             report.push("pp_p50", p, r.p50_us, during);
             report.push("pp_p99", p, r.p99_us, during);
-            if !pids.is_empty() {
-                let mut cpu = 0.0;
-                for ((_, pid), before) in pids.iter().zip(before) {
-                    cpu += sysinfo::cpu_seconds_since(*pid, before)?;
-                }
-                report.push("pp_cpu", p, cpu / r.rounds as f64 * 1e6, during);
+            if let Some(total) = cpu.total()? {
+                report.push("pp_cpu", p, total / r.rounds as f64 * 1e6, during);
             }
             progress(
                 "ping-pong",
@@ -940,11 +958,7 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
             paths.check_alive()?;
             for (key, batch, stamped) in rows {
                 let target = if stamped { t.fluentfw } else { t.fluent };
-                let pids = paths.pids(p);
-                let before = pids
-                    .iter()
-                    .map(|(_, pid)| sysinfo::cpu_ticks(*pid))
-                    .collect::<Result<Vec<_>>>()?;
+                let cpu = CpuWatch::start(paths.pids(p))?;
                 let (f, during) = measured(load::fluent(
                     target,
                     batch,
@@ -953,12 +967,8 @@ async fn fluent(paths: &mut Paths, params: &Params, report: &mut Report) -> Resu
                 ))
                 .await?;
                 report.push(key, p, f.records_per_sec, during);
-                if batch == 100 && !pids.is_empty() {
-                    let mut cpu = 0.0;
-                    for ((_, pid), before) in pids.iter().zip(before) {
-                        cpu += sysinfo::cpu_seconds_since(*pid, before)?;
-                    }
-                    let per_million = cpu / (params.fluent_records as f64 / 1e6);
+                if let (100, Some(total)) = (batch, cpu.total()?) {
+                    let per_million = total / (params.fluent_records as f64 / 1e6);
                     let cpu_key = if stamped {
                         "fluentfw100_cpu"
                     } else {

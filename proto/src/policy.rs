@@ -578,13 +578,7 @@ pub fn authorize<'a>(
     now: u64,
 ) -> Result<Permit<'a>, Denied> {
     let (identity, svc) = peer_and_service(snapshot, peer, service, now)?;
-    let policy = snapshot
-        .dial_policies(identity, svc)
-        .next()
-        .ok_or_else(|| Denied::NotAuthorized {
-            identity: identity.name.clone(),
-            service: svc.name.clone(),
-        })?;
+    let policy = first_policy(snapshot, PolicyKind::Dial, identity, svc)?;
     let tags = tag_patterns(snapshot, identity, svc);
     check_router_serves(snapshot, router, svc)?;
     Ok(Permit {
@@ -617,13 +611,7 @@ pub fn authorize_bind<'a>(
     now: u64,
 ) -> Result<BindPermit<'a>, Denied> {
     let (identity, svc) = peer_and_service(snapshot, peer, service, now)?;
-    let policy = snapshot
-        .bind_policies(identity, svc)
-        .next()
-        .ok_or_else(|| Denied::NotAllowedToHost {
-            identity: identity.name.clone(),
-            service: svc.name.clone(),
-        })?;
+    let policy = first_policy(snapshot, PolicyKind::Bind, identity, svc)?;
     check_router_serves(snapshot, router, svc)?;
     Ok(BindPermit {
         service: svc,
@@ -644,6 +632,27 @@ fn peer_and_service<'a>(
         .service(service)
         .ok_or_else(|| Denied::UnknownService(service.to_string()))?;
     Ok((identity, svc))
+}
+
+/// The first policy of `kind` that selects `identity` and `svc`, or the
+/// denial that names what is missing.
+fn first_policy<'a>(
+    snapshot: &'a PolicySnapshot,
+    kind: PolicyKind,
+    identity: &IdentityEntry,
+    svc: &ServiceEntry,
+) -> Result<&'a IdentityName, Denied> {
+    let found = snapshot
+        .policies
+        .iter()
+        .find(|p| p.selects(kind, identity, svc));
+    found.map(|p| &p.name).ok_or_else(|| {
+        let (identity, service) = (identity.name.clone(), svc.name.clone());
+        match kind {
+            PolicyKind::Dial => Denied::NotAuthorized { identity, service },
+            PolicyKind::Bind => Denied::NotAllowedToHost { identity, service },
+        }
+    })
 }
 
 /// The last check of a dial and of a terminator: a router policy lets
