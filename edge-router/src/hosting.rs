@@ -207,6 +207,9 @@ pub struct Link {
     /// The hoster, from its verified certificate.
     pub hoster: PeerIdentity,
     instance: Mutex<String>,
+    /// Hash of (hoster, instance), kept with the instance: the sticky
+    /// strategy's key, not recomputed per dial.
+    key: std::sync::atomic::AtomicU64,
     offers: Mutex<VecDeque<Offer>>,
     offer_added: Notify,
     /// Set when it failed to answer in time; cleared by its next answer or
@@ -297,7 +300,7 @@ impl Terminator {
             cost: self.cost.load(Ordering::Relaxed),
             rtt_ms: u32::try_from(self.link.conn.rtt().as_millis()).unwrap_or(u32::MAX),
             streams: self.streams.load(Ordering::Relaxed),
-            key: stable_hash(&(self.link.hoster.name.as_str(), self.link.instance())),
+            key: self.link.key.load(Ordering::Relaxed),
         }
     }
 }
@@ -363,6 +366,7 @@ impl Hosting {
             conn: conn.clone(),
             hoster: hoster.clone(),
             instance: Mutex::new(String::new()),
+            key: std::sync::atomic::AtomicU64::new(stable_hash(&(hoster.name.as_str(), ""))),
             offers: Mutex::new(VecDeque::new()),
             offer_added: Notify::new(),
             suspect: AtomicBool::new(false),
@@ -666,6 +670,8 @@ pub async fn serve_host_stream(
             r = read_frame::<_, HostRequest>(&mut recv, MAX_HOST_FRAME) => match r {
                 Ok(req) => {
                     *lock(&link.instance) = req.instance.clone();
+                    let key = stable_hash(&(peer.name.as_str(), req.instance.as_str()));
+                    link.key.store(key, Ordering::Relaxed);
                     link.suspect.store(false, Ordering::Relaxed);
                     current = Some(req);
                     false
