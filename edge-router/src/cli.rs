@@ -62,7 +62,7 @@ pub struct RunArgs {
     pub advertise: Option<String>,
     /// Threads carrying client connections; each connection and its
     /// streams stay on one thread (default: one per core).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "DARKPORT_ROUTER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// Concurrent QUIC connections one client identity may hold here
     /// (reloaded on SIGHUP).

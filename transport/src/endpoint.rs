@@ -222,7 +222,7 @@ pub fn server_with_reset_key(
         endpoint_config,
         Some(config),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(crate::udp::ReadRegisteredRuntime),
     )
 }
 
@@ -266,7 +266,12 @@ pub fn client(peer_hint: Option<SocketAddr>) -> std::io::Result<quinn::Endpoint>
     };
     let mut endpoint_config = quinn::EndpointConfig::default();
     accept_large_datagrams(&mut endpoint_config);
-    quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new(
+        endpoint_config,
+        None,
+        socket,
+        Arc::new(crate::udp::ReadRegisteredRuntime),
+    )
 }
 
 /// An IPv6 UDP socket on an ephemeral port that also carries IPv4.

@@ -38,6 +38,7 @@ pub mod renew;
 pub mod shards;
 pub mod splice;
 pub mod tls;
+pub mod udp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
