@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::compare::SavedRow;
 use crate::sysinfo::Interference;
 
 /// The paths, in table order.
@@ -78,6 +79,8 @@ pub enum Target {
     VsStunnelAtLeast(f64),
     /// Darkport / stunnel ≤ x.
     VsStunnelAtMost(f64),
+    /// Darkport / direct TCP ≤ x (issue 22: round trips within 2× direct).
+    VsDirectAtMost(f64),
     /// Darkport ≤ x (in the row's unit).
     AtMost(f64),
     /// Darkport ≥ x (in the row's unit).
@@ -96,6 +99,8 @@ struct Judged {
     value: f64,
     /// stunnel's median, if measured.
     stunnel: Option<f64>,
+    /// Direct TCP's median, if measured.
+    direct: Option<f64>,
     /// The router-dialed QUIC path's median, if measured.
     quic: Option<f64>,
     better: Better,
@@ -106,6 +111,7 @@ impl Target {
         match self {
             Target::VsStunnelAtLeast(x) => format!("≥ {x}× stunnel"),
             Target::VsStunnelAtMost(x) => format!("≤ {x}× stunnel"),
+            Target::VsDirectAtMost(x) => format!("≤ {x}× direct"),
             Target::AtMost(x) => format!("≤ {x} {unit}"),
             Target::AtLeast(x) => format!("≥ {x} {unit}"),
             Target::HostedNearQuic(x) => format!("hosted within {:.0} % of QUIC", x * 100.0),
@@ -125,6 +131,7 @@ impl Target {
         match *self {
             Target::VsStunnelAtLeast(x) => j.stunnel.map(|s| d / s >= x),
             Target::VsStunnelAtMost(x) => j.stunnel.map(|s| d / s <= x),
+            Target::VsDirectAtMost(x) => j.direct.map(|s| d / s <= x),
             Target::AtMost(x) => Some(d <= x),
             Target::AtLeast(x) => Some(d >= x),
             Target::HostedNearQuic(x) => j.quic.map(|q| match j.better {
@@ -159,7 +166,8 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+/// The median, or `None` for no values.
+pub fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -227,6 +235,11 @@ impl Report {
         });
     }
 
+    /// The median of a row on a path, if measured.
+    pub fn median_of(&self, key: &str, path: PathKind) -> Option<f64> {
+        self.rows.iter().find(|r| r.key == key)?.median(path)
+    }
+
     fn get(&mut self, key: &str) -> Option<&mut Row> {
         self.rows.iter_mut().find(|r| r.key == key)
     }
@@ -244,6 +257,24 @@ impl Report {
         if let Some(r) = self.get(key) {
             r.missing[path.index()] = Some(why.into());
         }
+    }
+
+    /// Every row with every run's value, for a results file.
+    pub fn saved_rows(&self) -> Vec<SavedRow> {
+        self.rows
+            .iter()
+            .map(|r| SavedRow {
+                key: r.key.clone(),
+                label: r.label.clone(),
+                unit: r.unit.to_string(),
+                higher_is_better: r.better == Better::Higher,
+                values: PathKind::ALL
+                    .iter()
+                    .filter(|p| !r.values[p.index()].is_empty())
+                    .map(|p| (p.name().to_string(), r.values[p.index()].clone()))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The table (Markdown), the targets and the raw values.
@@ -373,6 +404,7 @@ impl Row {
         let judged = Judged {
             value,
             stunnel: self.median(PathKind::Stunnel),
+            direct: self.median(PathKind::Direct),
             quic: self.median(PathKind::Darkport),
             better: self.better,
         };
@@ -402,6 +434,7 @@ mod tests {
         Judged {
             value,
             stunnel: None,
+            direct: None,
             quic: Some(quic),
             better,
         }

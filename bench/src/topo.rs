@@ -29,9 +29,20 @@ impl Topology {
         if let Some(why) = darkport_tests::netns::unavailable() {
             bail!("--netns needs root, iproute2 and nftables: {why}");
         }
-        Ok(Topology {
-            ns: Some(NetNs::create()?),
-        })
+        let ns = NetNs::create()?;
+        // Inside, the router, the hoster and the server stunnel all
+        // connect to the services from one address. The memory scenario
+        // opens and closes 10,000 connections per path, whose TIME_WAIT
+        // would exhaust the ephemeral ports ("Cannot assign requested
+        // address") with the kernel's default, which reuses TIME_WAIT
+        // ports for loopback only.
+        // (/proc/sys/net is the namespace's own; no procps needed.)
+        ns.exec(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse && echo '1024 65000' > /proc/sys/net/ipv4/ip_local_port_range",
+        ])?;
+        Ok(Topology { ns: Some(ns) })
     }
 
     /// Where the router, the services and the server-side stunnel listen.
