@@ -513,8 +513,15 @@ struct Upstream<'s, 'm, W> {
     hooks: &'s Hooks<'m>,
 }
 
-/// Client to service: `first` (read past the app's handshake), then each
-/// chunk from the client, through the filter, counted in `from_client`.
+/// Chunks taken from the client's stream per read (about one datagram
+/// each on QUIC): their output goes to the service in one write.
+const CHUNKS: usize = 32;
+
+/// Client to service: `first` (read past the app's handshake), then the
+/// client's chunks, through the filter, counted in `from_client`. Every
+/// chunk that has arrived is filtered before the output is written, so a
+/// batch of many datagrams costs a few writes, not one per datagram; the
+/// output is written whenever it reaches [`READ`], which bounds it.
 /// Ends when the client ends, either side fails, or the filter stops.
 async fn upstream<W: AsyncWrite + Unpin>(
     s: Upstream<'_, '_, W>,
@@ -524,12 +531,14 @@ async fn upstream<W: AsyncWrite + Unpin>(
     // One output buffer for the stream: the filter appends to it, it is
     // written and cleared, so forwarding allocates nothing per record.
     let mut out = Vec::with_capacity(READ);
+    let mut chunks: [bytes::Bytes; CHUNKS] = Default::default();
     loop {
-        let chunk = if !first.is_empty() {
-            bytes::Bytes::from(std::mem::take(&mut first))
+        let n = if !first.is_empty() {
+            chunks[0] = bytes::Bytes::from(std::mem::take(&mut first));
+            1
         } else {
-            match s.recv.read_chunk(READ).await {
-                Ok(Some(c)) => c,
+            match s.recv.read_chunks(&mut chunks).await {
+                Ok(Some(n)) => n,
                 Ok(None) => {
                     if let Err(e) = s.filter.finish() {
                         return FluentEnding::Rejected(Rejection::Invalid(e));
@@ -540,19 +549,27 @@ async fn upstream<W: AsyncWrite + Unpin>(
                 Err(_) => return FluentEnding::ClientReset,
             }
         };
-        *from_client += chunk.len() as u64;
-        let denials = match filter_chunk(s.filter, &chunk, &mut out, s.hooks) {
-            Ok(d) => d,
-            Err(e) => return FluentEnding::Rejected(Rejection::Invalid(e)),
-        };
-        if !out.is_empty() {
-            if s.w.write_all(&out).await.is_err() {
+        let mut denials = Vec::new();
+        for chunk in chunks.iter_mut().take(n) {
+            let chunk = std::mem::take(chunk);
+            *from_client += chunk.len() as u64;
+            match filter_chunk(s.filter, &chunk, &mut out, s.hooks) {
+                Ok(d) => denials.extend(d),
+                Err(e) => {
+                    // What came before the bad message still goes out.
+                    let _ = write_out(s.w, &mut out, s.meter).await;
+                    return FluentEnding::Rejected(Rejection::Invalid(e));
+                }
+            }
+            if s.filter.stopped() {
+                break;
+            }
+            if out.len() >= READ && !write_out(s.w, &mut out, s.meter).await {
                 return FluentEnding::ServiceReset;
             }
-            (s.meter.received)(out.len() as u64);
-            out.clear();
-            // A large message's buffer is not kept for the stream's life.
-            darkport_fluent::shrink_buffer(&mut out);
+        }
+        if !write_out(s.w, &mut out, s.meter).await {
+            return FluentEnding::ServiceReset;
         }
         if s.filter.stopped() {
             // Let the service ack what it has: end what it receives.
@@ -560,6 +577,22 @@ async fn upstream<W: AsyncWrite + Unpin>(
             return FluentEnding::Rejected(Rejection::Denied(stopping_denial(denials)));
         }
     }
+}
+
+/// Writes the filter's output to the service and empties it; false if
+/// the service's side failed.
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>, meter: &Meter<'_>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    if w.write_all(out).await.is_err() {
+        return false;
+    }
+    (meter.received)(out.len() as u64);
+    out.clear();
+    // A large message's buffer is not kept for the stream's life.
+    darkport_fluent::shrink_buffer(out);
+    true
 }
 
 /// Feeds one chunk to the filter (output appended to `out`) and tells
