@@ -549,23 +549,32 @@ async fn upstream<W: AsyncWrite + Unpin>(
                 Err(_) => return FluentEnding::ClientReset,
             }
         };
+        *from_client += chunks.iter().take(n).map(|c| c.len() as u64).sum::<u64>();
         let mut denials = Vec::new();
-        for chunk in chunks.iter_mut().take(n) {
-            let chunk = std::mem::take(chunk);
-            *from_client += chunk.len() as u64;
-            match filter_chunk(s.filter, &chunk, &mut out, s.hooks) {
-                Ok(d) => denials.extend(d),
-                Err(e) => {
-                    // What came before the bad message still goes out.
-                    let _ = write_out(s.w, &mut out, s.meter).await;
-                    return FluentEnding::Rejected(Rejection::Invalid(e));
+        'chunks: for chunk in chunks.iter_mut().take(n) {
+            let mut chunk = std::mem::take(chunk);
+            // quinn may hand over reassembled data in one large chunk:
+            // slices of at most READ keep the output bounded.
+            while !chunk.is_empty() {
+                let piece = chunk.split_to(chunk.len().min(READ));
+                let kept = out.len();
+                match filter_chunk(s.filter, &piece, &mut out, s.hooks) {
+                    Ok(d) => denials.extend(d),
+                    Err(e) => {
+                        // As when each piece was written on its own: what
+                        // came before this piece goes out, this piece's
+                        // partial output does not.
+                        out.truncate(kept);
+                        let _ = write_out(s.w, &mut out, s.meter).await;
+                        return FluentEnding::Rejected(Rejection::Invalid(e));
+                    }
                 }
-            }
-            if s.filter.stopped() {
-                break;
-            }
-            if out.len() >= READ && !write_out(s.w, &mut out, s.meter).await {
-                return FluentEnding::ServiceReset;
+                if s.filter.stopped() {
+                    break 'chunks;
+                }
+                if out.len() >= READ && !write_out(s.w, &mut out, s.meter).await {
+                    return FluentEnding::ServiceReset;
+                }
             }
         }
         if !write_out(s.w, &mut out, s.meter).await {

@@ -15,7 +15,12 @@
 //! registered for writing on the waiting task's runtime, and deregistered
 //! once it is writable. That costs a few system calls when the buffer is
 //! full, which is rare with [`crate::endpoint::UDP_BUFFER`]-sized buffers,
-//! and nothing otherwise.
+//! and nothing otherwise. Where no duplicate can be made or registered
+//! (out of descriptors), the poller waits 1 ms and lets quinn try again
+//! rather than fail: an error there would end the connection's driver and
+//! leave the connection hanging. A full buffer hit by the endpoint's own
+//! sends (quinn's driver never waits) costs the next connection that
+//! sends one registration, which finds the socket writable at once.
 
 use std::fmt;
 use std::future::Future;
@@ -109,6 +114,7 @@ impl AsyncUdpSocket for Socket {
         Box::pin(WritePoller {
             socket: self,
             waiting: None,
+            retry: None,
         })
     }
 
@@ -160,27 +166,66 @@ struct WritePoller {
     /// The duplicate, registered on the waiting task's runtime; dropped
     /// (deregistered and closed) once the socket is writable.
     waiting: Option<AsyncFd<std::net::UdpSocket>>,
+    /// When no duplicate could be made or registered: a short wait
+    /// before quinn tries the send again.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a poller that could not register waits before a new send.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl fmt::Debug for WritePoller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WritePoller")
             .field("waiting", &self.waiting.is_some())
+            .field("retry", &self.retry.is_some())
             .finish()
     }
 }
 
 impl UdpPoller for WritePoller {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        if let Some(retry) = self.retry.as_mut() {
+            // Waiting without a registration (see below).
+            ready!(Future::poll(retry.as_mut(), cx));
+            self.retry = None;
+            return Poll::Ready(Ok(()));
+        }
         if self.waiting.is_none() && !self.socket.full.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
         if self.waiting.is_none() {
-            let dup = self.socket.io.get_ref().try_clone()?;
             // Registering reports the socket writable at once if it
             // already is, so space freed since the failed send is not
             // missed.
-            self.waiting = Some(register(dup, Interest::WRITABLE)?);
+            match self
+                .socket
+                .io
+                .get_ref()
+                .try_clone()
+                .and_then(|dup| register(dup, Interest::WRITABLE))
+            {
+                Ok(fd) => self.waiting = Some(fd),
+                Err(e) => {
+                    // Out of descriptors or epoll watches: an error here
+                    // would end quinn's connection driver and leave the
+                    // connection hanging, so wait a little and let quinn
+                    // try the send again.
+                    tracing::debug!(
+                        "cannot wait for the UDP socket to drain ({e}); retrying in {RETRY:?}"
+                    );
+                    let mut retry = Box::pin(tokio::time::sleep(RETRY));
+                    let polled = Future::poll(retry.as_mut(), cx);
+                    self.retry = Some(retry);
+                    return match polled {
+                        Poll::Ready(()) => {
+                            self.retry = None;
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
         let Some(fd) = self.waiting.as_ref() else {
             return Poll::Ready(Ok(()));
