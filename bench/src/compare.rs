@@ -126,13 +126,15 @@ pub struct Finding {
     pub allowed: f64,
     /// Moved in the worse direction by more than `allowed`.
     pub fell: bool,
+    /// The row's direction.
+    pub higher_is_better: bool,
 }
 
 impl Finding {
     /// The relative change in the better direction: +0.10 is 10 % better.
-    pub fn gain(&self, higher_is_better: bool) -> f64 {
+    pub fn gain(&self) -> f64 {
         let change = self.now / self.saved - 1.0;
-        if higher_is_better {
+        if self.higher_is_better {
             change
         } else {
             -change
@@ -213,6 +215,7 @@ pub fn compare(saved: &Results, now: &Results) -> Vec<Finding> {
                 now: n,
                 allowed,
                 fell,
+                higher_is_better: old.higher_is_better,
             });
         }
     }
@@ -253,21 +256,16 @@ pub fn render(saved: &Results, now: &Results, findings: &[Finding]) -> String {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
     for f in findings {
-        let higher = saved
-            .rows
-            .iter()
-            .find(|r| r.key == f.key)
-            .is_none_or(|r| r.higher_is_better);
         let verdict = if f.fell { "**fell**" } else { "kept" };
         let _ = writeln!(
             out,
             "| {} ({}) | {} | {:.2}× | {:.2}× | {:+.0} % | ±{:.0} % | {verdict} |",
             f.label,
-            if higher { "↑" } else { "↓" },
+            if f.higher_is_better { "↑" } else { "↓" },
             f.path.name(),
             f.saved,
             f.now,
-            f.gain(higher) * 100.0,
+            f.gain() * 100.0,
             f.allowed * 100.0,
         );
     }

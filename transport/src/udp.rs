@@ -214,16 +214,8 @@ impl UdpPoller for WritePoller {
                     tracing::debug!(
                         "cannot wait for the UDP socket to drain ({e}); retrying in {RETRY:?}"
                     );
-                    let mut retry = Box::pin(tokio::time::sleep(RETRY));
-                    let polled = Future::poll(retry.as_mut(), cx);
-                    self.retry = Some(retry);
-                    return match polled {
-                        Poll::Ready(()) => {
-                            self.retry = None;
-                            Poll::Ready(Ok(()))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
+                    self.retry = Some(Box::pin(tokio::time::sleep(RETRY)));
+                    return self.poll_writable(cx);
                 }
             }
         }
